@@ -1,0 +1,544 @@
+//! Configuration: parse YAML, validate across fields, build the types the proxy runs on.
+//!
+//! ```text
+//!  text ──serde-saphyr──▶ RawConfig ──build()──▶ Config ──(runtime.rs)──▶ live routes/clusters
+//!        (syntax, types,   (raw.rs)    (references,   (this file)
+//!         unknown fields)              files, ranges)
+//! ```
+//! Every error is one sentence, `file:line:column: field.path: message`, and `build` reports
+//! all the problems it finds, not just the first. This module does no I/O beyond reading the
+//! files the config names (TLS PEMs); swapping a config in is `reload`'s job.
+
+pub mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use crate::routing::{HeaderMatch, HostMatch, PathMatch, RouteMatch};
+use crate::tls;
+pub use raw::{LoadBalancer, Protocol};
+use raw::RawConfig;
+
+/// Default limits, chosen to match nginx's and HAProxy's defaults in spirit.
+pub mod defaults {
+    use std::time::Duration;
+    /// nginx's `large_client_header_buffers` is 4 x 8 KiB; HAProxy's `tune.bufsize` 16 KiB.
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    /// HAProxy's `tune.http.maxhdr` default.
+    pub const MAX_HEADERS: usize = 101;
+    /// nginx's `client_max_body_size` is 1 MiB; proxies of APIs need more.
+    pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+    /// nginx's `client_header_timeout` is 60 s; slowloris needs far less to hurt.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+    pub const RETRY_ATTEMPTS: u32 = 2;
+    /// At most 20% extra load from retries (Linkerd's default budget).
+    pub const RETRY_BUDGET_PERCENT: f32 = 20.0;
+    pub const RETRY_BACKOFF: Duration = Duration::from_millis(5);
+    pub const RETRY_MAX_BACKOFF: Duration = Duration::from_millis(250);
+    pub const OUTLIER_FAILURES: u32 = 5;
+    pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(5);
+    pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+}
+
+/// A validated, runnable configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from: a file path, or `<command line>`.
+    pub source: String,
+    /// The YAML text it was built from (served at the admin `/config`).
+    pub text: String,
+    pub listeners: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    pub workers: Option<usize>,
+    pub limits: Limits,
+    pub access_log: bool,
+    pub drain_timeout: Duration,
+    pub routes: Vec<RouteSpec>,
+    pub clusters: Vec<ClusterSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Loaded from PEM files at build time; rebuilt (and so re-read) on every reload.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct RouteSpec {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub cluster: String,
+    /// `(matched prefix, replacement)`.
+    pub rewrite_prefix: Option<(String, String)>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first; 0 disables retries.
+    pub attempts: u32,
+    pub budget_percent: f32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct HeaderOps {
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.add {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// An upstream cluster as configured. `PartialEq` ignores source locations, so a reload
+/// that only moves lines keeps the live cluster (its pools and endpoint state).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub protocol: Protocol,
+    pub load_balancer: LoadBalancer,
+    pub connect_timeout: Duration,
+    pub tls: Option<ClientTlsSpec>,
+    pub outlier: OutlierPolicy,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientTlsSpec {
+    pub ca_pem: Option<Vec<u8>>,
+    pub server_name: Option<String>,
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for ClientTlsSpec {
+    fn eq(&self, o: &Self) -> bool {
+        self.ca_pem == o.ca_pem && self.server_name == o.server_name
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierPolicy {
+    /// Consecutive connect errors or 5xx before ejection; 0 disables.
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSpec {
+    pub authority: http::uri::Authority,
+    pub weight: u32,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+// === errors ===
+
+/// One problem in a config, located in its source.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{source_name}:{line}:{column}: {field}: {message}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub line: u64,
+    pub column: u64,
+    /// Dotted path of the offending field, e.g. `routes[1].match.path`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found; `Display` prints one per line.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// === loading ===
+
+/// Reads and builds the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            source_name: name.clone(),
+            line: 0,
+            column: 0,
+            field: "(file)".into(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(&text, &name, path.parent())
+}
+
+/// Builds a config from YAML text. `source_name` prefixes errors; relative file paths in
+/// the config are resolved against `base_dir`.
+pub fn parse(text: &str, source_name: &str, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let raw = deserialize(text, source_name).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut b = Builder { source: source_name, base: base_dir, errors: Vec::new() };
+    let config = b.build(raw, text);
+    if b.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(b.errors))
+    }
+}
+
+fn deserialize(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
+    let mut path = None;
+    let res = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+            path = Some(e.path().to_string());
+            e.into_inner()
+        })
+    });
+    res.map_err(|e| {
+        let loc = e.location().unwrap_or(Location::UNKNOWN);
+        let (mut line, mut column) = (loc.line(), loc.column());
+        let mut message = e.to_string();
+        if let Some((l, c, m)) = raw::unlocate(&message) {
+            (line, column, message) = (l, c, m.to_string());
+        }
+        // The location goes in front, in our format; drop saphyr's own copies of it.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        if let Some(rest) = message.strip_prefix("error: line ") {
+            message = rest.split_once(": ").map_or(rest, |(_, m)| m).to_string();
+        }
+        let field = match path.as_deref() {
+            None | Some(".") | Some("") => "(document)".to_string(),
+            Some(p) => p.to_string(),
+        };
+        if let Some(key) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            (line, column) = key_location(text, line, key).unwrap_or((line, column));
+        }
+        ConfigError { source_name: source_name.into(), line, column, field, message }
+    })
+}
+
+/// serde-saphyr places an unknown-field error at the start of its mapping; find the key
+/// itself, the first line at or after `from` that starts with `key:` (after any `- `).
+fn key_location(text: &str, from: u64, key: &str) -> Option<(u64, u64)> {
+    text.lines().enumerate().skip(from.saturating_sub(1) as usize).find_map(|(i, l)| {
+        let body = l.trim_start().trim_start_matches("- ").trim_start();
+        let rest = body.strip_prefix(key)?;
+        rest.trim_start().starts_with(':').then(|| (i as u64 + 1, (l.len() - body.len()) as u64 + 1))
+    })
+}
+
+struct Builder<'a> {
+    source: &'a str,
+    base: Option<&'a Path>,
+    errors: Vec<ConfigError>,
+}
+
+impl Builder<'_> {
+    fn err(&mut self, loc: Location, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            source_name: self.source.into(),
+            line: loc.line(),
+            column: loc.column(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        match self.base {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    fn read(&mut self, p: &Spanned<PathBuf>, field: String) -> Option<Vec<u8>> {
+        let full = self.path(&p.value);
+        match std::fs::read(&full) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.err(p.referenced, field, format!("cannot read {}: {e}", full.display()));
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, raw: RawConfig, text: &str) -> Config {
+        let listeners = self.listeners(&raw);
+        let clusters = self.clusters(&raw);
+        let names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        let routes = self.routes(&raw, &names);
+        let workers = raw.runtime.workers.as_ref().map(|w| {
+            if w.value == 0 {
+                self.err(w.referenced, "runtime.workers", "expected at least 1, found 0");
+            }
+            w.value.max(1)
+        });
+        let mut positive = |v: &Option<Spanned<usize>>, field: &str, default: usize| match v {
+            Some(s) if s.value == 0 => {
+                self.err(s.referenced, field, "expected at least 1, found 0");
+                default
+            }
+            Some(s) => s.value,
+            None => default,
+        };
+        let limits = Limits {
+            max_header_bytes: positive(&raw.limits.max_header_bytes, "limits.max_header_bytes", defaults::MAX_HEADER_BYTES)
+                // hyper needs room for at least one read buffer.
+                .max(8192),
+            max_headers: positive(&raw.limits.max_headers, "limits.max_headers", defaults::MAX_HEADERS),
+            max_body_bytes: raw.limits.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            header_read_timeout: raw.limits.header_read_timeout.map_or(defaults::HEADER_READ_TIMEOUT, |d| d.0),
+        };
+        Config {
+            source: self.source.into(),
+            text: text.into(),
+            listeners,
+            admin: raw.admin.map(|a| a.address),
+            workers,
+            limits,
+            access_log: raw.access_log.enabled,
+            drain_timeout: raw.shutdown.drain_timeout.map_or(defaults::DRAIN_TIMEOUT, |d| d.0),
+            routes,
+            clusters,
+        }
+    }
+
+    fn listeners(&mut self, raw: &RawConfig) -> Vec<Listener> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
+            if !seen.insert(name.clone()) {
+                self.err(Location::UNKNOWN, format!("listeners[{i}].name"), format!("duplicate listener name {name:?}"));
+            }
+            let tls = l.tls.as_ref().and_then(|t| {
+                let cert = self.read(&t.cert, format!("listeners[{i}].tls.cert"))?;
+                let key = self.read(&t.key, format!("listeners[{i}].tls.key"))?;
+                match tls::server_config(&cert, &key) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.err(t.cert.referenced, format!("listeners[{i}].tls"), e.to_string());
+                        None
+                    }
+                }
+            });
+            out.push(Listener { name, address: l.address, tls });
+        }
+        out
+    }
+
+    fn clusters(&mut self, raw: &RawConfig) -> Vec<ClusterSpec> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, c) in raw.clusters.iter().enumerate() {
+            let f = |s: &str| format!("clusters[{i}].{s}");
+            if !seen.insert(c.name.value.clone()) {
+                self.err(c.name.referenced, f("name"), format!("duplicate cluster name {:?}", c.name.value));
+            }
+            if c.endpoints.is_empty() {
+                self.err(c.name.referenced, f("endpoints"), "expected at least one endpoint, found none");
+            }
+            for (j, e) in c.endpoints.iter().enumerate() {
+                if e.weight == 0 {
+                    self.err(c.name.referenced, f(&format!("endpoints[{j}].weight")), "expected at least 1, found 0");
+                }
+            }
+            let tls = c.tls.as_ref().and_then(|t| {
+                let ca_pem = match &t.ca {
+                    Some(ca) => Some(self.read(ca, f("tls.ca"))?),
+                    None => None,
+                };
+                let loc = t.ca.as_ref().map_or(c.name.referenced, |ca| ca.referenced);
+                if let Some(name) = &t.server_name {
+                    if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                        self.err(c.name.referenced, f("tls.server_name"), format!("expected a DNS name or IP address, found {name:?}"));
+                    }
+                }
+                match tls::client_config(ca_pem.as_deref()) {
+                    Ok(config) => Some(ClientTlsSpec { ca_pem, server_name: t.server_name.clone(), config }),
+                    Err(e) => {
+                        self.err(loc, f("tls.ca"), e.to_string());
+                        None
+                    }
+                }
+            });
+            let o = &c.outlier_detection;
+            out.push(ClusterSpec {
+                name: c.name.value.clone(),
+                protocol: c.protocol,
+                load_balancer: c.load_balancer,
+                connect_timeout: c.connect_timeout.as_ref().map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
+                tls,
+                outlier: OutlierPolicy {
+                    consecutive_failures: o.consecutive_failures.unwrap_or(defaults::OUTLIER_FAILURES),
+                    base_ejection: o.base_ejection.as_ref().map_or(defaults::OUTLIER_BASE_EJECTION, |d| d.0),
+                    max_ejection: o.max_ejection.as_ref().map_or(defaults::OUTLIER_MAX_EJECTION, |d| d.0),
+                },
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointSpec { authority: e.address.0.clone(), weight: e.weight.max(1), metadata: e.metadata.clone() })
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    fn routes(&mut self, raw: &RawConfig, clusters: &HashSet<&str>) -> Vec<RouteSpec> {
+        let mut out = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let f = |s: &str| format!("routes[{i}].{s}");
+            if !clusters.contains(r.cluster.value.as_str()) {
+                let known: Vec<&str> = clusters.iter().copied().collect();
+                self.err(
+                    r.cluster.referenced,
+                    f("cluster"),
+                    format!("no cluster named {:?} (defined: {})", r.cluster.value, known.join(", ")),
+                );
+            }
+            let host = r.matcher.host.as_ref().and_then(|h| match HostMatch::parse(&h.value) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.err(h.referenced, f("match.host"), e);
+                    None
+                }
+            });
+            let path = r.matcher.path.as_ref().map(|p| match p {
+                raw::RawPathMatch::Exact(s) => PathMatch::Exact(s.clone()),
+                raw::RawPathMatch::Prefix(s) => PathMatch::Prefix(s.clone()),
+                raw::RawPathMatch::Regex(re) => PathMatch::Regex(re.0.clone()),
+            });
+            let headers = r
+                .matcher
+                .headers
+                .iter()
+                .map(|h| HeaderMatch {
+                    name: h.name.0.clone(),
+                    value: h.value.clone(),
+                    regex: h.regex.as_ref().map(|p| p.0.clone()),
+                })
+                .collect();
+            let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| match &path {
+                Some(PathMatch::Prefix(p)) => Some((p.clone(), rw.prefix.value.clone())),
+                _ => {
+                    self.err(rw.prefix.referenced, f("rewrite.prefix"), "a prefix rewrite needs `match.path.prefix`");
+                    None
+                }
+            });
+            let retry = match &r.retries {
+                None => RetryPolicy {
+                    attempts: defaults::RETRY_ATTEMPTS,
+                    budget_percent: defaults::RETRY_BUDGET_PERCENT,
+                    backoff: defaults::RETRY_BACKOFF,
+                    max_backoff: defaults::RETRY_MAX_BACKOFF,
+                },
+                Some(rt) => {
+                    let budget = rt.budget_percent.as_ref().map_or(defaults::RETRY_BUDGET_PERCENT, |b| {
+                        if !(0.0..=1000.0).contains(&b.value) {
+                            self.err(b.referenced, f("retries.budget_percent"), format!("expected 0..=1000, found {}", b.value));
+                        }
+                        b.value.clamp(0.0, 1000.0)
+                    });
+                    RetryPolicy {
+                        attempts: rt.attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
+                        budget_percent: budget,
+                        backoff: rt.backoff.as_ref().map_or(defaults::RETRY_BACKOFF, |d| d.0),
+                        max_backoff: rt.max_backoff.as_ref().map_or(defaults::RETRY_MAX_BACKOFF, |d| d.0),
+                    }
+                }
+            };
+            let ops = |o: &raw::RawHeaderOps| HeaderOps {
+                add: o.add.iter().map(|(k, v)| (k.0.clone(), v.0.clone())).collect(),
+                remove: o.remove.iter().map(|k| k.0.clone()).collect(),
+            };
+            out.push(RouteSpec {
+                name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
+                matcher: RouteMatch {
+                    host,
+                    path,
+                    methods: r.matcher.methods.iter().map(|m| m.0.clone()).collect(),
+                    headers,
+                },
+                cluster: r.cluster.value.clone(),
+                rewrite_prefix,
+                timeout: r.timeout.as_ref().map_or(defaults::REQUEST_TIMEOUT, |d| d.0),
+                retry,
+                request_headers: ops(&r.request_headers),
+                response_headers: ops(&r.response_headers),
+            });
+        }
+        out
+    }
+}
+
+/// The YAML for `presage proxy --listen ADDR --to URL`: the one-liner goes through the same
+/// parser and validation as a file.
+pub fn one_liner(listen: SocketAddr, to: &http::Uri, admin: Option<SocketAddr>) -> Result<String, String> {
+    let authority = to.authority().ok_or_else(|| format!("--to {to}: expected a URL like http://127.0.0.1:8080"))?;
+    let scheme = to.scheme_str().unwrap_or("http");
+    let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let tls = match scheme {
+        "http" => "",
+        "https" => "\n    tls: {}",
+        other => return Err(format!("--to {to}: unsupported scheme {other:?}, expected http or https")),
+    };
+    let mut yaml = format!("listeners:\n  - name: main\n    address: \"{listen}\"\n");
+    if let Some(a) = admin {
+        yaml.push_str(&format!("admin:\n  address: \"{a}\"\n"));
+    }
+    let rewrite = match to.path() {
+        "" | "/" => String::new(),
+        p => format!("\n    match: {{ path: {{ prefix: / }} }}\n    rewrite: {{ prefix: \"{}/\" }}", p.trim_end_matches('/')),
+    };
+    yaml.push_str(&format!(
+        "routes:\n  - name: default\n    cluster: upstream{rewrite}\nclusters:\n  - name: upstream{tls}\n    endpoints:\n      - address: \"{}:{port}\"\n",
+        authority.host()
+    ));
+    Ok(yaml)
+}
+
+#[cfg(test)]
+mod tests;

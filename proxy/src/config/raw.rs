@@ -1,0 +1,342 @@
+//! The YAML schema exactly as users write it: what serde reads, nothing more.
+//!
+//! Every struct denies unknown fields and none uses `flatten` (flatten breaks both the
+//! unknown-field check and error locations). Scalars that must be parsed (durations,
+//! regexes, header names, addresses) are newtypes whose `Deserialize` parses them, so a bad
+//! value fails *during* deserialization and the error carries its line and column. Values
+//! checked across fields later (references, duplicates, files) are `Spanned` so validation
+//! can still point at them. Turning this into runnable types is `config::build`'s job.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub clusters: Vec<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub address: SocketAddr,
+    pub tls: Option<RawServerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Worker threads; default: one per CPU.
+    pub workers: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<Spanned<usize>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_body_bytes: Option<u64>,
+    pub header_read_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub drain_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub cluster: Spanned<String>,
+    pub rewrite: Option<RawRewrite>,
+    pub timeout: Option<Dur>,
+    pub retries: Option<RawRetries>,
+    #[serde(default)]
+    pub request_headers: RawHeaderOps,
+    #[serde(default)]
+    pub response_headers: RawHeaderOps,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// `example.com` (exact) or `*.example.com` (any subdomain).
+    pub host: Option<Spanned<String>>,
+    pub path: Option<RawPathMatch>,
+    #[serde(default)]
+    pub methods: Vec<Method>,
+    #[serde(default)]
+    pub headers: Vec<RawHeaderMatch>,
+}
+
+/// Exactly one of the three.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum RawPathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Pattern),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: HeaderName,
+    /// Exact value; when absent the header only has to be present.
+    pub value: Option<String>,
+    pub regex: Option<Pattern>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// Replaces the matched path prefix (route must match by `path.prefix`).
+    pub prefix: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    pub attempts: Option<u32>,
+    pub budget_percent: Option<Spanned<f32>>,
+    pub backoff: Option<Dur>,
+    pub max_backoff: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    #[serde(default)]
+    pub add: BTreeMap<HeaderName, HeaderValue>,
+    #[serde(default)]
+    pub remove: Vec<HeaderName>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    pub connect_timeout: Option<Dur>,
+    pub tls: Option<RawClientTls>,
+    #[serde(default)]
+    pub outlier_detection: RawOutlier,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive; the default.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c) or over TLS (needed for gRPC).
+    Http2,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancer {
+    /// Power of two choices over peak-EWMA latency; the default.
+    #[default]
+    PeakEwma,
+    WeightedRoundRobin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTls {
+    /// PEM bundle of trusted roots; default: the Mozilla roots (webpki-roots).
+    pub ca: Option<Spanned<PathBuf>>,
+    /// SNI and certificate name; default: the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection: Option<Dur>,
+    pub max_ejection: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub address: Authority,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+// === parsed scalars ===
+
+/// Marks a custom error message with its location. serde-saphyr leaves custom errors
+/// without one, so the location travels in the message and `config::deserialize` takes it
+/// out again (`unlocate`).
+const MARK: char = '\u{1}';
+
+fn located(loc: serde_saphyr::Location, msg: &str) -> String {
+    format!("{MARK}{}:{}{MARK}{msg}", loc.line(), loc.column())
+}
+
+/// Splits a message made by `located` into `(line, column, message)`.
+pub(crate) fn unlocate(msg: &str) -> Option<(u64, u64, &str)> {
+    let start = msg.find(MARK)?;
+    let rest = &msg[start + 1..];
+    let end = rest.find(MARK)?;
+    let (line, col) = rest[..end].split_once(':')?;
+    Some((line.parse().ok()?, col.parse().ok()?, &rest[end + 1..]))
+}
+
+/// Parses a scalar with `FromStr` while deserializing, so its error carries a location.
+macro_rules! parsed_scalar {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $expecting:literal, $parse:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name(pub $inner);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = Spanned::<String>::deserialize(d)?;
+                let parse: fn(&str) -> Result<$inner, String> = $parse;
+                parse(&s.value).map($name).map_err(|e| {
+                    let msg = format!("expected {}, found {:?}: {e}", $expecting, s.value);
+                    de::Error::custom(located(s.referenced, &msg))
+                })
+            }
+        }
+    };
+}
+
+parsed_scalar!(
+    /// A duration such as `250ms`, `5s` or `1m 30s`.
+    Dur(Duration),
+    "a duration like 250ms or 5s",
+    |s| humantime::parse_duration(s).map_err(|e| e.to_string())
+);
+parsed_scalar!(
+    /// A regular expression, matched against the whole value.
+    Pattern(regex::Regex),
+    "a regular expression",
+    |s| regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| e.to_string())
+);
+parsed_scalar!(
+    /// An HTTP header name (stored lowercase).
+    HeaderName(http::HeaderName),
+    "an HTTP header name",
+    |s| http::HeaderName::from_bytes(s.as_bytes()).map_err(|e| e.to_string())
+);
+parsed_scalar!(
+    /// An HTTP header value.
+    HeaderValue(http::HeaderValue),
+    "a header value of visible ASCII",
+    |s| http::HeaderValue::from_str(s).map_err(|e| e.to_string())
+);
+parsed_scalar!(
+    /// `host:port` of an upstream endpoint.
+    Authority(http::uri::Authority),
+    "host:port",
+    |s| {
+        let a: http::uri::Authority = s.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        if a.port_u16().is_none() {
+            return Err("the port is missing".into());
+        }
+        Ok(a)
+    }
+);
+parsed_scalar!(
+    /// An HTTP method.
+    Method(http::Method),
+    "an HTTP method",
+    |s| http::Method::from_bytes(s.as_bytes()).map_err(|e| e.to_string())
+);
+
+impl PartialEq for Dur {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+impl PartialEq for Authority {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+impl PartialEq for HeaderName {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+impl Eq for HeaderName {}
+impl PartialOrd for HeaderName {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for HeaderName {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.as_str().cmp(o.0.as_str())
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

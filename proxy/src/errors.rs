@@ -1,0 +1,115 @@
+//! The one place where failures become HTTP responses. Client faults are 4xx; upstream
+//! faults are 502/503/504. Every synthetic response has a short text body and an
+//! `x-presage-error` header naming the cause, so it can be told apart from an upstream's.
+
+use http::{header, Response, StatusCode};
+
+use crate::body::{full, DownstreamBodyError, ResponseBody};
+
+/// Why the proxy answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("cluster {0} has no endpoints")]
+    NoEndpoint(String),
+    #[error("request body exceeds the limit of {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("{0}")]
+    BadRequestBody(String),
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    #[error("upgrade failed: {0}")]
+    Upgrade(String),
+}
+
+impl ProxyError {
+    /// Classifies a client error by walking its source chain: a downstream body failure
+    /// anywhere in it is the client's fault, whatever wrapped it.
+    pub fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if let Some(d) = s.downcast_ref::<DownstreamBodyError>() {
+                return match d {
+                    DownstreamBodyError::TooLarge(n) => ProxyError::BodyTooLarge(*n),
+                    DownstreamBodyError::Read(_) => ProxyError::BadRequestBody(d.to_string()),
+                };
+            }
+            src = s.source();
+        }
+        if e.is_connect() {
+            ProxyError::Connect(chain(&e))
+        } else {
+            ProxyError::Upstream(chain(&e))
+        }
+    }
+
+    /// True when the request may be sent again (nothing reached the upstream, or the
+    /// request is idempotent and failed without a response).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ProxyError::Connect(_))
+    }
+
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self, ProxyError::BodyTooLarge(_) | ProxyError::BadRequestBody(_))
+    }
+
+    /// Short machine-readable code for `x-presage-error` and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no-route",
+            ProxyError::NoEndpoint(_) => "no-endpoint",
+            ProxyError::BodyTooLarge(_) => "body-too-large",
+            ProxyError::BadRequestBody(_) => "bad-request-body",
+            ProxyError::Timeout(_) => "upstream-timeout",
+            ProxyError::Connect(_) => "upstream-connect",
+            ProxyError::Upstream(_) => "upstream-error",
+            ProxyError::Upgrade(_) => "upgrade-failed",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Upgrade(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let text = format!("{self}\n");
+        let mut res = Response::new(full(text));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert("x-presage-error", header::HeaderValue::from_static(self.code()));
+        if self.is_client_fault() {
+            // The request stream is in an unknown state; do not reuse the connection.
+            h.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
+        res
+    }
+}
+
+/// `a: b: c` from an error and its sources, skipping repeats.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,335 @@
+//! The request path: route, rewrite, pick an endpoint, send, retry within budget, answer.
+//!
+//! ```text
+//! downstream ─▶ request id ─▶ route (first match) ─▶ limits ─▶ edit headers/path
+//!            ─▶ [ pick endpoint (P2C / WRR, skip ejected) ─▶ send with deadline ]
+//!                 ▲ retry: idempotent & body-less, 502/503/504 or transport error,
+//!                 └─ budget allows, jittered backoff, avoid the endpoint that failed
+//!            ─▶ edit response headers ─▶ metrics, access log ─▶ downstream
+//! ```
+//! One `Arc<Runtime>` snapshot per request: a reload mid-request changes nothing here.
+//! It is written as one async function rather than a stack of tower layers because every
+//! step needs the route resolved once at the top, and a single future keeps the hot path
+//! free of per-layer boxing; each concern's logic lives in its own module.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use tower::retry::budget::Budget;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::Protocol;
+use crate::errors::ProxyError;
+use crate::headers;
+use crate::routing::{self, RequestView};
+use crate::runtime::{Route, Runtime};
+use crate::state::Shared;
+use crate::upstream::{Cluster, Endpoint, Outcome};
+
+/// Per-connection facts the request path needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// hyper's entry point for every downstream request.
+pub async fn handle(shared: Arc<Shared>, conn: Conn, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    let rt = shared.live.load_full();
+    let request_id = headers::ensure_request_id(req.headers_mut());
+    let log = rt.config.access_log.then(|| AccessEntry::new(&req, conn.peer));
+
+    let route = {
+        let host = routing::request_host(req.uri(), req.headers());
+        rt.route(&RequestView { host: host.as_deref(), path: req.uri().path(), method: req.method(), headers: req.headers() })
+    };
+    let result = match route {
+        None => Err(ProxyError::NoRoute),
+        Some(route) => proxy(&rt, route, conn, req).await,
+    };
+    let (mut res, endpoint) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            if e.is_client_fault() || matches!(e, ProxyError::NoRoute) {
+                tracing::debug!(error = %e, "request refused");
+            } else {
+                tracing::warn!(error = %e, route = route.map_or("-", |r| r.spec.name.as_str()), "request failed");
+            }
+            (e.into_response(), None)
+        }
+    };
+    res.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    let elapsed = start.elapsed();
+    route.map_or(&shared.no_route, |r| &r.stats).record(res.status().as_u16(), elapsed);
+    if let Some(entry) = log {
+        entry.write(&request_id, res.status(), elapsed, route, endpoint);
+    }
+    Ok(res)
+}
+
+type Answer = (Response<ResponseBody>, Option<http::uri::Authority>);
+
+async fn proxy(rt: &Runtime, route: &Route, conn: Conn, req: Request<Incoming>) -> Result<Answer, ProxyError> {
+    let limits = &rt.config.limits;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > limits.max_body_bytes {
+            return Err(ProxyError::BodyTooLarge(limits.max_body_bytes));
+        }
+    }
+    if req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()) {
+        return upgrade(route, conn, req).await;
+    }
+    let deadline = tokio::time::Instant::now() + route.spec.timeout;
+    let cluster = &route.cluster;
+    let (mut parts, body) = req.into_parts();
+    let path = rewritten_path(route, &parts.uri);
+    prepare_headers(&mut parts.headers, &parts.uri, route, conn, false);
+    let version = upstream_version(cluster);
+
+    // A body-less request can be sent again; one with a body streams once.
+    let replayable = body.is_end_stream();
+    let retry = &route.spec.retry;
+    let may_retry = replayable && retry.attempts > 0;
+    if may_retry {
+        route.budget.deposit();
+    }
+    let idempotent = is_idempotent(&parts.method);
+    let mut body = Some(if replayable { RequestBody::Empty } else { RequestBody::limited(body, limits.max_body_bytes) });
+    let mut avoid = None;
+    let mut attempt = 0u32;
+    loop {
+        let ep = cluster.balancer.pick(&cluster.endpoints, avoid).ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
+        let mut up = Request::new(body.take().unwrap_or(RequestBody::Empty));
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = endpoint_uri(ep, &path)?;
+        *up.version_mut() = version;
+        *up.headers_mut() = if may_retry { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+
+        let t0 = Instant::now();
+        ep.pending.fetch_add(1, Relaxed);
+        let sent = tokio::time::timeout_at(deadline, cluster.client.request(up)).await;
+        ep.pending.fetch_sub(1, Relaxed);
+        let rtt = t0.elapsed();
+
+        let can_retry_now = |attempt: u32| may_retry && attempt < retry.attempts && route.budget.withdraw();
+        match sent {
+            Err(_) => {
+                cluster.record(ep, Outcome::OtherError);
+                return Err(ProxyError::Timeout(route.spec.timeout));
+            }
+            Ok(Err(e)) => {
+                let err = ProxyError::from_client(e);
+                if err.is_client_fault() {
+                    return Err(err);
+                }
+                cluster.record(ep, if err.is_connect() { Outcome::ConnectError } else { Outcome::OtherError });
+                // A connect error means nothing was sent; otherwise only idempotent methods.
+                if (err.is_connect() || idempotent) && can_retry_now(attempt) {
+                    tracing::debug!(error = %err, endpoint = %ep.spec.authority, attempt, "retrying");
+                } else {
+                    return Err(err);
+                }
+            }
+            Ok(Ok(res)) => {
+                let status = res.status();
+                if status.is_server_error() {
+                    cluster.record(ep, Outcome::ServerError(rtt));
+                    let retriable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT);
+                    if !(retriable && idempotent && can_retry_now(attempt)) {
+                        return Ok((response(route, res), Some(ep.spec.authority.clone())));
+                    }
+                } else {
+                    cluster.record(ep, Outcome::Success(rtt));
+                    return Ok((response(route, res), Some(ep.spec.authority.clone())));
+                }
+            }
+        }
+        cluster.retries.inc();
+        attempt += 1;
+        avoid = Some(ep.index);
+        let pause = backoff(retry.backoff, retry.max_backoff, attempt);
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(ProxyError::Timeout(route.spec.timeout));
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Full-jitter exponential backoff: uniform in `[0, min(max, base * 2^(attempt-1))]`.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let cap = base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(max);
+    cap.mul_f64(fastrand::f64())
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+fn upstream_version(c: &Cluster) -> Version {
+    match c.spec.protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::Http2 => Version::HTTP_2,
+    }
+}
+
+fn rewritten_path(route: &Route, uri: &Uri) -> String {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    match &route.spec.rewrite_prefix {
+        Some((from, to)) if pq.starts_with(from.as_str()) => {
+            let rest = &pq[from.len()..];
+            // Avoid `//x` when both the replacement ends and the rest starts with a slash.
+            if to.ends_with('/') && rest.starts_with('/') {
+                format!("{to}{}", &rest[1..])
+            } else if to.is_empty() && !rest.starts_with('/') {
+                format!("/{rest}")
+            } else {
+                format!("{to}{rest}")
+            }
+        }
+        _ => pq.to_owned(),
+    }
+}
+
+fn endpoint_uri(ep: &Endpoint, path: &str) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme(ep.scheme.clone())
+        .authority(ep.spec.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))
+}
+
+fn prepare_headers(h: &mut HeaderMap, uri: &Uri, route: &Route, conn: Conn, upgrade: bool) {
+    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
+    if !h.contains_key(header::HOST) {
+        if let Some(v) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            h.insert(header::HOST, v);
+        }
+    }
+    headers::strip_hop_by_hop(h, upgrade);
+    headers::add_forwarded(h, conn.peer.ip(), conn.tls);
+    route.spec.request_headers.apply(h);
+}
+
+fn response(route: &Route, res: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = res.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(&mut parts.headers, switching);
+    route.spec.response_headers.apply(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// HTTP/1.1 protocol switch (WebSocket): forward the handshake, then splice the two
+/// upgraded connections until either side closes.
+async fn upgrade(route: &Route, conn: Conn, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
+    let cluster = &route.cluster;
+    if cluster.spec.protocol != Protocol::Http1 {
+        return Err(ProxyError::Upgrade(format!("cluster {} speaks HTTP/2; protocol upgrades need http1", cluster.spec.name)));
+    }
+    let downstream = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    let path = rewritten_path(route, &parts.uri);
+    prepare_headers(&mut parts.headers, &parts.uri, route, conn, true);
+    let ep = cluster.balancer.pick(&cluster.endpoints, None).ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
+    let mut up = Request::new(RequestBody::Empty);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = endpoint_uri(ep, &path)?;
+    *up.headers_mut() = parts.headers;
+    let t0 = Instant::now();
+    let mut res = match tokio::time::timeout(route.spec.timeout, cluster.client.request(up)).await {
+        Err(_) => return Err(ProxyError::Timeout(route.spec.timeout)),
+        Ok(Err(e)) => {
+            let err = ProxyError::from_client(e);
+            cluster.record(ep, if err.is_connect() { Outcome::ConnectError } else { Outcome::OtherError });
+            return Err(err);
+        }
+        Ok(Ok(res)) => res,
+    };
+    cluster.record(ep, Outcome::Success(t0.elapsed()));
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut res);
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream) {
+                Ok((d, u)) => {
+                    let mut d = hyper_util::rt::TokioIo::new(d);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    if let Err(error) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                        tracing::debug!(%error, "upgraded connection ended with an error");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
+            }
+        });
+    }
+    Ok((response(route, res), Some(ep.spec.authority.clone())))
+}
+
+/// One JSON access-log line per request, written to stdout.
+struct AccessEntry {
+    method: Method,
+    path: String,
+    host: Option<String>,
+    peer: SocketAddr,
+    version: Version,
+}
+
+impl AccessEntry {
+    fn new(req: &Request<Incoming>, peer: SocketAddr) -> Self {
+        AccessEntry {
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            host: routing::request_host(req.uri(), req.headers()).map(|h| h.into_owned()),
+            peer,
+            version: req.version(),
+        }
+    }
+
+    fn write(self, id: &HeaderValue, status: StatusCode, elapsed: Duration, route: Option<&Route>, upstream: Option<http::uri::Authority>) {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "request_id": id.to_str().unwrap_or(""),
+            "peer": self.peer.to_string(),
+            "method": self.method.as_str(),
+            "host": self.host,
+            "path": self.path,
+            "protocol": format!("{:?}", self.version),
+            "status": status.as_u16(),
+            "duration_ms": elapsed.as_secs_f64() * 1e3,
+            "route": route.map(|r| r.spec.name.as_str()),
+            "upstream": upstream.map(|a| a.to_string()),
+        });
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        let base = Duration::from_millis(10);
+        let max = Duration::from_millis(100);
+        for attempt in 1..20 {
+            let b = backoff(base, max, attempt);
+            assert!(b <= max);
+            assert!(b <= base * (1 << (attempt - 1).min(16)));
+        }
+    }
+
+    #[test]
+    fn only_safe_methods_are_idempotent() {
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+    }
+}

@@ -1,0 +1,35 @@
+//! Presage data plane: the per-pod L7 sidecar that is also a standalone reverse proxy.
+//!
+//! ```text
+//!            ┌────────────── Shared (state.rs) ───────────────┐
+//!  reload ──▶│ live: ArcSwap<Runtime> ── routes ──▶ clusters  │◀── admin (/metrics, /config)
+//!            └──────────────────▲─────────────────────────────┘
+//!  listen (TCP/TLS, h1+h2) ──▶ forward::handle ──▶ balance ──▶ upstream client ──▶ endpoints
+//!                                     │            outlier ◀── outcomes
+//! ```
+//! Layering, lowest first: `config` (and `routing`, `tls`), `metrics`, `outlier`/`balance`,
+//! `upstream`, `runtime`, `state`, `forward`, `listen`/`admin`/`reload`, then `server`.
+//! No feature flags.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod errors;
+pub mod forward;
+pub mod headers;
+pub mod listen;
+pub mod metrics;
+pub mod outlier;
+pub mod reload;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod upstream;
+
+pub use config::{Config, ConfigErrors};

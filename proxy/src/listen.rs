@@ -1,0 +1,101 @@
+//! Downstream listeners: accept TCP, optionally terminate TLS, and serve HTTP/1.1 and
+//! HTTP/2 (h2c prior knowledge, or ALPN over TLS) on the same port with hyper-util's
+//! auto builder. Every connection is watched for graceful shutdown.
+//!
+//! The TLS config is read from the live runtime at each accept, so a reload with new
+//! certificates applies to new connections while old ones finish on the old certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::Limits;
+use crate::forward::{self, Conn};
+use crate::state::Shared;
+
+/// Decrements the active-connection gauge however the connection ends.
+struct ConnGuard(Arc<Shared>);
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.metrics.active_connections.dec();
+    }
+}
+
+/// Accepts until `stop` fires. `watcher` is called per connection to register it for drain.
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    name: String,
+    tcp: TcpListener,
+    watcher: impl Fn() -> Watcher,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, listener = %name, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = shared.live.load().config.listeners.iter().find(|l| l.name == name).and_then(|l| l.tls.clone());
+        tokio::spawn(serve(shared.clone(), stream, Conn { peer, tls: tls.is_some() }, tls, watcher()));
+    }
+}
+
+fn builder(limits: &Limits) -> Builder<TokioExecutor> {
+    let mut b = Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_secs(30));
+    b
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream, conn: Conn, tls: Option<Arc<rustls::ServerConfig>>, watcher: Watcher) {
+    shared.metrics.connections.inc();
+    shared.metrics.active_connections.inc();
+    let _guard = ConnGuard(shared.clone());
+    let limits = shared.live.load().config.limits;
+    let b = builder(&limits);
+    let svc_shared = shared.clone();
+    let svc = hyper::service::service_fn(move |req| forward::handle(svc_shared.clone(), conn, req));
+    let result = match tls {
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            // The handshake is bounded like a request head: a slow client must not hold a slot.
+            let stream = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, peer = %conn.peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            watcher.watch(b.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await
+        }
+        None => watcher.watch(b.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await,
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, peer = %conn.peer, "connection ended with an error");
+    }
+}

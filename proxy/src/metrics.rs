@@ -1,0 +1,207 @@
+//! Prometheus/OpenMetrics metrics of the proxy, registered once at start-up.
+//!
+//! The request path never looks up a label set: each route holds pre-resolved handles
+//! (`RouteStats`) created when the route is built, so recording is an atomic add and one
+//! uncontended lock for the latency histogram. Latencies are recorded with HdrHistogram
+//! (microseconds, 3 significant digits) and exported as a Prometheus histogram plus exact
+//! quantile gauges. Endpoint health is read from the live config at scrape time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub cluster: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub cluster: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// All metrics; cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub retries: Family<ClusterLabels, Counter>,
+    pub ejections: Family<ClusterLabels, Counter>,
+    pub upstream_errors: Family<ErrorLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub generation: Gauge,
+    pub active_connections: Gauge,
+    pub connections: Counter,
+    pub latency: Arc<LatencyCollector>,
+}
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Handles one route records into.
+#[derive(Debug, Clone)]
+pub struct RouteStats {
+    by_class: [Counter; 6],
+    latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl RouteStats {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=599 => (status / 100 - 1) as usize,
+            _ => 5,
+        };
+        self.by_class[class].inc();
+        let us = (elapsed.as_micros() as u64).max(1);
+        if let Ok(mut h) = self.latency.lock() {
+            h.saturating_record(us);
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            requests: Family::default(),
+            retries: Family::default(),
+            ejections: Family::default(),
+            upstream_errors: Family::default(),
+            reloads: Family::default(),
+            generation: Gauge::default(),
+            active_connections: Gauge::default(),
+            connections: Counter::default(),
+            latency: Arc::new(LatencyCollector::default()),
+        }
+    }
+
+    /// Registers everything into `registry` under the `presage` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("presage");
+        r.register("requests", "Requests by route, cluster and status class", self.requests.clone());
+        r.register("retries", "Retries sent to upstream clusters", self.retries.clone());
+        r.register("outlier_ejections", "Endpoints ejected by outlier detection", self.ejections.clone());
+        r.register("upstream_errors", "Failed upstream attempts by kind", self.upstream_errors.clone());
+        r.register("config_reloads", "Config reloads by result", self.reloads.clone());
+        r.register("config_generation", "Generation of the live config (1 = as started)", self.generation.clone());
+        r.register("active_connections", "Open downstream connections", self.active_connections.clone());
+        r.register("connections", "Accepted downstream connections", self.connections.clone());
+        r.register_collector(Box::new(self.latency.clone()));
+    }
+
+    pub fn route_stats(&self, route: &str, cluster: &str) -> RouteStats {
+        let by_class = CLASSES.map(|status_class| {
+            self.requests
+                .get_or_create(&RequestLabels { route: route.into(), cluster: cluster.into(), status_class })
+                .clone()
+        });
+        RouteStats { by_class, latency: self.latency.get(route, cluster) }
+    }
+
+    pub fn cluster_counter(family: &Family<ClusterLabels, Counter>, cluster: &str) -> Counter {
+        family.get_or_create(&ClusterLabels { cluster: cluster.into() }).clone()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per (route, cluster) latency histograms; series survive reloads that keep the names.
+#[derive(Debug, Default)]
+pub struct LatencyCollector {
+    series: Mutex<HashMap<(String, String), Arc<Mutex<Histogram<u64>>>>>,
+}
+
+/// Bucket bounds in seconds, Prometheus' defaults extended down to 100 µs for a proxy.
+const BUCKETS: [f64; 15] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+impl LatencyCollector {
+    fn get(&self, route: &str, cluster: &str) -> Arc<Mutex<Histogram<u64>>> {
+        let mut s = self.series.lock().expect("latency registry lock poisoned");
+        s.entry((route.into(), cluster.into()))
+            .or_insert_with(|| {
+                // 1 µs .. 1 h at 3 significant digits: about 30 KiB per series.
+                let h = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid");
+                Arc::new(Mutex::new(h))
+            })
+            .clone()
+    }
+
+    fn snapshot(&self) -> Vec<((String, String), Histogram<u64>)> {
+        let s = self.series.lock().expect("latency registry lock poisoned");
+        s.iter().filter_map(|(k, h)| Some((k.clone(), h.lock().ok()?.clone()))).collect()
+    }
+}
+
+impl Collector for LatencyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snap = self.snapshot();
+        {
+            let mut m = encoder.encode_descriptor(
+                "presage_request_duration_seconds",
+                "Time from request received to response headers sent (HdrHistogram)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for ((route, cluster), h) in &snap {
+                let mut prev = 0;
+                let mut buckets: Vec<(f64, u64)> = BUCKETS
+                    .iter()
+                    .map(|&b| {
+                        let cum = h.count_between(0, (b * 1e6) as u64);
+                        let n = cum.saturating_sub(prev);
+                        prev = cum;
+                        (b, n)
+                    })
+                    .collect();
+                buckets.push((f64::INFINITY, h.len().saturating_sub(prev)));
+                let sum = h.mean() * h.len() as f64 / 1e6;
+                let labels = [("route", route.as_str()), ("cluster", cluster.as_str())];
+                m.encode_family(&labels)?.encode_histogram::<[(&str, &str); 0]>(sum, h.len(), &buckets, None)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "presage_request_duration_quantile_seconds",
+            "Latency quantiles since start (HdrHistogram, 3 significant digits)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((route, cluster), h) in &snap {
+            for (q, name) in [(0.5, "0.5"), (0.99, "0.99"), (0.999, "0.999")] {
+                let labels = [("route", route.as_str()), ("cluster", cluster.as_str()), ("quantile", name)];
+                let v = h.value_at_quantile(q) as f64 / 1e6;
+                ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes the registry as OpenMetrics text.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
+    out
+}

@@ -1,0 +1,112 @@
+//! Passive outlier detection: eject an endpoint after N consecutive failures (connect
+//! errors, resets, 5xx) and re-admit it after a backoff that doubles with each ejection.
+//!
+//! State is lock-free and updated on the request path; the balancer only reads
+//! `is_ejected`. Counting ejections for metrics is the caller's job (`ejected` returns true
+//! exactly once per ejection).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::config::OutlierPolicy;
+
+/// Milliseconds since the process's first call; monotonic and cheap to compare atomically.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+#[derive(Debug, Default)]
+pub struct OutlierState {
+    consecutive: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    /// Ejections in the current streak; resets after a quiet `max_ejection`.
+    ejections: AtomicU32,
+    last_ejected_ms: AtomicU64,
+}
+
+impl OutlierState {
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now_ms
+    }
+
+    pub fn on_success(&self) {
+        if self.consecutive.load(Relaxed) != 0 {
+            self.consecutive.store(0, Relaxed);
+        }
+    }
+
+    /// Records a failure; returns the ejection duration if this failure ejected the endpoint.
+    pub fn on_failure(&self, policy: &OutlierPolicy, now_ms: u64) -> Option<Duration> {
+        let n = self.consecutive.fetch_add(1, Relaxed) + 1;
+        if policy.consecutive_failures == 0 || n < policy.consecutive_failures || self.is_ejected(now_ms) {
+            return None;
+        }
+        // Only one of several racing failures ejects.
+        if self.consecutive.compare_exchange(n, 0, Relaxed, Relaxed).is_err() {
+            return None;
+        }
+        let quiet = now_ms.saturating_sub(self.last_ejected_ms.load(Relaxed));
+        let streak = if quiet > 2 * policy.max_ejection.as_millis() as u64 { 0 } else { self.ejections.load(Relaxed) };
+        let factor = 1u32.checked_shl(streak.min(16)).unwrap_or(u32::MAX);
+        let dur = policy.base_ejection.saturating_mul(factor).min(policy.max_ejection);
+        self.ejections.store(streak + 1, Relaxed);
+        self.last_ejected_ms.store(now_ms, Relaxed);
+        self.ejected_until_ms.store(now_ms + dur.as_millis() as u64, Relaxed);
+        Some(dur)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn ejects_after_consecutive_failures_only() {
+        let s = OutlierState::default();
+        let p = policy();
+        assert_eq!(s.on_failure(&p, 0), None);
+        assert_eq!(s.on_failure(&p, 0), None);
+        s.on_success();
+        assert_eq!(s.on_failure(&p, 0), None);
+        assert_eq!(s.on_failure(&p, 0), None);
+        assert_eq!(s.on_failure(&p, 0), Some(Duration::from_secs(1)));
+        assert!(s.is_ejected(999));
+        assert!(!s.is_ejected(1000));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let s = OutlierState::default();
+        let p = policy();
+        let mut now = 0;
+        let mut got = vec![];
+        for _ in 0..6 {
+            for _ in 0..2 {
+                s.on_failure(&p, now);
+            }
+            let d = s.on_failure(&p, now).unwrap();
+            got.push(d.as_secs());
+            now += d.as_millis() as u64;
+        }
+        assert_eq!(got, vec![1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn disabled_policy_never_ejects() {
+        let s = OutlierState::default();
+        let p = OutlierPolicy { consecutive_failures: 0, ..policy() };
+        for _ in 0..100 {
+            assert_eq!(s.on_failure(&p, 0), None);
+        }
+    }
+}

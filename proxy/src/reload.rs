@@ -1,0 +1,98 @@
+//! Hot reload: on a change of the config file (or SIGHUP), read, parse, validate and build
+//! the new config, then swap it in atomically. A config that fails any step is rejected,
+//! logged and counted, and the old one keeps serving.
+//!
+//! Listener and admin addresses are bound at start; a reload that changes them applies
+//! everything else and warns that the addresses need a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use crate::config::{self, ConfigErrors};
+use crate::metrics::ResultLabels;
+use crate::runtime::Runtime;
+use crate::state::Shared;
+
+/// Editors write a file in several steps; wait this long after the first event for the
+/// rest before reading (events arriving meanwhile are coalesced, none are lost).
+const SETTLE: Duration = Duration::from_millis(25);
+
+/// Reloads from `path` now. Returns the live generation afterwards.
+pub fn reload(shared: &Shared, path: &Path) -> Result<u64, ConfigErrors> {
+    let result = config::load(path).map(|next| {
+        let prev = shared.live.load();
+        if next.text == prev.config.text {
+            return prev.generation;
+        }
+        let moved = |a: Vec<_>, b: Vec<_>| a != b;
+        if moved(
+            prev.config.listeners.iter().map(|l| (l.name.clone(), l.address)).collect(),
+            next.listeners.iter().map(|l| (l.name.clone(), l.address)).collect(),
+        ) || prev.config.admin != next.admin
+            || prev.config.workers != next.workers
+        {
+            tracing::warn!("listener, admin or worker changes take effect at the next restart; the rest is applied now");
+        }
+        let runtime = Runtime::build(next, Some(&prev), &shared.metrics);
+        let generation = runtime.generation;
+        shared.live.store(Arc::new(runtime));
+        shared.metrics.generation.set(generation as i64);
+        generation
+    });
+    let label = ResultLabels { result: if result.is_ok() { "success" } else { "failure" } };
+    shared.metrics.reloads.get_or_create(&label).inc();
+    let mut status = shared.reload.lock().expect("reload status lock poisoned");
+    match &result {
+        Ok(g) => {
+            status.generation = *g;
+            status.last_error = None;
+            tracing::info!(generation = g, path = %path.display(), "config reloaded");
+        }
+        Err(errors) => {
+            status.failures += 1;
+            status.last_error = Some(errors.to_string());
+            tracing::error!(%errors, "config rejected; the previous config keeps serving");
+        }
+    }
+    result
+}
+
+/// Reloads on every change to `path` and on SIGHUP, until the process ends. The returned
+/// watcher must be kept alive.
+pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let name = path.file_name().map(|n| n.to_owned());
+    let fs_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.kind.is_access() {
+                return;
+            }
+            if ev.paths.iter().any(|p| p.file_name().map(|n| n.to_owned()) == name) {
+                let _ = fs_tx.send(());
+            }
+        }
+    })?;
+    // Watch the directory: editors and `mv` replace the file, which a file watch would lose.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let _ = tx.send(());
+        }
+    });
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(SETTLE).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload(&shared, &path);
+        }
+    });
+    Ok(watcher)
+}

@@ -1,0 +1,68 @@
+//! The live, swappable state the request path reads: routes bound to clusters, built from
+//! a `Config`. A request loads one `Arc<Runtime>` at its start and finishes on it, so a
+//! reload never changes the rules under a request in flight.
+//!
+//! Building reuses clusters whose spec is unchanged (pools and endpoint state survive).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::retry::budget::TpsBudget;
+
+use crate::config::{Config, RouteSpec};
+use crate::metrics::{Metrics, RouteStats};
+use crate::routing::RequestView;
+use crate::upstream::Cluster;
+
+/// Retries allowed per second regardless of the percentage, so a quiet route can still retry.
+const RETRY_MIN_PER_SEC: u32 = 10;
+/// Window over which the retry percentage is measured.
+const RETRY_BUDGET_TTL: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Route {
+    pub spec: RouteSpec,
+    pub cluster: Arc<Cluster>,
+    pub stats: RouteStats,
+    pub budget: TpsBudget,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    /// Everything but the routes, which moved into `routes`.
+    pub config: Config,
+    pub generation: u64,
+    pub routes: Vec<Route>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+}
+
+impl Runtime {
+    pub fn build(mut config: Config, previous: Option<&Runtime>, metrics: &Metrics) -> Runtime {
+        let mut clusters = HashMap::new();
+        for spec in std::mem::take(&mut config.clusters) {
+            let reused = previous.and_then(|p| p.clusters.get(&spec.name)).filter(|c| c.spec == spec).cloned();
+            let cluster = reused.unwrap_or_else(|| Arc::new(Cluster::new(spec.clone(), metrics)));
+            clusters.insert(spec.name, cluster);
+        }
+        let routes = std::mem::take(&mut config.routes)
+            .into_iter()
+            .filter_map(|spec| {
+                // Validation guarantees the cluster exists.
+                let cluster = clusters.get(&spec.cluster)?.clone();
+                Some(Route {
+                    stats: metrics.route_stats(&spec.name, &spec.cluster),
+                    budget: TpsBudget::new(RETRY_BUDGET_TTL, RETRY_MIN_PER_SEC, spec.retry.budget_percent / 100.0),
+                    cluster,
+                    spec,
+                })
+            })
+            .collect();
+        Runtime { config, generation: previous.map_or(1, |p| p.generation + 1), routes, clusters }
+    }
+
+    /// First route whose match holds.
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.spec.matcher.matches(req))
+    }
+}

@@ -1,0 +1,166 @@
+//! Upstream clusters: endpoints with their live state, the balancer, and the pooled
+//! client that carries requests to them (keep-alive, HTTP/1.1 or HTTP/2, optional TLS).
+//!
+//! A `Cluster` is built from a `ClusterSpec` and lives as long as its spec is unchanged,
+//! across reloads, so connection pools and latency estimates survive them.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::uri::Scheme;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::balance::{Balancer, PeakEwma};
+use crate::body::RequestBody;
+use crate::config::{ClusterSpec, EndpointSpec, Protocol};
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::outlier::{now_ms, OutlierState};
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// How long an idle pooled connection is kept (below common upstream keep-alive timeouts
+/// such as nginx's 75 s, so the upstream rarely closes a connection we are about to use).
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// One upstream instance and what the proxy has learned about it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub spec: EndpointSpec,
+    pub scheme: Scheme,
+    pub ewma: PeakEwma,
+    pub pending: AtomicUsize,
+    pub outlier: OutlierState,
+    pub index: usize,
+}
+
+impl Endpoint {
+    /// Lower is better: expected latency times queue depth, divided by weight.
+    pub fn load_cost(&self) -> f64 {
+        self.ewma.estimate_ns() * (self.pending.load(Relaxed) + 1) as f64 / self.spec.weight as f64
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub endpoints: Vec<Endpoint>,
+    pub balancer: Balancer,
+    pub client: UpstreamClient,
+    pub retries: Counter,
+    ejections: Counter,
+    connect_errors: Counter,
+    other_errors: Counter,
+    status_5xx: Counter,
+}
+
+/// What happened to one attempt, for outlier detection and the latency estimate.
+pub enum Outcome {
+    Success(Duration),
+    /// A 5xx answer: counts toward ejection, but the latency is real.
+    ServerError(Duration),
+    ConnectError,
+    OtherError,
+}
+
+impl Cluster {
+    pub fn new(spec: ClusterSpec, metrics: &Metrics) -> Self {
+        let scheme = if spec.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, e)| Endpoint {
+                spec: e.clone(),
+                scheme: scheme.clone(),
+                ewma: PeakEwma::default(),
+                pending: AtomicUsize::new(0),
+                outlier: OutlierState::default(),
+                index,
+            })
+            .collect();
+        let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
+        let err = |kind| metrics.upstream_errors.get_or_create(&ErrorLabels { cluster: spec.name.clone(), kind }).clone();
+        Cluster {
+            balancer: Balancer::new(spec.load_balancer, &weights),
+            client: build_client(&spec),
+            endpoints,
+            retries: Metrics::cluster_counter(&metrics.retries, &spec.name),
+            ejections: Metrics::cluster_counter(&metrics.ejections, &spec.name),
+            connect_errors: err("connect"),
+            other_errors: err("other"),
+            status_5xx: err("status_5xx"),
+            spec,
+        }
+    }
+
+    pub fn record(&self, ep: &Endpoint, outcome: Outcome) {
+        let failed = match outcome {
+            Outcome::Success(rtt) => {
+                ep.ewma.observe(rtt);
+                ep.outlier.on_success();
+                return;
+            }
+            Outcome::ServerError(rtt) => {
+                ep.ewma.observe(rtt);
+                self.status_5xx.inc();
+                true
+            }
+            Outcome::ConnectError => {
+                self.connect_errors.inc();
+                true
+            }
+            Outcome::OtherError => {
+                self.other_errors.inc();
+                true
+            }
+        };
+        if failed {
+            if let Some(d) = ep.outlier.on_failure(&self.spec.outlier, now_ms()) {
+                self.ejections.inc();
+                tracing::warn!(cluster = %self.spec.name, endpoint = %ep.spec.authority, ejected_for = ?d, "endpoint ejected");
+            }
+        }
+    }
+}
+
+fn plain_tls() -> rustls::ClientConfig {
+    // Never used to handshake (plain clusters use http:// URIs), but the connector type
+    // is shared with TLS clusters and needs one.
+    static CFG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    (**CFG.get_or_init(|| {
+        crate::tls::client_config(None).expect("the built-in roots form a valid config")
+    }))
+    .clone()
+}
+
+fn build_client(spec: &ClusterSpec) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(spec.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(30)));
+    let tls = spec.tls.as_ref().map_or_else(plain_tls, |t| (*t.config).clone());
+    let mut b = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    if let Some(name) = spec.tls.as_ref().and_then(|t| t.server_name.clone()) {
+        if let Ok(sn) = rustls::pki_types::ServerName::try_from(name) {
+            b = b.with_server_name_resolver(FixedServerNameResolver::new(sn));
+        }
+    }
+    let connector = match spec.protocol {
+        Protocol::Http1 => b.enable_http1().wrap_connector(http),
+        Protocol::Http2 => b.enable_http2().wrap_connector(http),
+    };
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .http2_only(spec.protocol == Protocol::Http2)
+        .http2_initial_stream_window_size(1 << 20)
+        .http2_initial_connection_window_size(4 << 20)
+        .build(connector)
+}

@@ -1,0 +1,146 @@
+//! `presage`: the command line. Thin: parse flags, load config, call a library, pick the
+//! exit code (64 = bad usage or config, as `EX_USAGE`; 69 = a socket could not be bound).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod sample;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use presage_proxy::config;
+
+const EX_USAGE: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+
+/// Presage: a service mesh that acts before load arrives.
+#[derive(Parser)]
+#[command(name = "presage", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the L7 proxy (sidecar or standalone reverse proxy).
+    ///
+    /// Either from a YAML file (`--config`, hot-reloaded on change and on SIGHUP), or in one
+    /// line with `--listen` and `--to`.
+    Proxy(ProxyArgs),
+    /// Check config files and exit: 0 if all are valid, 64 with every error otherwise.
+    Validate {
+        /// Config files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the local demo: sample services for every loopback endpoint of the config, and
+    /// the proxy in front of them.
+    Up {
+        /// Proxy config; its 127.0.0.1 endpoints get sample services.
+        #[arg(long, default_value = "config/presage.yaml")]
+        config: PathBuf,
+    },
+    /// Run a small HTTP service that answers with JSON about itself (for demos and tests).
+    SampleService(sample::SampleArgs),
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// YAML config file (see config/README.md). Conflicts with --listen/--to.
+    #[arg(long, short, conflicts_with_all = ["listen", "to"])]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (one-line mode).
+    #[arg(long, requires = "to")]
+    listen: Option<SocketAddr>,
+    /// Upstream URL to proxy to, e.g. http://127.0.0.1:9000 (one-line mode).
+    #[arg(long, requires = "listen")]
+    to: Option<http::Uri>,
+    /// Admin address for /metrics, /ready and /config (one-line mode).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Worker threads; overrides the config's runtime.workers (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Proxy(args) => proxy(args),
+        Command::Validate { files } => validate(&files),
+        Command::Up { config } => up::run(&config),
+        Command::SampleService(args) => sample::run(args),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match config::load(f) {
+            Ok(_) => println!("{}: ok", f.display()),
+            Err(errors) => {
+                eprintln!("{errors}");
+                ok = false;
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EX_USAGE) }
+}
+
+/// Loads the proxy config from the flags; errors are printed, and map to `EX_USAGE`.
+fn load_proxy_config(args: &ProxyArgs) -> Result<(config::Config, Option<PathBuf>), String> {
+    match (&args.config, args.listen, &args.to) {
+        (Some(path), _, _) => config::load(path).map(|c| (c, Some(path.clone()))).map_err(|e| e.to_string()),
+        (None, Some(listen), Some(to)) => {
+            let yaml = config::one_liner(listen, to, args.admin)?;
+            config::parse(&yaml, "<command line>", None).map(|c| (c, None)).map_err(|e| e.to_string())
+        }
+        _ => Err("either --config FILE, or --listen ADDR --to URL, is required (see presage proxy --help)".into()),
+    }
+}
+
+fn proxy(args: ProxyArgs) -> ExitCode {
+    let (config, path) = match load_proxy_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    serve(config, path, args.workers)
+}
+
+/// Runs a proxy on its own runtime sized by `workers`, then the config, then the CPUs.
+pub(crate) fn serve(config: config::Config, path: Option<PathBuf>, workers: Option<usize>) -> ExitCode {
+    let workers = workers.or(config.workers).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(presage_proxy::server::run(config, path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}
+
+pub(crate) fn exists(p: &Path) -> bool {
+    p.exists()
+}
