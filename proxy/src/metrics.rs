@@ -160,7 +160,7 @@ impl Collector for LatencyCollector {
         let snap = self.snapshot();
         {
             let mut m = encoder.encode_descriptor(
-                "presage_request_duration_seconds",
+                "request_duration_seconds",
                 "Time from request received to response headers sent (HdrHistogram)",
                 None,
                 MetricType::Histogram,
@@ -183,7 +183,7 @@ impl Collector for LatencyCollector {
             }
         }
         let mut m = encoder.encode_descriptor(
-            "presage_request_duration_quantile_seconds",
+            "request_duration_quantile_seconds",
             "Latency quantiles since start (HdrHistogram, 3 significant digits)",
             None,
             MetricType::Gauge,

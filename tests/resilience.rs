@@ -1,0 +1,156 @@
+//! Failure handling over real sockets: a killed endpoint under load, retry budgets,
+//! timeouts, malformed requests and limits, and graceful drain on SIGTERM.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_endpoint_under_get_load_gives_no_client_errors_and_is_ejected() {
+    let ups = [Upstream::spawn("a").await, Upstream::spawn("b").await, Upstream::spawn("c").await];
+    let outlier = "    outlier_detection: { consecutive_failures: 3, base_ejection: 60s }\n";
+    let proxy = Proxy::start(&one_cluster(&ups.iter().map(|u| u.addr).collect::<Vec<_>>(), outlier)).await;
+    let url = proxy.url("/load");
+    let (ok, bad, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (url, ok, bad, done) = (url.clone(), ok.clone(), bad.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let c = h1_client();
+            while done.load(Ordering::SeqCst) == 0 {
+                match c.get(url.parse().unwrap()).await {
+                    Ok(res) if res.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => bad.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    // Kill one endpoint once it is carrying load, then keep the load on for 1000 more.
+    wait_until(Duration::from_secs(20), || async { (ups[0].hits() >= 100).then_some(()) }).await.unwrap();
+    ups[0].kill();
+    let after = ok.load(Ordering::SeqCst) + 1000;
+    wait_until(Duration::from_secs(30), || async { (ok.load(Ordering::SeqCst) >= after).then_some(()) }).await.unwrap();
+    let hits_at_end = ups[0].hits();
+    done.store(1, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(bad.load(Ordering::SeqCst), 0, "client-visible errors after {} good requests", ok.load(Ordering::SeqCst));
+    assert_eq!(proxy.metric("presage_outlier_ejections_total", &[("cluster", "up")]).await, 1.0);
+    assert!(proxy.metric("presage_retries_total", &[("cluster", "up")]).await >= 1.0);
+    assert_eq!(ups[0].hits(), hits_at_end);
+}
+
+#[tokio::test]
+async fn retry_budget_caps_extra_load() {
+    let up = Upstream::spawn("failing").await;
+    let yaml = one_cluster(&[up.addr], "").replace(
+        "    cluster: up\n",
+        "    cluster: up\n    retries: { attempts: 5, budget_percent: 20, backoff: 1ms, max_backoff: 2ms }\n",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let c = h1_client();
+    let n = 300;
+    for _ in 0..n {
+        assert_eq!(get(&c, &proxy.url("/status/503")).await.status, 503);
+    }
+    // Without a budget: 6 attempts each (1800). With it: 20% of requests plus the
+    // 10/s reserve over the 10 s window (at most 100).
+    let hits = up.hits();
+    assert!(hits > n, "retries happened: {hits}");
+    assert!(hits <= n + n / 5 + 100 + 5, "budget exceeded: {hits} upstream requests for {n}");
+}
+
+#[tokio::test]
+async fn dead_endpoint_is_retried_on_another() {
+    let live = Upstream::spawn("live").await;
+    let dead = Upstream::spawn("dead").await;
+    dead.kill();
+    let proxy = Proxy::start(&one_cluster(&[live.addr, dead.addr], "")).await;
+    let c = h1_client();
+    for _ in 0..50 {
+        let a = get(&c, &proxy.url("/")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.json()["service"], "live");
+    }
+}
+
+#[tokio::test]
+async fn slow_upstream_gets_a_504_at_the_route_timeout() {
+    let up = Upstream::spawn("slow").await;
+    let yaml = one_cluster(&[up.addr], "").replace("    cluster: up\n", "    cluster: up\n    timeout: 200ms\n");
+    let proxy = Proxy::start(&yaml).await;
+    let t0 = std::time::Instant::now();
+    let a = get(&h1_client(), &proxy.url("/slow?ms=5000")).await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.headers["x-presage-error"], "upstream-timeout");
+    assert!(t0.elapsed() < Duration::from_secs(4), "the timeout cut the request");
+    assert_eq!(up.hits(), 1, "a timed-out request is not retried");
+}
+
+/// Sends raw bytes on a new connection and returns the status line.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
+    let up = Upstream::spawn("svc").await;
+    let yaml = one_cluster(&[up.addr], "").replace(
+        "admin:\n",
+        "limits: { max_header_bytes: 16384, max_headers: 20, max_body_bytes: 1000 }\nadmin:\n",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let ok = || async { get(&h1_client(), &proxy.url("/still-ok")).await.status };
+
+    assert!(raw(proxy.addr, b"GARBAGE\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert!(raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert_eq!(ok().await, 200);
+
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw(proxy.addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert!(raw(proxy.addr, many.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    assert_eq!(ok().await, 200);
+
+    let bad_chunk = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    assert!(raw(proxy.addr, bad_chunk).await.starts_with("HTTP/1.1 400"));
+    let declared = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
+    assert!(raw(proxy.addr, declared).await.starts_with("HTTP/1.1 413"));
+    let streamed = format!("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n", "b".repeat(2000));
+    assert!(raw(proxy.addr, streamed.as_bytes()).await.starts_with("HTTP/1.1 413"));
+    assert_eq!(ok().await, 200);
+    assert!(proxy.metric("presage_requests_total", &[("status_class", "4xx")]).await >= 3.0);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let up = Upstream::spawn("slow").await;
+    let mut proxy = Proxy::start(&one_cluster(&[up.addr], "")).await;
+    let url = proxy.url("/slow?ms=1500");
+    let in_flight = tokio::spawn(async move { get(&h1_client(), &url).await });
+    wait_until(Duration::from_secs(10), || async { (up.hits() == 1).then_some(()) }).await.unwrap();
+    proxy.signal("TERM");
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, 200, "the in-flight request completed");
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "no longer accepting");
+}
