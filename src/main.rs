@@ -82,7 +82,10 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {
@@ -96,7 +99,11 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(EX_USAGE) }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EX_USAGE)
+    }
 }
 
 /// Loads the proxy config from the flags; errors are printed, and map to `EX_USAGE`.
@@ -123,9 +130,19 @@ fn proxy(args: ProxyArgs) -> ExitCode {
 }
 
 /// Runs a proxy on its own runtime sized by `workers`, then the config, then the CPUs.
-pub(crate) fn serve(config: config::Config, path: Option<PathBuf>, workers: Option<usize>) -> ExitCode {
-    let workers = workers.or(config.workers).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build() {
+pub(crate) fn serve(
+    config: config::Config,
+    path: Option<PathBuf>,
+    workers: Option<usize>,
+) -> ExitCode {
+    let workers = workers
+        .or(config.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

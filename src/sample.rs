@@ -26,7 +26,11 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -44,11 +48,14 @@ pub fn run(args: SampleArgs) -> ExitCode {
         let addr = tcp.local_addr().map_or(args.listen, |a| a);
         println!("sample-service {} on {addr}", args.name);
         loop {
-            let Ok((stream, _)) = tcp.accept().await else { continue };
+            let Ok((stream, _)) = tcp.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let (name, delay) = (args.name.clone(), args.delay_ms);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| answer(name.clone(), addr, delay, req));
+                let svc =
+                    hyper::service::service_fn(move |req| answer(name.clone(), addr, delay, req));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -57,7 +64,12 @@ pub fn run(args: SampleArgs) -> ExitCode {
     })
 }
 
-async fn answer(name: String, addr: SocketAddr, delay_ms: u64, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+async fn answer(
+    name: String,
+    addr: SocketAddr,
+    delay_ms: u64,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
     if req.uri().path() == "/healthz" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
     }
@@ -65,8 +77,15 @@ async fn answer(name: String, addr: SocketAddr, delay_ms: u64, req: Request<Inco
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
     let method = req.method().to_string();
-    let path = req.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
-    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = req.into_body().collect().await?.to_bytes();
     let json = serde_json::json!({
         "service": name,
@@ -77,6 +96,9 @@ async fn answer(name: String, addr: SocketAddr, delay_ms: u64, req: Request<Inco
         "body": String::from_utf8_lossy(&body),
     });
     let mut res = Response::new(Full::new(Bytes::from(json.to_string() + "\n")));
-    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(res)
 }

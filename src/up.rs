@@ -19,7 +19,10 @@ impl Drop for Children {
 
 pub fn run(path: &Path) -> ExitCode {
     if !crate::exists(path) {
-        eprintln!("{}: no such file (run from the repository root, or pass --config)", path.display());
+        eprintln!(
+            "{}: no such file (run from the repository root, or pass --config)",
+            path.display()
+        );
         return ExitCode::from(crate::EX_USAGE);
     }
     let cfg = match config::load(path) {
@@ -43,7 +46,13 @@ pub fn run(path: &Path) -> ExitCode {
                 continue;
             }
             let spawned = Command::new(&exe)
-                .args(["sample-service", "--listen", e.authority.as_str(), "--name", &c.name])
+                .args([
+                    "sample-service",
+                    "--listen",
+                    e.authority.as_str(),
+                    "--name",
+                    &c.name,
+                ])
                 .stdin(Stdio::null())
                 .spawn();
             match spawned {
@@ -55,6 +64,10 @@ pub fn run(path: &Path) -> ExitCode {
             }
         }
     }
-    println!("presage up: {} sample service(s) started; proxy config {}", children.0.len(), path.display());
+    println!(
+        "presage up: {} sample service(s) started; proxy config {}",
+        children.0.len(),
+        path.display()
+    );
     crate::serve(cfg, Some(path.to_path_buf()), None)
 }

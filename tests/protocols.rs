@@ -19,11 +19,18 @@ async fn http1_and_h2c_reach_the_upstream_with_request_ids() {
     assert_eq!(a.json()["path"], "/hello?x=1");
     let id = a.headers["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
-    assert_eq!(a.json()["headers"]["x-request-id"], id.as_str(), "upstream sees the same id");
+    assert_eq!(
+        a.json()["headers"]["x-request-id"],
+        id.as_str(),
+        "upstream sees the same id"
+    );
     assert_eq!(a.json()["headers"]["x-forwarded-for"], "127.0.0.1");
 
     // A client's own id is kept.
-    let req = Request::post(proxy.url("/echo")).header("x-request-id", "client-1").body(Full::new(Bytes::from("payload"))).unwrap();
+    let req = Request::post(proxy.url("/echo"))
+        .header("x-request-id", "client-1")
+        .body(Full::new(Bytes::from("payload")))
+        .unwrap();
     let a = send(&h1_client(), req).await;
     assert_eq!(a.headers["x-request-id"], "client-1");
     assert_eq!(a.json()["body"], "payload");
@@ -35,7 +42,13 @@ async fn http1_and_h2c_reach_the_upstream_with_request_ids() {
     // HTTP/2's :authority becomes the Host header for the HTTP/1.1 upstream.
     assert_eq!(a.json()["headers"]["host"], proxy.addr.to_string());
 
-    let out = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &proxy.url("/curl")]).await;
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        "\n%{http_version}",
+        &proxy.url("/curl"),
+    ])
+    .await;
     assert!(out.ends_with("\n2"), "{out}");
     assert!(out.contains("\"path\":\"/curl\""), "{out}");
 }
@@ -46,15 +59,42 @@ async fn tls_listener_negotiates_h2_and_http1_by_alpn() {
     let (cert, key) = (fixture("tls/server.pem"), fixture("tls/server.key"));
     let yaml = one_cluster(&[up.addr], "").replace(
         "    address: 127.0.0.1:0\nadmin",
-        &format!("    address: 127.0.0.1:0\n    tls: {{ cert: {}, key: {} }}\nadmin", cert.display(), key.display()),
+        &format!(
+            "    address: 127.0.0.1:0\n    tls: {{ cert: {}, key: {} }}\nadmin",
+            cert.display(),
+            key.display()
+        ),
     );
     let proxy = Proxy::start(&yaml).await;
     let url = format!("https://localhost:{}/tls", proxy.addr.port());
     let ca = fixture("tls/ca.pem").display().to_string();
     let resolve = format!("localhost:{}:127.0.0.1", proxy.addr.port());
-    let h2 = curl(&["--cacert", &ca, "--resolve", &resolve, "--http2", "-w", "\n%{http_version}", &url]).await;
-    assert!(h2.ends_with("\n2") && h2.contains("\"path\":\"/tls\""), "{h2}");
-    let h1 = curl(&["--cacert", &ca, "--resolve", &resolve, "--http1.1", "-w", "\n%{http_version}", &url]).await;
+    let h2 = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--http2",
+        "-w",
+        "\n%{http_version}",
+        &url,
+    ])
+    .await;
+    assert!(
+        h2.ends_with("\n2") && h2.contains("\"path\":\"/tls\""),
+        "{h2}"
+    );
+    let h1 = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--http1.1",
+        "-w",
+        "\n%{http_version}",
+        &url,
+    ])
+    .await;
     assert!(h1.ends_with("\n1.1"), "{h1}");
     assert!(h1.contains("\"x-forwarded-proto\":\"https\""), "{h1}");
 }
@@ -87,11 +127,17 @@ async fn protocol_upgrade_is_spliced_both_ways() {
     let up = Upstream::spawn("ws").await;
     let proxy = Proxy::start(&one_cluster(&[up.addr], "")).await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        assert_eq!(s.read(&mut b).await.unwrap(), 1, "connection closed in the response head");
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "connection closed in the response head"
+        );
         head.push(b[0]);
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
@@ -109,13 +155,21 @@ async fn protocol_upgrade_is_spliced_both_ways() {
 async fn tls_to_upstream_verifies_the_configured_ca() {
     let up = Upstream::spawn_tls("secure").await;
     let ca = fixture("tls/ca.pem").display().to_string();
-    let proxy = Proxy::start(&one_cluster(&[up.addr], &format!("    tls: {{ ca: {ca}, server_name: localhost }}\n"))).await;
+    let proxy = Proxy::start(&one_cluster(
+        &[up.addr],
+        &format!("    tls: {{ ca: {ca}, server_name: localhost }}\n"),
+    ))
+    .await;
     let a = get(&h1_client(), &proxy.url("/over-tls")).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["service"], "secure");
 
     // Without the CA the upstream is not trusted: a 502 from the proxy, not a crash.
-    let bad = Proxy::start(&one_cluster(&[up.addr], "    tls: { server_name: localhost }\n")).await;
+    let bad = Proxy::start(&one_cluster(
+        &[up.addr],
+        "    tls: { server_name: localhost }\n",
+    ))
+    .await;
     let a = get(&h1_client(), &bad.url("/over-tls")).await;
     assert_eq!(a.status, 502);
     assert_eq!(a.headers["x-presage-error"], "upstream-connect");

@@ -12,11 +12,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_endpoint_under_get_load_gives_no_client_errors_and_is_ejected() {
-    let ups = [Upstream::spawn("a").await, Upstream::spawn("b").await, Upstream::spawn("c").await];
+    let ups = [
+        Upstream::spawn("a").await,
+        Upstream::spawn("b").await,
+        Upstream::spawn("c").await,
+    ];
     let outlier = "    outlier_detection: { consecutive_failures: 3, base_ejection: 60s }\n";
-    let proxy = Proxy::start(&one_cluster(&ups.iter().map(|u| u.addr).collect::<Vec<_>>(), outlier)).await;
+    let proxy = Proxy::start(&one_cluster(
+        &ups.iter().map(|u| u.addr).collect::<Vec<_>>(),
+        outlier,
+    ))
+    .await;
     let url = proxy.url("/load");
-    let (ok, bad, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (ok, bad, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let mut workers = Vec::new();
     for _ in 0..8 {
         let (url, ok, bad, done) = (url.clone(), ok.clone(), bad.clone(), done.clone());
@@ -31,18 +43,41 @@ async fn killed_endpoint_under_get_load_gives_no_client_errors_and_is_ejected() 
         }));
     }
     // Kill one endpoint once it is carrying load, then keep the load on for 1000 more.
-    wait_until(Duration::from_secs(20), || async { (ups[0].hits() >= 100).then_some(()) }).await.unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        (ups[0].hits() >= 100).then_some(())
+    })
+    .await
+    .unwrap();
     ups[0].kill();
     let after = ok.load(Ordering::SeqCst) + 1000;
-    wait_until(Duration::from_secs(30), || async { (ok.load(Ordering::SeqCst) >= after).then_some(()) }).await.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        (ok.load(Ordering::SeqCst) >= after).then_some(())
+    })
+    .await
+    .unwrap();
     let hits_at_end = ups[0].hits();
     done.store(1, Ordering::SeqCst);
     for w in workers {
         w.await.unwrap();
     }
-    assert_eq!(bad.load(Ordering::SeqCst), 0, "client-visible errors after {} good requests", ok.load(Ordering::SeqCst));
-    assert_eq!(proxy.metric("presage_outlier_ejections_total", &[("cluster", "up")]).await, 1.0);
-    assert!(proxy.metric("presage_retries_total", &[("cluster", "up")]).await >= 1.0);
+    assert_eq!(
+        bad.load(Ordering::SeqCst),
+        0,
+        "client-visible errors after {} good requests",
+        ok.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        proxy
+            .metric("presage_outlier_ejections_total", &[("cluster", "up")])
+            .await,
+        1.0
+    );
+    assert!(
+        proxy
+            .metric("presage_retries_total", &[("cluster", "up")])
+            .await
+            >= 1.0
+    );
     assert_eq!(ups[0].hits(), hits_at_end);
 }
 
@@ -63,7 +98,10 @@ async fn retry_budget_caps_extra_load() {
     // 10/s reserve over the 10 s window (at most 100).
     let hits = up.hits();
     assert!(hits > n, "retries happened: {hits}");
-    assert!(hits <= n + n / 5 + 100 + 5, "budget exceeded: {hits} upstream requests for {n}");
+    assert!(
+        hits <= n + n / 5 + 100 + 5,
+        "budget exceeded: {hits} upstream requests for {n}"
+    );
 }
 
 #[tokio::test]
@@ -83,13 +121,17 @@ async fn dead_endpoint_is_retried_on_another() {
 #[tokio::test]
 async fn slow_upstream_gets_a_504_at_the_route_timeout() {
     let up = Upstream::spawn("slow").await;
-    let yaml = one_cluster(&[up.addr], "").replace("    cluster: up\n", "    cluster: up\n    timeout: 200ms\n");
+    let yaml = one_cluster(&[up.addr], "")
+        .replace("    cluster: up\n", "    cluster: up\n    timeout: 200ms\n");
     let proxy = Proxy::start(&yaml).await;
     let t0 = std::time::Instant::now();
     let a = get(&h1_client(), &proxy.url("/slow?ms=5000")).await;
     assert_eq!(a.status, 504);
     assert_eq!(a.headers["x-presage-error"], "upstream-timeout");
-    assert!(t0.elapsed() < Duration::from_secs(4), "the timeout cut the request");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "the timeout cut the request"
+    );
     assert_eq!(up.hits(), 1, "a timed-out request is not retried");
 }
 
@@ -119,15 +161,29 @@ async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
     let proxy = Proxy::start(&yaml).await;
     let ok = || async { get(&h1_client(), &proxy.url("/still-ok")).await.status };
 
-    assert!(raw(proxy.addr, b"GARBAGE\r\n\r\n").await.starts_with("HTTP/1.1 400"));
-    assert!(raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert!(raw(proxy.addr, b"GARBAGE\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 400"));
+    assert!(raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"
+    )
+    .await
+    .starts_with("HTTP/1.1 400"));
     assert_eq!(ok().await, 200);
 
-    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
-    assert!(raw(proxy.addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert!(raw(proxy.addr, big.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
     let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
-    assert!(raw(proxy.addr, many.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    assert!(raw(proxy.addr, many.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
     assert_eq!(ok().await, 200);
 
     let bad_chunk = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
@@ -135,9 +191,16 @@ async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
     let declared = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
     assert!(raw(proxy.addr, declared).await.starts_with("HTTP/1.1 413"));
     let streamed = format!("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n", "b".repeat(2000));
-    assert!(raw(proxy.addr, streamed.as_bytes()).await.starts_with("HTTP/1.1 413"));
+    assert!(raw(proxy.addr, streamed.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 413"));
     assert_eq!(ok().await, 200);
-    assert!(proxy.metric("presage_requests_total", &[("status_class", "4xx")]).await >= 3.0);
+    assert!(
+        proxy
+            .metric("presage_requests_total", &[("status_class", "4xx")])
+            .await
+            >= 3.0
+    );
 }
 
 #[tokio::test]
@@ -146,11 +209,21 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     let mut proxy = Proxy::start(&one_cluster(&[up.addr], "")).await;
     let url = proxy.url("/slow?ms=1500");
     let in_flight = tokio::spawn(async move { get(&h1_client(), &url).await });
-    wait_until(Duration::from_secs(10), || async { (up.hits() == 1).then_some(()) }).await.unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        (up.hits() == 1).then_some(())
+    })
+    .await
+    .unwrap();
     proxy.signal("TERM");
     let a = in_flight.await.unwrap();
     assert_eq!(a.status, 200, "the in-flight request completed");
-    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "no longer accepting"
+    );
 }

@@ -10,14 +10,21 @@ use support::*;
 
 #[tokio::test]
 async fn routing_table_first_match_wins() {
-    let names = ["exact", "suffix", "regex", "method", "header", "rewrite", "fallback"];
+    let names = [
+        "exact", "suffix", "regex", "method", "header", "rewrite", "fallback",
+    ];
     let mut ups = Vec::new();
     for n in names {
         ups.push(Upstream::spawn(n).await);
     }
     let clusters: String = ups
         .iter()
-        .map(|u| format!("  - name: {}\n    endpoints:\n      - address: \"{}\"\n", u.name, u.addr))
+        .map(|u| {
+            format!(
+                "  - name: {}\n    endpoints:\n      - address: \"{}\"\n",
+                u.name, u.addr
+            )
+        })
         .collect();
     let yaml = config(&format!(
         r#"routes:
@@ -52,7 +59,10 @@ clusters:
     let proxy = Proxy::start(&yaml).await;
     let c = h1_client();
     let req = |method: &str, host: &str, path: &str, headers: &[(&str, &str)]| {
-        let mut b = Request::builder().method(method).uri(proxy.url(path)).header("host", host);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(proxy.url(path))
+            .header("host", host);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -61,23 +71,59 @@ clusters:
     let service = |a: &Answer| a.json()["service"].as_str().unwrap().to_string();
 
     // Exact host + exact path.
-    assert_eq!(service(&send(&c, req("GET", "API.example.com:80", "/v1/items", &[])).await), "exact");
+    assert_eq!(
+        service(&send(&c, req("GET", "API.example.com:80", "/v1/items", &[])).await),
+        "exact"
+    );
     // Same host, other path: falls to the suffix route (first match wins, in order).
-    assert_eq!(service(&send(&c, req("GET", "api.example.com", "/v1/items/2", &[])).await), "suffix");
+    assert_eq!(
+        service(&send(&c, req("GET", "api.example.com", "/v1/items/2", &[])).await),
+        "suffix"
+    );
     // The apex does not match `*.example.com`.
-    assert_eq!(service(&send(&c, req("GET", "example.com", "/x", &[])).await), "fallback");
-    assert_eq!(service(&send(&c, req("GET", "h", "/users/42", &[])).await), "regex");
+    assert_eq!(
+        service(&send(&c, req("GET", "example.com", "/x", &[])).await),
+        "fallback"
+    );
+    assert_eq!(
+        service(&send(&c, req("GET", "h", "/users/42", &[])).await),
+        "regex"
+    );
     // The regex is anchored: a longer path does not match.
-    assert_eq!(service(&send(&c, req("GET", "h", "/users/42/x", &[])).await), "fallback");
-    assert_eq!(service(&send(&c, req("DELETE", "h", "/x", &[])).await), "method");
-    assert_eq!(service(&send(&c, req("POST", "h", "/x", &[("x-canary", "yes"), ("x-team", "team-a")])).await), "header");
+    assert_eq!(
+        service(&send(&c, req("GET", "h", "/users/42/x", &[])).await),
+        "fallback"
+    );
+    assert_eq!(
+        service(&send(&c, req("DELETE", "h", "/x", &[])).await),
+        "method"
+    );
+    assert_eq!(
+        service(
+            &send(
+                &c,
+                req(
+                    "POST",
+                    "h",
+                    "/x",
+                    &[("x-canary", "yes"), ("x-team", "team-a")]
+                )
+            )
+            .await
+        ),
+        "header"
+    );
     // Both header conditions must hold.
     let a = send(&c, req("POST", "h", "/x", &[("x-canary", "yes")])).await;
     assert_eq!(a.status, 404);
     assert_eq!(a.headers["x-presage-error"], "no-route");
     assert_eq!(a.body, "no route matches this request\n");
 
-    let a = send(&c, req("GET", "h", "/api/orders?id=7", &[("x-secret", "s")])).await;
+    let a = send(
+        &c,
+        req("GET", "h", "/api/orders?id=7", &[("x-secret", "s")]),
+    )
+    .await;
     let j = a.json();
     assert_eq!(j["service"], "rewrite");
     assert_eq!(j["path"], "/internal/orders?id=7");
@@ -86,12 +132,39 @@ clusters:
     assert_eq!(a.headers["x-route"], "api-rewrite");
 
     // Metrics count by route and status class.
-    assert_eq!(proxy.metric("presage_requests_total", &[("route", "-"), ("status_class", "4xx")]).await, 1.0);
-    assert_eq!(proxy.metric("presage_requests_total", &[("route", "api-rewrite"), ("status_class", "2xx")]).await, 1.0);
+    assert_eq!(
+        proxy
+            .metric(
+                "presage_requests_total",
+                &[("route", "-"), ("status_class", "4xx")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "presage_requests_total",
+                &[("route", "api-rewrite"), ("status_class", "2xx")]
+            )
+            .await,
+        1.0
+    );
     let m = proxy.admin_get("/metrics").await.1;
-    let inf = [("le", "+Inf"), ("route", "api-rewrite"), ("cluster", "rewrite")];
-    assert_eq!(metric_sum(&m, "presage_request_duration_seconds_bucket", &inf), 1.0, "{m}");
+    let inf = [
+        ("le", "+Inf"),
+        ("route", "api-rewrite"),
+        ("cluster", "rewrite"),
+    ];
+    assert_eq!(
+        metric_sum(&m, "presage_request_duration_seconds_bucket", &inf),
+        1.0,
+        "{m}"
+    );
     let p99 = [("route", "api-rewrite"), ("quantile", "0.99")];
-    assert!(metric_sum(&m, "presage_request_duration_quantile_seconds", &p99) > 0.0, "{m}");
+    assert!(
+        metric_sum(&m, "presage_request_duration_quantile_seconds", &p99) > 0.0,
+        "{m}"
+    );
     assert!(m.ends_with("# EOF\n"));
 }

@@ -18,21 +18,29 @@ use crate::state::Shared;
 
 pub async fn serve(shared: Arc<Shared>, tcp: TcpListener) {
     loop {
-        let Ok((stream, _)) = tcp.accept().await else { continue };
+        let Ok((stream, _)) = tcp.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(respond(&shared, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
     }
     match req.uri().path() {
         "/metrics" => text(
@@ -42,24 +50,39 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/ready" => {
             if shared.draining.load(Ordering::Relaxed) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "draining\n".into(),
+                )
             } else {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             }
         }
-        "/config" => text(StatusCode::OK, "application/yaml", shared.live.load().config.text.clone()),
+        "/config" => text(
+            StatusCode::OK,
+            "application/yaml",
+            shared.live.load().config.text.clone(),
+        ),
         "/config/status" => {
             let status = shared.reload.lock().map(|s| s.clone()).unwrap_or_default();
             let body = serde_json::to_string(&status).unwrap_or_default() + "\n";
             text(StatusCode::OK, "application/json", body)
         }
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /ready, /config, /config/status\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /ready, /config, /config/status\n".into(),
+        ),
     }
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
     res
 }

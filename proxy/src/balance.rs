@@ -26,7 +26,10 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 
 impl Default for PeakEwma {
     fn default() -> Self {
-        PeakEwma { rtt_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64), stamp_ms: AtomicU64::new(now_ms()) }
+        PeakEwma {
+            rtt_ns: AtomicU64::new(DEFAULT_RTT.as_nanos() as u64),
+            stamp_ms: AtomicU64::new(now_ms()),
+        }
     }
 }
 
@@ -76,7 +79,11 @@ impl Balancer {
             current[best] -= total as i64;
             wrr.push(best);
         }
-        Balancer { policy, wrr, next: AtomicUsize::new(0) }
+        Balancer {
+            policy,
+            wrr,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Picks an endpoint, avoiding `avoid` (the one that just failed) when there is another.
@@ -91,14 +98,20 @@ impl Balancer {
         let chosen = match self.policy {
             LoadBalancer::WeightedRoundRobin => {
                 let start = self.next.fetch_add(1, Relaxed);
-                (0..self.wrr.len()).map(|k| self.wrr[(start + k) % self.wrr.len()]).find(|&i| usable(i))
+                (0..self.wrr.len())
+                    .map(|k| self.wrr[(start + k) % self.wrr.len()])
+                    .find(|&i| usable(i))
             }
             LoadBalancer::PeakEwma => self.p2c(eps, usable),
         };
         // Panic mode: everything is ejected or avoided.
         let i = chosen.unwrap_or_else(|| {
             let i = fastrand::usize(..eps.len());
-            if Some(i) == avoid { (i + 1) % eps.len() } else { i }
+            if Some(i) == avoid {
+                (i + 1) % eps.len()
+            } else {
+                i
+            }
         });
         Some(&eps[i])
     }
@@ -122,7 +135,11 @@ impl Balancer {
                 }
             }
         };
-        Some(if eps[a].load_cost() <= eps[b].load_cost() { a } else { b })
+        Some(if eps[a].load_cost() <= eps[b].load_cost() {
+            a
+        } else {
+            b
+        })
     }
 }
 

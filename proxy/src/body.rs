@@ -39,7 +39,10 @@ pin_project_lite::pin_project! {
 
 impl RequestBody {
     pub fn limited(inner: Incoming, limit: u64) -> Self {
-        RequestBody::Stream { inner, remaining: limit }
+        RequestBody::Stream {
+            inner,
+            remaining: limit,
+        }
     }
 }
 
@@ -47,7 +50,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = DownstreamBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
             RequestBodyProj::Empty => Poll::Ready(None),
             RequestBodyProj::Stream { inner, remaining } => match inner.poll_frame(cx) {
@@ -55,7 +61,9 @@ impl Body for RequestBody {
                     if let Some(data) = frame.data_ref() {
                         let n = data.len() as u64;
                         if n > *remaining {
-                            return Poll::Ready(Some(Err(DownstreamBodyError::TooLarge(*remaining))));
+                            return Poll::Ready(Some(Err(DownstreamBodyError::TooLarge(
+                                *remaining,
+                            ))));
                         }
                         *remaining -= n;
                     }

@@ -55,7 +55,10 @@ impl ProxyError {
     }
 
     pub fn is_client_fault(&self) -> bool {
-        matches!(self, ProxyError::BodyTooLarge(_) | ProxyError::BadRequestBody(_))
+        matches!(
+            self,
+            ProxyError::BodyTooLarge(_) | ProxyError::BadRequestBody(_)
+        )
     }
 
     /// Short machine-readable code for `x-presage-error` and logs.
@@ -79,7 +82,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Upgrade(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Upgrade(_) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -89,11 +94,20 @@ impl ProxyError {
         let mut res = Response::new(full(text));
         *res.status_mut() = status;
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-        h.insert("x-presage-error", header::HeaderValue::from_static(self.code()));
+        h.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            "x-presage-error",
+            header::HeaderValue::from_static(self.code()),
+        );
         if self.is_client_fault() {
             // The request stream is in an unknown state; do not reuse the connection.
-            h.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         res
     }

@@ -41,15 +41,27 @@ pub struct Conn {
 }
 
 /// hyper's entry point for every downstream request.
-pub async fn handle(shared: Arc<Shared>, conn: Conn, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Conn,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let rt = shared.live.load_full();
     let request_id = headers::ensure_request_id(req.headers_mut());
-    let log = rt.config.access_log.then(|| AccessEntry::new(&req, conn.peer));
+    let log = rt
+        .config
+        .access_log
+        .then(|| AccessEntry::new(&req, conn.peer));
 
     let route = {
         let host = routing::request_host(req.uri(), req.headers());
-        rt.route(&RequestView { host: host.as_deref(), path: req.uri().path(), method: req.method(), headers: req.headers() })
+        rt.route(&RequestView {
+            host: host.as_deref(),
+            path: req.uri().path(),
+            method: req.method(),
+            headers: req.headers(),
+        })
     };
     let result = match route {
         None => Err(ProxyError::NoRoute),
@@ -66,9 +78,12 @@ pub async fn handle(shared: Arc<Shared>, conn: Conn, mut req: Request<Incoming>)
             (e.into_response(), None)
         }
     };
-    res.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    res.headers_mut()
+        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     let elapsed = start.elapsed();
-    route.map_or(&shared.no_route, |r| &r.stats).record(res.status().as_u16(), elapsed);
+    route
+        .map_or(&shared.no_route, |r| &r.stats)
+        .record(res.status().as_u16(), elapsed);
     if let Some(entry) = log {
         entry.write(&request_id, res.status(), elapsed, route, endpoint);
     }
@@ -77,9 +92,18 @@ pub async fn handle(shared: Arc<Shared>, conn: Conn, mut req: Request<Incoming>)
 
 type Answer = (Response<ResponseBody>, Option<http::uri::Authority>);
 
-async fn proxy(rt: &Runtime, route: &Route, conn: Conn, req: Request<Incoming>) -> Result<Answer, ProxyError> {
+async fn proxy(
+    rt: &Runtime,
+    route: &Route,
+    conn: Conn,
+    req: Request<Incoming>,
+) -> Result<Answer, ProxyError> {
     let limits = &rt.config.limits;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
         if len > limits.max_body_bytes {
             return Err(ProxyError::BodyTooLarge(limits.max_body_bytes));
         }
@@ -102,16 +126,27 @@ async fn proxy(rt: &Runtime, route: &Route, conn: Conn, req: Request<Incoming>) 
         route.budget.deposit();
     }
     let idempotent = is_idempotent(&parts.method);
-    let mut body = Some(if replayable { RequestBody::Empty } else { RequestBody::limited(body, limits.max_body_bytes) });
+    let mut body = Some(if replayable {
+        RequestBody::Empty
+    } else {
+        RequestBody::limited(body, limits.max_body_bytes)
+    });
     let mut avoid = None;
     let mut attempt = 0u32;
     loop {
-        let ep = cluster.balancer.pick(&cluster.endpoints, avoid).ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
+        let ep = cluster
+            .balancer
+            .pick(&cluster.endpoints, avoid)
+            .ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
         let mut up = Request::new(body.take().unwrap_or(RequestBody::Empty));
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = endpoint_uri(ep, &path)?;
         *up.version_mut() = version;
-        *up.headers_mut() = if may_retry { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+        *up.headers_mut() = if may_retry {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
 
         let t0 = Instant::now();
         ep.pending.fetch_add(1, Relaxed);
@@ -119,7 +154,8 @@ async fn proxy(rt: &Runtime, route: &Route, conn: Conn, req: Request<Incoming>) 
         ep.pending.fetch_sub(1, Relaxed);
         let rtt = t0.elapsed();
 
-        let can_retry_now = |attempt: u32| may_retry && attempt < retry.attempts && route.budget.withdraw();
+        let can_retry_now =
+            |attempt: u32| may_retry && attempt < retry.attempts && route.budget.withdraw();
         match sent {
             Err(_) => {
                 cluster.record(ep, Outcome::OtherError);
@@ -130,7 +166,14 @@ async fn proxy(rt: &Runtime, route: &Route, conn: Conn, req: Request<Incoming>) 
                 if err.is_client_fault() {
                     return Err(err);
                 }
-                cluster.record(ep, if err.is_connect() { Outcome::ConnectError } else { Outcome::OtherError });
+                cluster.record(
+                    ep,
+                    if err.is_connect() {
+                        Outcome::ConnectError
+                    } else {
+                        Outcome::OtherError
+                    },
+                );
                 // A connect error means nothing was sent; otherwise only idempotent methods.
                 if (err.is_connect() || idempotent) && can_retry_now(attempt) {
                     tracing::debug!(error = %err, endpoint = %ep.spec.authority, attempt, "retrying");
@@ -142,7 +185,12 @@ async fn proxy(rt: &Runtime, route: &Route, conn: Conn, req: Request<Incoming>) 
                 let status = res.status();
                 if status.is_server_error() {
                     cluster.record(ep, Outcome::ServerError(rtt));
-                    let retriable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT);
+                    let retriable = matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    );
                     if !(retriable && idempotent && can_retry_now(attempt)) {
                         return Ok((response(route, res), Some(ep.spec.authority.clone())));
                     }
@@ -165,12 +213,17 @@ async fn proxy(rt: &Runtime, route: &Route, conn: Conn, req: Request<Incoming>) 
 
 /// Full-jitter exponential backoff: uniform in `[0, min(max, base * 2^(attempt-1))]`.
 fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let cap = base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(max);
+    let cap = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(max);
     cap.mul_f64(fastrand::f64())
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn upstream_version(c: &Cluster) -> Version {
@@ -210,7 +263,10 @@ fn endpoint_uri(ep: &Endpoint, path: &str) -> Result<Uri, ProxyError> {
 fn prepare_headers(h: &mut HeaderMap, uri: &Uri, route: &Route, conn: Conn, upgrade: bool) {
     // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
     if !h.contains_key(header::HOST) {
-        if let Some(v) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(v) = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             h.insert(header::HOST, v);
         }
     }
@@ -229,16 +285,26 @@ fn response(route: &Route, res: Response<Incoming>) -> Response<ResponseBody> {
 
 /// HTTP/1.1 protocol switch (WebSocket): forward the handshake, then splice the two
 /// upgraded connections until either side closes.
-async fn upgrade(route: &Route, conn: Conn, mut req: Request<Incoming>) -> Result<Answer, ProxyError> {
+async fn upgrade(
+    route: &Route,
+    conn: Conn,
+    mut req: Request<Incoming>,
+) -> Result<Answer, ProxyError> {
     let cluster = &route.cluster;
     if cluster.spec.protocol != Protocol::Http1 {
-        return Err(ProxyError::Upgrade(format!("cluster {} speaks HTTP/2; protocol upgrades need http1", cluster.spec.name)));
+        return Err(ProxyError::Upgrade(format!(
+            "cluster {} speaks HTTP/2; protocol upgrades need http1",
+            cluster.spec.name
+        )));
     }
     let downstream = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     let path = rewritten_path(route, &parts.uri);
     prepare_headers(&mut parts.headers, &parts.uri, route, conn, true);
-    let ep = cluster.balancer.pick(&cluster.endpoints, None).ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
+    let ep = cluster
+        .balancer
+        .pick(&cluster.endpoints, None)
+        .ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
     let mut up = Request::new(RequestBody::Empty);
     *up.method_mut() = parts.method;
     *up.uri_mut() = endpoint_uri(ep, &path)?;
@@ -248,7 +314,14 @@ async fn upgrade(route: &Route, conn: Conn, mut req: Request<Incoming>) -> Resul
         Err(_) => return Err(ProxyError::Timeout(route.spec.timeout)),
         Ok(Err(e)) => {
             let err = ProxyError::from_client(e);
-            cluster.record(ep, if err.is_connect() { Outcome::ConnectError } else { Outcome::OtherError });
+            cluster.record(
+                ep,
+                if err.is_connect() {
+                    Outcome::ConnectError
+                } else {
+                    Outcome::OtherError
+                },
+            );
             return Err(err);
         }
         Ok(Ok(res)) => res,
@@ -285,14 +358,25 @@ impl AccessEntry {
     fn new(req: &Request<Incoming>, peer: SocketAddr) -> Self {
         AccessEntry {
             method: req.method().clone(),
-            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
             host: routing::request_host(req.uri(), req.headers()).map(|h| h.into_owned()),
             peer,
             version: req.version(),
         }
     }
 
-    fn write(self, id: &HeaderValue, status: StatusCode, elapsed: Duration, route: Option<&Route>, upstream: Option<http::uri::Authority>) {
+    fn write(
+        self,
+        id: &HeaderValue,
+        status: StatusCode,
+        elapsed: Duration,
+        route: Option<&Route>,
+        upstream: Option<http::uri::Authority>,
+    ) {
         use std::io::Write;
         let line = serde_json::json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

@@ -48,8 +48,24 @@ pub async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let tls = shared.live.load().config.listeners.iter().find(|l| l.name == name).and_then(|l| l.tls.clone());
-        tokio::spawn(serve(shared.clone(), stream, Conn { peer, tls: tls.is_some() }, tls, watcher()));
+        let tls = shared
+            .live
+            .load()
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.tls.clone());
+        tokio::spawn(serve(
+            shared.clone(),
+            stream,
+            Conn {
+                peer,
+                tls: tls.is_some(),
+            },
+            tls,
+            watcher(),
+        ));
     }
 }
 
@@ -71,7 +87,13 @@ fn builder(limits: &Limits) -> Builder<TokioExecutor> {
     b
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, conn: Conn, tls: Option<Arc<rustls::ServerConfig>>, watcher: Watcher) {
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    conn: Conn,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    watcher: Watcher,
+) {
     shared.metrics.connections.inc();
     shared.metrics.active_connections.inc();
     let _guard = ConnGuard(shared.clone());
@@ -83,17 +105,32 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, conn: Conn, tls: Option<A
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             // The handshake is bounded like a request head: a slow client must not hold a slot.
-            let stream = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, peer = %conn.peer, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            watcher.watch(b.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await
+            let stream =
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, peer = %conn.peer, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            watcher
+                .watch(
+                    b.serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned(),
+                )
+                .await
         }
-        None => watcher.watch(b.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await,
+        None => {
+            watcher
+                .watch(
+                    b.serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned(),
+                )
+                .await
+        }
     };
     if let Err(error) = result {
         tracing::debug!(%error, peer = %conn.peer, "connection ended with an error");

@@ -97,28 +97,71 @@ impl Metrics {
     /// Registers everything into `registry` under the `presage` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("presage");
-        r.register("requests", "Requests by route, cluster and status class", self.requests.clone());
-        r.register("retries", "Retries sent to upstream clusters", self.retries.clone());
-        r.register("outlier_ejections", "Endpoints ejected by outlier detection", self.ejections.clone());
-        r.register("upstream_errors", "Failed upstream attempts by kind", self.upstream_errors.clone());
-        r.register("config_reloads", "Config reloads by result", self.reloads.clone());
-        r.register("config_generation", "Generation of the live config (1 = as started)", self.generation.clone());
-        r.register("active_connections", "Open downstream connections", self.active_connections.clone());
-        r.register("connections", "Accepted downstream connections", self.connections.clone());
+        r.register(
+            "requests",
+            "Requests by route, cluster and status class",
+            self.requests.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries sent to upstream clusters",
+            self.retries.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            self.ejections.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Failed upstream attempts by kind",
+            self.upstream_errors.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads by result",
+            self.reloads.clone(),
+        );
+        r.register(
+            "config_generation",
+            "Generation of the live config (1 = as started)",
+            self.generation.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Open downstream connections",
+            self.active_connections.clone(),
+        );
+        r.register(
+            "connections",
+            "Accepted downstream connections",
+            self.connections.clone(),
+        );
         r.register_collector(Box::new(self.latency.clone()));
     }
 
     pub fn route_stats(&self, route: &str, cluster: &str) -> RouteStats {
         let by_class = CLASSES.map(|status_class| {
             self.requests
-                .get_or_create(&RequestLabels { route: route.into(), cluster: cluster.into(), status_class })
+                .get_or_create(&RequestLabels {
+                    route: route.into(),
+                    cluster: cluster.into(),
+                    status_class,
+                })
                 .clone()
         });
-        RouteStats { by_class, latency: self.latency.get(route, cluster) }
+        RouteStats {
+            by_class,
+            latency: self.latency.get(route, cluster),
+        }
     }
 
     pub fn cluster_counter(family: &Family<ClusterLabels, Counter>, cluster: &str) -> Counter {
-        family.get_or_create(&ClusterLabels { cluster: cluster.into() }).clone()
+        family
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.into(),
+            })
+            .clone()
     }
 }
 
@@ -135,7 +178,10 @@ pub struct LatencyCollector {
 }
 
 /// Bucket bounds in seconds, Prometheus' defaults extended down to 100 µs for a proxy.
-const BUCKETS: [f64; 15] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
 
 impl LatencyCollector {
     fn get(&self, route: &str, cluster: &str) -> Arc<Mutex<Histogram<u64>>> {
@@ -143,7 +189,8 @@ impl LatencyCollector {
         s.entry((route.into(), cluster.into()))
             .or_insert_with(|| {
                 // 1 µs .. 1 h at 3 significant digits: about 30 KiB per series.
-                let h = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid");
+                let h = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("static bounds are valid");
                 Arc::new(Mutex::new(h))
             })
             .clone()
@@ -151,7 +198,9 @@ impl LatencyCollector {
 
     fn snapshot(&self) -> Vec<((String, String), Histogram<u64>)> {
         let s = self.series.lock().expect("latency registry lock poisoned");
-        s.iter().filter_map(|(k, h)| Some((k.clone(), h.lock().ok()?.clone()))).collect()
+        s.iter()
+            .filter_map(|(k, h)| Some((k.clone(), h.lock().ok()?.clone())))
+            .collect()
     }
 }
 
@@ -179,7 +228,8 @@ impl Collector for LatencyCollector {
                 buckets.push((f64::INFINITY, h.len().saturating_sub(prev)));
                 let sum = h.mean() * h.len() as f64 / 1e6;
                 let labels = [("route", route.as_str()), ("cluster", cluster.as_str())];
-                m.encode_family(&labels)?.encode_histogram::<[(&str, &str); 0]>(sum, h.len(), &buckets, None)?;
+                m.encode_family(&labels)?
+                    .encode_histogram::<[(&str, &str); 0]>(sum, h.len(), &buckets, None)?;
             }
         }
         let mut m = encoder.encode_descriptor(
@@ -190,7 +240,11 @@ impl Collector for LatencyCollector {
         )?;
         for ((route, cluster), h) in &snap {
             for (q, name) in [(0.5, "0.5"), (0.99, "0.99"), (0.999, "0.999")] {
-                let labels = [("route", route.as_str()), ("cluster", cluster.as_str()), ("quantile", name)];
+                let labels = [
+                    ("route", route.as_str()),
+                    ("cluster", cluster.as_str()),
+                    ("quantile", name),
+                ];
                 let v = h.value_at_quantile(q) as f64 / 1e6;
                 ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
             }
@@ -202,6 +256,7 @@ impl Collector for LatencyCollector {
 /// Encodes the registry as OpenMetrics text.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
     out
 }

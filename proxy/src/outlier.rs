@@ -40,20 +40,35 @@ impl OutlierState {
     /// Records a failure; returns the ejection duration if this failure ejected the endpoint.
     pub fn on_failure(&self, policy: &OutlierPolicy, now_ms: u64) -> Option<Duration> {
         let n = self.consecutive.fetch_add(1, Relaxed) + 1;
-        if policy.consecutive_failures == 0 || n < policy.consecutive_failures || self.is_ejected(now_ms) {
+        if policy.consecutive_failures == 0
+            || n < policy.consecutive_failures
+            || self.is_ejected(now_ms)
+        {
             return None;
         }
         // Only one of several racing failures ejects.
-        if self.consecutive.compare_exchange(n, 0, Relaxed, Relaxed).is_err() {
+        if self
+            .consecutive
+            .compare_exchange(n, 0, Relaxed, Relaxed)
+            .is_err()
+        {
             return None;
         }
         let quiet = now_ms.saturating_sub(self.last_ejected_ms.load(Relaxed));
-        let streak = if quiet > 2 * policy.max_ejection.as_millis() as u64 { 0 } else { self.ejections.load(Relaxed) };
+        let streak = if quiet > 2 * policy.max_ejection.as_millis() as u64 {
+            0
+        } else {
+            self.ejections.load(Relaxed)
+        };
         let factor = 1u32.checked_shl(streak.min(16)).unwrap_or(u32::MAX);
-        let dur = policy.base_ejection.saturating_mul(factor).min(policy.max_ejection);
+        let dur = policy
+            .base_ejection
+            .saturating_mul(factor)
+            .min(policy.max_ejection);
         self.ejections.store(streak + 1, Relaxed);
         self.last_ejected_ms.store(now_ms, Relaxed);
-        self.ejected_until_ms.store(now_ms + dur.as_millis() as u64, Relaxed);
+        self.ejected_until_ms
+            .store(now_ms + dur.as_millis() as u64, Relaxed);
         Some(dur)
     }
 }
@@ -104,7 +119,10 @@ mod tests {
     #[test]
     fn disabled_policy_never_ejects() {
         let s = OutlierState::default();
-        let p = OutlierPolicy { consecutive_failures: 0, ..policy() };
+        let p = OutlierPolicy {
+            consecutive_failures: 0,
+            ..policy()
+        };
         for _ in 0..100 {
             assert_eq!(s.on_failure(&p, 0), None);
         }

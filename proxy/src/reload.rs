@@ -43,7 +43,9 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, ConfigErrors> {
         shared.metrics.generation.set(generation as i64);
         generation
     });
-    let label = ResultLabels { result: if result.is_ok() { "success" } else { "failure" } };
+    let label = ResultLabels {
+        result: if result.is_ok() { "success" } else { "failure" },
+    };
     shared.metrics.reloads.get_or_create(&label).inc();
     let mut status = shared.reload.lock().expect("reload status lock poisoned");
     match &result {
@@ -72,17 +74,27 @@ pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::Recom
             if ev.kind.is_access() {
                 return;
             }
-            if ev.paths.iter().any(|p| p.file_name().map(|n| n.to_owned()) == name) {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_owned()) == name)
+            {
                 let _ = fs_tx.send(());
             }
         }
     })?;
     // Watch the directory: editors and `mv` replace the file, which a file watch would lose.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
 
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
         while hup.recv().await.is_some() {
             let _ = tx.send(());
         }

@@ -27,7 +27,9 @@ impl HostMatch {
             return Ok(HostMatch::Suffix(format!(".{rest}")));
         }
         if s.contains('*') {
-            return Err(format!("a wildcard is only allowed as a leading `*.`, found {s:?}"));
+            return Err(format!(
+                "a wildcard is only allowed as a leading `*.`, found {s:?}"
+            ));
         }
         Ok(HostMatch::Exact(s))
     }
@@ -74,7 +76,8 @@ impl HeaderMatch {
         }
         values.any(|v| {
             let Ok(v) = v.to_str() else { return false };
-            self.value.as_deref().is_none_or(|want| want == v) && self.regex.as_ref().is_none_or(|re| re.is_match(v))
+            self.value.as_deref().is_none_or(|want| want == v)
+                && self.regex.as_ref().is_none_or(|re| re.is_match(v))
         })
     }
 }
@@ -119,7 +122,10 @@ impl RouteMatch {
 
 /// The request's host for routing: `Host` header (HTTP/1) or the URI authority (HTTP/2),
 /// lowercased and without the port. Returns `Cow` so the common lowercase case does not allocate.
-pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<std::borrow::Cow<'a, str>> {
+pub fn request_host<'a>(
+    uri: &'a http::Uri,
+    headers: &'a HeaderMap,
+) -> Option<std::borrow::Cow<'a, str>> {
     let raw = match uri.host() {
         Some(h) => h,
         None => {
@@ -139,15 +145,31 @@ fn strip_port(h: &str) -> &str {
         // [v6]:port
         return h.split_once(']').map_or(h, |(a, _)| &a[1..]);
     }
-    h.rsplit_once(':').map_or(h, |(a, p)| if p.bytes().all(|b| b.is_ascii_digit()) { a } else { h })
+    h.rsplit_once(':').map_or(h, |(a, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            a
+        } else {
+            h
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn view<'a>(host: Option<&'a str>, path: &'a str, method: &'a Method, headers: &'a HeaderMap) -> RequestView<'a> {
-        RequestView { host, path, method, headers }
+    fn view<'a>(
+        host: Option<&'a str>,
+        path: &'a str,
+        method: &'a Method,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
+        RequestView {
+            host,
+            path,
+            method,
+            headers,
+        }
     }
 
     #[test]
@@ -171,7 +193,11 @@ mod tests {
             host: Some(HostMatch::parse("api.test").unwrap()),
             path: Some(PathMatch::Prefix("/v1/".into())),
             methods: vec![Method::GET],
-            headers: vec![HeaderMatch { name: "x-env".parse().unwrap(), value: Some("canary".into()), regex: None }],
+            headers: vec![HeaderMatch {
+                name: "x-env".parse().unwrap(),
+                value: Some("canary".into()),
+                regex: None,
+            }],
         };
         let get = Method::GET;
         assert!(m.matches(&view(Some("api.test"), "/v1/x", &get, &headers)));
@@ -190,6 +216,9 @@ mod tests {
         let uri: http::Uri = "http://h2.test:443/x".parse().unwrap();
         assert_eq!(request_host(&uri, &h).as_deref(), Some("h2.test"));
         h.insert("host", "[::1]:80".parse().unwrap());
-        assert_eq!(request_host(&"/".parse().unwrap(), &h).as_deref(), Some("::1"));
+        assert_eq!(
+            request_host(&"/".parse().unwrap(), &h).as_deref(),
+            Some("::1")
+        );
     }
 }

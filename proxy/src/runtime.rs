@@ -41,7 +41,10 @@ impl Runtime {
     pub fn build(mut config: Config, previous: Option<&Runtime>, metrics: &Metrics) -> Runtime {
         let mut clusters = HashMap::new();
         for spec in std::mem::take(&mut config.clusters) {
-            let reused = previous.and_then(|p| p.clusters.get(&spec.name)).filter(|c| c.spec == spec).cloned();
+            let reused = previous
+                .and_then(|p| p.clusters.get(&spec.name))
+                .filter(|c| c.spec == spec)
+                .cloned();
             let cluster = reused.unwrap_or_else(|| Arc::new(Cluster::new(spec.clone(), metrics)));
             clusters.insert(spec.name, cluster);
         }
@@ -52,13 +55,22 @@ impl Runtime {
                 let cluster = clusters.get(&spec.cluster)?.clone();
                 Some(Route {
                     stats: metrics.route_stats(&spec.name, &spec.cluster),
-                    budget: TpsBudget::new(RETRY_BUDGET_TTL, RETRY_MIN_PER_SEC, spec.retry.budget_percent / 100.0),
+                    budget: TpsBudget::new(
+                        RETRY_BUDGET_TTL,
+                        RETRY_MIN_PER_SEC,
+                        spec.retry.budget_percent / 100.0,
+                    ),
                     cluster,
                     spec,
                 })
             })
             .collect();
-        Runtime { config, generation: previous.map_or(1, |p| p.generation + 1), routes, clusters }
+        Runtime {
+            config,
+            generation: previous.map_or(1, |p| p.generation + 1),
+            routes,
+            clusters,
+        }
     }
 
     /// First route whose match holds.

@@ -20,7 +20,11 @@ use crate::{admin, listen, reload};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot bind {name} on {addr}: {source}")]
-    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
 }
@@ -28,11 +32,16 @@ pub enum ServeError {
 /// Serves `config` until SIGTERM or SIGINT, then drains. `path` enables hot reload.
 pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError> {
     let bind = |name: String, addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { name, addr, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { name, addr, source })
     };
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        listeners.push((l.name.clone(), bind(format!("listener {}", l.name), l.address).await?));
+        listeners.push((
+            l.name.clone(),
+            bind(format!("listener {}", l.name), l.address).await?,
+        ));
     }
     let admin = match config.admin {
         Some(a) => Some(bind("admin".into(), a).await?),
@@ -47,12 +56,26 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     let mut out = std::io::stdout().lock();
     let mut loops = Vec::new();
     for (name, tcp) in listeners {
-        let _ = writeln!(out, "presage: listener {name} on {}", tcp.local_addr().map_or("?".into(), |a| a.to_string()));
+        let _ = writeln!(
+            out,
+            "presage: listener {name} on {}",
+            tcp.local_addr().map_or("?".into(), |a| a.to_string())
+        );
         let g = graceful.clone();
-        loops.push(tokio::spawn(listen::accept_loop(shared.clone(), name, tcp, move || g.watcher(), stop_rx.clone())));
+        loops.push(tokio::spawn(listen::accept_loop(
+            shared.clone(),
+            name,
+            tcp,
+            move || g.watcher(),
+            stop_rx.clone(),
+        )));
     }
     if let Some(tcp) = admin {
-        let _ = writeln!(out, "presage: admin on {}", tcp.local_addr().map_or("?".into(), |a| a.to_string()));
+        let _ = writeln!(
+            out,
+            "presage: admin on {}",
+            tcp.local_addr().map_or("?".into(), |a| a.to_string())
+        );
         tokio::spawn(admin::serve(shared.clone(), tcp));
     }
     let _ = writeln!(out, "presage: ready");
@@ -60,7 +83,10 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     drop(out);
 
     shutdown_signal().await;
-    tracing::info!(?drain, "shutting down: no new connections, draining in-flight requests");
+    tracing::info!(
+        ?drain,
+        "shutting down: no new connections, draining in-flight requests"
+    );
     shared.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     for l in loops {
@@ -70,14 +96,20 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     match tokio::time::timeout(drain, graceful.shutdown()).await {
         Ok(()) => tracing::info!("drained"),
-        Err(_) => tracing::warn!(?drain, "drain deadline passed; closing remaining connections"),
+        Err(_) => tracing::warn!(
+            ?drain,
+            "drain deadline passed; closing remaining connections"
+        ),
     }
     Ok(())
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can only be killed; never return early.
         return std::future::pending().await;
     };

@@ -46,7 +46,10 @@ impl Shared {
             metrics,
             registry,
             draining: AtomicBool::new(false),
-            reload: Mutex::new(ReloadStatus { generation: 1, ..Default::default() }),
+            reload: Mutex::new(ReloadStatus {
+                generation: 1,
+                ..Default::default()
+            }),
         })
     }
 }

@@ -69,7 +69,11 @@ pub enum Outcome {
 
 impl Cluster {
     pub fn new(spec: ClusterSpec, metrics: &Metrics) -> Self {
-        let scheme = if spec.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+        let scheme = if spec.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
         let endpoints = spec
             .endpoints
             .iter()
@@ -84,7 +88,15 @@ impl Cluster {
             })
             .collect();
         let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
-        let err = |kind| metrics.upstream_errors.get_or_create(&ErrorLabels { cluster: spec.name.clone(), kind }).clone();
+        let err = |kind| {
+            metrics
+                .upstream_errors
+                .get_or_create(&ErrorLabels {
+                    cluster: spec.name.clone(),
+                    kind,
+                })
+                .clone()
+        };
         Cluster {
             balancer: Balancer::new(spec.load_balancer, &weights),
             client: build_client(&spec),
@@ -144,8 +156,13 @@ fn build_client(spec: &ClusterSpec) -> UpstreamClient {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(spec.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(30)));
-    let tls = spec.tls.as_ref().map_or_else(plain_tls, |t| (*t.config).clone());
-    let mut b = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let tls = spec
+        .tls
+        .as_ref()
+        .map_or_else(plain_tls, |t| (*t.config).clone());
+    let mut b = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
     if let Some(name) = spec.tls.as_ref().and_then(|t| t.server_name.clone()) {
         if let Ok(sn) = rustls::pki_types::ServerName::try_from(name) {
             b = b.with_server_name_resolver(FixedServerNameResolver::new(sn));

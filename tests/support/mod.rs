@@ -31,7 +31,9 @@ use tokio::task::AbortHandle;
 pub const BIN: &str = env!("CARGO_BIN_EXE_presage");
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 // === temp dirs ===
@@ -53,7 +55,10 @@ impl TempDir {
 }
 
 fn fastrand_u32() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
 }
 
 impl Drop for TempDir {
@@ -98,19 +103,27 @@ impl Upstream {
         let (n, h, t) = (name.to_string(), hits.clone(), tasks.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = tcp.accept().await else { continue };
+                let Ok((stream, _)) = tcp.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (n, h, tls) = (n.clone(), h.clone(), tls.clone());
                 let conn = tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), h.clone(), req));
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(n.clone(), h.clone(), req));
                     let b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         Some(cfg) => {
-                            let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await else { return };
+                            let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                            else {
+                                return;
+                            };
                             let _ = b.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
                         }
                         None => {
-                            let _ = b.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                            let _ = b
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
                         }
                     }
                 });
@@ -118,7 +131,12 @@ impl Upstream {
             }
         });
         tasks.lock().unwrap().push(accept.abort_handle());
-        Upstream { addr, name: name.to_string(), hits, tasks }
+        Upstream {
+            addr,
+            name: name.to_string(),
+            hits,
+            tasks,
+        }
     }
 
     /// Stops accepting and drops every connection, like a killed process.
@@ -143,7 +161,11 @@ fn full(b: impl Into<Bytes>) -> UpBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-async fn handle(name: String, hits: Arc<AtomicUsize>, mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+async fn handle(
+    name: String,
+    hits: Arc<AtomicUsize>,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     if req.headers().contains_key(http::header::UPGRADE) {
@@ -158,22 +180,40 @@ async fn handle(name: String, hits: Arc<AtomicUsize>, mut req: Request<Incoming>
         let mut res = Response::new(full(""));
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         res.headers_mut().insert("upgrade", "echo".parse().unwrap());
-        res.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        res.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
         return Ok(res);
     }
-    if let Some(ms) = req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()) {
+    if let Some(ms) = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
         let mut res = Response::new(full(format!("{name} says {code}\n")));
         *res.status_mut() = StatusCode::from_u16(code).unwrap();
         return Ok(res);
     }
-    let grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let method = req.method().to_string();
-    let pq = req.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
-    let headers: BTreeMap<String, String> =
-        req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -189,7 +229,8 @@ async fn handle(name: String, hits: Arc<AtomicUsize>, mut req: Request<Incoming>
         let frames = vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
         let stream = futures_util::stream::iter(frames);
         let mut res = Response::new(http_body_util::StreamBody::new(stream).boxed());
-        res.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+        res.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
         return Ok(res);
     }
     let json = serde_json::json!({
@@ -215,7 +256,15 @@ impl Proxy {
         let dir = TempDir::new();
         let path = dir.0.join("presage.yaml");
         std::fs::write(&path, yaml).unwrap();
-        Self::spawn(vec!["proxy".into(), "--config".into(), path.display().to_string()], dir).await
+        Self::spawn(
+            vec![
+                "proxy".into(),
+                "--config".into(),
+                path.display().to_string(),
+            ],
+            dir,
+        )
+        .await
     }
 
     pub async fn spawn(args: Vec<String>, dir: TempDir) -> Proxy {
@@ -245,11 +294,21 @@ impl Proxy {
             false
         })
         .await;
-        assert_eq!(ready, Ok(true), "proxy did not become ready (args {args:?})");
+        assert_eq!(
+            ready,
+            Ok(true),
+            "proxy did not become ready (args {args:?})"
+        );
         // Keep draining stdout (access logs) so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let addr = *listeners.values().next().expect("at least one listener");
-        Proxy { child, addr, admin: admin.unwrap_or(addr), dir, listeners }
+        Proxy {
+            child,
+            addr,
+            admin: admin.unwrap_or(addr),
+            dir,
+            listeners,
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -268,9 +327,16 @@ impl Proxy {
     }
 
     pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
-        let res = h1_client().get(format!("http://{}{path}", self.admin).parse().unwrap()).await.unwrap();
+        let res = h1_client()
+            .get(format!("http://{}{path}", self.admin).parse().unwrap())
+            .await
+            .unwrap();
         let status = res.status();
-        (status, String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+        (
+            status,
+            String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec())
+                .unwrap(),
+        )
     }
 
     pub async fn reload_status(&self) -> serde_json::Value {
@@ -278,7 +344,10 @@ impl Proxy {
     }
 
     /// Awaits a reload status that satisfies `cond` (polls the admin endpoint, 10 s cap).
-    pub async fn wait_reload(&self, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_reload(
+        &self,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         wait_until(Duration::from_secs(10), || async {
             let s = self.reload_status().await;
             cond(&s).then_some(s)
@@ -295,7 +364,11 @@ impl Proxy {
 
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
-        let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{sig} {pid} failed");
     }
 }
@@ -304,7 +377,11 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -336,7 +413,9 @@ pub fn h1_client() -> TestClient {
 }
 
 pub fn h2c_client() -> TestClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
 }
 
 pub struct Answer {
@@ -356,7 +435,12 @@ pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Answer {
     let res = client.request(req).await.unwrap();
     let (parts, body) = res.into_parts();
     let body = String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned();
-    Answer { status: parts.status, headers: parts.headers, body, version: parts.version }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
 }
 
 pub async fn get(client: &TestClient, url: &str) -> Answer {
@@ -365,8 +449,17 @@ pub async fn get(client: &TestClient, url: &str) -> Answer {
 
 /// Runs curl (a real HTTP client) and returns its stdout.
 pub async fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().await.expect("curl is installed");
-    assert!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -377,6 +470,9 @@ pub fn config(body: &str) -> String {
 
 /// One route to one cluster of `endpoints`.
 pub fn one_cluster(endpoints: &[SocketAddr], extra_cluster: &str) -> String {
-    let eps: String = endpoints.iter().map(|a| format!("      - address: \"{a}\"\n")).collect();
+    let eps: String = endpoints
+        .iter()
+        .map(|a| format!("      - address: \"{a}\"\n"))
+        .collect();
     config(&format!("routes:\n  - name: all\n    cluster: up\nclusters:\n  - name: up\n{extra_cluster}    endpoints:\n{eps}"))
 }

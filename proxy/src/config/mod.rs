@@ -22,8 +22,8 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::routing::{HeaderMatch, HostMatch, PathMatch, RouteMatch};
 use crate::tls;
-pub use raw::{LoadBalancer, Protocol};
 use raw::RawConfig;
+pub use raw::{LoadBalancer, Protocol};
 
 /// Default limits, chosen to match nginx's and HAProxy's defaults in spirit.
 pub mod defaults {
@@ -216,9 +216,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Builds a config from YAML text. `source_name` prefixes errors; relative file paths in
 /// the config are resolved against `base_dir`.
-pub fn parse(text: &str, source_name: &str, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+pub fn parse(
+    text: &str,
+    source_name: &str,
+    base_dir: Option<&Path>,
+) -> Result<Config, ConfigErrors> {
     let raw = deserialize(text, source_name).map_err(|e| ConfigErrors(vec![e]))?;
-    let mut b = Builder { source: source_name, base: base_dir, errors: Vec::new() };
+    let mut b = Builder {
+        source: source_name,
+        base: base_dir,
+        errors: Vec::new(),
+    };
     let config = b.build(raw, text);
     if b.errors.is_empty() {
         Ok(config)
@@ -253,21 +261,35 @@ fn deserialize(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> 
             None | Some(".") | Some("") => "(document)".to_string(),
             Some(p) => p.to_string(),
         };
-        if let Some(key) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        if let Some(key) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
             (line, column) = key_location(text, line, key).unwrap_or((line, column));
         }
-        ConfigError { source_name: source_name.into(), line, column, field, message }
+        ConfigError {
+            source_name: source_name.into(),
+            line,
+            column,
+            field,
+            message,
+        }
     })
 }
 
 /// serde-saphyr places an unknown-field error at the start of its mapping; find the key
 /// itself, the first line at or after `from` that starts with `key:` (after any `- `).
 fn key_location(text: &str, from: u64, key: &str) -> Option<(u64, u64)> {
-    text.lines().enumerate().skip(from.saturating_sub(1) as usize).find_map(|(i, l)| {
-        let body = l.trim_start().trim_start_matches("- ").trim_start();
-        let rest = body.strip_prefix(key)?;
-        rest.trim_start().starts_with(':').then(|| (i as u64 + 1, (l.len() - body.len()) as u64 + 1))
-    })
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1) as usize)
+        .find_map(|(i, l)| {
+            let body = l.trim_start().trim_start_matches("- ").trim_start();
+            let rest = body.strip_prefix(key)?;
+            rest.trim_start()
+                .starts_with(':')
+                .then(|| (i as u64 + 1, (l.len() - body.len()) as u64 + 1))
+        })
 }
 
 struct Builder<'a> {
@@ -299,7 +321,11 @@ impl Builder<'_> {
         match std::fs::read(&full) {
             Ok(b) => Some(b),
             Err(e) => {
-                self.err(p.referenced, field, format!("cannot read {}: {e}", full.display()));
+                self.err(
+                    p.referenced,
+                    field,
+                    format!("cannot read {}: {e}", full.display()),
+                );
                 None
             }
         }
@@ -312,7 +338,11 @@ impl Builder<'_> {
         let routes = self.routes(&raw, &names);
         let workers = raw.runtime.workers.as_ref().map(|w| {
             if w.value == 0 {
-                self.err(w.referenced, "runtime.workers", "expected at least 1, found 0");
+                self.err(
+                    w.referenced,
+                    "runtime.workers",
+                    "expected at least 1, found 0",
+                );
             }
             w.value.max(1)
         });
@@ -325,12 +355,26 @@ impl Builder<'_> {
             None => default,
         };
         let limits = Limits {
-            max_header_bytes: positive(&raw.limits.max_header_bytes, "limits.max_header_bytes", defaults::MAX_HEADER_BYTES)
-                // hyper needs room for at least one read buffer.
-                .max(8192),
-            max_headers: positive(&raw.limits.max_headers, "limits.max_headers", defaults::MAX_HEADERS),
-            max_body_bytes: raw.limits.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
-            header_read_timeout: raw.limits.header_read_timeout.map_or(defaults::HEADER_READ_TIMEOUT, |d| d.0),
+            max_header_bytes: positive(
+                &raw.limits.max_header_bytes,
+                "limits.max_header_bytes",
+                defaults::MAX_HEADER_BYTES,
+            )
+            // hyper needs room for at least one read buffer.
+            .max(8192),
+            max_headers: positive(
+                &raw.limits.max_headers,
+                "limits.max_headers",
+                defaults::MAX_HEADERS,
+            ),
+            max_body_bytes: raw
+                .limits
+                .max_body_bytes
+                .unwrap_or(defaults::MAX_BODY_BYTES),
+            header_read_timeout: raw
+                .limits
+                .header_read_timeout
+                .map_or(defaults::HEADER_READ_TIMEOUT, |d| d.0),
         };
         Config {
             source: self.source.into(),
@@ -340,7 +384,10 @@ impl Builder<'_> {
             workers,
             limits,
             access_log: raw.access_log.enabled,
-            drain_timeout: raw.shutdown.drain_timeout.map_or(defaults::DRAIN_TIMEOUT, |d| d.0),
+            drain_timeout: raw
+                .shutdown
+                .drain_timeout
+                .map_or(defaults::DRAIN_TIMEOUT, |d| d.0),
             routes,
             clusters,
         }
@@ -352,7 +399,11 @@ impl Builder<'_> {
         for (i, l) in raw.listeners.iter().enumerate() {
             let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
             if !seen.insert(name.clone()) {
-                self.err(Location::UNKNOWN, format!("listeners[{i}].name"), format!("duplicate listener name {name:?}"));
+                self.err(
+                    Location::UNKNOWN,
+                    format!("listeners[{i}].name"),
+                    format!("duplicate listener name {name:?}"),
+                );
             }
             let tls = l.tls.as_ref().and_then(|t| {
                 let cert = self.read(&t.cert, format!("listeners[{i}].tls.cert"))?;
@@ -360,12 +411,20 @@ impl Builder<'_> {
                 match tls::server_config(&cert, &key) {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        self.err(t.cert.referenced, format!("listeners[{i}].tls"), e.to_string());
+                        self.err(
+                            t.cert.referenced,
+                            format!("listeners[{i}].tls"),
+                            e.to_string(),
+                        );
                         None
                     }
                 }
             });
-            out.push(Listener { name, address: l.address, tls });
+            out.push(Listener {
+                name,
+                address: l.address,
+                tls,
+            });
         }
         out
     }
@@ -376,14 +435,26 @@ impl Builder<'_> {
         for (i, c) in raw.clusters.iter().enumerate() {
             let f = |s: &str| format!("clusters[{i}].{s}");
             if !seen.insert(c.name.value.clone()) {
-                self.err(c.name.referenced, f("name"), format!("duplicate cluster name {:?}", c.name.value));
+                self.err(
+                    c.name.referenced,
+                    f("name"),
+                    format!("duplicate cluster name {:?}", c.name.value),
+                );
             }
             if c.endpoints.is_empty() {
-                self.err(c.name.referenced, f("endpoints"), "expected at least one endpoint, found none");
+                self.err(
+                    c.name.referenced,
+                    f("endpoints"),
+                    "expected at least one endpoint, found none",
+                );
             }
             for (j, e) in c.endpoints.iter().enumerate() {
                 if e.weight == 0 {
-                    self.err(c.name.referenced, f(&format!("endpoints[{j}].weight")), "expected at least 1, found 0");
+                    self.err(
+                        c.name.referenced,
+                        f(&format!("endpoints[{j}].weight")),
+                        "expected at least 1, found 0",
+                    );
                 }
             }
             let tls = c.tls.as_ref().and_then(|t| {
@@ -394,11 +465,19 @@ impl Builder<'_> {
                 let loc = t.ca.as_ref().map_or(c.name.referenced, |ca| ca.referenced);
                 if let Some(name) = &t.server_name {
                     if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-                        self.err(c.name.referenced, f("tls.server_name"), format!("expected a DNS name or IP address, found {name:?}"));
+                        self.err(
+                            c.name.referenced,
+                            f("tls.server_name"),
+                            format!("expected a DNS name or IP address, found {name:?}"),
+                        );
                     }
                 }
                 match tls::client_config(ca_pem.as_deref()) {
-                    Ok(config) => Some(ClientTlsSpec { ca_pem, server_name: t.server_name.clone(), config }),
+                    Ok(config) => Some(ClientTlsSpec {
+                        ca_pem,
+                        server_name: t.server_name.clone(),
+                        config,
+                    }),
                     Err(e) => {
                         self.err(loc, f("tls.ca"), e.to_string());
                         None
@@ -410,17 +489,32 @@ impl Builder<'_> {
                 name: c.name.value.clone(),
                 protocol: c.protocol,
                 load_balancer: c.load_balancer,
-                connect_timeout: c.connect_timeout.as_ref().map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
+                connect_timeout: c
+                    .connect_timeout
+                    .as_ref()
+                    .map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
                 tls,
                 outlier: OutlierPolicy {
-                    consecutive_failures: o.consecutive_failures.unwrap_or(defaults::OUTLIER_FAILURES),
-                    base_ejection: o.base_ejection.as_ref().map_or(defaults::OUTLIER_BASE_EJECTION, |d| d.0),
-                    max_ejection: o.max_ejection.as_ref().map_or(defaults::OUTLIER_MAX_EJECTION, |d| d.0),
+                    consecutive_failures: o
+                        .consecutive_failures
+                        .unwrap_or(defaults::OUTLIER_FAILURES),
+                    base_ejection: o
+                        .base_ejection
+                        .as_ref()
+                        .map_or(defaults::OUTLIER_BASE_EJECTION, |d| d.0),
+                    max_ejection: o
+                        .max_ejection
+                        .as_ref()
+                        .map_or(defaults::OUTLIER_MAX_EJECTION, |d| d.0),
                 },
                 endpoints: c
                     .endpoints
                     .iter()
-                    .map(|e| EndpointSpec { authority: e.address.0.clone(), weight: e.weight.max(1), metadata: e.metadata.clone() })
+                    .map(|e| EndpointSpec {
+                        authority: e.address.0.clone(),
+                        weight: e.weight.max(1),
+                        metadata: e.metadata.clone(),
+                    })
                     .collect(),
             });
         }
@@ -436,16 +530,24 @@ impl Builder<'_> {
                 self.err(
                     r.cluster.referenced,
                     f("cluster"),
-                    format!("no cluster named {:?} (defined: {})", r.cluster.value, known.join(", ")),
+                    format!(
+                        "no cluster named {:?} (defined: {})",
+                        r.cluster.value,
+                        known.join(", ")
+                    ),
                 );
             }
-            let host = r.matcher.host.as_ref().and_then(|h| match HostMatch::parse(&h.value) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    self.err(h.referenced, f("match.host"), e);
-                    None
-                }
-            });
+            let host = r
+                .matcher
+                .host
+                .as_ref()
+                .and_then(|h| match HostMatch::parse(&h.value) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        self.err(h.referenced, f("match.host"), e);
+                        None
+                    }
+                });
             let path = r.matcher.path.as_ref().map(|p| match p {
                 raw::RawPathMatch::Exact(s) => PathMatch::Exact(s.clone()),
                 raw::RawPathMatch::Prefix(s) => PathMatch::Prefix(s.clone()),
@@ -464,7 +566,11 @@ impl Builder<'_> {
             let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| match &path {
                 Some(PathMatch::Prefix(p)) => Some((p.clone(), rw.prefix.value.clone())),
                 _ => {
-                    self.err(rw.prefix.referenced, f("rewrite.prefix"), "a prefix rewrite needs `match.path.prefix`");
+                    self.err(
+                        rw.prefix.referenced,
+                        f("rewrite.prefix"),
+                        "a prefix rewrite needs `match.path.prefix`",
+                    );
                     None
                 }
             });
@@ -476,22 +582,36 @@ impl Builder<'_> {
                     max_backoff: defaults::RETRY_MAX_BACKOFF,
                 },
                 Some(rt) => {
-                    let budget = rt.budget_percent.as_ref().map_or(defaults::RETRY_BUDGET_PERCENT, |b| {
-                        if !(0.0..=1000.0).contains(&b.value) {
-                            self.err(b.referenced, f("retries.budget_percent"), format!("expected 0..=1000, found {}", b.value));
-                        }
-                        b.value.clamp(0.0, 1000.0)
-                    });
+                    let budget =
+                        rt.budget_percent
+                            .as_ref()
+                            .map_or(defaults::RETRY_BUDGET_PERCENT, |b| {
+                                if !(0.0..=1000.0).contains(&b.value) {
+                                    self.err(
+                                        b.referenced,
+                                        f("retries.budget_percent"),
+                                        format!("expected 0..=1000, found {}", b.value),
+                                    );
+                                }
+                                b.value.clamp(0.0, 1000.0)
+                            });
                     RetryPolicy {
                         attempts: rt.attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
                         budget_percent: budget,
                         backoff: rt.backoff.as_ref().map_or(defaults::RETRY_BACKOFF, |d| d.0),
-                        max_backoff: rt.max_backoff.as_ref().map_or(defaults::RETRY_MAX_BACKOFF, |d| d.0),
+                        max_backoff: rt
+                            .max_backoff
+                            .as_ref()
+                            .map_or(defaults::RETRY_MAX_BACKOFF, |d| d.0),
                     }
                 }
             };
             let ops = |o: &raw::RawHeaderOps| HeaderOps {
-                add: o.add.iter().map(|(k, v)| (k.0.clone(), v.0.clone())).collect(),
+                add: o
+                    .add
+                    .iter()
+                    .map(|(k, v)| (k.0.clone(), v.0.clone()))
+                    .collect(),
                 remove: o.remove.iter().map(|k| k.0.clone()).collect(),
             };
             out.push(RouteSpec {
@@ -504,7 +624,10 @@ impl Builder<'_> {
                 },
                 cluster: r.cluster.value.clone(),
                 rewrite_prefix,
-                timeout: r.timeout.as_ref().map_or(defaults::REQUEST_TIMEOUT, |d| d.0),
+                timeout: r
+                    .timeout
+                    .as_ref()
+                    .map_or(defaults::REQUEST_TIMEOUT, |d| d.0),
                 retry,
                 request_headers: ops(&r.request_headers),
                 response_headers: ops(&r.response_headers),
@@ -516,14 +639,26 @@ impl Builder<'_> {
 
 /// The YAML for `presage proxy --listen ADDR --to URL`: the one-liner goes through the same
 /// parser and validation as a file.
-pub fn one_liner(listen: SocketAddr, to: &http::Uri, admin: Option<SocketAddr>) -> Result<String, String> {
-    let authority = to.authority().ok_or_else(|| format!("--to {to}: expected a URL like http://127.0.0.1:8080"))?;
+pub fn one_liner(
+    listen: SocketAddr,
+    to: &http::Uri,
+    admin: Option<SocketAddr>,
+) -> Result<String, String> {
+    let authority = to
+        .authority()
+        .ok_or_else(|| format!("--to {to}: expected a URL like http://127.0.0.1:8080"))?;
     let scheme = to.scheme_str().unwrap_or("http");
-    let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
     let tls = match scheme {
         "http" => "",
         "https" => "\n    tls: {}",
-        other => return Err(format!("--to {to}: unsupported scheme {other:?}, expected http or https")),
+        other => {
+            return Err(format!(
+                "--to {to}: unsupported scheme {other:?}, expected http or https"
+            ))
+        }
     };
     let mut yaml = format!("listeners:\n  - name: main\n    address: \"{listen}\"\n");
     if let Some(a) = admin {
@@ -531,7 +666,10 @@ pub fn one_liner(listen: SocketAddr, to: &http::Uri, admin: Option<SocketAddr>) 
     }
     let rewrite = match to.path() {
         "" | "/" => String::new(),
-        p => format!("\n    match: {{ path: {{ prefix: / }} }}\n    rewrite: {{ prefix: \"{}/\" }}", p.trim_end_matches('/')),
+        p => format!(
+            "\n    match: {{ path: {{ prefix: / }} }}\n    rewrite: {{ prefix: \"{}/\" }}",
+            p.trim_end_matches('/')
+        ),
     };
     yaml.push_str(&format!(
         "routes:\n  - name: default\n    cluster: upstream{rewrite}\nclusters:\n  - name: upstream{tls}\n    endpoints:\n      - address: \"{}:{port}\"\n",

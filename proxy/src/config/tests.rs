@@ -32,21 +32,39 @@ fn minimal_config_gets_defaults() {
 fn unknown_field_is_named_with_its_location() {
     let e = errors("listeners:\n  - address: 127.0.0.1:0\n    adress: x\n");
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("t.yaml:3:5: listeners[0].adress: unknown field `adress`, expected one of"), "{}", e[0]);
+    assert!(
+        e[0].starts_with(
+            "t.yaml:3:5: listeners[0].adress: unknown field `adress`, expected one of"
+        ),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
 fn bad_duration_points_at_the_value() {
     let yaml = GOOD.replace("  - cluster: a\n", "  - cluster: a\n    timeout: soon\n");
     let e = errors(&yaml);
-    assert!(e[0].starts_with("t.yaml:6:14: routes[0].timeout: expected a duration"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("t.yaml:6:14: routes[0].timeout: expected a duration"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
 fn bad_regex_is_rejected_while_parsing() {
-    let yaml = GOOD.replace("  - cluster: a\n", "  - cluster: a\n    match: { path: { regex: \"(\" } }\n");
+    let yaml = GOOD.replace(
+        "  - cluster: a\n",
+        "  - cluster: a\n    match: { path: { regex: \"(\" } }\n",
+    );
     let e = errors(&yaml);
-    assert!(e[0].contains("routes[0].match.path.regex") && e[0].contains("expected a regular expression"), "{}", e[0]);
+    assert!(
+        e[0].contains("routes[0].match.path.regex")
+            && e[0].contains("expected a regular expression"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
@@ -66,11 +84,31 @@ clusters:
 ";
     let e = errors(yaml);
     assert_eq!(e.len(), 5, "{e:#?}");
-    assert!(e.iter().any(|m| m.starts_with("t.yaml:3:14: routes[0].cluster: no cluster named \"missing\"")), "{e:#?}");
-    assert!(e.iter().any(|m| m.contains("routes[1].rewrite.prefix: a prefix rewrite needs")), "{e:#?}");
-    assert!(e.iter().any(|m| m.starts_with("t.yaml:9:11: clusters[1].name: duplicate cluster name")), "{e:#?}");
-    assert!(e.iter().any(|m| m.contains("clusters[0].endpoints: expected at least one endpoint")), "{e:#?}");
-    assert!(e.iter().any(|m| m.contains("clusters[1].endpoints[0].weight: expected at least 1")), "{e:#?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.yaml:3:14: routes[0].cluster: no cluster named \"missing\"")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("routes[1].rewrite.prefix: a prefix rewrite needs")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.yaml:9:11: clusters[1].name: duplicate cluster name")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("clusters[0].endpoints: expected at least one endpoint")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("clusters[1].endpoints[0].weight: expected at least 1")),
+        "{e:#?}"
+    );
 }
 
 #[test]
@@ -80,23 +118,47 @@ fn missing_tls_file_is_reported_at_its_field() {
         "  - address: 127.0.0.1:0\n    tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem }\n",
     );
     let e = errors(&yaml);
-    assert!(e[0].starts_with("t.yaml:4:18: listeners[0].tls.cert: cannot read /nonexistent/c.pem"), "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:4:18: listeners[0].tls.cert: cannot read /nonexistent/c.pem"),
+        "{e:#?}"
+    );
 }
 
 #[test]
 fn endpoint_without_port_is_rejected() {
     let yaml = GOOD.replace("127.0.0.1:9000", "example.com");
     let e = errors(&yaml);
-    assert!(e[0].contains("clusters[0].endpoints[0].address: expected host:port") && e[0].contains("port is missing"), "{}", e[0]);
+    assert!(
+        e[0].contains("clusters[0].endpoints[0].address: expected host:port")
+            && e[0].contains("port is missing"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
 fn one_liner_round_trips_through_the_parser() {
-    let yaml = one_liner("127.0.0.1:8080".parse().unwrap(), &"http://127.0.0.1:9000/api".parse().unwrap(), None).unwrap();
+    let yaml = one_liner(
+        "127.0.0.1:8080".parse().unwrap(),
+        &"http://127.0.0.1:9000/api".parse().unwrap(),
+        None,
+    )
+    .unwrap();
     let c = parse(&yaml, "<command line>", None).unwrap();
-    assert_eq!(c.clusters[0].endpoints[0].authority.as_str(), "127.0.0.1:9000");
-    assert_eq!(c.routes[0].rewrite_prefix, Some(("/".into(), "/api/".into())));
-    assert!(one_liner("127.0.0.1:8080".parse().unwrap(), &"ftp://x:1".parse().unwrap(), None).is_err());
+    assert_eq!(
+        c.clusters[0].endpoints[0].authority.as_str(),
+        "127.0.0.1:9000"
+    );
+    assert_eq!(
+        c.routes[0].rewrite_prefix,
+        Some(("/".into(), "/api/".into()))
+    );
+    assert!(one_liner(
+        "127.0.0.1:8080".parse().unwrap(),
+        &"ftp://x:1".parse().unwrap(),
+        None
+    )
+    .is_err());
 }
 
 #[test]

@@ -1,0 +1,161 @@
+//! The `presage` command line: validate, the one-line reverse proxy, help, exit codes, and
+//! `presage up` (the README's main job) on free ports.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn validate_accepts_good_files_and_names_every_error() {
+    let dir = TempDir::new();
+    let good = dir.0.join("good.yaml");
+    std::fs::write(&good, "routes: [{ cluster: a }]\nclusters: [{ name: a, endpoints: [{ address: \"127.0.0.1:1\" }] }]\n").unwrap();
+    let (code, out, _) = run(&["validate", good.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("good.yaml: ok"));
+
+    let bad = dir.0.join("bad.yaml");
+    std::fs::write(&bad, "routes:\n  - cluster: x\n    timeout: 5 parsecs\n").unwrap();
+    let (code, _, err) = run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(
+        err.starts_with(&format!(
+            "{}:3:14: routes[0].timeout: expected a duration",
+            bad.display()
+        )),
+        "{err}"
+    );
+
+    let bad2 = dir.0.join("bad2.yaml");
+    std::fs::write(&bad2, "routes:\n  - cluster: x\n").unwrap();
+    let (code, _, err) = run(&["validate", bad2.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains(":2:14: routes[0].cluster: no cluster named \"x\""),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&["validate", "/nonexistent.yaml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("cannot read the file"), "{err}");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let (code, out, _) = run(&["proxy", "--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--config", "--listen", "--to", "--admin", "--workers"] {
+        assert!(out.contains(flag), "{flag} missing from:\n{out}");
+    }
+    let (_, out, _) = run(&["--help"]);
+    for cmd in ["proxy", "validate", "up", "sample-service"] {
+        assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn proxy_with_a_bad_config_exits_64() {
+    let (code, _, err) = run(&["proxy", "--listen", "127.0.0.1:0", "--to", "ftp://x:1"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("unsupported scheme"), "{err}");
+    let (code, _, _) = run(&["proxy"]);
+    assert_eq!(code, 64);
+}
+
+#[tokio::test]
+async fn one_line_reverse_proxy() {
+    let up = Upstream::spawn("one").await;
+    let args = [
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("http://{}/base", up.addr),
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let proxy = Proxy::spawn(args.iter().map(|s| s.to_string()).collect(), TempDir::new()).await;
+    let a = get(&h1_client(), &proxy.url("/x?y=1")).await;
+    assert_eq!(a.json()["path"], "/base/x?y=1");
+    assert!(proxy
+        .admin_get("/config")
+        .await
+        .1
+        .contains(&up.addr.to_string()));
+    assert_eq!(proxy.admin_get("/ready").await.0, 200);
+}
+
+#[tokio::test]
+async fn up_runs_sample_services_behind_the_proxy() {
+    // Free ports for the sample services (bound and released; the test owns them).
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        ports.push(
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap(),
+        );
+    }
+    let dir = TempDir::new();
+    let path = dir.0.join("up.yaml");
+    std::fs::write(
+        &path,
+        config(&format!(
+            "routes:\n  - cluster: demo\nclusters:\n  - name: demo\n    endpoints:\n      - address: \"{}\"\n      - address: \"{}\"\n",
+            ports[0], ports[1]
+        )),
+    )
+    .unwrap();
+    let mut proxy = Proxy::spawn(
+        vec!["up".into(), "--config".into(), path.display().to_string()],
+        dir,
+    )
+    .await;
+    // The sample services start beside the proxy; await both answering through it.
+    let c = h1_client();
+    let seen = wait_until(Duration::from_secs(20), || async {
+        let mut instances = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let res = c.get(proxy.url("/hello").parse().unwrap()).await.ok()?;
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .ok()?
+                .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            assert_eq!(v["service"], "demo");
+            instances.insert(v["instance"].as_str()?.to_string());
+        }
+        (instances.len() == 2).then_some(instances)
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "both sample services answered through the proxy"
+    );
+    proxy.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    // The children went with it.
+    for p in ports {
+        assert!(
+            tokio::net::TcpStream::connect(p).await.is_err(),
+            "sample service on {p} still running"
+        );
+    }
+}
