@@ -79,6 +79,20 @@ async fn killed_endpoint_under_get_load_gives_no_client_errors_and_is_ejected() 
             >= 1.0
     );
     assert_eq!(ups[0].hits(), hits_at_end);
+    let dead = ups[0].addr.to_string();
+    assert_eq!(
+        proxy
+            .metric("presage_endpoint_healthy", &[("endpoint", &dead)])
+            .await,
+        0.0
+    );
+    let live = ups[1].addr.to_string();
+    assert_eq!(
+        proxy
+            .metric("presage_endpoint_healthy", &[("endpoint", &live)])
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

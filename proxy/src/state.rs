@@ -7,8 +7,14 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteStats};
+use crate::outlier::now_ms;
 use crate::runtime::Runtime;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -23,7 +29,7 @@ pub struct ReloadStatus {
 
 #[derive(Debug)]
 pub struct Shared {
-    pub live: ArcSwap<Runtime>,
+    pub live: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     /// Requests that matched no route are counted here.
@@ -40,9 +46,13 @@ impl Shared {
         metrics.register(&mut registry);
         let runtime = Runtime::build(config, None, &metrics);
         metrics.generation.set(1);
+        let live = Arc::new(ArcSwap::from_pointee(runtime));
+        registry
+            .sub_registry_with_prefix("presage")
+            .register_collector(Box::new(EndpointHealth(live.clone())));
         Arc::new(Shared {
             no_route: metrics.route_stats("-", "-"),
-            live: ArcSwap::from_pointee(runtime),
+            live,
             metrics,
             registry,
             draining: AtomicBool::new(false),
@@ -51,5 +61,34 @@ impl Shared {
                 ..Default::default()
             }),
         })
+    }
+}
+
+/// `presage_endpoint_healthy{cluster,endpoint}`: 1 in rotation, 0 while ejected. Read from
+/// the live runtime at scrape time, so the request path pays nothing for it.
+#[derive(Debug)]
+struct EndpointHealth(Arc<ArcSwap<Runtime>>);
+
+impl Collector for EndpointHealth {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let rt = self.0.load();
+        let now = now_ms();
+        let mut m = encoder.encode_descriptor(
+            "endpoint_healthy",
+            "1 if the endpoint is in rotation, 0 while outlier detection has it ejected",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut names: Vec<&String> = rt.clusters.keys().collect();
+        names.sort();
+        for name in names {
+            for ep in &rt.clusters[name].endpoints {
+                let authority = ep.spec.authority.to_string();
+                let labels = [("cluster", name.as_str()), ("endpoint", authority.as_str())];
+                let healthy = i64::from(!ep.outlier.is_ejected(now));
+                ConstGauge::new(healthy).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
