@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 
 mod sample;
+
 mod up;
 
 use std::net::SocketAddr;
@@ -138,11 +139,19 @@ pub(crate) fn serve(
     let workers = workers
         .or(config.workers)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime, one event loop with no work stealing or
+    // cross-thread wake-ups (as an nginx worker). More: tokio's multi-thread scheduler.
+    let built = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

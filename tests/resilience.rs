@@ -241,3 +241,59 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn slow_client_is_cut_off_at_the_header_read_timeout() {
+    let up = Upstream::spawn("svc").await;
+    let yaml = one_cluster(&[up.addr], "").replace(
+        "admin:\n",
+        "limits: { header_read_timeout: 300ms }\nadmin:\n",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Slowloris: a request head that never ends.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the proxy closed the connection");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "not before the timeout: {:?}",
+        t0.elapsed()
+    );
+    let head = String::from_utf8_lossy(&buf);
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 408"),
+        "{head}"
+    );
+    assert_eq!(up.hits(), 0);
+    assert_eq!(get(&h1_client(), &proxy.url("/")).await.status, 200);
+}
+
+#[tokio::test]
+async fn access_log_writes_one_json_line_per_request() {
+    let up = Upstream::spawn("svc").await;
+    let yaml =
+        one_cluster(&[up.addr], "").replace("admin:\n", "access_log: { enabled: true }\nadmin:\n");
+    let mut proxy = Proxy::start(&yaml).await;
+    let req = http::Request::get(proxy.url("/logged?q=1"))
+        .header("x-request-id", "log-me")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.status, 200);
+    let line = tokio::time::timeout(Duration::from_secs(10), proxy.stdout.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["request_id"], "log-me");
+    assert_eq!(v["path"], "/logged?q=1");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["route"], "all");
+    assert_eq!(v["upstream"], up.addr.to_string());
+    assert!(v["duration_ms"].as_f64().unwrap() > 0.0);
+}

@@ -147,7 +147,7 @@ http {{ access_log off; keepalive_requests 1000000;
     open(haproxy_cfg, "w").write(f"""
 global
   nbthread 1
-  maxconn 20000
+  maxconn 5000
 defaults
   mode http
   timeout connect 5s

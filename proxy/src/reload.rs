@@ -103,7 +103,9 @@ pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::Recom
         while rx.recv().await.is_some() {
             tokio::time::sleep(SETTLE).await;
             while rx.try_recv().is_ok() {}
-            let _ = reload(&shared, &path);
+            // Reading and building touch the file system; keep that off the event loop.
+            let (s, p) = (shared.clone(), path.clone());
+            let _ = tokio::task::spawn_blocking(move || reload(&s, &p)).await;
         }
     });
     Ok(watcher)

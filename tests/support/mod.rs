@@ -248,6 +248,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub dir: TempDir,
     pub listeners: BTreeMap<String, SocketAddr>,
+    /// Lines the proxy printed on stdout after it became ready (access logs).
+    pub stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Proxy {
@@ -300,9 +302,15 @@ impl Proxy {
             "proxy did not become ready (args {args:?})"
         );
         // Keep draining stdout (access logs) so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (tx, stdout) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
         let addr = *listeners.values().next().expect("at least one listener");
         Proxy {
+            stdout,
             child,
             addr,
             admin: admin.unwrap_or(addr),
