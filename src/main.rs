@@ -48,6 +48,29 @@ enum Command {
     },
     /// Run a small HTTP service that answers with JSON about itself (for demos and tests).
     SampleService(sample::SampleArgs),
+    /// Evaluate the behaviour profiler on a per-request trace: train on the first part of
+    /// each user's sequence, report top-1/top-3 next-service accuracy on the rest, beside
+    /// a most-frequent and a first-order Markov baseline.
+    ProfileEval(ProfileEvalArgs),
+}
+
+#[derive(Args)]
+struct ProfileEvalArgs {
+    /// CSV with a header; one row per request.
+    #[arg(long)]
+    input: PathBuf,
+    /// Column with the request time (seconds, or YYYY-MM-DD HH:MM:SS).
+    #[arg(long, default_value = "timestamp")]
+    time_column: String,
+    /// Column with the user (or tenant) id.
+    #[arg(long, default_value = "user")]
+    user_column: String,
+    /// Column with the service called.
+    #[arg(long, default_value = "service")]
+    service_column: String,
+    /// Share of each user's sequence used for training (0 < f < 1).
+    #[arg(long, default_value_t = 0.8)]
+    train_fraction: f64,
 }
 
 #[derive(Args)]
@@ -77,6 +100,7 @@ fn main() -> ExitCode {
         Command::Validate { files } => validate(&files),
         Command::Up { config } => up::run(&config),
         Command::SampleService(args) => sample::run(args),
+        Command::ProfileEval(args) => profile_eval(args),
     }
 }
 
@@ -87,6 +111,51 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn profile_eval(a: ProfileEvalArgs) -> ExitCode {
+    use presage_control_plane::behaviour::{eval, ProfilerConfig};
+    if !(a.train_fraction > 0.0 && a.train_fraction < 1.0) {
+        eprintln!(
+            "--train-fraction: expected a number between 0 and 1, found {}",
+            a.train_fraction
+        );
+        return ExitCode::from(EX_USAGE);
+    }
+    let cols = eval::Columns {
+        time: a.time_column,
+        user: a.user_column,
+        service: a.service_column,
+    };
+    let report = eval::load(&a.input, &cols).and_then(|ev| {
+        eval::evaluate(
+            &ev,
+            a.train_fraction,
+            ProfilerConfig::default(),
+            &a.input.display().to_string(),
+        )
+    });
+    match report {
+        Ok(r) => {
+            println!(
+                "users {}, training requests {}, predicted requests {}",
+                r.users, r.train_events, r.profiler.n
+            );
+            println!("predictor,top1_pct,top3_pct");
+            for (name, s) in [
+                ("presage-profiler", &r.profiler),
+                ("markov-1", &r.markov1),
+                ("most-frequent", &r.most_frequent),
+            ] {
+                println!("{name},{:.2},{:.2}", s.top1_pct(), s.top3_pct());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

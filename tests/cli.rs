@@ -159,3 +159,40 @@ async fn up_runs_sample_services_behind_the_proxy() {
         );
     }
 }
+
+#[test]
+fn profile_eval_reports_accuracy_on_a_real_trace_and_rejects_bad_input() {
+    let trace = fixture("traces/alibaba_sessions.csv");
+    let (code, out, err) = run(&["profile-eval", "--input", trace.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("users 4244, "), "{out}");
+    assert_eq!(rows[1], "predictor,top1_pct,top3_pct");
+    let top1 = |name: &str| -> f64 {
+        let row = rows
+            .iter()
+            .find(|r| r.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {out}"));
+        row.split(',').nth(1).unwrap().parse().unwrap()
+    };
+    assert!(
+        top1("presage-profiler,") > top1("most-frequent,") + 30.0,
+        "{out}"
+    );
+
+    let dir = TempDir::new();
+    let bad = dir.0.join("bad.csv");
+    std::fs::write(&bad, "timestamp,user,service\n1,a,x\nnot-a-time,a,y\n").unwrap();
+    let (code, _, err) = run(&["profile-eval", "--input", bad.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(err.contains("bad.csv:3: bad time \"not-a-time\""), "{err}");
+    let (code, _, err) = run(&[
+        "profile-eval",
+        "--input",
+        trace.to_str().unwrap(),
+        "--train-fraction",
+        "1.5",
+    ]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--train-fraction"), "{err}");
+}
