@@ -8,6 +8,7 @@ mod sample;
 
 mod up;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +53,26 @@ enum Command {
     /// each user's sequence, report top-1/top-3 next-service accuracy on the rest, beside
     /// a most-frequent and a first-order Markov baseline.
     ProfileEval(ProfileEvalArgs),
+    /// Forecast a series: reads `timestamp,value` rows (the history) and prints CSV rows
+    /// `step,point,lo80,hi80,...` (the model and its backtest error go to stderr).
+    Forecast(ForecastArgs),
+}
+
+#[derive(Args)]
+struct ForecastArgs {
+    /// CSV with a `timestamp,value` header; timestamps increasing.
+    #[arg(long)]
+    input: PathBuf,
+    /// Steps to forecast, in the series' own buckets.
+    #[arg(long)]
+    horizon: usize,
+    /// A known seasonal period in buckets (e.g. 288 for a day of 5-minute buckets); repeat
+    /// for several.
+    #[arg(long = "season")]
+    seasons: Vec<usize>,
+    /// Interval levels in percent, comma-separated.
+    #[arg(long, default_value = "80,95", value_delimiter = ',')]
+    interval: Vec<f64>,
 }
 
 #[derive(Args)]
@@ -101,6 +122,7 @@ fn main() -> ExitCode {
         Command::Up { config } => up::run(&config),
         Command::SampleService(args) => sample::run(args),
         Command::ProfileEval(args) => profile_eval(args),
+        Command::Forecast(args) => forecast(args),
     }
 }
 
@@ -111,6 +133,43 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn forecast(a: ForecastArgs) -> ExitCode {
+    use presage_control_plane::forecast;
+    let result = forecast::series::load(&a.input)
+        .map_err(|e| e.to_string())
+        .and_then(|y| {
+            forecast::forecast(&y, a.horizon, &a.seasons, &a.interval).map_err(|e| e.to_string())
+        });
+    let f = match result {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    eprintln!("model: {}, backtest MASE: {:.3}", f.model, f.backtest_mase);
+    let mut header = String::from("step,point");
+    for (l, _, _) in &f.intervals {
+        header.push_str(&format!(",lo{l},hi{l}"));
+    }
+    let mut rows = vec![header];
+    for (j, p) in f.point.iter().enumerate() {
+        let mut row = format!("{},{p:.4}", j + 1);
+        for (_, lo, hi) in &f.intervals {
+            row.push_str(&format!(",{:.4},{:.4}", lo[j], hi[j]));
+        }
+        rows.push(row);
+    }
+    // A closed pipe (`| head`) just ends the output.
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        if writeln!(out, "{r}").is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn profile_eval(a: ProfileEvalArgs) -> ExitCode {

@@ -196,3 +196,46 @@ fn profile_eval_reports_accuracy_on_a_real_trace_and_rejects_bad_input() {
     assert_eq!(code, 64);
     assert!(err.contains("--train-fraction"), "{err}");
 }
+
+#[test]
+fn forecast_prints_points_and_intervals_and_rejects_bad_input() {
+    let trace = fixture("traces/nasa_5min_14d.csv");
+    let (code, out, err) = run(&[
+        "forecast",
+        "--input",
+        trace.to_str().unwrap(),
+        "--horizon",
+        "6",
+        "--season",
+        "288",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with("model: "), "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows[0], "step,point,lo80,hi80,lo95,hi95");
+    assert_eq!(rows.len(), 7);
+    for (i, r) in rows[1..].iter().enumerate() {
+        let v: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
+        assert_eq!(v[0] as usize, i + 1);
+        assert!(
+            v[4] <= v[2] && v[2] <= v[1] && v[1] <= v[3] && v[3] <= v[5],
+            "nested intervals: {r}"
+        );
+    }
+
+    let dir = TempDir::new();
+    let bad = dir.0.join("bad.csv");
+    std::fs::write(&bad, "timestamp,value\n1,5\n3,6\n2,7\n").unwrap();
+    let (code, _, err) = run(&[
+        "forecast",
+        "--input",
+        bad.to_str().unwrap(),
+        "--horizon",
+        "2",
+    ]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("bad.csv:4: timestamp \"2\" is not after"),
+        "{err}"
+    );
+}

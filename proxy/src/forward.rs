@@ -166,14 +166,7 @@ async fn proxy(
                 if err.is_client_fault() {
                     return Err(err);
                 }
-                cluster.record(
-                    ep,
-                    if err.is_connect() {
-                        Outcome::ConnectError
-                    } else {
-                        Outcome::OtherError
-                    },
-                );
+                cluster.record(ep, Outcome::failed(&err));
                 // A connect error means nothing was sent; otherwise only idempotent methods.
                 if (err.is_connect() || idempotent) && can_retry_now(attempt) {
                     tracing::debug!(error = %err, endpoint = %ep.spec.authority, attempt, "retrying");
@@ -314,14 +307,7 @@ async fn upgrade(
         Err(_) => return Err(ProxyError::Timeout(route.spec.timeout)),
         Ok(Err(e)) => {
             let err = ProxyError::from_client(e);
-            cluster.record(
-                ep,
-                if err.is_connect() {
-                    Outcome::ConnectError
-                } else {
-                    Outcome::OtherError
-                },
-            );
+            cluster.record(ep, Outcome::failed(&err));
             return Err(err);
         }
         Ok(Ok(res)) => res,

@@ -59,12 +59,24 @@ pub struct Cluster {
 }
 
 /// What happened to one attempt, for outlier detection and the latency estimate.
+#[derive(Debug)]
 pub enum Outcome {
     Success(Duration),
     /// A 5xx answer: counts toward ejection, but the latency is real.
     ServerError(Duration),
     ConnectError,
     OtherError,
+}
+
+impl Outcome {
+    /// The outcome of an attempt that failed without a response.
+    pub fn failed(err: &crate::errors::ProxyError) -> Self {
+        if err.is_connect() {
+            Outcome::ConnectError
+        } else {
+            Outcome::OtherError
+        }
+    }
 }
 
 impl Cluster {

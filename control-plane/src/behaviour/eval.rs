@@ -195,26 +195,14 @@ pub fn evaluate(
     }
 
     let mut profiler = Profiler::new(cfg);
-    let mut popularity: HashMap<&str, usize> = HashMap::new();
-    let mut markov: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
-    let mut last: HashMap<&str, &str> = HashMap::new();
+    let mut base = Baselines::default();
+    // Every predictor learns from each event it has seen: the training prefix, then each
+    // test event once it has been predicted (online, as the profiler runs in production),
+    // so the comparison is like for like.
     for e in &train {
         profiler.observe(&e.user, &e.service, e.time);
-        *popularity.entry(&e.service).or_default() += 1;
-        if let Some(prev) = last.insert(&e.user, &e.service) {
-            *markov
-                .entry(prev)
-                .or_default()
-                .entry(&e.service)
-                .or_default() += 1;
-        }
+        base.learn(e);
     }
-    fn ranked<'a>(m: &HashMap<&'a str, usize>) -> Vec<&'a str> {
-        let mut v: Vec<(&str, usize)> = m.iter().map(|(k, n)| (*k, *n)).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        v.into_iter().map(|(k, _)| k).collect()
-    }
-    let mut popular = ranked(&popularity);
     let mut report = Report {
         users: per_user.len(),
         train_events: train.len(),
@@ -226,25 +214,46 @@ pub fn evaluate(
         let guess = profiler.predict(&e.user, 3);
         let names: Vec<&str> = guess.iter().map(|p| p.service.as_str()).collect();
         report.profiler.add(&names, &e.service);
+        let popular = ranked(&base.popularity);
         report.most_frequent.add(&popular, &e.service);
-        let m1 = last
+        let m1 = base
+            .last
             .get(e.user.as_str())
-            .and_then(|prev| markov.get(prev))
+            .and_then(|prev| base.markov.get(prev))
             .map(ranked)
-            .unwrap_or_else(|| popular.clone());
+            .unwrap_or(popular);
         report.markov1.add(&m1, &e.service);
-        // Every predictor learns online from what it just saw, as the profiler does in
-        // production, so the comparison is like for like.
         profiler.observe(&e.user, &e.service, e.time);
-        *popularity.entry(&e.service).or_default() += 1;
-        if let Some(prev) = last.insert(&e.user, &e.service) {
-            *markov
+        base.learn(e);
+    }
+    Ok(report)
+}
+
+/// The two baselines' counts: global popularity and a global first-order chain.
+#[derive(Default)]
+struct Baselines<'a> {
+    popularity: HashMap<&'a str, usize>,
+    markov: HashMap<&'a str, HashMap<&'a str, usize>>,
+    last: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> Baselines<'a> {
+    fn learn(&mut self, e: &'a Event) {
+        *self.popularity.entry(&e.service).or_default() += 1;
+        if let Some(prev) = self.last.insert(&e.user, &e.service) {
+            *self
+                .markov
                 .entry(prev)
                 .or_default()
                 .entry(&e.service)
                 .or_default() += 1;
         }
-        popular = ranked(&popularity);
     }
-    Ok(report)
+}
+
+/// Keys by count, highest first (ties by name, so runs are repeatable).
+fn ranked<'a>(m: &HashMap<&'a str, usize>) -> Vec<&'a str> {
+    let mut v: Vec<(&str, usize)> = m.iter().map(|(k, n)| (*k, *n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    v.into_iter().map(|(k, _)| k).collect()
 }

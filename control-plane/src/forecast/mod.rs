@@ -1,0 +1,170 @@
+//! Demand forecasting: given a request-rate series, forecast the next `h` steps with
+//! calibrated prediction intervals.
+//!
+//! ```text
+//!  series ─▶ candidates: seasonal naive · Holt (online level/trend) · MSTL + AutoETS
+//!        ─▶ rolling-origin backtest (last origins, h steps each) ─▶ pick lowest MAE
+//!        ─▶ refit on everything, forecast h ─▶ intervals from the backtest residuals
+//! ```
+//! Intervals are conformal: the chosen model's out-of-sample errors, normalised by
+//! `sqrt(step)`, give the quantile for each level, so their width reflects how the model
+//! really did on this series (augurs' own intervals only reflect the trend model and are
+//! too narrow out of sample). Seasonal models come from Grafana's augurs crate; the known
+//! periods are passed in (bucket units), and a period the series is too short for (fewer
+//! than two full cycles) is dropped.
+//!
+//! Pure: no I/O beyond `series::load`, which reads the CLI's CSV.
+
+pub mod models;
+pub mod series;
+
+use models::Model;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForecastError {
+    #[error("the series has {have} points; at least {need} are needed for horizon {horizon}")]
+    TooShort {
+        have: usize,
+        need: usize,
+        horizon: usize,
+    },
+    #[error("horizon must be at least 1")]
+    ZeroHorizon,
+    #[error("interval level {0} is not between 0 and 100")]
+    BadLevel(f64),
+    #[error("{model}: {message}")]
+    Model { model: String, message: String },
+}
+
+/// A forecast with its intervals, one entry per requested level.
+#[derive(Debug, Clone)]
+pub struct Forecast {
+    pub model: String,
+    /// Mean absolute scaled error of the chosen model in the backtest (vs one-step naive
+    /// in sample, seasonal when a period is given).
+    pub backtest_mase: f64,
+    pub point: Vec<f64>,
+    /// `(level in %, lower, upper)`.
+    pub intervals: Vec<(f64, Vec<f64>, Vec<f64>)>,
+}
+
+/// Backtest origins: enough residuals for a quantile, few enough to stay fast.
+const ORIGINS: usize = 6;
+
+/// Forecasts `h` steps of `y` with intervals at `levels` (percent).
+pub fn forecast(
+    y: &[f64],
+    h: usize,
+    periods: &[usize],
+    levels: &[f64],
+) -> Result<Forecast, ForecastError> {
+    if h == 0 {
+        return Err(ForecastError::ZeroHorizon);
+    }
+    if let Some(&l) = levels.iter().find(|l| !(**l > 0.0 && **l < 100.0)) {
+        return Err(ForecastError::BadLevel(l));
+    }
+    // Periods need two full cycles in the shortest backtest training window.
+    let min_train = y.len().saturating_sub(ORIGINS * h);
+    let periods: Vec<usize> = periods
+        .iter()
+        .copied()
+        .filter(|&p| p >= 2 && 2 * p <= min_train)
+        .collect();
+    let need = (ORIGINS * h + 8).max(2 * periods.iter().copied().max().unwrap_or(1) + ORIGINS * h);
+    if y.len() < need {
+        return Err(ForecastError::TooShort {
+            have: y.len(),
+            need,
+            horizon: h,
+        });
+    }
+    let season = periods.first().copied().unwrap_or(1);
+    let mut candidates = vec![Model::SeasonalNaive { period: season }, Model::Holt];
+    if !periods.is_empty() {
+        candidates.push(Model::MstlEts {
+            periods: periods.clone(),
+        });
+    }
+    let scale = naive_scale(y, season);
+    let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
+    for m in candidates {
+        let residuals = backtest(&m, y, h)?;
+        let mae = mean_abs(&residuals);
+        if best.as_ref().is_none_or(|(_, b, _)| mae < *b) {
+            best = Some((m, mae, residuals));
+        }
+    }
+    let (model, mae, residuals) = best.expect("at least two candidates");
+    let point = model.fit_predict(y, h)?;
+    let intervals = levels
+        .iter()
+        .map(|&l| interval(&point, &residuals, l))
+        .collect();
+    Ok(Forecast {
+        model: model.name(),
+        backtest_mase: mae / scale,
+        point,
+        intervals,
+    })
+}
+
+/// Residuals (actual - forecast) of `m` at the last `ORIGINS` origins, `h` steps each.
+pub fn backtest(m: &Model, y: &[f64], h: usize) -> Result<Vec<Vec<f64>>, ForecastError> {
+    let n = y.len();
+    (0..ORIGINS)
+        .rev()
+        .map(|k| {
+            let origin = n - (k + 1) * h;
+            let f = m.fit_predict(&y[..origin], h)?;
+            Ok(y[origin..origin + h]
+                .iter()
+                .zip(&f)
+                .map(|(a, p)| a - p)
+                .collect())
+        })
+        .collect()
+}
+
+/// Split-conformal interval: the `level` quantile of `|r| / sqrt(step)` over the backtest,
+/// scaled back by `sqrt(step)` around the point forecast.
+fn interval(point: &[f64], residuals: &[Vec<f64>], level: f64) -> (f64, Vec<f64>, Vec<f64>) {
+    let mut scores: Vec<f64> = residuals
+        .iter()
+        .flat_map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(j, e)| e.abs() / ((j + 1) as f64).sqrt())
+        })
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    // The finite-sample conformal rank: ceil((n + 1) * level).
+    let n = scores.len();
+    let rank = (((n + 1) as f64 * level / 100.0).ceil() as usize).clamp(1, n);
+    let q = scores[rank - 1];
+    let half = |j: usize| q * ((j + 1) as f64).sqrt();
+    let lo = point.iter().enumerate().map(|(j, p)| p - half(j)).collect();
+    let hi = point.iter().enumerate().map(|(j, p)| p + half(j)).collect();
+    (level, lo, hi)
+}
+
+fn mean_abs(r: &[Vec<f64>]) -> f64 {
+    let (s, n) = r
+        .iter()
+        .flatten()
+        .fold((0.0, 0usize), |(s, n), e| (s + e.abs(), n + 1));
+    s / n.max(1) as f64
+}
+
+/// In-sample MAE of the (seasonal) naive one-step forecast: the MASE denominator.
+pub fn naive_scale(y: &[f64], season: usize) -> f64 {
+    let m = season.max(1);
+    if y.len() <= m {
+        return 1.0;
+    }
+    let s: f64 = y.windows(m + 1).map(|w| (w[m] - w[0]).abs()).sum();
+    (s / (y.len() - m) as f64).max(f64::EPSILON)
+}
+
+#[cfg(test)]
+mod tests;

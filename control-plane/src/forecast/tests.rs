@@ -1,0 +1,112 @@
+use super::models::Model;
+use super::*;
+
+fn nasa() -> Vec<f64> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/traces/nasa_5min_14d.csv");
+    series::load(&p).unwrap()
+}
+
+/// A day in 5-minute buckets.
+const DAY: usize = 288;
+
+#[test]
+fn beats_seasonal_naive_out_of_sample_on_nasa_with_calibrated_intervals() {
+    let y = nasa();
+    assert_eq!(y.len(), 4032);
+    let h = 12;
+    // Hold out the last 8 windows of an hour; forecast each from the data before it.
+    let (mut err, mut naive_err, mut inside80, mut inside95, mut n) = (0.0, 0.0, 0, 0, 0);
+    for k in (1..=8).rev() {
+        let origin = y.len() - k * h;
+        let f = forecast(&y[..origin], h, &[DAY], &[80.0, 95.0]).unwrap();
+        let naive = Model::SeasonalNaive { period: DAY }
+            .fit_predict(&y[..origin], h)
+            .unwrap();
+        for j in 0..h {
+            let a = y[origin + j];
+            err += (a - f.point[j]).abs();
+            naive_err += (a - naive[j]).abs();
+            inside80 += usize::from(f.intervals[0].1[j] <= a && a <= f.intervals[0].2[j]);
+            inside95 += usize::from(f.intervals[1].1[j] <= a && a <= f.intervals[1].2[j]);
+            n += 1;
+        }
+    }
+    let relative = err / naive_err;
+    assert!(
+        relative < 1.0,
+        "MAE relative to seasonal naive: {relative:.3}"
+    );
+    let (c80, c95) = (inside80 as f64 / n as f64, inside95 as f64 / n as f64);
+    assert!((0.6..=0.97).contains(&c80), "80% interval covered {c80:.2}");
+    assert!(c95 >= c80 && c95 >= 0.8, "95% interval covered {c95:.2}");
+}
+
+#[test]
+fn intervals_widen_with_the_horizon_and_nest() {
+    let y = nasa();
+    let f = forecast(&y, 24, &[DAY], &[80.0, 95.0]).unwrap();
+    let width = |i: usize, j: usize| f.intervals[i].2[j] - f.intervals[i].1[j];
+    assert!(width(0, 23) > width(0, 0));
+    assert!(width(1, 5) >= width(0, 5));
+    assert!(f.backtest_mase.is_finite() && f.backtest_mase > 0.0);
+}
+
+#[test]
+fn holt_follows_a_trend_and_naive_repeats_the_season() {
+    let y: Vec<f64> = (0..100).map(|i| 10.0 + 2.0 * i as f64).collect();
+    let f = Model::Holt.fit_predict(&y, 3).unwrap();
+    assert!((f[0] - 210.0).abs() < 5.0, "{f:?}");
+    let s: Vec<f64> = (0..20).map(|i| (i % 4) as f64).collect();
+    assert_eq!(
+        Model::SeasonalNaive { period: 4 }
+            .fit_predict(&s, 6)
+            .unwrap(),
+        vec![0.0, 1.0, 2.0, 3.0, 0.0, 1.0]
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_clearly() {
+    let y = nasa();
+    assert!(matches!(
+        forecast(&y, 0, &[], &[80.0]),
+        Err(ForecastError::ZeroHorizon)
+    ));
+    assert!(matches!(
+        forecast(&y, 5, &[], &[120.0]),
+        Err(ForecastError::BadLevel(_))
+    ));
+    let e = forecast(&y[..20], 12, &[], &[80.0]).unwrap_err();
+    assert!(e.to_string().contains("at least"), "{e}");
+    // A period the series is too short for is dropped, not an error.
+    let f = forecast(&y[..400], 12, &[DAY * 7], &[80.0]).unwrap();
+    assert!(!f.model.contains("2016"), "{}", f.model);
+}
+
+#[test]
+fn bad_csv_names_the_line() {
+    let dir = std::env::temp_dir().join(format!("presage-series-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("s.csv");
+    for (text, want) in [
+        (
+            "timestamp,value\n1,2\n2,x\n",
+            "s.csv:3: value \"x\" is not a number",
+        ),
+        (
+            "timestamp,value\n5,2\n4,3\n",
+            "s.csv:3: timestamp \"4\" is not after the previous row's",
+        ),
+        ("timestamp,value\n", "no data rows"),
+        (
+            "timestamp,value\n1;2\n",
+            "s.csv:2: expected `timestamp,value`",
+        ),
+    ] {
+        std::fs::write(&f, text).unwrap();
+        let e = series::load(&f).unwrap_err().to_string();
+        assert!(e.contains(want), "{e} (wanted {want})");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
