@@ -12,7 +12,7 @@ use support::*;
 
 fn variant(a: &Upstream, b: &Upstream, n: usize) -> String {
     // Alternate the target cluster and stamp the generation into a response header.
-    let target = if n % 2 == 0 { "a" } else { "b" };
+    let target = if n.is_multiple_of(2) { "a" } else { "b" };
     config(&format!(
         "routes:\n  - name: main\n    cluster: {target}\n    response_headers: {{ add: {{ x-config: \"v{n}\" }} }}\n\
          clusters:\n  - name: a\n    endpoints:\n      - address: \"{}\"\n  - name: b\n    endpoints:\n      - address: \"{}\"\n",

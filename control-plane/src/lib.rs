@@ -12,3 +12,4 @@
 
 pub mod behaviour;
 pub mod forecast;
+pub mod time;

@@ -171,10 +171,13 @@ impl Default for Metrics {
     }
 }
 
+/// One latency histogram, shared by a route's handles and the exporter.
+type SharedHistogram = Arc<Mutex<Histogram<u64>>>;
+
 /// Per (route, cluster) latency histograms; series survive reloads that keep the names.
 #[derive(Debug, Default)]
 pub struct LatencyCollector {
-    series: Mutex<HashMap<(String, String), Arc<Mutex<Histogram<u64>>>>>,
+    series: Mutex<HashMap<(String, String), SharedHistogram>>,
 }
 
 /// Bucket bounds in seconds, Prometheus' defaults extended down to 100 µs for a proxy.

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::time::parse_time;
+
 use super::{Profiler, ProfilerConfig};
 
 /// One request of a trace.
@@ -110,14 +112,6 @@ pub fn load(path: &Path, cols: &Columns) -> Result<Vec<Event>, EvalError> {
     }
     events.sort_by(|a, b| a.time.total_cmp(&b.time));
     Ok(events)
-}
-
-fn parse_time(s: &str) -> Option<f64> {
-    if let Ok(v) = s.parse::<f64>() {
-        return v.is_finite().then_some(v);
-    }
-    let t = humantime::parse_rfc3339_weak(s).ok()?;
-    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
 /// Accuracy of one predictor.

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use crate::time::parse_time;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeriesError {
     #[error("{path}: {source}")]
@@ -66,12 +68,4 @@ pub fn load(path: &Path) -> Result<Vec<f64>, SeriesError> {
         return Err(SeriesError::Empty { path: p });
     }
     Ok(out)
-}
-
-fn parse_time(s: &str) -> Option<f64> {
-    if let Ok(v) = s.parse::<f64>() {
-        return v.is_finite().then_some(v);
-    }
-    let t = humantime::parse_rfc3339_weak(s).ok()?;
-    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
 }
