@@ -48,8 +48,12 @@ pub struct Forecast {
     pub intervals: Vec<(f64, Vec<f64>, Vec<f64>)>,
 }
 
-/// Backtest origins: enough residuals for a quantile, few enough to stay fast.
-const ORIGINS: usize = 6;
+/// Backtest origins for horizon `h`: at least 48 residuals where that is cheap (short
+/// horizons, where 6 one-step errors would pick the model by chance), at least 6 origins
+/// always, at most 24 fits per model.
+pub fn origins(h: usize) -> usize {
+    (48 / h.max(1)).clamp(6, 24)
+}
 
 /// Forecasts `h` steps of `y` with intervals at `levels` (percent).
 pub fn forecast(
@@ -65,13 +69,14 @@ pub fn forecast(
         return Err(ForecastError::BadLevel(l));
     }
     // Periods need two full cycles in the shortest backtest training window.
-    let min_train = y.len().saturating_sub(ORIGINS * h);
+    let back = origins(h) * h;
+    let min_train = y.len().saturating_sub(back);
     let periods: Vec<usize> = periods
         .iter()
         .copied()
         .filter(|&p| p >= 2 && 2 * p <= min_train)
         .collect();
-    let need = (ORIGINS * h + 8).max(2 * periods.iter().copied().max().unwrap_or(1) + ORIGINS * h);
+    let need = (back + 8).max(2 * periods.iter().copied().max().unwrap_or(1) + back);
     if y.len() < need {
         return Err(ForecastError::TooShort {
             have: y.len(),
@@ -109,10 +114,10 @@ pub fn forecast(
     })
 }
 
-/// Residuals (actual - forecast) of `m` at the last `ORIGINS` origins, `h` steps each.
+/// Residuals (actual - forecast) of `m` at the last `origins(h)` origins, `h` steps each.
 pub fn backtest(m: &Model, y: &[f64], h: usize) -> Result<Vec<Vec<f64>>, ForecastError> {
     let n = y.len();
-    (0..ORIGINS)
+    (0..origins(h))
         .rev()
         .map(|k| {
             let origin = n - (k + 1) * h;

@@ -1,0 +1,169 @@
+"""Forecast accuracy and speed on real traces: Presage vs seasonal naive vs statsforecast.
+
+For each trace and horizon H in (1, 12, 60) steps, forecasts are made from ORIGINS
+origins at the end of the series (spaced H apart, at least 12 steps), each from a fixed
+window of history before it. Every method sees the same windows. Reported per cell:
+MASE (scaled by the window's in-sample seasonal-naive MAE), sMAPE, and 80%/95% interval
+coverage; and fit+forecast wall time per series (Presage: the whole `presage forecast`
+process, backtest-based model choice included; statsforecast: fit + predict in-process,
+after a warm-up that excludes numba compilation).
+"""
+
+import csv
+import gzip
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRACES = os.path.join(ROOT, "..", "shared", "traces")
+PRESAGE = os.path.join(ROOT, "target", "release", "presage")
+HORIZONS = (1, 12, 60)
+LEVELS = (80, 95)
+
+
+def read(path, value_col=1):
+    op = gzip.open if path.endswith(".gz") else open
+    with op(path, "rt") as f:
+        r = csv.reader(f)
+        next(r)
+        return np.array([float(row[value_col]) for row in r if len(row) > value_col and row[value_col] != ""])
+
+
+def bucket(y, k):
+    n = len(y) // k * k
+    return y[:n].reshape(-1, k).sum(axis=1)
+
+
+def traces():
+    t = TRACES
+    nasa_min = read(os.path.join(t, "nasa-http-1995", "nasa_1995_per_minute.csv"))
+    # (name, series, seasonal periods, history window)
+    return [
+        ("nasa 5 min", bucket(nasa_min, 5), [288], 2016),
+        ("nasa 1 min", nasa_min, [1440], 2880),
+        ("nab elb 5 min", read(os.path.join(t, "nab", "elb_request_count_8c0756.csv")), [288], 2016),
+        ("nab nyc taxi 30 min", read(os.path.join(t, "nab", "nyc_taxi.csv")), [48, 336], 1344),
+        ("nab twitter AAPL 5 min", read(os.path.join(t, "nab", "Twitter_volume_AAPL.csv")), [288], 2016),
+        ("twitter 2021 1 min", read(os.path.join(t, "twitter-stream-2021-08", "twitter_stream_per_minute.csv")), [1440], 2880),
+    ]
+
+
+def presage(hist, h, periods):
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+        f.write("timestamp,value\n")
+        f.writelines(f"{i},{v}\n" for i, v in enumerate(hist))
+    args = [PRESAGE, "forecast", "--input", f.name, "--horizon", str(h)]
+    for p in periods:
+        args += ["--season", str(p)]
+    t0 = time.perf_counter()
+    p = subprocess.run(args, capture_output=True, text=True, check=True)
+    dt = time.perf_counter() - t0
+    os.unlink(f.name)
+    rows = list(csv.DictReader(p.stdout.splitlines()))
+    point = np.array([float(r["point"]) for r in rows])
+    iv = {l: (np.array([float(r[f"lo{l}"]) for r in rows]), np.array([float(r[f"hi{l}"]) for r in rows])) for l in LEVELS}
+    return point, iv, dt, p.stderr.split(",")[0].replace("model: ", "")
+
+
+def statsforecast_models(periods):
+    from statsforecast.models import MSTL, AutoETS
+
+    m = periods[0]
+    return {
+        "sf AutoETS": lambda: AutoETS(season_length=m if m <= 24 else 1),
+        "sf MSTL": lambda: MSTL(season_length=periods, trend_forecaster=AutoETS(model="ZZN")),
+    }
+
+
+def run_sf(make, hist, h):
+    model = make()
+    t0 = time.perf_counter()
+    model.fit(hist.astype(float))
+    out = model.predict(h=h, level=list(LEVELS))
+    dt = time.perf_counter() - t0
+    iv = {l: (np.asarray(out[f"lo-{l}"]), np.asarray(out[f"hi-{l}"])) for l in LEVELS}
+    return np.asarray(out["mean"]), iv, dt
+
+
+def scale(hist, m):
+    m = m if len(hist) > m else 1
+    return max(np.mean(np.abs(hist[m:] - hist[:-m])), 1e-9)
+
+
+def main():
+    origins = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    results = []
+    warmed = False
+    for name, y, periods, window in traces():
+        m = periods[0]
+        sf = statsforecast_models(periods)
+        if not warmed:  # numba compiles on first use; keep that out of the timings
+            for make in sf.values():
+                run_sf(make, y[: window], 1)
+            warmed = True
+        for h in HORIZONS:
+            step = max(h, 12)
+            acc = {}
+            for k in range(origins, 0, -1):
+                o = len(y) - h - (k - 1) * step
+                hist, actual = y[o - window : o], y[o : o + h]
+                s = scale(hist, m)
+                cands = {"seasonal naive": (np.array([hist[len(hist) - m + (j % m)] for j in range(h)]), None, 0.0, "")}
+                pp, piv, pdt, pm = presage(hist, h, periods)
+                cands["presage"] = (pp, piv, pdt, pm)
+                for label, make in sf.items():
+                    try:
+                        sp, siv, sdt = run_sf(make, hist, h)
+                        cands[label] = (sp, siv, sdt, "")
+                    except Exception as e:  # a model that cannot fit this window is reported, not hidden
+                        print(f"  {name} h={h}: {label} failed: {e}", file=sys.stderr)
+                for label, (pt, iv, dt, chosen) in cands.items():
+                    a = acc.setdefault(label, {"ae": [], "smape": [], "cov": {l: [] for l in LEVELS}, "time": [], "chosen": set()})
+                    a["ae"].append(np.mean(np.abs(actual - pt)) / s)
+                    den = np.abs(actual) + np.abs(pt)
+                    a["smape"].append(np.mean(np.where(den > 0, 2 * np.abs(actual - pt) / np.where(den > 0, den, 1), 0)) * 100)
+                    if iv:
+                        for l in LEVELS:
+                            a["cov"][l].extend(((iv[l][0] <= actual) & (actual <= iv[l][1])).tolist())
+                    a["time"].append(dt)
+                    if chosen:
+                        a["chosen"].add(chosen)
+            for label, a in acc.items():
+                cov = {l: (100 * np.mean(a["cov"][l]) if a["cov"][l] else None) for l in LEVELS}
+                results.append((name, h, label, np.mean(a["ae"]), np.mean(a["smape"]), cov, np.mean(a["time"]), ",".join(sorted(a["chosen"]))))
+                c80 = "-" if cov[80] is None else f"{cov[80]:.0f}%"
+                print(f"{name:24} h={h:<3} {label:15} MASE {np.mean(a['ae']):.3f}  sMAPE {np.mean(a['smape']):6.2f}  cov80 {c80}", flush=True)
+    print(f"\n{origins} origins per cell; MASE and sMAPE are means over origins.\n")
+    print("| trace | h | method | MASE | sMAPE % | cov 80% | cov 95% | s per series | model chosen |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, h, label, mase, smape, cov, t, chosen in results:
+        f = lambda v: "-" if v is None else f"{v:.0f}"
+        print(f"| {name} | {h} | {label} | {mase:.3f} | {smape:.2f} | {f(cov[80])} | {f(cov[95])} | {t:.3f} | {chosen} |")
+    summary(results)
+
+
+def summary(results):
+    """Presage against the best baseline of each cell, as issue 6's targets put it."""
+    cells = {}
+    for name, h, label, mase, smape, cov, t, _ in results:
+        cells.setdefault((name, h), {})[label] = (mase, cov, t)
+    print("\n| trace | h | Presage MASE | best baseline | its MASE | Presage / best | cov 80 / 95 | time vs sf MSTL, sf AutoETS |")
+    print("|---|---|---|---|---|---|---|---|")
+    wins = 0
+    for (name, h), c in cells.items():
+        p = c["presage"]
+        best = min((v[0], k) for k, v in c.items() if k != "presage")
+        wins += p[0] <= best[0]
+        cov = "/".join("-" if p[1][l] is None else f"{p[1][l]:.0f}" for l in LEVELS)
+        speed = ", ".join(f"{c[k][2] / p[2]:.1f}x" if k in c and p[2] > 0 else "-" for k in ("sf MSTL", "sf AutoETS"))
+        print(f"| {name} | {h} | {p[0]:.3f} | {best[1]} | {best[0]:.3f} | {p[0] / best[0]:.2f} | {cov} | {speed} |")
+    print(f"\nPresage at least as accurate as the best baseline in {wins} of {len(cells)} cells.")
+
+
+if __name__ == "__main__":
+    main()
