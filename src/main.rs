@@ -10,7 +10,7 @@ mod up;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -293,8 +293,4 @@ pub(crate) fn serve(
             ExitCode::from(EX_UNAVAILABLE)
         }
     }
-}
-
-pub(crate) fn exists(p: &Path) -> bool {
-    p.exists()
 }

@@ -18,7 +18,7 @@ impl Drop for Children {
 }
 
 pub fn run(path: &Path) -> ExitCode {
-    if !crate::exists(path) {
+    if !path.exists() {
         eprintln!(
             "{}: no such file (run from the repository root, or pass --config)",
             path.display()
