@@ -180,3 +180,31 @@ fn bad_input_names_the_column_or_line() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Resident memory of this process in KiB (nextest runs each test in its own process).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn one_million_users_fit_well_under_a_gibibyte() {
+    // Synthetic ids beside the real-trace tests: this measures capacity, not accuracy.
+    let services: Vec<String> = (0..200).map(|i| format!("svc-{i}")).collect();
+    let before = rss_kib();
+    let mut p = Profiler::new(ProfilerConfig::default());
+    let mut t = 0.0;
+    for round in 0..3 {
+        for u in 0..1_000_000u32 {
+            let s = &services[((u as usize).wrapping_mul(31) + round * 7) % services.len()];
+            p.observe(&format!("user-{u:07}"), s, t);
+            t += 0.001;
+        }
+    }
+    assert_eq!(p.users(), 1_000_000);
+    let used_mib = (rss_kib() - before) / 1024;
+    eprintln!("1,000,000 users with 3 requests each: {used_mib} MiB resident");
+    assert!(used_mib < 700, "{used_mib} MiB");
+    assert_eq!(p.predict("user-0000001", 1).len(), 1);
+}
