@@ -85,7 +85,9 @@ pub async fn handle(
         .map_or(&shared.no_route, |r| &r.stats)
         .record(res.status().as_u16(), elapsed);
     if let Some(entry) = log {
-        entry.write(&request_id, res.status(), elapsed, route, endpoint);
+        shared
+            .access_log
+            .write(entry.line(&request_id, res.status(), elapsed, route, endpoint));
     }
     Ok(res)
 }
@@ -331,7 +333,7 @@ async fn upgrade(
     Ok((response(route, res), Some(ep.spec.authority.clone())))
 }
 
-/// One JSON access-log line per request, written to stdout.
+/// What the JSON access log records of a request (written by `access_log`).
 struct AccessEntry {
     method: Method,
     path: String,
@@ -355,16 +357,16 @@ impl AccessEntry {
         }
     }
 
-    fn write(
+    /// The JSON line for this request once answered.
+    fn line(
         self,
         id: &HeaderValue,
         status: StatusCode,
         elapsed: Duration,
         route: Option<&Route>,
         upstream: Option<http::uri::Authority>,
-    ) {
-        use std::io::Write;
-        let line = serde_json::json!({
+    ) -> String {
+        serde_json::json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "request_id": id.to_str().unwrap_or(""),
             "peer": self.peer.to_string(),
@@ -376,9 +378,8 @@ impl AccessEntry {
             "duration_ms": elapsed.as_secs_f64() * 1e3,
             "route": route.map(|r| r.spec.name.as_str()),
             "upstream": upstream.map(|a| a.to_string()),
-        });
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        })
+        .to_string()
     }
 }
 

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;

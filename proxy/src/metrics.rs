@@ -53,6 +53,7 @@ pub struct Metrics {
     pub generation: Gauge,
     pub active_connections: Gauge,
     pub connections: Counter,
+    pub access_log_dropped: Counter,
     pub latency: Arc<LatencyCollector>,
 }
 
@@ -90,6 +91,7 @@ impl Metrics {
             generation: Gauge::default(),
             active_connections: Gauge::default(),
             connections: Counter::default(),
+            access_log_dropped: Counter::default(),
             latency: Arc::new(LatencyCollector::default()),
         }
     }
@@ -136,6 +138,11 @@ impl Metrics {
             "connections",
             "Accepted downstream connections",
             self.connections.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            self.access_log_dropped.clone(),
         );
         r.register_collector(Box::new(self.latency.clone()));
     }

@@ -27,6 +27,8 @@ pub enum ServeError {
     },
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot start: {0}")]
+    Start(std::io::Error),
 }
 
 /// Serves `config` until SIGTERM or SIGINT, then drains. `path` enables hot reload.
@@ -48,7 +50,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
         None => None,
     };
     let drain = config.drain_timeout;
-    let shared = Shared::new(config);
+    let shared = Shared::new(config).map_err(ServeError::Start)?;
     let _watcher = path.map(|p| reload::watch(shared.clone(), p)).transpose()?;
 
     let graceful = Arc::new(GracefulShutdown::new());

@@ -12,6 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteStats};
 use crate::outlier::now_ms;
@@ -37,10 +38,13 @@ pub struct Shared {
     /// Set when shutdown starts: `/ready` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
     pub reload: Mutex<ReloadStatus>,
+    /// Writer of the JSON access log (used while `access_log.enabled`).
+    pub access_log: AccessLog,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
+    /// Fails only if the access-log thread cannot be started.
+    pub fn new(config: Config) -> std::io::Result<Arc<Shared>> {
         let metrics = Arc::new(Metrics::new());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -50,7 +54,9 @@ impl Shared {
         registry
             .sub_registry_with_prefix("presage")
             .register_collector(Box::new(EndpointHealth(live.clone())));
-        Arc::new(Shared {
+        let access_log = AccessLog::start(metrics.access_log_dropped.clone())?;
+        Ok(Arc::new(Shared {
+            access_log,
             no_route: metrics.route_stats("-", "-"),
             live,
             metrics,
@@ -60,7 +66,7 @@ impl Shared {
                 generation: 1,
                 ..Default::default()
             }),
-        })
+        }))
     }
 }
 
