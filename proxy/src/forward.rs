@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
@@ -116,7 +117,7 @@ async fn proxy(
     let deadline = tokio::time::Instant::now() + route.spec.timeout;
     let cluster = &route.cluster;
     let (mut parts, body) = req.into_parts();
-    let path = rewritten_path(route, &parts.uri);
+    let path = rewritten_path(route, &parts.uri)?;
     prepare_headers(&mut parts.headers, &parts.uri, route, conn, false);
     let version = upstream_version(cluster);
 
@@ -228,9 +229,16 @@ fn upstream_version(c: &Cluster) -> Version {
     }
 }
 
-fn rewritten_path(route: &Route, uri: &Uri) -> String {
+/// The upstream path and query. Without a rewrite this is the request's own, shared
+/// (no copy, no re-parse); a rewrite builds and validates the new one once.
+fn rewritten_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+    let original = || {
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    match &route.spec.rewrite_prefix {
+    let rewritten = match &route.spec.rewrite_prefix {
         Some((from, to)) if pq.starts_with(from.as_str()) => {
             let rest = &pq[from.len()..];
             // Avoid `//x` when both the replacement ends and the rest starts with a slash.
@@ -242,15 +250,17 @@ fn rewritten_path(route: &Route, uri: &Uri) -> String {
                 format!("{to}{rest}")
             }
         }
-        _ => pq.to_owned(),
-    }
+        _ => return Ok(original()),
+    };
+    PathAndQuery::try_from(rewritten)
+        .map_err(|e| ProxyError::Upstream(format!("rewritten path is invalid: {e}")))
 }
 
-fn endpoint_uri(ep: &Endpoint, path: &str) -> Result<Uri, ProxyError> {
+fn endpoint_uri(ep: &Endpoint, path: &PathAndQuery) -> Result<Uri, ProxyError> {
     Uri::builder()
         .scheme(ep.scheme.clone())
         .authority(ep.spec.authority.clone())
-        .path_and_query(path)
+        .path_and_query(path.clone())
         .build()
         .map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))
 }
@@ -294,7 +304,7 @@ async fn upgrade(
     }
     let downstream = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
-    let path = rewritten_path(route, &parts.uri);
+    let path = rewritten_path(route, &parts.uri)?;
     prepare_headers(&mut parts.headers, &parts.uri, route, conn, true);
     let ep = cluster
         .balancer

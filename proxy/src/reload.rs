@@ -28,11 +28,9 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, ConfigErrors> {
         if next.text == prev.config.text {
             return prev.generation;
         }
-        let moved = |a: Vec<_>, b: Vec<_>| a != b;
-        if moved(
-            prev.config.listeners.iter().map(|l| (l.name.clone(), l.address)).collect(),
-            next.listeners.iter().map(|l| (l.name.clone(), l.address)).collect(),
-        ) || prev.config.admin != next.admin
+        let bound = |ls: &[crate::config::Listener]| ls.iter().map(|l| (l.name.clone(), l.address)).collect::<Vec<_>>();
+        if bound(&prev.config.listeners) != bound(&next.listeners)
+            || prev.config.admin != next.admin
             || prev.config.workers != next.workers
         {
             tracing::warn!("listener, admin or worker changes take effect at the next restart; the rest is applied now");

@@ -47,14 +47,14 @@ impl TempDir {
             "presage-test-{}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed),
-            fastrand_u32()
+            subsec_nanos()
         ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
 }
 
-fn fastrand_u32() -> u32 {
+fn subsec_nanos() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
