@@ -40,13 +40,17 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Run the local demo: sample services for every loopback endpoint of the config, and
-    /// the proxy in front of them.
+    /// Run the local mesh: the control plane with its embedded store, a sample service for
+    /// every loopback endpoint of its services, and a proxy connected to it. Prints one
+    /// `name: URL` line per endpoint; Ctrl-C stops everything.
     Up {
-        /// Proxy config; its 127.0.0.1 endpoints get sample services.
-        #[arg(long, default_value = "config/presage.yaml")]
+        /// Control-plane config whose `services` and `routes` seed the mesh.
+        #[arg(long, default_value = "config/demo.yaml")]
         config: PathBuf,
     },
+    /// Run the control plane: discovery and telemetry gRPC streams for proxies, the REST
+    /// API (with /openapi.json) and the embedded store.
+    ControlPlane(ControlPlaneArgs),
     /// Run a small HTTP service that answers with JSON about itself (for demos and tests).
     SampleService(sample::SampleArgs),
     /// Evaluate the behaviour profiler on a per-request trace: train on the first part of
@@ -56,6 +60,22 @@ enum Command {
     /// Forecast a series: reads `timestamp,value` rows (the history) and prints CSV rows
     /// `step,point,lo80,hi80,...` (the model and its backtest error go to stderr).
     Forecast(ForecastArgs),
+}
+
+#[derive(Args)]
+struct ControlPlaneArgs {
+    /// YAML config (see config/README.md); without it, the defaults and the flags below.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// gRPC address proxies connect to (default 127.0.0.1:9902).
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
+    /// REST API address (default 127.0.0.1:9903).
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Store file (default .presage/control-plane.redb, relative to the config file).
+    #[arg(long)]
+    store: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -111,6 +131,10 @@ struct ProxyArgs {
     /// Worker threads; overrides the config's runtime.workers (default: one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Control plane to take routes and clusters from and report load to, e.g.
+    /// http://127.0.0.1:9902; overrides the config's control_plane.address.
+    #[arg(long)]
+    control_plane: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -120,6 +144,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy(args),
         Command::Validate { files } => validate(&files),
         Command::Up { config } => up::run(&config),
+        Command::ControlPlane(args) => control_plane(args),
         Command::SampleService(args) => sample::run(args),
         Command::ProfileEval(args) => profile_eval(args),
         Command::Forecast(args) => forecast(args),
@@ -237,13 +262,84 @@ fn validate(files: &[PathBuf]) -> ExitCode {
 
 /// Loads the proxy config from the flags; errors are printed, and map to `EX_USAGE`.
 fn load_proxy_config(args: &ProxyArgs) -> Result<(config::Config, Option<PathBuf>), String> {
-    match (&args.config, args.listen, &args.to) {
+    let loaded = match (&args.config, args.listen, &args.to) {
         (Some(path), _, _) => config::load(path).map(|c| (c, Some(path.clone()))).map_err(|e| e.to_string()),
         (None, Some(listen), Some(to)) => {
-            let yaml = config::one_liner(listen, to, args.admin)?;
-            config::parse(&yaml, "<command line>", None).map(|c| (c, None)).map_err(|e| e.to_string())
+            let mut yaml = config::one_liner(listen, to, args.admin)?;
+            if let Some(cp) = &args.control_plane {
+                yaml.push_str(&format!("control_plane:\n  address: {cp:?}\n"));
+            }
+            return config::parse(&yaml, "<command line>", None).map(|c| (c, None)).map_err(|e| e.to_string());
         }
         _ => Err("either --config FILE, or --listen ADDR --to URL, is required (see presage proxy --help)".into()),
+    };
+    loaded.and_then(|(mut c, p)| {
+        if let Some(cp) = &args.control_plane {
+            // Checked by the same parser as the file's own control_plane section.
+            let yaml = format!("control_plane:\n  address: {cp:?}\n");
+            let spec = config::parse(&yaml, "--control-plane", None)
+                .map_err(|e| e.to_string())?
+                .control_plane;
+            c.control_plane = match (c.control_plane.take(), spec) {
+                (Some(mut file), Some(flag)) => {
+                    file.address = flag.address;
+                    Some(file)
+                }
+                (_, flag) => flag,
+            };
+        }
+        Ok((c, p))
+    })
+}
+
+fn control_plane(args: ControlPlaneArgs) -> ExitCode {
+    use presage_control_plane::{config as cp_config, runtime};
+    let mut cfg = match &args.config {
+        Some(path) => match cp_config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        None => cp_config::Config::default(),
+    };
+    cfg.grpc = args.grpc.unwrap_or(cfg.grpc);
+    cfg.api = args.api.unwrap_or(cfg.api);
+    if let Some(s) = args.store {
+        cfg.store = s;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let announce = |b: runtime::Bound| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "presage: grpc on {}", b.grpc);
+        let _ = writeln!(out, "presage: api on {}", b.api);
+        let _ = writeln!(out, "presage: ready");
+        let _ = out.flush();
+    };
+    match rt.block_on(runtime::run(
+        cfg,
+        announce,
+        presage_proxy::server::shutdown_signal(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ runtime::RunError::Bind { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,20 +1,25 @@
-//! `presage up`: the local mesh demo. Starts a sample service (a child process of this
-//! binary) for every 127.0.0.1 endpoint in the proxy config, then runs the proxy in front
-//! of them. Children are killed when the proxy exits.
+//! `presage up`: the local mesh, as one process tree. Starts the control plane (with its
+//! embedded store) from the demo config, a sample service for every loopback endpoint of
+//! its services, and a proxy that takes its routes and clusters from the control plane;
+//! prints `name: URL` per endpoint once the proxy has synced; stops everything on
+//! Ctrl-C/SIGTERM (or when any part exits) and waits for each child.
 
-use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
-use presage_proxy::config;
+use presage_control_plane::config as cp_config;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
-struct Children(Vec<Child>);
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// How long each part may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long children get to exit after SIGTERM before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Part {
+    name: String,
+    child: Child,
 }
 
 pub fn run(path: &Path) -> ExitCode {
@@ -25,49 +30,207 @@ pub fn run(path: &Path) -> ExitCode {
         );
         return ExitCode::from(crate::EX_USAGE);
     }
-    let cfg = match config::load(path) {
+    let cfg = match cp_config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(crate::EX_USAGE);
         }
     };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot find this executable: {e}");
+            eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut children = Children(Vec::new());
-    for c in &cfg.clusters {
-        for e in &c.endpoints {
-            if e.authority.host() != "127.0.0.1" {
-                continue;
-            }
-            let spawned = Command::new(&exe)
-                .args([
-                    "sample-service",
-                    "--listen",
-                    e.authority.as_str(),
-                    "--name",
-                    &c.name,
-                ])
-                .stdin(Stdio::null())
-                .spawn();
-            match spawned {
-                Ok(child) => children.0.push(child),
-                Err(err) => {
-                    eprintln!("cannot start a sample service for {}: {err}", e.authority);
-                    return ExitCode::FAILURE;
+    rt.block_on(async {
+        let mut parts = Vec::new();
+        let result = start(path, &cfg, &mut parts).await;
+        let code = match result {
+            Ok(()) => {
+                let stopped = wait(&mut parts).await;
+                if let Some(name) = stopped {
+                    eprintln!("presage up: {name} exited; stopping the rest");
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
                 }
+            }
+            Err(e) => {
+                eprintln!("presage up: {e}");
+                ExitCode::FAILURE
+            }
+        };
+        stop(parts).await;
+        code
+    })
+}
+
+fn exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))
+}
+
+/// Spawns `presage ARGS`, reads its stdout until `until` and returns the lines read.
+async fn spawn(
+    parts: &mut Vec<Part>,
+    name: &str,
+    args: &[&str],
+    until: &str,
+) -> Result<Vec<String>, String> {
+    let mut child = Command::new(exe()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    parts.push(Part {
+        name: name.to_string(),
+        child,
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line == until;
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(START_TIMEOUT, read).await {
+        Ok(true) => {
+            // Keep draining so the child never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(seen)
+        }
+        Ok(false) => Err(format!(
+            "{name} exited while starting (see its errors above)"
+        )),
+        Err(_) => Err(format!("{name} did not start within {START_TIMEOUT:?}")),
+    }
+}
+
+fn addr_after<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
+    lines.iter().find_map(|l| l.strip_prefix(prefix))
+}
+
+async fn start(path: &Path, cfg: &cp_config::Config, parts: &mut Vec<Part>) -> Result<(), String> {
+    let mut samples = Vec::new();
+    for svc in &cfg.services {
+        for ep in &svc.endpoints {
+            if ep.address.starts_with("127.0.0.1:") {
+                let name = format!("sample {} {}", svc.name, ep.address);
+                let ready = format!("sample-service {} on {}", svc.name, ep.address);
+                spawn(
+                    parts,
+                    &name,
+                    &[
+                        "sample-service",
+                        "--listen",
+                        &ep.address,
+                        "--name",
+                        &svc.name,
+                    ],
+                    &ready,
+                )
+                .await?;
+                samples.push((svc.name.clone(), ep.address.clone()));
             }
         }
     }
-    println!(
-        "presage up: {} sample service(s) started; proxy config {}",
-        children.0.len(),
-        path.display()
+    let config = path.to_string_lossy();
+    let lines = spawn(
+        parts,
+        "control plane",
+        &["control-plane", "--config", &config],
+        "presage: ready",
+    )
+    .await?;
+    let grpc = addr_after(&lines, "presage: grpc on ")
+        .ok_or("control plane did not say where it listens")?
+        .to_string();
+    let api = addr_after(&lines, "presage: api on ")
+        .ok_or("control plane did not say where its API is")?
+        .to_string();
+
+    let local = cfg.local_proxy.clone().unwrap_or(cp_config::LocalProxy {
+        listen: "127.0.0.1:8080".parse().expect("valid default"),
+        admin: "127.0.0.1:9901".parse().expect("valid default"),
+    });
+    // The proxy's own file: listeners and admin here, everything else from the control plane.
+    let proxy_yaml = format!(
+        "# Written by `presage up` from {}; routes and clusters come from the control plane.\n\
+         listeners:\n  - name: main\n    address: \"{}\"\nadmin:\n  address: \"{}\"\ncontrol_plane:\n  address: \"http://{grpc}\"\n  node_id: presage-up-proxy\n",
+        path.display(),
+        local.listen,
+        local.admin
     );
-    crate::serve(cfg, Some(path.to_path_buf()), None)
+    let proxy_path = cfg.store.with_file_name("proxy.yaml");
+    std::fs::write(&proxy_path, proxy_yaml)
+        .map_err(|e| format!("cannot write {}: {e}", proxy_path.display()))?;
+    let proxy_path = proxy_path.to_string_lossy();
+    let lines = spawn(
+        parts,
+        "proxy",
+        &["proxy", "--config", &proxy_path],
+        "presage: synced with the control plane",
+    )
+    .await?;
+    let listen = addr_after(&lines, "presage: listener main on ")
+        .ok_or("proxy did not say where it listens")?;
+    let admin =
+        addr_after(&lines, "presage: admin on ").ok_or("proxy did not say where its admin is")?;
+
+    println!("proxy: http://{listen}");
+    println!("admin: http://{admin}/metrics");
+    println!("api: http://{api}/v1/services");
+    println!("openapi: http://{api}/openapi.json");
+    for (name, addr) in samples {
+        println!("{name}: http://{addr}");
+    }
+    println!("presage up: running; Ctrl-C stops everything");
+    Ok(())
+}
+
+/// Waits for Ctrl-C/SIGTERM (None) or for a part to exit (its name).
+async fn wait(parts: &mut [Part]) -> Option<String> {
+    let any_exit = futures_util::future::select_all(parts.iter_mut().map(|p| {
+        let name = p.name.clone();
+        Box::pin(async move {
+            let _ = p.child.wait().await;
+            name
+        })
+    }));
+    tokio::select! {
+        _ = presage_proxy::server::shutdown_signal() => None,
+        (name, _, _) = any_exit => Some(name),
+    }
+}
+
+/// SIGTERM to every child (proxy first, samples last), then wait; kill stragglers.
+async fn stop(parts: Vec<Part>) {
+    for p in parts.iter().rev() {
+        if let Some(pid) = p.child.id() {
+            // std has no signal API and this crate forbids unsafe: procps' kill(1).
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for mut p in parts.into_iter().rev() {
+        if tokio::time::timeout(STOP_TIMEOUT, p.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = p.child.kill().await;
+        }
+    }
 }

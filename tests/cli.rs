@@ -6,6 +6,8 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use http::StatusCode;
+
 use support::*;
 
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -60,7 +62,7 @@ fn help_explains_every_flag() {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
     }
     let (_, out, _) = run(&["--help"]);
-    for cmd in ["proxy", "validate", "up", "sample-service"] {
+    for cmd in ["proxy", "validate", "up", "control-plane", "sample-service"] {
         assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
     }
 }
@@ -98,7 +100,7 @@ async fn one_line_reverse_proxy() {
 }
 
 #[tokio::test]
-async fn up_runs_sample_services_behind_the_proxy() {
+async fn up_runs_the_mesh_and_answers_through_the_proxy() {
     // Free ports for the sample services (bound and released; the test owns them).
     let mut ports = Vec::new();
     for _ in 0..2 {
@@ -110,52 +112,72 @@ async fn up_runs_sample_services_behind_the_proxy() {
         );
     }
     let dir = TempDir::new();
-    let path = dir.0.join("up.yaml");
+    let path = dir.0.join("demo.yaml");
     std::fs::write(
         &path,
-        config(&format!(
-            "routes:\n  - cluster: demo\nclusters:\n  - name: demo\n    endpoints:\n      - address: \"{}\"\n      - address: \"{}\"\n",
+        format!(
+            "grpc: 127.0.0.1:0\napi: 127.0.0.1:0\nstore: state/cp.redb\nlocal_proxy: {{listen: 127.0.0.1:0, admin: 127.0.0.1:0}}\n\
+             services:\n  - name: demo\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n\
+             routes:\n  - {{name: all, cluster: demo}}\n",
             ports[0], ports[1]
-        )),
+        ),
     )
     .unwrap();
-    let mut proxy = Proxy::spawn(
-        vec!["up".into(), "--config".into(), path.display().to_string()],
-        dir,
-    )
-    .await;
-    // The sample services start beside the proxy; await both answering through it.
-    let c = h1_client();
-    let seen = wait_until(Duration::from_secs(20), || async {
-        let mut instances = std::collections::BTreeSet::new();
-        for _ in 0..20 {
-            let res = c.get(proxy.url("/hello").parse().unwrap()).await.ok()?;
-            let body = http_body_util::BodyExt::collect(res.into_body())
-                .await
-                .ok()?
-                .to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            assert_eq!(v["service"], "demo");
-            instances.insert(v["instance"].as_str()?.to_string());
+    let mut up = tokio::process::Command::new(BIN)
+        .args(["up", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(up.stdout.take().unwrap()));
+    let mut urls = std::collections::BTreeMap::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("presage up: running") {
+                return;
+            }
+            if let Some((name, url)) = l.split_once(": http://") {
+                urls.insert(name.to_string(), format!("http://{url}"));
+            }
         }
-        (instances.len() == 2).then_some(instances)
+        panic!("presage up exited before running");
     })
-    .await;
-    assert!(
-        seen.is_some(),
-        "both sample services answered through the proxy"
-    );
-    proxy.signal("TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+    .await
+    .expect("presage up started");
+    for name in ["proxy", "admin", "api"] {
+        assert!(urls.contains_key(name), "no {name} line: {urls:?}");
+    }
+    // Both sample services answer through the proxy, which got its routes from the
+    // control plane.
+    let c = h1_client();
+    let mut instances = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let a = get(&c, &format!("{}/hello", urls["proxy"])).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.json()["service"], "demo");
+        instances.insert(a.json()["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    let proxies = get(&c, &urls["api"].replace("/v1/services", "/v1/proxies")).await;
+    assert_eq!(proxies.json()[0]["connected"], true, "{}", proxies.body);
+
+    let pid = up.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), up.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success());
-    // The children went with it.
-    for p in ports {
+    assert!(status.success(), "{status}");
+    // Every part went with it.
+    let proxy_addr = urls["proxy"].trim_start_matches("http://").to_string();
+    for addr in ports.iter().map(|p| p.to_string()).chain([proxy_addr]) {
         assert!(
-            tokio::net::TcpStream::connect(p).await.is_err(),
-            "sample service on {p} still running"
+            tokio::net::TcpStream::connect(&addr).await.is_err(),
+            "{addr} still served"
         );
     }
 }

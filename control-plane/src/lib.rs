@@ -1,15 +1,33 @@
 //! Presage control plane: learns from the proxies' telemetry and decides capacity before
 //! load arrives.
 //!
-//! Today it holds the behaviour profiler (`behaviour`: per-user next-service prediction)
-//! and the forecasting engine (`forecast`: request rates with calibrated intervals).
-//! Pure logic only: it takes events in and returns predictions, with no I/O, so the
-//! runtime (issue 3) and the planner (issue 7) can drive it. It never depends on the proxy.
-//! No feature flags.
+//! ```text
+//!  pure logic (no I/O)           adapters (I/O)                     wiring
+//!  behaviour  forecast  load     store (redb)  xds  telemetry  rest   runtime
+//!  validate   config                            (tonic)        (axum)
+//! ```
+//! - `behaviour`: per-user next-service prediction; `forecast`: request rates with
+//!   calibrated intervals; `load`: per-service load history from telemetry.
+//! - `resources`: what is served to proxies (store-backed snapshot + watch); `proxies`:
+//!   who is connected and what they ACKed; `validate`: field-level checks of resources.
+//! - `runtime::run` starts the gRPC server (discovery and telemetry streams, see
+//!   `api/README.md`), the REST API with `/openapi.json`, and the periodic store save.
+//!
+//! It never depends on the proxy: the two meet only in `presage-api`. No feature flags.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod behaviour;
+pub mod config;
 pub mod forecast;
+pub mod load;
+pub mod proxies;
+pub mod resources;
+pub mod rest;
+pub mod runtime;
+pub mod store;
+pub mod telemetry;
 pub mod time;
+pub mod validate;
+pub mod xds;

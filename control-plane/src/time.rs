@@ -1,4 +1,12 @@
-//! Event times in input files: seconds (any epoch), or `YYYY-MM-DD HH:MM:SS` taken as UTC.
+//! Time: event times in input files (seconds of any epoch, or `YYYY-MM-DD HH:MM:SS` taken
+//! as UTC) and the wall clock in Unix milliseconds.
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Seconds since the Unix epoch (or the file's own epoch, for numbers); `None` if neither form.
 pub fn parse_time(s: &str) -> Option<f64> {

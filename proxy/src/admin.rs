@@ -1,6 +1,7 @@
 //! The admin listener, on its own port: `/metrics` (OpenMetrics text), `/ready`,
-//! `/config` (the live config as YAML) and `/config/status` (reload generation and the
-//! last reload error, as JSON).
+//! `/config` (the static config as YAML), `/config/status` (reload generation and the
+//! last reload error, as JSON) and `/config/dynamic` (what the control plane sent:
+//! every resource with its version, as JSON).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -55,6 +56,17 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "text/plain",
                     "draining\n".into(),
                 )
+            } else if let Some(t) = shared
+                .telemetry
+                .as_ref()
+                .filter(|t| !shared.xds.ready(t.spec.initial_fetch_timeout))
+            {
+                let _ = t;
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "waiting for the control plane's first resources\n".into(),
+                )
             } else {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             }
@@ -69,12 +81,31 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_string(&status).unwrap_or_default() + "\n";
             text(StatusCode::OK, "application/json", body)
         }
+        "/config/dynamic" => {
+            let body = dynamic_json(shared).to_string() + "\n";
+            text(StatusCode::OK, "application/json", body)
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /ready, /config, /config/status\n".into(),
+            "not found: try /metrics, /ready, /config, /config/status, /config/dynamic\n".into(),
         ),
     }
+}
+
+/// `{"connected": bool, "synced": bool, "resources": {type: {name: version}}}`.
+fn dynamic_json(shared: &Shared) -> serde_json::Value {
+    let d = shared.dynamic.lock().map(|d| d.clone()).unwrap_or_default();
+    let resources: serde_json::Map<String, serde_json::Value> = d
+        .resources
+        .keys()
+        .map(|t| (t.to_string(), serde_json::json!(d.versions(t))))
+        .collect();
+    serde_json::json!({
+        "connected": shared.xds.connected.load(Ordering::Relaxed),
+        "synced": shared.xds.synced(),
+        "resources": resources,
+    })
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -64,6 +64,20 @@ pub async fn handle(
             headers: req.headers(),
         })
     };
+    // Telemetry for the control plane: counted per cluster, and the user's step.
+    let flight = match (route, &shared.telemetry) {
+        (Some(route), Some(t)) => {
+            if let Some(user) = req
+                .headers()
+                .get(&t.spec.user_header)
+                .and_then(|v| v.to_str().ok())
+            {
+                t.transition(user, &route.spec.cluster);
+            }
+            Some(route.load.start())
+        }
+        _ => None,
+    };
     let result = match route {
         None => Err(ProxyError::NoRoute),
         Some(route) => proxy(&rt, route, conn, req).await,
@@ -85,6 +99,9 @@ pub async fn handle(
     route
         .map_or(&shared.no_route, |r| &r.stats)
         .record(res.status().as_u16(), elapsed);
+    if let Some(f) = flight {
+        f.finish(res.status().as_u16(), elapsed);
+    }
     if let Some(entry) = log {
         shared
             .access_log

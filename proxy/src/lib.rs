@@ -3,12 +3,15 @@
 //! ```text
 //!            ┌────────────── Shared (state.rs) ───────────────┐
 //!  reload ──▶│ live: ArcSwap<Runtime> ── routes ──▶ clusters  │◀── admin (/metrics, /config)
+//!  xds ──────▶│ dynamic (control plane's clusters, routes, ...) │
 //!            └──────────────────▲─────────────────────────────┘
+//!  telemetry ◀── load (per-service counters) ◀── forward
 //!  listen (TCP/TLS, h1+h2) ──▶ forward::handle ──▶ balance ──▶ upstream client ──▶ endpoints
 //!                                     │            outlier ◀── outcomes
 //! ```
-//! Layering, lowest first: `config` (and `routing`, `tls`), `metrics`, `outlier`/`balance`,
-//! `upstream`, `runtime`, `state`, `forward`, `listen`/`admin`/`reload`, then `server`.
+//! Layering, lowest first: `config` (and `routing`, `tls`), `load`, `metrics`,
+//! `outlier`/`balance`, `upstream`, `runtime`, `control_plane`, `telemetry`, `state`,
+//! `forward`, `listen`/`admin`/`reload`/`xds`, then `server`.
 //! No feature flags.
 
 #![forbid(unsafe_code)]
@@ -19,10 +22,12 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod control_plane;
 pub mod errors;
 pub mod forward;
 pub mod headers;
 pub mod listen;
+pub mod load;
 pub mod metrics;
 pub mod outlier;
 pub mod reload;
@@ -30,7 +35,9 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod xds;
 
 pub use config::{Config, ConfigErrors};

@@ -38,6 +38,13 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    pub type_url: &'static str,
+    /// `ack` or `nack`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -55,6 +62,12 @@ pub struct Metrics {
     pub connections: Counter,
     pub access_log_dropped: Counter,
     pub latency: Arc<LatencyCollector>,
+    pub xds_updates: Family<XdsLabels, Counter>,
+    pub xds_reconnects: Counter,
+    pub telemetry_reports_dropped: Counter,
+    pub telemetry_transitions_dropped: Counter,
+    /// Per-service counters for the control plane's telemetry (not exported here).
+    pub service_load: crate::load::ServiceLoads,
 }
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
@@ -93,6 +106,11 @@ impl Metrics {
             connections: Counter::default(),
             access_log_dropped: Counter::default(),
             latency: Arc::new(LatencyCollector::default()),
+            xds_updates: Family::default(),
+            xds_reconnects: Counter::default(),
+            telemetry_reports_dropped: Counter::default(),
+            telemetry_transitions_dropped: Counter::default(),
+            service_load: Default::default(),
         }
     }
 
@@ -143,6 +161,26 @@ impl Metrics {
             "access_log_dropped",
             "Access-log lines dropped because the writer fell behind",
             self.access_log_dropped.clone(),
+        );
+        r.register(
+            "xds_updates",
+            "Control-plane responses by resource type and result (ack, nack)",
+            self.xds_updates.clone(),
+        );
+        r.register(
+            "xds_reconnects",
+            "Reconnections to the control plane",
+            self.xds_reconnects.clone(),
+        );
+        r.register(
+            "telemetry_reports_dropped",
+            "Load reports dropped because the control plane was slow or away",
+            self.telemetry_reports_dropped.clone(),
+        );
+        r.register(
+            "telemetry_transitions_dropped",
+            "User transitions dropped because one interval had too many",
+            self.telemetry_transitions_dropped.clone(),
         );
         r.register_collector(Box::new(self.latency.clone()));
     }

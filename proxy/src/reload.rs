@@ -23,7 +23,9 @@ const SETTLE: Duration = Duration::from_millis(25);
 
 /// Reloads from `path` now. Returns the live generation afterwards.
 pub fn reload(shared: &Shared, path: &Path) -> Result<u64, ConfigErrors> {
-    let result = config::load(path).map(|next| {
+    // Held across the build so a control-plane update cannot interleave with this one.
+    let dynamic = shared.dynamic.lock().expect("dynamic lock poisoned");
+    let result = config::load_with(path, &dynamic).map(|next| {
         let prev = shared.live.load();
         if next.text == prev.config.text {
             return prev.generation;
@@ -32,8 +34,9 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, ConfigErrors> {
         if bound(&prev.config.listeners) != bound(&next.listeners)
             || prev.config.admin != next.admin
             || prev.config.workers != next.workers
+            || (next.control_plane.is_some() && prev.config.control_plane != next.control_plane)
         {
-            tracing::warn!("listener, admin or worker changes take effect at the next restart; the rest is applied now");
+            tracing::warn!("listener, admin, worker and control-plane changes take effect at the next restart; the rest is applied now");
         }
         let runtime = Runtime::build(next, Some(&prev), &shared.metrics);
         let generation = runtime.generation;
@@ -41,6 +44,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<u64, ConfigErrors> {
         shared.metrics.generation.set(generation as i64);
         generation
     });
+    drop(dynamic);
     let label = ResultLabels {
         result: if result.is_ok() { "success" } else { "failure" },
     };

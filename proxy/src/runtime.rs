@@ -26,6 +26,8 @@ pub struct Route {
     pub cluster: Arc<Cluster>,
     pub stats: RouteStats,
     pub budget: TpsBudget,
+    /// The cluster's telemetry counters.
+    pub load: Arc<crate::load::ServiceLoad>,
 }
 
 #[derive(Debug)]
@@ -55,6 +57,7 @@ impl Runtime {
                 let cluster = clusters.get(&spec.cluster)?.clone();
                 Some(Route {
                     stats: metrics.route_stats(&spec.name, &spec.cluster),
+                    load: metrics.service_load.get(&spec.cluster),
                     budget: TpsBudget::new(
                         RETRY_BUDGET_TTL,
                         RETRY_MIN_PER_SEC,

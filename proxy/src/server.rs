@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::state::Shared;
-use crate::{admin, listen, reload};
+use crate::{admin, listen, reload, telemetry, xds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -50,8 +50,14 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
         None => None,
     };
     let drain = config.drain_timeout;
+    let control_plane = config.control_plane.clone();
     let shared = Shared::new(config).map_err(ServeError::Start)?;
     let _watcher = path.map(|p| reload::watch(shared.clone(), p)).transpose()?;
+    if let (Some(spec), Some(t)) = (control_plane, shared.telemetry.clone()) {
+        tokio::spawn(xds::run(shared.clone(), spec, t.node.clone()));
+        tokio::spawn(telemetry::collect_loop(t.clone(), shared.metrics.clone()));
+        tokio::spawn(telemetry::send_loop(t));
+    }
 
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -106,7 +112,8 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

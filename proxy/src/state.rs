@@ -1,7 +1,8 @@
-//! State shared by every task of a running proxy: the live runtime (swapped on reload),
-//! metrics, and the status the admin endpoints report.
+//! State shared by every task of a running proxy: the live runtime (swapped on reload or
+//! control-plane update), the control plane's resources, metrics, telemetry, and the
+//! status the admin endpoints report.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -13,10 +14,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::access_log::AccessLog;
+use crate::config::dynamic::Dynamic;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteStats};
 use crate::outlier::now_ms;
 use crate::runtime::Runtime;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ReloadStatus {
@@ -26,6 +29,50 @@ pub struct ReloadStatus {
     pub failures: u64,
     /// The last failed reload's error (one line per problem), cleared by a success.
     pub last_error: Option<String>,
+}
+
+/// Progress of the discovery stream, for `/ready` and `/config/dynamic`.
+#[derive(Debug)]
+pub struct XdsStatus {
+    pub connected: AtomicBool,
+    /// Set once clusters and routes have each been applied at least once.
+    synced: AtomicBool,
+    applied: Mutex<std::collections::BTreeSet<&'static str>>,
+    started: std::time::Instant,
+}
+
+impl XdsStatus {
+    fn new() -> XdsStatus {
+        XdsStatus {
+            connected: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            applied: Mutex::new(Default::default()),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn applied(&self, type_url: &'static str) {
+        let mut a = self.applied.lock().expect("xds status lock poisoned");
+        a.insert(type_url);
+        if a.contains(presage_api::types::CLUSTER)
+            && a.contains(presage_api::types::ROUTE)
+            && !self.synced.swap(true, Ordering::Relaxed)
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "presage: synced with the control plane");
+            let _ = out.flush();
+        }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// Ready to take traffic: synced, or waited `timeout` for the first resources.
+    pub fn ready(&self, timeout: std::time::Duration) -> bool {
+        self.synced() || self.started.elapsed() >= timeout
+    }
 }
 
 #[derive(Debug)]
@@ -40,12 +87,31 @@ pub struct Shared {
     pub reload: Mutex<ReloadStatus>,
     /// Writer of the JSON access log (used while `access_log.enabled`).
     pub access_log: AccessLog,
+    /// What the control plane sent (empty without one); merged into every config build.
+    pub dynamic: Mutex<Dynamic>,
+    pub xds: XdsStatus,
+    /// Present when a control plane is configured.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Shared {
     /// Fails only if the access-log thread cannot be started.
     pub fn new(config: Config) -> std::io::Result<Arc<Shared>> {
         let metrics = Arc::new(Metrics::new());
+        let telemetry = config.control_plane.clone().map(|spec| {
+            let node = presage_api::Node {
+                id: spec.node_id.clone(),
+                service: spec.service.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                labels: Default::default(),
+            };
+            Arc::new(Telemetry::new(
+                spec,
+                node,
+                metrics.telemetry_reports_dropped.clone(),
+                metrics.telemetry_transitions_dropped.clone(),
+            ))
+        });
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let runtime = Runtime::build(config, None, &metrics);
@@ -66,6 +132,9 @@ impl Shared {
                 generation: 1,
                 ..Default::default()
             }),
+            dynamic: Mutex::new(Dynamic::default()),
+            xds: XdsStatus::new(),
+            telemetry,
         }))
     }
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -9,6 +9,7 @@
 //! all the problems it finds, not just the first. This module does no I/O beyond reading the
 //! files the config names (TLS PEMs); swapping a config in is `reload`'s job.
 
+pub mod dynamic;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashSet};
@@ -47,6 +48,13 @@ pub mod defaults {
     pub const OUTLIER_FAILURES: u32 = 5;
     pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(5);
     pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+    /// Telemetry resolution the control plane's time series are built at.
+    pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const USER_HEADER: &str = "x-presage-user";
+    /// One minute of reports at the default interval.
+    pub const MAX_BUFFERED_REPORTS: usize = 60;
+    /// Envoy's `initial_fetch_timeout` is 15 s; a local control plane answers in ms.
+    pub const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// A validated, runnable configuration.
@@ -64,6 +72,20 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub routes: Vec<RouteSpec>,
     pub clusters: Vec<ClusterSpec>,
+    pub control_plane: Option<ControlPlaneSpec>,
+}
+
+/// Connection to the control plane (discovery and telemetry streams).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPlaneSpec {
+    pub address: http::Uri,
+    pub node_id: String,
+    pub service: String,
+    pub report_interval: Duration,
+    pub user_header: http::HeaderName,
+    pub transition_sample_rate: f64,
+    pub max_buffered_reports: usize,
+    pub initial_fetch_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -168,8 +190,9 @@ pub struct EndpointSpec {
 // === errors ===
 
 /// One problem in a config, located in its source.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{source_name}:{line}:{column}: {field}: {message}")]
+/// Displayed as `source:line:column: field: message`, or `source: field: message` when
+/// there is no position (a resource from the control plane, an unreadable file).
+#[derive(Debug, Clone)]
 pub struct ConfigError {
     pub source_name: String,
     pub line: u64,
@@ -197,10 +220,45 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ConfigError {
+            source_name,
+            line,
+            column,
+            field,
+            message,
+        } = self;
+        if *line == 0 {
+            write!(f, "{source_name}: {field}: {message}")
+        } else {
+            write!(f, "{source_name}:{line}:{column}: {field}: {message}")
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `hostname-pid`: unique per proxy process on a machine and readable in `/v1/proxies`.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "proxy".into());
+    format!("{host}-{}", std::process::id())
+}
+
 // === loading ===
 
 /// Reads and builds the config at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, &dynamic::Dynamic::default())
+}
+
+/// Reads the config at `path` and builds it merged with the control plane's resources.
+pub fn load_with(path: &Path, dynamic: &dynamic::Dynamic) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -211,7 +269,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    parse(&text, &name, path.parent())
+    parse_with(&text, &name, path.parent(), dynamic)
 }
 
 /// Builds a config from YAML text. `source_name` prefixes errors; relative file paths in
@@ -221,7 +279,29 @@ pub fn parse(
     source_name: &str,
     base_dir: Option<&Path>,
 ) -> Result<Config, ConfigErrors> {
-    let raw = deserialize(text, source_name).map_err(|e| ConfigErrors(vec![e]))?;
+    parse_with(text, source_name, base_dir, &dynamic::Dynamic::default())
+}
+
+/// `parse`, with the control plane's clusters and routes merged in (see `dynamic`).
+pub fn parse_with(
+    text: &str,
+    source_name: &str,
+    base_dir: Option<&Path>,
+    dynamic: &dynamic::Dynamic,
+) -> Result<Config, ConfigErrors> {
+    let mut raw: RawConfig = deserialize(text, source_name).map_err(|e| ConfigErrors(vec![e]))?;
+    let (clusters, routes, errors) = dynamic::raw_items(dynamic);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let (static_clusters, static_routes) = (raw.clusters.len(), raw.routes.len());
+    let cluster_names: Vec<String> = clusters.iter().map(|c| c.name.value.clone()).collect();
+    let route_names: Vec<String> = routes
+        .iter()
+        .map(|r| r.name.clone().unwrap_or_default())
+        .collect();
+    raw.clusters.extend(clusters);
+    raw.routes.extend(routes);
     let mut b = Builder {
         source: source_name,
         base: base_dir,
@@ -231,14 +311,23 @@ pub fn parse(
     if b.errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(b.errors))
+        Err(ConfigErrors(dynamic::attribute(
+            b.errors,
+            static_clusters,
+            &cluster_names,
+            static_routes,
+            &route_names,
+        )))
     }
 }
 
-fn deserialize(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
+fn deserialize<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source_name: &str,
+) -> Result<T, ConfigError> {
     let mut path = None;
     let res = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
             path = Some(e.path().to_string());
             e.into_inner()
         })
@@ -390,7 +479,76 @@ impl Builder<'_> {
                 .map_or(defaults::DRAIN_TIMEOUT, |d| d.0),
             routes,
             clusters,
+            control_plane: raw
+                .control_plane
+                .as_ref()
+                .and_then(|c| self.control_plane(c)),
         }
+    }
+
+    fn control_plane(&mut self, c: &raw::RawControlPlane) -> Option<ControlPlaneSpec> {
+        let address = match c.address.value.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
+            {
+                u
+            }
+            _ => {
+                self.err(
+                    c.address.referenced,
+                    "control_plane.address",
+                    format!(
+                        "expected a URL like http://127.0.0.1:9902, found {:?}",
+                        c.address.value
+                    ),
+                );
+                return None;
+            }
+        };
+        let rate = c.transition_sample_rate.as_ref().map_or(1.0, |r| {
+            if !(0.0..=1.0).contains(&r.value) {
+                self.err(
+                    r.referenced,
+                    "control_plane.transition_sample_rate",
+                    format!("expected a fraction in 0..=1, found {}", r.value),
+                );
+            }
+            r.value
+        });
+        let buffered =
+            c.max_buffered_reports
+                .as_ref()
+                .map_or(defaults::MAX_BUFFERED_REPORTS, |b| {
+                    if b.value == 0 {
+                        self.err(
+                            b.referenced,
+                            "control_plane.max_buffered_reports",
+                            "expected at least 1, found 0",
+                        );
+                    }
+                    b.value.max(1)
+                });
+        Some(ControlPlaneSpec {
+            address,
+            node_id: c.node_id.clone().unwrap_or_else(default_node_id),
+            service: c.service.clone().unwrap_or_default(),
+            report_interval: c
+                .report_interval
+                .as_ref()
+                .map_or(defaults::REPORT_INTERVAL, |d| {
+                    d.0.max(Duration::from_millis(10))
+                }),
+            user_header: c.user_header.as_ref().map_or_else(
+                || http::HeaderName::from_static(defaults::USER_HEADER),
+                |h| h.0.clone(),
+            ),
+            transition_sample_rate: rate,
+            max_buffered_reports: buffered,
+            initial_fetch_timeout: c
+                .initial_fetch_timeout
+                .as_ref()
+                .map_or(defaults::INITIAL_FETCH_TIMEOUT, |d| d.0),
+        })
     }
 
     fn listeners(&mut self, raw: &RawConfig) -> Vec<Listener> {

@@ -37,6 +37,28 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
+    pub control_plane: Option<RawControlPlane>,
+}
+
+/// Where the control plane is, and how this proxy talks to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlPlane {
+    /// `http://host:port` of the control plane's gRPC server.
+    pub address: Spanned<String>,
+    /// Unique per proxy; default `hostname-pid`.
+    pub node_id: Option<String>,
+    /// The service this proxy is a sidecar of.
+    pub service: Option<String>,
+    pub report_interval: Option<Dur>,
+    /// Header naming the user, for per-user transitions; default `x-presage-user`.
+    pub user_header: Option<HeaderName>,
+    /// Fraction of user requests whose transition is reported, 0..=1; default 1.
+    pub transition_sample_rate: Option<Spanned<f64>>,
+    /// Reports kept while the control plane is slow or away; the oldest go first.
+    pub max_buffered_reports: Option<Spanned<usize>>,
+    /// How long `/ready` waits for the first resources before the proxy serves what it has.
+    pub initial_fetch_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,213 @@
+//! The control plane's YAML config: where it listens, where its store lives, and the
+//! resources it is seeded with (`presage control-plane --config FILE`).
+//!
+//! Seeds are written to the store only when the store has no resource of that name yet:
+//! after the first start the store is the source of truth and the REST API edits it.
+//! Errors read `file:line:column: field.path: message`, every problem at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use presage_api::{Cluster, QosProfile, Route};
+use serde::Deserialize;
+
+use crate::validate::{self, FieldError};
+
+/// Defaults: the ports `presage up` uses.
+pub mod defaults {
+    pub const GRPC: &str = "127.0.0.1:9902";
+    pub const API: &str = "127.0.0.1:9903";
+    pub const STORE: &str = ".presage/control-plane.redb";
+    /// How often load histories are saved to the store.
+    pub const SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    grpc: Option<SocketAddr>,
+    api: Option<SocketAddr>,
+    store: Option<PathBuf>,
+    #[serde(default, with = "humantime_opt")]
+    snapshot_interval: Option<Duration>,
+    #[serde(default)]
+    services: Vec<Cluster>,
+    #[serde(default)]
+    routes: Vec<Route>,
+    #[serde(default)]
+    qos_profiles: Vec<QosProfile>,
+    local_proxy: Option<LocalProxy>,
+}
+
+/// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalProxy {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A validated control-plane config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc: SocketAddr,
+    pub api: SocketAddr,
+    /// Relative paths are taken from the config file's directory.
+    pub store: PathBuf,
+    pub snapshot_interval: Duration,
+    pub services: Vec<Cluster>,
+    pub routes: Vec<Route>,
+    pub qos_profiles: Vec<QosProfile>,
+    pub local_proxy: Option<LocalProxy>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc: defaults::GRPC.parse().expect("valid default"),
+            api: defaults::API.parse().expect("valid default"),
+            store: defaults::STORE.into(),
+            snapshot_interval: defaults::SNAPSHOT_INTERVAL,
+            services: Vec::new(),
+            routes: Vec::new(),
+            qos_profiles: Vec::new(),
+            local_proxy: None,
+        }
+    }
+}
+
+/// Every problem with a config, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+mod humantime_opt {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("expected a duration like 30s: {e}")))
+        })
+        .transpose()
+    }
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(vec![format!("{name}: cannot read the file: {e}")]))?;
+    let mut cfg = parse(&text, &name)?;
+    if cfg.store.is_relative() {
+        if let Some(dir) = path.parent() {
+            cfg.store = dir.join(&cfg.store);
+        }
+    }
+    Ok(cfg)
+}
+
+/// Parses and validates YAML text; `source` prefixes errors.
+pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+    let mut path = String::new();
+    let raw: Raw = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    })
+    .map_err(|e| {
+        let (line, col) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let mut msg = e.to_string();
+        if let Some(i) = msg.rfind(" at line ") {
+            msg.truncate(i);
+        }
+        let field = if path.is_empty() || path == "." {
+            "(document)"
+        } else {
+            &path
+        };
+        ConfigError(vec![format!("{source}:{line}:{col}: {field}: {msg}")])
+    })?;
+    let mut errors = Vec::new();
+    let mut check = |list: &str, i: usize, errs: Vec<FieldError>| {
+        for e in errs {
+            errors.push(format!("{source}: {list}[{i}].{}: {}", e.field, e.message));
+        }
+    };
+    for (i, c) in raw.services.iter().enumerate() {
+        check("services", i, validate::cluster(c));
+    }
+    for (i, r) in raw.routes.iter().enumerate() {
+        check("routes", i, validate::route(r));
+    }
+    for (i, q) in raw.qos_profiles.iter().enumerate() {
+        check("qos_profiles", i, validate::qos_profile(q));
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError(errors));
+    }
+    let d = Config::default();
+    Ok(Config {
+        grpc: raw.grpc.unwrap_or(d.grpc),
+        api: raw.api.unwrap_or(d.api),
+        store: raw.store.unwrap_or(d.store),
+        snapshot_interval: raw.snapshot_interval.unwrap_or(d.snapshot_interval),
+        services: raw.services,
+        routes: raw.routes,
+        qos_profiles: raw.qos_profiles,
+        local_proxy: raw.local_proxy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_name_the_line_and_path() {
+        let err = parse("services:\n  - name: web\n    endpionts: []\n", "cp.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("cp.yaml:"), "{msg}");
+        assert!(
+            msg.contains("services[0]") && msg.contains("endpionts"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let err = parse(
+            "services:\n  - name: web\n    endpoints: [{address: nope}]\nroutes:\n  - {name: r, cluster: web, rewrite_prefix: /}\n",
+            "cp.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(
+            err.0[0].starts_with("cp.yaml: services[0].endpoints[0].address: expected host:port"),
+            "{err}"
+        );
+        assert!(
+            err.0[1].starts_with("cp.yaml: routes[0].rewrite_prefix"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_demo_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml");
+        let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.services.len() >= 2 && c.routes.len() >= 2, "{c:?}");
+        assert!(c.local_proxy.is_some());
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse("{}", "x").unwrap();
+        assert_eq!(c.grpc.to_string(), defaults::GRPC);
+        assert_eq!(c.snapshot_interval, defaults::SNAPSHOT_INTERVAL);
+    }
+}

@@ -1,0 +1,527 @@
+//! The REST API (axum) and its OpenAPI document (utoipa, derived from the handlers and
+//! served at `/openapi.json`). Reads come from memory; writes are validated, stored
+//! durably, then pushed to proxies by the discovery streams.
+//!
+//! Errors are JSON: `{"message": "...", "field": "...", "errors": [{field, message}]}`
+//! with 400 for a bad body (the field named), 404 for an unknown name, 500 for a store
+//! failure.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use presage_api::resource::Body;
+use presage_api::{types, Cluster, Endpoint, QosProfile, Resource, Route};
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+use crate::behaviour::Profiler;
+use crate::load::{Load, Point};
+use crate::proxies::{Proxies, ProxyStatus};
+use crate::resources::Resources;
+use crate::store::StoreError;
+use crate::validate::{self, FieldError};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub resources: Arc<Resources>,
+    pub proxies: Arc<Proxies>,
+    pub load: Arc<Load>,
+    pub profiler: Arc<Mutex<Profiler>>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Presage control plane",
+        description = "Services, routes, QoS profiles, connected proxies and load."
+    ),
+    paths(
+        list_services,
+        get_service,
+        put_service,
+        delete_service,
+        service_instances,
+        service_load,
+        list_routes,
+        get_route,
+        put_route,
+        delete_route,
+        list_qos_profiles,
+        put_qos_profile,
+        delete_qos_profile,
+        list_proxies,
+        next_services
+    ),
+    components(schemas(
+        Cluster,
+        Endpoint,
+        Route,
+        presage_api::RouteMatch,
+        presage_api::HeaderMatch,
+        QosProfile,
+        ServiceSummary,
+        LoadView,
+        Point,
+        ProxyStatus,
+        ApiError,
+        FieldError,
+        Written,
+        NextService
+    ))
+)]
+struct ApiDoc;
+
+/// The API's router.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/v1/services", get(list_services))
+        .route(
+            "/v1/services/{name}",
+            get(get_service).put(put_service).delete(delete_service),
+        )
+        .route("/v1/services/{name}/instances", get(service_instances))
+        .route("/v1/services/{name}/load", get(service_load))
+        .route("/v1/routes", get(list_routes))
+        .route(
+            "/v1/routes/{name}",
+            get(get_route).put(put_route).delete(delete_route),
+        )
+        .route("/v1/qos-profiles", get(list_qos_profiles))
+        .route(
+            "/v1/qos-profiles/{name}",
+            axum::routing::put(put_qos_profile).delete(delete_qos_profile),
+        )
+        .route("/v1/proxies", get(list_proxies))
+        .route("/v1/users/{user}/next", get(next_services))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .with_state(api)
+}
+
+// === errors ===
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: u16,
+    pub message: String,
+    /// The first field at fault, when a field is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every field at fault.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 404,
+            message: message.into(),
+            field: None,
+            errors: Vec::new(),
+        }
+    }
+    fn invalid(errors: Vec<FieldError>) -> ApiError {
+        let first = &errors[0];
+        ApiError {
+            status: 400,
+            message: format!("{}: {}", first.field, first.message),
+            field: Some(first.field.clone()),
+            errors,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "store write failed");
+        ApiError {
+            status: 500,
+            message: e.to_string(),
+            field: None,
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self)).into_response()
+    }
+}
+
+/// Parses a JSON body, naming the field at fault on error.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "(body)".to_string(),
+            p => p,
+        };
+        let message = e.inner().to_string();
+        ApiError::invalid(vec![FieldError { field, message }])
+    })
+}
+
+// === resources, generically ===
+
+/// Result of a write.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Written {
+    pub name: String,
+    /// False when the stored resource was identical (nothing was pushed).
+    pub changed: bool,
+    /// The resource's new version.
+    pub version: String,
+}
+
+fn items<T>(api: &Api, t: &str, pick: impl Fn(&Body) -> Option<&T>) -> Vec<T>
+where
+    T: Clone,
+{
+    let snap = api.resources.snapshot();
+    snap.get(t)
+        .map(|s| {
+            s.items
+                .values()
+                .filter_map(|r| r.body.as_ref().and_then(&pick))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn item<T: Clone>(api: &Api, t: &str, name: &str, pick: impl Fn(&Body) -> Option<&T>) -> Option<T> {
+    let snap = api.resources.snapshot();
+    snap.get(t)?
+        .items
+        .get(name)?
+        .body
+        .as_ref()
+        .and_then(pick)
+        .cloned()
+}
+
+/// Validates, fills in the name from the path, stores and publishes.
+async fn write<T>(
+    api: &Api,
+    name: String,
+    bytes: &[u8],
+    name_of: impl Fn(&mut T) -> &mut String,
+    check: impl Fn(&T) -> Vec<FieldError>,
+    wrap: impl Fn(T) -> Body,
+) -> Result<Json<Written>, ApiError>
+where
+    T: serde::de::DeserializeOwned,
+{
+    let mut value: T = body(bytes)?;
+    let n = name_of(&mut value);
+    if n.is_empty() {
+        n.clone_from(&name);
+    } else if *n != name {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: "name".into(),
+            message: format!("{n:?} differs from the name in the path, {name:?}"),
+        }]));
+    }
+    let errors = check(&value);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let resource = Resource::new(name.clone(), wrap(value));
+    let version = resource.version.clone();
+    let changed = api.resources.put(resource).await?;
+    Ok(Json(Written {
+        name,
+        changed,
+        version,
+    }))
+}
+
+async fn remove(
+    api: &Api,
+    t: &'static str,
+    kind: &str,
+    name: &str,
+) -> Result<StatusCode, ApiError> {
+    if api.resources.delete(t, name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no {kind} named {name:?}")))
+    }
+}
+
+fn cluster(b: &Body) -> Option<&Cluster> {
+    match b {
+        Body::Cluster(c) => Some(c),
+        _ => None,
+    }
+}
+fn route(b: &Body) -> Option<&Route> {
+    match b {
+        Body::Route(r) => Some(r),
+        _ => None,
+    }
+}
+fn qos(b: &Body) -> Option<&QosProfile> {
+    match b {
+        Body::QosProfile(q) => Some(q),
+        _ => None,
+    }
+}
+
+// === services ===
+
+/// A service with its instance count and lifetime load.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub instances: usize,
+    /// Requests the proxies reported for it since the control plane started (or since its
+    /// history began, when restored from the store).
+    pub requests_total: u64,
+    pub errors_total: u64,
+}
+
+#[utoipa::path(get, path = "/v1/services", responses((status = 200, body = [ServiceSummary])))]
+async fn list_services(State(api): State<Api>) -> Json<Vec<ServiceSummary>> {
+    let totals = api.load.totals();
+    let list = items(&api, types::CLUSTER, cluster)
+        .into_iter()
+        .map(|c| {
+            let (requests_total, errors_total) = totals.get(&c.name).copied().unwrap_or_default();
+            ServiceSummary {
+                instances: c.endpoints.len(),
+                name: c.name,
+                requests_total,
+                errors_total,
+            }
+        })
+        .collect();
+    Json(list)
+}
+
+#[utoipa::path(get, path = "/v1/services/{name}", responses((status = 200, body = Cluster), (status = 404, body = ApiError)))]
+async fn get_service(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Cluster>, ApiError> {
+    item(&api, types::CLUSTER, &name, cluster)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))
+}
+
+#[utoipa::path(put, path = "/v1/services/{name}", request_body = Cluster,
+    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+async fn put_service(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Written>, ApiError> {
+    write(
+        &api,
+        name,
+        &bytes,
+        |c: &mut Cluster| &mut c.name,
+        validate::cluster,
+        Body::Cluster,
+    )
+    .await
+}
+
+#[utoipa::path(delete, path = "/v1/services/{name}", responses((status = 204), (status = 404, body = ApiError)))]
+async fn delete_service(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    remove(&api, types::CLUSTER, "service", &name).await
+}
+
+#[utoipa::path(get, path = "/v1/services/{name}/instances", responses((status = 200, body = [Endpoint]), (status = 404, body = ApiError)))]
+async fn service_instances(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    get_service(State(api), Path(name))
+        .await
+        .map(|c| Json(c.0.endpoints))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct LoadQuery {
+    /// `1s` (the last hour) or `1m` (the last week); default `1s`.
+    resolution: Option<String>,
+}
+
+/// A service's load history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LoadView {
+    pub service: String,
+    pub resolution_seconds: u32,
+    pub requests_total: u64,
+    pub errors_total: u64,
+    pub points: Vec<Point>,
+}
+
+#[utoipa::path(get, path = "/v1/services/{name}/load", params(LoadQuery),
+    responses((status = 200, body = LoadView), (status = 400, body = ApiError)))]
+async fn service_load(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<LoadQuery>,
+) -> Result<Json<LoadView>, ApiError> {
+    let minutes = match q.resolution.as_deref() {
+        None | Some("1s") => false,
+        Some("1m") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(vec![FieldError {
+                field: "resolution".into(),
+                message: format!("expected 1s or 1m, found {other:?}"),
+            }]))
+        }
+    };
+    let now_s = crate::time::unix_ms() / 1000;
+    let view = api.load.with(&name, now_s, |h| LoadView {
+        service: name.clone(),
+        resolution_seconds: if minutes { 60 } else { 1 },
+        requests_total: h.map_or(0, |h| h.requests_total),
+        errors_total: h.map_or(0, |h| h.errors_total),
+        points: match h {
+            None => Vec::new(),
+            Some(h) if minutes => h.minutes().copied().collect(),
+            Some(h) => h.seconds().copied().collect(),
+        },
+    });
+    Ok(Json(view))
+}
+
+// === routes ===
+
+#[utoipa::path(get, path = "/v1/routes", responses((status = 200, body = [Route])))]
+async fn list_routes(State(api): State<Api>) -> Json<Vec<Route>> {
+    Json(items(&api, types::ROUTE, route))
+}
+
+#[utoipa::path(get, path = "/v1/routes/{name}", responses((status = 200, body = Route), (status = 404, body = ApiError)))]
+async fn get_route(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Route>, ApiError> {
+    item(&api, types::ROUTE, &name, route)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no route named {name:?}")))
+}
+
+#[utoipa::path(put, path = "/v1/routes/{name}", request_body = Route,
+    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+async fn put_route(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Written>, ApiError> {
+    write(
+        &api,
+        name,
+        &bytes,
+        |r: &mut Route| &mut r.name,
+        validate::route,
+        Body::Route,
+    )
+    .await
+}
+
+#[utoipa::path(delete, path = "/v1/routes/{name}", responses((status = 204), (status = 404, body = ApiError)))]
+async fn delete_route(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    remove(&api, types::ROUTE, "route", &name).await
+}
+
+// === QoS profiles ===
+
+#[utoipa::path(get, path = "/v1/qos-profiles", responses((status = 200, body = [QosProfile])))]
+async fn list_qos_profiles(State(api): State<Api>) -> Json<Vec<QosProfile>> {
+    Json(items(&api, types::QOS_PROFILE, qos))
+}
+
+#[utoipa::path(put, path = "/v1/qos-profiles/{name}", request_body = QosProfile,
+    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+async fn put_qos_profile(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Written>, ApiError> {
+    write(
+        &api,
+        name,
+        &bytes,
+        |q: &mut QosProfile| &mut q.name,
+        validate::qos_profile,
+        Body::QosProfile,
+    )
+    .await
+}
+
+#[utoipa::path(delete, path = "/v1/qos-profiles/{name}", responses((status = 204), (status = 404, body = ApiError)))]
+async fn delete_qos_profile(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    remove(&api, types::QOS_PROFILE, "QoS profile", &name).await
+}
+
+// === proxies and users ===
+
+#[utoipa::path(get, path = "/v1/proxies", responses((status = 200, body = [ProxyStatus])))]
+async fn list_proxies(State(api): State<Api>) -> Json<Vec<ProxyStatus>> {
+    Json(api.proxies.list())
+}
+
+/// A predicted next service.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NextService {
+    pub service: String,
+    pub probability: f64,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct NextQuery {
+    /// How many services to return (1-20, default 3).
+    k: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/users/{user}/next", params(NextQuery),
+    responses((status = 200, body = [NextService]), (status = 400, body = ApiError)))]
+async fn next_services(
+    State(api): State<Api>,
+    Path(user): Path<String>,
+    Query(q): Query<NextQuery>,
+) -> Result<Json<Vec<NextService>>, ApiError> {
+    let k = q.k.unwrap_or(3);
+    if !(1..=20).contains(&k) {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: "k".into(),
+            message: format!("expected 1..=20, found {k}"),
+        }]));
+    }
+    let p = api.profiler.lock().expect("profiler lock poisoned");
+    Ok(Json(
+        p.predict(&user, k)
+            .into_iter()
+            .map(|p| NextService {
+                service: p.service,
+                probability: p.probability,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,195 @@
+//! Wires the control plane together and runs it: store, resources, the gRPC server
+//! (discovery + telemetry), the REST API, and the periodic save of load histories.
+//!
+//! ```text
+//!   REST (axum) ──write──▶ Resources ──commit──▶ Store (redb)
+//!                              │ watch
+//!                              ▼
+//!   proxies ◀──delta── Discovery sessions          Telemetry ──▶ Load ──every 30 s──▶ Store
+//!   proxies ──reports──────────────────────────────▶   └──transitions──▶ Profiler
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use presage_api::discovery_server::DiscoveryServer;
+use presage_api::resource::Body;
+use presage_api::telemetry_server::TelemetryServer;
+use presage_api::Resource;
+use tokio::net::TcpListener;
+
+use crate::behaviour::{Profiler, ProfilerConfig};
+use crate::config::Config;
+use crate::load::Load;
+use crate::proxies::Proxies;
+use crate::resources::{blocking, Resources};
+use crate::rest::{self, Api};
+use crate::store::{Store, StoreError};
+use crate::telemetry::TelemetryService;
+use crate::xds::DiscoveryService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("grpc server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("api server: {0}")]
+    Api(std::io::Error),
+}
+
+/// The addresses actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub api: SocketAddr,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
+}
+
+/// Writes the config's seed resources that the store does not have yet.
+async fn seed(resources: &Resources, cfg: &Config) -> Result<(), StoreError> {
+    let snap = resources.snapshot();
+    let seeds = cfg
+        .services
+        .iter()
+        .map(|c| Resource::new(c.name.clone(), Body::Cluster(c.clone())))
+        .chain(
+            cfg.routes
+                .iter()
+                .map(|r| Resource::new(r.name.clone(), Body::Route(r.clone()))),
+        )
+        .chain(
+            cfg.qos_profiles
+                .iter()
+                .map(|q| Resource::new(q.name.clone(), Body::QosProfile(q.clone()))),
+        );
+    for r in seeds {
+        let t = r.body.as_ref().map(|b| b.type_url()).unwrap_or_default();
+        match snap.get(t).and_then(|s| s.items.get(&r.name)) {
+            Some(stored) if stored.version != r.version => {
+                tracing::info!(type_url = t, name = %r.name, "keeping the stored resource; it differs from the config's seed");
+            }
+            Some(_) => {}
+            None => {
+                resources.put(r).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs until `shutdown` completes; `on_bound` is told the addresses once listening.
+pub async fn run(
+    cfg: Config,
+    on_bound: impl FnOnce(Bound),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let path = cfg.store.clone();
+    let store = blocking(move || Store::open(&path)).await?;
+    let s = store.clone();
+    let resources = Arc::new(blocking(move || Resources::load(s)).await?);
+    seed(&resources, &cfg).await?;
+    let load = Arc::new(Load::default());
+    let s = store.clone();
+    let bad = load.restore(blocking(move || s.series()).await?);
+    if !bad.is_empty() {
+        tracing::warn!(services = ?bad, "load histories in the store could not be read; starting them afresh");
+    }
+    let proxies = Arc::new(Proxies::default());
+    let profiler = Arc::new(Mutex::new(Profiler::new(ProfilerConfig::default())));
+
+    let grpc = bind(cfg.grpc).await?;
+    let api_listener = bind(cfg.api).await?;
+    let bound = Bound {
+        grpc: grpc.local_addr().map_err(|source| RunError::Bind {
+            addr: cfg.grpc,
+            source,
+        })?,
+        api: api_listener.local_addr().map_err(|source| RunError::Bind {
+            addr: cfg.api,
+            source,
+        })?,
+    };
+
+    let discovery = DiscoveryService {
+        resources: resources.clone(),
+        proxies: proxies.clone(),
+    };
+    let telemetry = TelemetryService {
+        load: load.clone(),
+        proxies: proxies.clone(),
+        profiler: profiler.clone(),
+    };
+    let api = Api {
+        resources,
+        proxies,
+        load: load.clone(),
+        profiler,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc_server = tonic::transport::Server::builder()
+        // Proxies hold their streams for hours; keep NATs and load balancers from
+        // dropping them silently, and notice dead peers.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .add_service(DiscoveryServer::new(discovery))
+        .add_service(TelemetryServer::new(telemetry))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            stopped(stop_rx.clone()),
+        );
+    let api_server = axum::serve(api_listener, rest::router(api))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let saver = {
+        let (load, store, mut rx) = (load.clone(), store.clone(), stop_rx.clone());
+        let every = cfg.snapshot_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = rx.wait_for(|s| *s) => true,
+                };
+                let items = load.encode_all();
+                let s = store.clone();
+                if let Err(e) = blocking(move || s.put_series(&items)).await {
+                    tracing::error!(error = %e, "saving load histories failed");
+                }
+                if last {
+                    return;
+                }
+            }
+        })
+    };
+
+    on_bound(bound);
+    let (g, a) = tokio::join!(grpc_server, api_server);
+    g?;
+    a.map_err(RunError::Api)?;
+    // The final save of the load histories.
+    let _ = saver.await;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The durable store: every piece of control-plane state that must survive a restart,
+//! in one redb file (pure Rust, ACID, no server). A write returns only after its
+//! transaction is committed (fsync'd), so whatever the REST API acknowledged is on disk.
+//!
+//! Owns the file and its tables; knows nothing of HTTP or gRPC. Values are protobuf
+//! (`presage.mesh.v1` resources) or opaque bytes chosen by the caller.
+//!
+//! Tables:
+//! - `resources`: `"{type_url}/{name}"` -> encoded `Resource` (clusters, routes, QoS profiles, ...)
+//! - `series`: service name -> encoded load history (see `load::History::encode`)
+
+use std::path::Path;
+use std::sync::Arc;
+
+use prost::Message as _;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use presage_api::Resource;
+
+const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resources");
+const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("store: {0}")]
+    Io(#[from] redb::Error),
+    #[error("store: corrupt record {key}: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Cheap to clone; every clone uses the same file.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn key(type_url: &str, name: &str) -> String {
+    format!("{type_url}/{name}")
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it (and its directory) if needed.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open = || -> Result<Database, redb::Error> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(redb::Error::from)?;
+            }
+            let db = Database::create(path)?;
+            // Create every table up front so readers never meet a missing one.
+            let tx = db.begin_write()?;
+            tx.open_table(RESOURCES)?;
+            tx.open_table(SERIES)?;
+            tx.commit()?;
+            Ok(db)
+        };
+        let db = open().map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Writes (or overwrites) one resource, durably.
+    pub fn put(&self, resource: &Resource) -> Result<(), StoreError> {
+        let Some(body) = &resource.body else {
+            return Ok(());
+        };
+        let k = key(body.type_url(), &resource.name);
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut t = tx.open_table(RESOURCES).map_err(redb::Error::from)?;
+            t.insert(k.as_str(), resource.encode_to_vec().as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Deletes one resource, durably. Returns whether it existed.
+    pub fn delete(&self, type_url: &str, name: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        let existed = {
+            let mut t = tx.open_table(RESOURCES).map_err(redb::Error::from)?;
+            let removed = t
+                .remove(key(type_url, name).as_str())
+                .map_err(redb::Error::from)?;
+            removed.is_some()
+        };
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(existed)
+    }
+
+    /// Every stored resource, of every type.
+    pub fn resources(&self) -> Result<Vec<Resource>, StoreError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(RESOURCES).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = item.map_err(redb::Error::from)?;
+            let r = Resource::decode(v.value()).map_err(|source| StoreError::Decode {
+                key: k.value().to_string(),
+                source,
+            })?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Saves the load histories of several services in one transaction.
+    pub fn put_series(&self, items: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut t = tx.open_table(SERIES).map_err(redb::Error::from)?;
+            for (name, bytes) in items {
+                t.insert(name.as_str(), bytes.as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Every saved load history.
+    pub fn series(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(SERIES).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(redb::Error::from)? {
+            let (k, v) = item.map_err(redb::Error::from)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}

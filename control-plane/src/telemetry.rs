@@ -1,0 +1,57 @@
+//! The telemetry stream's server side: each proxy streams load reports; counts and
+//! latency go to `Load`, sampled user transitions to the behaviour profiler.
+
+use std::sync::{Arc, Mutex};
+
+use presage_api::telemetry_server::Telemetry;
+use presage_api::{LoadReport, ReportSummary};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::behaviour::Profiler;
+use crate::load::Load;
+use crate::proxies::Proxies;
+
+#[derive(Debug, Clone)]
+pub struct TelemetryService {
+    pub load: Arc<Load>,
+    pub proxies: Arc<Proxies>,
+    pub profiler: Arc<Mutex<Profiler>>,
+}
+
+impl TelemetryService {
+    /// Takes in one report.
+    pub fn ingest(&self, node: &str, report: &LoadReport) {
+        for e in self.load.ingest(report) {
+            tracing::warn!(node, error = %e, "telemetry report partly unreadable");
+        }
+        if !report.transitions.is_empty() {
+            let mut p = self.profiler.lock().expect("profiler lock poisoned");
+            for t in &report.transitions {
+                p.observe(&t.user, &t.next_service, t.unix_ms as f64 / 1000.0);
+            }
+        }
+        if !node.is_empty() {
+            self.proxies.reported(node, report.dropped_reports);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Telemetry for TelemetryService {
+    async fn report(
+        &self,
+        request: Request<Streaming<LoadReport>>,
+    ) -> Result<Response<ReportSummary>, Status> {
+        let mut inbound = request.into_inner();
+        let mut node = String::new();
+        let mut reports = 0;
+        while let Some(report) = inbound.message().await? {
+            if let Some(n) = &report.node {
+                node.clone_from(&n.id);
+            }
+            self.ingest(&node, &report);
+            reports += 1;
+        }
+        Ok(Response::new(ReportSummary { reports }))
+    }
+}

@@ -1,0 +1,254 @@
+//! Checks of resources written through the REST API or seeded from config, before they
+//! are stored: every problem is reported with the field it is in, and nothing is stored
+//! unless all is well. The proxy validates again on its side (and NACKs what it cannot
+//! apply, e.g. a route to a cluster it does not know).
+
+use std::net::ToSocketAddrs as _;
+
+use presage_api::{Cluster, QosProfile, Route};
+use serde::Serialize;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Path of the field, e.g. `endpoints[1].address`.
+    pub field: String,
+    pub message: String,
+}
+
+fn push(errors: &mut Vec<FieldError>, field: impl Into<String>, message: impl Into<String>) {
+    errors.push(FieldError {
+        field: field.into(),
+        message: message.into(),
+    });
+}
+
+/// Names: 1-63 characters of `a-z 0-9 - _ .`, like a DNS label (so they fit Kubernetes
+/// service names and metric labels).
+pub fn name(errors: &mut Vec<FieldError>, field: &str, value: &str) {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !ok {
+        push(
+            errors,
+            field,
+            format!("expected 1-63 characters of a-z, 0-9, '-', '_', '.', found {value:?}"),
+        );
+    }
+}
+
+pub fn cluster(c: &Cluster) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    name(&mut e, "name", &c.name);
+    if !["", "http1", "http2"].contains(&c.protocol.as_str()) {
+        push(
+            &mut e,
+            "protocol",
+            format!("expected \"http1\" or \"http2\", found {:?}", c.protocol),
+        );
+    }
+    if !["", "peak_ewma", "weighted_round_robin"].contains(&c.load_balancer.as_str()) {
+        push(
+            &mut e,
+            "load_balancer",
+            format!(
+                "expected \"peak_ewma\" or \"weighted_round_robin\", found {:?}",
+                c.load_balancer
+            ),
+        );
+    }
+    for (i, ep) in c.endpoints.iter().enumerate() {
+        if let Err(m) = address(&ep.address) {
+            push(&mut e, format!("endpoints[{i}].address"), m);
+        }
+        if ep.weight > 10_000 {
+            push(
+                &mut e,
+                format!("endpoints[{i}].weight"),
+                format!("expected 0..=10000, found {}", ep.weight),
+            );
+        }
+    }
+    e
+}
+
+/// `host:port` with a port in 1..=65535; the host is not resolved here.
+fn address(a: &str) -> Result<(), String> {
+    let bad = || format!("expected host:port, found {a:?}");
+    let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains('/') {
+        return Err(bad());
+    }
+    // IP literals must parse; names are left to the proxy's resolver.
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && (host, port).to_socket_addrs().is_err()
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+pub fn route(r: &Route) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    name(&mut e, "name", &r.name);
+    name(&mut e, "cluster", &r.cluster);
+    let m = r.r#match.clone().unwrap_or_default();
+    let paths = [
+        ("path_exact", &m.path_exact),
+        ("path_prefix", &m.path_prefix),
+        ("path_regex", &m.path_regex),
+    ];
+    let set: Vec<_> = paths.iter().filter(|(_, v)| !v.is_empty()).collect();
+    if set.len() > 1 {
+        push(
+            &mut e,
+            "match",
+            "expected at most one of path_exact, path_prefix, path_regex",
+        );
+    }
+    for (f, v) in &paths[..2] {
+        if !v.is_empty() && !v.starts_with('/') {
+            push(
+                &mut e,
+                format!("match.{f}"),
+                format!("expected a path starting with '/', found {v:?}"),
+            );
+        }
+    }
+    if !m.host.is_empty() && (m.host.contains('/') || m.host.contains(' ')) {
+        push(
+            &mut e,
+            "match.host",
+            format!("expected a host name or *.suffix, found {:?}", m.host),
+        );
+    }
+    for (i, meth) in m.methods.iter().enumerate() {
+        if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()) {
+            push(
+                &mut e,
+                format!("match.methods[{i}]"),
+                format!("expected an upper-case method, found {meth:?}"),
+            );
+        }
+    }
+    for (i, h) in m.headers.iter().enumerate() {
+        if h.name.is_empty()
+            || !h
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            push(
+                &mut e,
+                format!("match.headers[{i}].name"),
+                format!("expected a header name, found {:?}", h.name),
+            );
+        }
+    }
+    if !r.rewrite_prefix.is_empty() && m.path_prefix.is_empty() {
+        push(&mut e, "rewrite_prefix", "needs match.path_prefix");
+    }
+    e
+}
+
+pub fn qos_profile(q: &QosProfile) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    name(&mut e, "name", &q.name);
+    if !["bronze", "silver", "gold", "platinum"].contains(&q.tier.as_str()) {
+        push(
+            &mut e,
+            "tier",
+            format!(
+                "expected bronze, silver, gold or platinum, found {:?}",
+                q.tier
+            ),
+        );
+    }
+    for (f, v) in [
+        ("latency_p99_ms", q.latency_p99_ms),
+        ("min_throughput_rps", q.min_throughput_rps),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            push(&mut e, f, format!("expected a number >= 0, found {v}"));
+        }
+    }
+    for (f, v) in [
+        ("min_accuracy", q.min_accuracy),
+        ("reliability", q.reliability),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            push(
+                &mut e,
+                f,
+                format!("expected a fraction in 0..=1, found {v}"),
+            );
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presage_api::{Endpoint, RouteMatch};
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let c = Cluster {
+            name: "Web!".into(),
+            protocol: "http3".into(),
+            endpoints: vec![
+                Endpoint {
+                    address: "127.0.0.1:80".into(),
+                    ..Default::default()
+                },
+                Endpoint {
+                    address: "127.0.0.1".into(),
+                    ..Default::default()
+                },
+                Endpoint {
+                    address: "10.0.0.300:80".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let fields: Vec<_> = cluster(&c).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "name",
+                "protocol",
+                "endpoints[1].address",
+                "endpoints[2].address"
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_need_one_path_matcher_and_a_prefix_to_rewrite() {
+        let r = Route {
+            name: "r".into(),
+            cluster: "web".into(),
+            r#match: Some(RouteMatch {
+                path_exact: "/a".into(),
+                path_regex: "b".into(),
+                ..Default::default()
+            }),
+            rewrite_prefix: "/".into(),
+            ..Default::default()
+        };
+        let fields: Vec<_> = route(&r).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["match", "rewrite_prefix"]);
+        let ok = Route {
+            name: "r".into(),
+            cluster: "web".into(),
+            ..Default::default()
+        };
+        assert!(route(&ok).is_empty());
+    }
+}

@@ -1,0 +1,253 @@
+//! Resources from the control plane (`presage.mesh.v1`), merged into the static YAML
+//! config. Each wire resource is turned into the YAML schema's own raw type and goes
+//! through the same validation as the file, so the two sources cannot disagree on what
+//! is valid; an error in a dynamic resource names it (`cluster "web": endpoints[0]...`)
+//! and becomes the NACK's text.
+//!
+//! Dynamic clusters are added after the static ones (a name clash is an error); dynamic
+//! routes are matched after the static routes, in ascending `(order, name)`.
+//! Types the proxy does not act on yet (QoS profiles, forecasts, behaviour profiles,
+//! warm pools) are kept as received and shown on the admin `/config/dynamic`.
+
+use std::collections::BTreeMap;
+
+use presage_api::{resource::Body, Cluster, Resource, Route};
+use serde_json::{json, Map, Value};
+
+use super::raw::{RawCluster, RawRoute};
+use super::ConfigError;
+
+/// Everything received from the control plane, by type and name.
+#[derive(Debug, Default, Clone)]
+pub struct Dynamic {
+    pub clusters: BTreeMap<String, Cluster>,
+    pub routes: BTreeMap<String, Route>,
+    /// Every resource (the two above included) by type, for versions and the admin view.
+    pub resources: BTreeMap<&'static str, BTreeMap<String, Resource>>,
+}
+
+impl Dynamic {
+    /// Applies one response's changes: upserts and removals of one type.
+    pub fn apply(&mut self, type_url: &'static str, upserts: Vec<Resource>, removed: &[String]) {
+        let table = self.resources.entry(type_url).or_default();
+        for name in removed {
+            table.remove(name);
+            match type_url {
+                presage_api::types::CLUSTER => {
+                    self.clusters.remove(name);
+                }
+                presage_api::types::ROUTE => {
+                    self.routes.remove(name);
+                }
+                _ => {}
+            }
+        }
+        for r in upserts {
+            match &r.body {
+                Some(Body::Cluster(c)) => {
+                    self.clusters.insert(r.name.clone(), c.clone());
+                }
+                Some(Body::Route(rt)) => {
+                    self.routes.insert(r.name.clone(), rt.clone());
+                }
+                _ => {}
+            }
+            table.insert(r.name.clone(), r);
+        }
+    }
+
+    /// Name -> version of every resource of a type, for `initial_resource_versions`.
+    pub fn versions(&self, type_url: &str) -> BTreeMap<String, String> {
+        self.resources
+            .get(type_url)
+            .map(|t| {
+                t.iter()
+                    .map(|(n, r)| (n.clone(), r.version.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Routes in match order.
+    pub(super) fn ordered_routes(&self) -> Vec<&Route> {
+        let mut v: Vec<&Route> = self.routes.values().collect();
+        v.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+        v
+    }
+}
+
+fn ms(v: u32) -> String {
+    format!("{v}ms")
+}
+
+fn headers_add(m: &std::collections::HashMap<String, String>) -> Value {
+    let add: Map<String, Value> = m.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    json!({ "add": add })
+}
+
+/// The YAML schema's form of a wire cluster (JSON is YAML).
+pub(super) fn cluster_doc(c: &Cluster) -> String {
+    let mut o = Map::new();
+    o.insert("name".into(), json!(c.name));
+    if !c.protocol.is_empty() {
+        o.insert("protocol".into(), json!(c.protocol));
+    }
+    if !c.load_balancer.is_empty() {
+        o.insert("load_balancer".into(), json!(c.load_balancer));
+    }
+    if c.connect_timeout_ms > 0 {
+        o.insert("connect_timeout".into(), json!(ms(c.connect_timeout_ms)));
+    }
+    let eps: Vec<Value> = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            let meta: Map<String, Value> = e
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            json!({ "address": e.address, "weight": e.weight.max(1), "metadata": meta })
+        })
+        .collect();
+    o.insert("endpoints".into(), Value::Array(eps));
+    Value::Object(o).to_string()
+}
+
+/// The YAML schema's form of a wire route.
+pub(super) fn route_doc(r: &Route) -> String {
+    let m = r.r#match.clone().unwrap_or_default();
+    let mut mo = Map::new();
+    if !m.host.is_empty() {
+        mo.insert("host".into(), json!(m.host));
+    }
+    for (k, v) in [
+        ("exact", &m.path_exact),
+        ("prefix", &m.path_prefix),
+        ("regex", &m.path_regex),
+    ] {
+        if !v.is_empty() {
+            mo.insert("path".into(), json!({ k: v }));
+        }
+    }
+    if !m.methods.is_empty() {
+        mo.insert("methods".into(), json!(m.methods));
+    }
+    if !m.headers.is_empty() {
+        let hs: Vec<Value> = m
+            .headers
+            .iter()
+            .map(|h| {
+                if h.value.is_empty() {
+                    json!({ "name": h.name })
+                } else {
+                    json!({ "name": h.name, "value": h.value })
+                }
+            })
+            .collect();
+        mo.insert("headers".into(), Value::Array(hs));
+    }
+    let mut o = Map::new();
+    o.insert("name".into(), json!(r.name));
+    o.insert("match".into(), Value::Object(mo));
+    o.insert("cluster".into(), json!(r.cluster));
+    if !r.rewrite_prefix.is_empty() {
+        o.insert("rewrite".into(), json!({ "prefix": r.rewrite_prefix }));
+    }
+    if r.timeout_ms > 0 {
+        o.insert("timeout".into(), json!(ms(r.timeout_ms)));
+    }
+    if r.retry_attempts > 0 {
+        o.insert("retries".into(), json!({ "attempts": r.retry_attempts }));
+    }
+    if !r.add_request_headers.is_empty() {
+        o.insert(
+            "request_headers".into(),
+            headers_add(&r.add_request_headers),
+        );
+    }
+    if !r.add_response_headers.is_empty() {
+        o.insert(
+            "response_headers".into(),
+            headers_add(&r.add_response_headers),
+        );
+    }
+    Value::Object(o).to_string()
+}
+
+/// Names the dynamic resource an error is in: `cluster "web"` as the source, the field
+/// relative to the resource.
+fn relabel(mut e: ConfigError, kind: &str, name: &str, prefix: &str) -> ConfigError {
+    e.source_name = format!("{kind} {name:?}");
+    e.line = 0;
+    e.column = 0;
+    e.field = e
+        .field
+        .strip_prefix(prefix)
+        .map(|f| f.trim_start_matches('.').to_string())
+        .unwrap_or(e.field);
+    if e.field.is_empty() || e.field == "(document)" {
+        e.field = "(resource)".into();
+    }
+    e
+}
+
+/// Converts every dynamic resource to its raw form; errors name the resource.
+pub(super) fn raw_items(d: &Dynamic) -> (Vec<RawCluster>, Vec<RawRoute>, Vec<ConfigError>) {
+    let mut errors = Vec::new();
+    let mut clusters = Vec::new();
+    for c in d.clusters.values() {
+        match super::deserialize::<RawCluster>(&cluster_doc(c), "xds") {
+            Ok(raw) => clusters.push(raw),
+            Err(e) => errors.push(relabel(e, "cluster", &c.name, "")),
+        }
+    }
+    let mut routes = Vec::new();
+    for r in d.ordered_routes() {
+        match super::deserialize::<RawRoute>(&route_doc(r), "xds") {
+            Ok(raw) => routes.push(raw),
+            Err(e) => errors.push(relabel(e, "route", &r.name, "")),
+        }
+    }
+    (clusters, routes, errors)
+}
+
+/// Re-attributes build errors in the merged lists to the dynamic resources they came
+/// from (indices at or past the static counts).
+pub(super) fn attribute(
+    errors: Vec<ConfigError>,
+    static_clusters: usize,
+    cluster_names: &[String],
+    static_routes: usize,
+    route_names: &[String],
+) -> Vec<ConfigError> {
+    errors
+        .into_iter()
+        .map(|e| {
+            for (list, base, names, kind) in [
+                ("clusters", static_clusters, cluster_names, "cluster"),
+                ("routes", static_routes, route_names, "route"),
+            ] {
+                let Some(rest) = e.field.strip_prefix(list).and_then(|r| r.strip_prefix('['))
+                else {
+                    continue;
+                };
+                let Some((idx, tail)) = rest.split_once(']') else {
+                    continue;
+                };
+                if let Some(i) = idx.parse::<usize>().ok().and_then(|i| i.checked_sub(base)) {
+                    if let Some(name) = names.get(i) {
+                        let tail = tail.to_string();
+                        let mut e = relabel(e, kind, name, "");
+                        e.field = tail.trim_start_matches('.').to_string();
+                        if e.field.is_empty() {
+                            e.field = "(resource)".into();
+                        }
+                        return e;
+                    }
+                }
+            }
+            e
+        })
+        .collect()
+}
