@@ -175,3 +175,118 @@ fn shipped_examples_are_valid() {
     }
     assert!(n > 0);
 }
+
+mod dynamic_resources {
+    use super::super::dynamic::Dynamic;
+    use super::super::parse_with;
+    use presage_api::{resource::Body, Cluster, Endpoint, Resource, Route, RouteMatch};
+
+    const STATIC: &str = "routes:\n  - name: static\n    match: { path: { exact: /s } }\n    cluster: local\nclusters:\n  - name: local\n    endpoints: [{address: \"127.0.0.1:1\"}]\n";
+
+    fn cluster(name: &str, addr: &str) -> Resource {
+        Resource::new(
+            name,
+            Body::Cluster(Cluster {
+                name: name.into(),
+                endpoints: vec![Endpoint {
+                    address: addr.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn route(name: &str, order: i32, cluster: &str) -> Resource {
+        Resource::new(
+            name,
+            Body::Route(Route {
+                name: name.into(),
+                order,
+                cluster: cluster.into(),
+                r#match: Some(RouteMatch {
+                    path_prefix: format!("/{name}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn dynamic(items: Vec<Resource>) -> Dynamic {
+        let mut d = Dynamic::default();
+        for r in items {
+            let t = r.body.as_ref().unwrap().type_url();
+            d.apply(t, vec![r], &[]);
+        }
+        d
+    }
+
+    #[test]
+    fn dynamic_routes_follow_static_ones_in_order_then_name() {
+        let d = dynamic(vec![
+            cluster("web", "127.0.0.1:2"),
+            route("b", 5, "web"),
+            route("a", 5, "web"),
+            route("z", 1, "local"),
+        ]);
+        let c = parse_with(STATIC, "p.yaml", None, &d).unwrap();
+        let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["static", "z", "a", "b"]);
+        assert_eq!(c.clusters.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_dynamic_resource_and_field() {
+        let d = dynamic(vec![route("r", 0, "nope")]);
+        let err = parse_with(STATIC, "p.yaml", None, &d)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("route \"r\": cluster: no cluster named \"nope\""),
+            "{err}"
+        );
+
+        let d = dynamic(vec![cluster("local", "127.0.0.1:3")]);
+        let err = parse_with(STATIC, "p.yaml", None, &d)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cluster \"local\": name: duplicate cluster name"),
+            "{err}"
+        );
+
+        let d = dynamic(vec![cluster("web", "not an address")]);
+        let err = parse_with(STATIC, "p.yaml", None, &d)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cluster \"web\": endpoints[0].address: expected host:port"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn removal_takes_a_resource_out() {
+        let mut d = dynamic(vec![cluster("web", "127.0.0.1:2"), route("w", 0, "web")]);
+        d.apply(presage_api::types::ROUTE, vec![], &["w".to_string()]);
+        assert!(d.routes.is_empty());
+        assert!(d.versions(presage_api::types::ROUTE).is_empty());
+        assert_eq!(d.versions(presage_api::types::CLUSTER).len(), 1);
+    }
+
+    #[test]
+    fn the_control_plane_address_must_be_plain_http() {
+        let err = super::super::parse(
+            "control_plane:\n  address: https://cp:9902\n",
+            "p.yaml",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("p.yaml:2:12: control_plane.address: expected a URL"),
+            "{err}"
+        );
+    }
+}
