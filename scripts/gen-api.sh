@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../api/codegen"
 cargo run --quiet
-cd ..
-rustfmt --edition 2021 src/gen/*.rs
+cd ../..
+cargo fmt -p presage-api

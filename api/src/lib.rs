@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod codec;
+
 #[allow(clippy::all, rust_2018_idioms)]
 mod gen {
     include!("gen/presage.mesh.v1.rs");

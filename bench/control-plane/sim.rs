@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+use hdrhistogram::serialization::{Serializer as _, V2Serializer};
 use http_body_util::{BodyExt, Full};
 use presage_api::discovery_client::DiscoveryClient;
 use presage_api::resource::Body;
@@ -115,16 +115,28 @@ fn endpoints(k: usize) -> String {
 /// Per proxy: the bench cluster version it last ACKed, and when.
 type Seen = Arc<Vec<Mutex<(String, Option<Instant>)>>>;
 
-async fn proxy(
-    i: usize,
+/// What every simulated proxy shares.
+struct Sim {
     grpc: String,
     seen: Seen,
-    synced: Arc<AtomicUsize>,
+    synced: AtomicUsize,
     reports: Arc<AtomicU64>,
     interval: Duration,
     hist: Arc<Vec<u8>>,
-    gate: Arc<Semaphore>,
-) {
+    gate: Semaphore,
+}
+
+async fn proxy(i: usize, sim: Arc<Sim>) {
+    let Sim {
+        grpc,
+        seen,
+        synced,
+        reports,
+        interval,
+        hist,
+        gate,
+    } = &*sim;
+    let (grpc, interval, hist) = (grpc.clone(), *interval, hist.clone());
     let permit = gate.acquire().await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(grpc)
         .unwrap()
@@ -229,34 +241,30 @@ async fn main() {
         h.record(v).unwrap();
     }
     let mut bytes = Vec::new();
-    V2DeflateSerializer::new()
-        .serialize(&h, &mut bytes)
-        .unwrap();
+    V2Serializer::new().serialize(&h, &mut bytes).unwrap();
     let hist = Arc::new(bytes);
     let seen: Seen = Arc::new(
         (0..a.proxies)
             .map(|_| Mutex::new((String::new(), None)))
             .collect(),
     );
-    let synced = Arc::new(AtomicUsize::new(0));
     let reports = Arc::new(AtomicU64::new(0));
-    // Connect in waves, as a rollout would, rather than 10,000 SYNs at once.
-    let gate = Arc::new(Semaphore::new(256));
+    let sim = Arc::new(Sim {
+        grpc: a.grpc.clone(),
+        seen: seen.clone(),
+        synced: AtomicUsize::new(0),
+        reports: reports.clone(),
+        interval: a.report_interval,
+        hist,
+        // Connect in waves, as a rollout would, rather than 10,000 SYNs at once.
+        gate: Semaphore::new(256),
+    });
     let t_connect = Instant::now();
     let (cpu0, _, _) = proc_usage(a.cp_pid);
     for i in 0..a.proxies {
-        tokio::spawn(proxy(
-            i,
-            a.grpc.clone(),
-            seen.clone(),
-            synced.clone(),
-            reports.clone(),
-            a.report_interval,
-            hist.clone(),
-            gate.clone(),
-        ));
+        tokio::spawn(proxy(i, sim.clone()));
     }
-    while synced.load(Ordering::Relaxed) < a.proxies {
+    while sim.synced.load(Ordering::Relaxed) < a.proxies {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connect_secs = t_connect.elapsed().as_secs_f64();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+use hdrhistogram::serialization::{Serializer as _, V2Serializer};
 use presage_api::telemetry_client::TelemetryClient;
 use presage_api::{LoadReport, Node, ServiceLoad, Transition};
 use prometheus_client::metrics::counter::Counter;
@@ -118,7 +118,7 @@ impl Telemetry {
     /// Builds this interval's report and queues it, dropping the oldest when full.
     pub fn collect(&self, loads: &ServiceLoads, interval: Duration) {
         let mut services = Vec::new();
-        let mut ser = V2DeflateSerializer::new();
+        let mut ser = V2Serializer::new();
         for t in loads.take() {
             let mut bytes = Vec::new();
             if !t.latency.is_empty() {

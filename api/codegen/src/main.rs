@@ -18,7 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut b = tonic_prost_build::configure()
         .out_dir(api.join("src/gen"))
-        .emit_rerun_if_changed(false);
+        .emit_rerun_if_changed(false)
+        // Smaller per-stream buffers than tonic's default (see api/src/codec.rs).
+        .codec_path("crate::codec::MeshCodec");
     for t in rest {
         b = b.type_attribute(
             format!(".presage.mesh.v1.{t}"),

@@ -348,7 +348,9 @@ pub struct ServiceLoad {
     /// At the end of the interval.
     #[prost(uint64, tag = "5")]
     pub in_flight: u64,
-    /// Latency in microseconds, an HdrHistogram serialised with its V2 deflate format.
+    /// Latency in microseconds, an HdrHistogram in its V2 serialisation (V2 deflate is
+    /// accepted too; the proxy sends plain V2: the counts are already run-length encoded and
+    /// inflating costs the control plane more than the bytes saved).
     #[prost(bytes = "vec", tag = "6")]
     pub latency_histogram: ::prost::alloc::vec::Vec<u8>,
 }
@@ -478,7 +480,7 @@ pub mod discovery_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::MeshCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/presage.mesh.v1.Discovery/Stream",
             );
@@ -622,7 +624,7 @@ pub mod discovery_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StreamSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::MeshCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -782,7 +784,7 @@ pub mod telemetry_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::MeshCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/presage.mesh.v1.Telemetry/Report",
             );
@@ -919,7 +921,7 @@ pub mod telemetry_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReportSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::MeshCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
