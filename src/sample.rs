@@ -23,6 +23,23 @@ pub struct SampleArgs {
     /// Added delay per request in milliseconds (to simulate work).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Register in etcd (comma-separated host:port of members) under
+    /// /presage/services/NAME/INSTANCE with a lease; deregister on SIGTERM/SIGINT.
+    #[arg(long, value_delimiter = ',')]
+    register_etcd: Vec<String>,
+    /// Lease time-to-live of the registration: how long the record outlives a crash.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    register_ttl: Duration,
+    /// Instance id in the registry (default: the listen address with ':' as '-').
+    #[arg(long)]
+    instance: Option<String>,
+    /// Zone, price and capacity to register (metadata the planner reads).
+    #[arg(long, default_value = "")]
+    zone: String,
+    #[arg(long)]
+    price: Option<f64>,
+    #[arg(long)]
+    capacity: Option<f64>,
 }
 
 pub fn run(args: SampleArgs) -> ExitCode {
@@ -46,22 +63,75 @@ pub fn run(args: SampleArgs) -> ExitCode {
             }
         };
         let addr = tcp.local_addr().map_or(args.listen, |a| a);
+        let registration = if args.register_etcd.is_empty() {
+            None
+        } else {
+            match register(&args, addr).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("cannot register in etcd {:?}: {e}", args.register_etcd);
+                    return ExitCode::from(69);
+                }
+            }
+        };
         println!("sample-service {} on {addr}", args.name);
-        loop {
-            let Ok((stream, _)) = tcp.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let (name, delay) = (args.name.clone(), args.delay_ms);
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req| answer(name.clone(), addr, delay, req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+        let serve = async {
+            loop {
+                let Ok((stream, _)) = tcp.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (name, delay) = (args.name.clone(), args.delay_ms);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(name.clone(), addr, delay, req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        };
+        tokio::select! {
+            _ = serve => {}
+            _ = presage_proxy::server::shutdown_signal() => {}
         }
+        if let Some(r) = registration {
+            let key = r.key().to_string();
+            if let Err(e) = r.deregister().await {
+                eprintln!("deregistering {key}: {e} (the lease expires on its own)");
+            }
+        }
+        ExitCode::SUCCESS
     })
+}
+
+async fn register(
+    args: &SampleArgs,
+    addr: SocketAddr,
+) -> Result<presage_control_plane::discovery::etcd::Registration, String> {
+    use presage_control_plane::discovery::{etcd, record::Record};
+    let cfg = etcd::EtcdConfig {
+        endpoints: args.register_etcd.clone(),
+        prefix: etcd::DEFAULT_PREFIX.into(),
+    };
+    let id = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| addr.to_string().replace([':', '.'], "-"));
+    let record = Record {
+        address: addr.ip().to_string(),
+        port: addr.port(),
+        zone: args.zone.clone(),
+        price: args.price,
+        capacity: args.capacity,
+        version: env!("CARGO_PKG_VERSION").into(),
+        weight: None,
+        labels: Default::default(),
+    };
+    etcd::register(&cfg, &args.name, &id, &record, args.register_ttl)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn answer(

@@ -124,24 +124,25 @@ fn addr_after<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
 
 async fn start(path: &Path, cfg: &cp_config::Config, parts: &mut Vec<Part>) -> Result<(), String> {
     let mut samples = Vec::new();
+    let etcd = cfg.discovery.etcd.as_ref().map(|e| e.endpoints.join(","));
     for svc in &cfg.services {
         for ep in &svc.endpoints {
             if ep.address.starts_with("127.0.0.1:") {
                 let name = format!("sample {} {}", svc.name, ep.address);
                 let ready = format!("sample-service {} on {}", svc.name, ep.address);
-                spawn(
-                    parts,
-                    &name,
-                    &[
-                        "sample-service",
-                        "--listen",
-                        &ep.address,
-                        "--name",
-                        &svc.name,
-                    ],
-                    &ready,
-                )
-                .await?;
+                let mut args = vec![
+                    "sample-service",
+                    "--listen",
+                    &ep.address,
+                    "--name",
+                    &svc.name,
+                ];
+                // With an etcd registry the instances register themselves (lease, 10 s TTL)
+                // and deregister on exit, as instances the mesh starts should.
+                if let Some(endpoints) = &etcd {
+                    args.extend(["--register-etcd", endpoints.as_str()]);
+                }
+                spawn(parts, &name, &args, &ready).await?;
                 samples.push((svc.name.clone(), ep.address.clone()));
             }
         }

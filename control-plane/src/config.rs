@@ -12,6 +12,7 @@ use std::time::Duration;
 use presage_api::{Cluster, QosProfile, Route};
 use serde::Deserialize;
 
+use crate::discovery::DiscoveryConfig;
 use crate::validate::{self, FieldError};
 
 /// Defaults: the ports `presage up` uses.
@@ -38,6 +39,8 @@ struct Raw {
     #[serde(default)]
     qos_profiles: Vec<QosProfile>,
     local_proxy: Option<LocalProxy>,
+    #[serde(default)]
+    discovery: DiscoveryConfig,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -60,6 +63,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub qos_profiles: Vec<QosProfile>,
     pub local_proxy: Option<LocalProxy>,
+    /// Registries to take instances from.
+    pub discovery: DiscoveryConfig,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             routes: Vec::new(),
             qos_profiles: Vec::new(),
             local_proxy: None,
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -147,6 +153,26 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
     for (i, q) in raw.qos_profiles.iter().enumerate() {
         check("qos_profiles", i, validate::qos_profile(q));
     }
+    if raw
+        .discovery
+        .etcd
+        .as_ref()
+        .is_some_and(|e| e.endpoints.is_empty())
+    {
+        errors.push(format!(
+            "{source}: discovery.etcd.endpoints: expected at least one host:port"
+        ));
+    }
+    for (i, s) in raw.discovery.fixed.iter().enumerate() {
+        let mut e = Vec::new();
+        validate::name(&mut e, "service", &s.service);
+        for err in e {
+            errors.push(format!(
+                "{source}: discovery.static[{i}].{}: {}",
+                err.field, err.message
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(ConfigError(errors));
     }
@@ -160,6 +186,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         routes: raw.routes,
         qos_profiles: raw.qos_profiles,
         local_proxy: raw.local_proxy,
+        discovery: raw.discovery,
     })
 }
 

@@ -10,6 +10,7 @@
 //!   calibrated intervals; `load`: per-service load history from telemetry.
 //! - `resources`: what is served to proxies (store-backed snapshot + watch); `proxies`:
 //!   who is connected and what they ACKed; `validate`: field-level checks of resources.
+//! - `discovery`: instances from registries (etcd, static), merged into clusters.
 //! - `runtime::run` starts the gRPC server (discovery and telemetry streams, see
 //!   `api/README.md`), the REST API with `/openapi.json`, and the periodic store save.
 //!
@@ -20,8 +21,10 @@
 
 pub mod behaviour;
 pub mod config;
+pub mod discovery;
 pub mod forecast;
 pub mod load;
+pub mod metrics;
 pub mod proxies;
 pub mod resources;
 pub mod rest;

@@ -33,6 +33,8 @@ pub struct Api {
     pub proxies: Arc<Proxies>,
     pub load: Arc<Load>,
     pub profiler: Arc<Mutex<Profiler>>,
+    /// The control plane's Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 #[derive(OpenApi)]
@@ -81,6 +83,7 @@ struct ApiDoc;
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/metrics", get(metrics))
         .route("/v1/services", get(list_services))
         .route(
             "/v1/services/{name}",
@@ -102,6 +105,18 @@ pub fn router(api: Api) -> Router {
         .route("/v1/users/{user}/next", get(next_services))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .with_state(api)
+}
+
+/// OpenMetrics text of the control plane's metrics.
+async fn metrics(State(api): State<Api>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::encode(&api.metrics),
+    )
+        .into_response()
 }
 
 // === errors ===

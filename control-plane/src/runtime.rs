@@ -2,7 +2,8 @@
 //! (discovery + telemetry), the REST API, and the periodic save of load histories.
 //!
 //! ```text
-//!   REST (axum) ──write──▶ Resources ──commit──▶ Store (redb)
+//!   registries ──▶ discovery::Merger ─┐
+//!   REST (axum) ──write──▶ Resources ◀┘──commit──▶ Store (redb)
 //!                              │ watch
 //!                              ▼
 //!   proxies ◀──delta── Discovery sessions          Telemetry ──▶ Load ──every 30 s──▶ Store
@@ -21,7 +22,9 @@ use tokio::net::TcpListener;
 
 use crate::behaviour::{Profiler, ProfilerConfig};
 use crate::config::Config;
+use crate::discovery::{self, Merger};
 use crate::load::Load;
+use crate::metrics::Metrics;
 use crate::proxies::Proxies;
 use crate::resources::{blocking, Resources};
 use crate::rest::{self, Api};
@@ -108,6 +111,8 @@ pub async fn run(
         tracing::warn!(services = ?bad, "load histories in the store could not be read; starting them afresh");
     }
     let proxies = Arc::new(Proxies::default());
+    let metrics = Arc::new(Metrics::default());
+    let registry = metrics.registry(proxies.clone());
     let profiler = Arc::new(Mutex::new(Profiler::new(ProfilerConfig::default())));
 
     let grpc = bind(cfg.grpc).await?;
@@ -132,11 +137,31 @@ pub async fn run(
         proxies: proxies.clone(),
         profiler: profiler.clone(),
     };
+    // Discovery: every backend feeds one merger, which owns writes of discovered clusters.
+    let (updates, updates_rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(
+        Merger {
+            resources: resources.clone(),
+            metrics: metrics.clone(),
+        }
+        .run(updates_rx),
+    );
+    if let Some(etcd) = cfg.discovery.etcd.clone() {
+        tokio::spawn(discovery::etcd::watch(etcd, updates.clone()));
+    }
+    if !cfg.discovery.fixed.is_empty() {
+        tokio::spawn(discovery::fixed::watch(
+            cfg.discovery.fixed.clone(),
+            updates.clone(),
+        ));
+    }
+    drop(updates);
     let api = Api {
         resources,
         proxies,
         load: load.clone(),
         profiler,
+        metrics: Arc::new(registry),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

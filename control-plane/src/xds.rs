@@ -67,6 +67,7 @@ impl Discovery for DiscoveryService {
             tx,
             types: HashMap::new(),
             nonce: 0,
+            changes: 0,
         };
         let proxies = self.proxies.clone();
         tokio::spawn(async move {
@@ -88,7 +89,8 @@ struct TypeSession {
     /// Name -> version the proxy has (or has been sent and not NACKed).
     has: HashMap<String, String>,
     /// Responses sent and not yet answered: nonce -> versions before the response.
-    pending: HashMap<String, HashMap<String, Option<String>>>,
+    /// (and the session's change count when it was sent).
+    pending: HashMap<String, (u64, HashMap<String, Option<String>>)>,
     /// Whether a response of this type went out on this stream; the first one is sent
     /// even when empty, so the proxy knows it is in sync.
     sent: bool,
@@ -101,6 +103,8 @@ struct Session {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     types: HashMap<&'static str, TypeSession>,
     nonce: u64,
+    /// Snapshot changes seen by this session.
+    changes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +133,10 @@ impl Session {
                         return Ok(());
                     }
                     let snap = self.snapshots.borrow_and_update().clone();
-                    let subscribed: Vec<&'static str> = self.types.keys().copied().collect();
-                    for t in subscribed {
+                    self.changes += 1;
+                    // In dependency order (clusters before the routes naming them): the
+                    // proxy applies responses in the order they arrive.
+                    for t in presage_api::types::ALL {
                         self.push(&snap, t).await?;
                     }
                 }
@@ -150,12 +156,16 @@ impl Session {
             return Err(SessionError::Closed);
         };
         let snap = self.snapshots.borrow().clone();
+        let mut retry = false;
         let new_type = !self.types.contains_key(t);
         let state = self.types.entry(t).or_default();
         if !req.response_nonce.is_empty() {
-            if let Some(before) = state.pending.remove(&req.response_nonce) {
+            if let Some((sent_at, before)) = state.pending.remove(&req.response_nonce) {
                 match &req.error_detail {
                     Some(err) => {
+                        // Something changed since that response went out (e.g. the
+                        // cluster a rejected route names): the retry may now succeed.
+                        retry = sent_at != self.changes;
                         // The proxy kept what it had before this response.
                         for (name, v) in before {
                             match v {
@@ -192,8 +202,8 @@ impl Session {
             }
         }
         // A bare ACK or NACK sends nothing: after a NACK the same content would only be
-        // rejected again. The next change of the snapshot retries it.
-        if new_type || resubscribed {
+        // rejected again, unless the snapshot changed meanwhile. The next change retries it.
+        if new_type || resubscribed || retry {
             self.push(&snap, t).await?;
         }
         Ok(())
@@ -235,7 +245,7 @@ impl Session {
         for n in &removed {
             before.insert(n.clone(), state.has.remove(n));
         }
-        state.pending.insert(nonce.clone(), before);
+        state.pending.insert(nonce.clone(), (self.changes, before));
         state.sent = true;
         let response = DiscoveryResponse {
             type_url: t.to_string(),

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod etcd;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

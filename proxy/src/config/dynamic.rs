@@ -198,7 +198,10 @@ pub(super) fn raw_items(d: &Dynamic) -> (Vec<RawCluster>, Vec<RawRoute>, Vec<Con
     let mut clusters = Vec::new();
     for c in d.clusters.values() {
         match super::deserialize::<RawCluster>(&cluster_doc(c), "xds") {
-            Ok(raw) => clusters.push(raw),
+            Ok(mut raw) => {
+                raw.dynamic = true;
+                clusters.push(raw);
+            }
             Err(e) => errors.push(relabel(e, "cluster", &c.name, "")),
         }
     }

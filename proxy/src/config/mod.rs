@@ -596,7 +596,7 @@ impl Builder<'_> {
                     format!("duplicate cluster name {:?}", c.name.value),
                 );
             }
-            if c.endpoints.is_empty() {
+            if c.endpoints.is_empty() && !c.dynamic {
                 self.err(
                     c.name.referenced,
                     f("endpoints"),

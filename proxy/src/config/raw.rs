@@ -196,6 +196,9 @@ pub struct RawCluster {
     pub outlier_detection: RawOutlier,
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    /// From the control plane: may have no endpoints (all instances gone answers 503).
+    #[serde(skip)]
+    pub dynamic: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

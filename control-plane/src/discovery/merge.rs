@@ -1,0 +1,174 @@
+//! Turns registry updates into cluster resources: the endpoints come from the registry,
+//! everything else (protocol, load balancer, timeouts) from the cluster already stored,
+//! so an operator's `PUT /v1/services/{name}` settings survive discovery.
+
+use std::sync::Arc;
+
+use presage_api::resource::Body;
+use presage_api::{types, Cluster, Resource};
+use tokio::sync::mpsc;
+
+use super::Update;
+use crate::metrics::{Metrics, RegistryLabels};
+use crate::resources::Resources;
+use crate::validate;
+
+#[derive(Debug)]
+pub struct Merger {
+    pub resources: Arc<Resources>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Merger {
+    /// Applies updates until every backend is gone.
+    pub async fn run(self, mut rx: mpsc::Receiver<Update>) {
+        while let Some(u) = rx.recv().await {
+            self.apply(u).await;
+        }
+    }
+
+    pub async fn apply(&self, update: Update) {
+        match update {
+            Update::Status {
+                registry,
+                up,
+                error,
+            } => {
+                let labels = RegistryLabels { registry };
+                self.metrics
+                    .discovery_up
+                    .get_or_create(&labels)
+                    .set(i64::from(up));
+                if let Some(e) = error {
+                    self.metrics.discovery_errors.get_or_create(&labels).inc();
+                    tracing::warn!(registry, error = %e, "registry unreachable; keeping the last known endpoints");
+                }
+            }
+            Update::Skipped { registry } => {
+                self.metrics
+                    .discovery_skipped
+                    .get_or_create(&RegistryLabels { registry })
+                    .inc();
+            }
+            Update::Service {
+                registry,
+                service,
+                mut instances,
+            } => {
+                let snap = self.resources.snapshot();
+                let stored = snap
+                    .get(types::CLUSTER)
+                    .and_then(|s| s.items.get(&service))
+                    .and_then(|r| match &r.body {
+                        Some(Body::Cluster(c)) => Some(c.clone()),
+                        _ => None,
+                    });
+                if stored.is_none() && instances.is_empty() {
+                    return;
+                }
+                instances.sort_by(|a, b| a.id.cmp(&b.id));
+                let mut cluster = stored.unwrap_or_else(|| Cluster {
+                    name: service.clone(),
+                    ..Default::default()
+                });
+                cluster.endpoints = instances.iter().map(|i| i.endpoint()).collect();
+                let errors = validate::cluster(&cluster);
+                if let Some(e) = errors.first() {
+                    tracing::warn!(registry, service = %service, field = %e.field, message = %e.message, "discovered service skipped");
+                    self.metrics
+                        .discovery_skipped
+                        .get_or_create(&RegistryLabels { registry })
+                        .inc();
+                    return;
+                }
+                self.metrics
+                    .discovery_updates
+                    .get_or_create(&RegistryLabels { registry })
+                    .inc();
+                if let Err(e) = self
+                    .resources
+                    .put(Resource::new(service.clone(), Body::Cluster(cluster)))
+                    .await
+                {
+                    tracing::error!(registry, service = %service, error = %e, "storing a discovered service failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::record::Record;
+    use crate::discovery::Instance;
+    use crate::store::Store;
+
+    fn instance(id: &str, port: u16) -> Instance {
+        Instance {
+            id: id.into(),
+            record: Record {
+                address: "10.0.0.1".into(),
+                port,
+                zone: "z".into(),
+                price: None,
+                capacity: None,
+                version: String::new(),
+                weight: None,
+                labels: Default::default(),
+            },
+        }
+    }
+
+    fn cluster(m: &Merger, name: &str) -> Option<Cluster> {
+        let snap = m.resources.snapshot();
+        match snap.get(types::CLUSTER)?.items.get(name)?.body.clone()? {
+            Body::Cluster(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn registry_endpoints_replace_stored_ones_and_keep_the_settings() {
+        let dir = std::env::temp_dir().join(format!("presage-merge-{}", std::process::id()));
+        let store = Store::open(&dir.join("s.redb")).unwrap();
+        let resources = Arc::new(Resources::load(store).unwrap());
+        let m = Merger {
+            resources,
+            metrics: Arc::default(),
+        };
+        // An operator's settings for `web`, then what the registry says.
+        let stored = Cluster {
+            name: "web".into(),
+            load_balancer: "weighted_round_robin".into(),
+            ..Default::default()
+        };
+        m.resources
+            .put(Resource::new("web", Body::Cluster(stored)))
+            .await
+            .unwrap();
+        let update = |instances| Update::Service {
+            registry: "etcd",
+            service: "web".into(),
+            instances,
+        };
+        m.apply(update(vec![instance("b", 2), instance("a", 1)]))
+            .await;
+        let c = cluster(&m, "web").unwrap();
+        assert_eq!(c.load_balancer, "weighted_round_robin");
+        let addrs: Vec<&str> = c.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addrs, ["10.0.0.1:1", "10.0.0.1:2"], "sorted by instance id");
+        // Every instance gone: the cluster stays, empty (the proxy answers 503).
+        m.apply(update(vec![])).await;
+        assert!(cluster(&m, "web").unwrap().endpoints.is_empty());
+        // An unknown service with nothing in it creates nothing.
+        m.apply(Update::Service {
+            registry: "etcd",
+            service: "ghost".into(),
+            instances: vec![],
+        })
+        .await;
+        assert!(cluster(&m, "ghost").is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,164 @@
+//! A registry record: one instance of one service, as stored in a registry, and its
+//! checks. Shared by every backend so "bad data" means the same thing everywhere.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate;
+
+/// One instance, as registries store it (JSON in etcd under
+/// `/presage/services/{service}/{instance}`). Unknown fields are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Host name or IP address.
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub zone: String,
+    /// Price per hour of the instance, in any currency unit the operator uses consistently.
+    #[serde(default)]
+    pub price: Option<f64>,
+    /// Requests per second it can take.
+    #[serde(default)]
+    pub capacity: Option<f64>,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A checked instance of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub record: Record,
+}
+
+/// Why a record was skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct RecordError {
+    pub key: String,
+    pub message: String,
+}
+
+impl Instance {
+    /// Parses and checks one record; `key` names it in errors.
+    pub fn parse(key: &str, id: &str, json: &[u8]) -> Result<Instance, RecordError> {
+        let err = |message: String| RecordError {
+            key: key.to_string(),
+            message,
+        };
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let record: Record = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                err(inner.to_string())
+            } else {
+                err(format!("{path}: {inner}"))
+            }
+        })?;
+        if record.port == 0 {
+            return Err(err("port: expected 1..=65535, found 0".into()));
+        }
+        if record.address.is_empty()
+            || record.address.contains(['/', ' ', ':']) && !record.address.starts_with('[')
+        {
+            return Err(err(format!(
+                "address: expected a host name or IP, found {:?}",
+                record.address
+            )));
+        }
+        let mut errors = Vec::new();
+        validate::name(&mut errors, "instance", id);
+        if let Some(e) = errors.first() {
+            return Err(err(format!("{}: {}", e.field, e.message)));
+        }
+        Ok(Instance {
+            id: id.to_string(),
+            record,
+        })
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.record.address, self.record.port)
+    }
+
+    /// The endpoint the proxies see: metadata carries what the planner reads.
+    pub fn endpoint(&self) -> presage_api::Endpoint {
+        let r = &self.record;
+        let mut metadata: std::collections::HashMap<String, String> = r
+            .labels
+            .iter()
+            .map(|(k, v)| (format!("label.{k}"), v.clone()))
+            .collect();
+        metadata.insert("instance".into(), self.id.clone());
+        for (k, v) in [("zone", &r.zone), ("version", &r.version)] {
+            if !v.is_empty() {
+                metadata.insert(k.into(), v.clone());
+            }
+        }
+        if let Some(p) = r.price {
+            metadata.insert("price".into(), p.to_string());
+        }
+        if let Some(c) = r.capacity {
+            metadata.insert("capacity".into(), c.to_string());
+        }
+        presage_api::Endpoint {
+            address: self.authority(),
+            weight: r.weight.unwrap_or(1),
+            metadata,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_records_become_endpoints_with_metadata() {
+        let i = Instance::parse(
+            "/presage/services/web/a",
+            "a",
+            br#"{"address":"10.0.0.1","port":8080,"zone":"eu-1","price":0.12,"capacity":500,"version":"v2","labels":{"tier":"gold"}}"#,
+        )
+        .unwrap();
+        let e = i.endpoint();
+        assert_eq!(e.address, "10.0.0.1:8080");
+        assert_eq!(e.metadata["zone"], "eu-1");
+        assert_eq!(e.metadata["price"], "0.12");
+        assert_eq!(e.metadata["label.tier"], "gold");
+        assert_eq!(e.metadata["instance"], "a");
+    }
+
+    #[test]
+    fn bad_records_name_the_key_and_the_field() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"{not json", "/k: key must be a string"),
+            (br#"{"address":"10.0.0.1"}"#, "/k: missing field `port`"),
+            (
+                br#"{"address":"10.0.0.1","port":80,"colour":"red"}"#,
+                "/k: colour: unknown field `colour`",
+            ),
+            (
+                br#"{"address":"10.0.0.1","port":0}"#,
+                "/k: port: expected 1..=65535",
+            ),
+            (
+                br#"{"address":"10.0.0.1","port":"80"}"#,
+                "/k: port: invalid type",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = Instance::parse("/k", "a", json).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err} (wanted {want})");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The control plane's own Prometheus metrics, served at `GET /metrics` of the REST API.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::proxies::Proxies;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    pub registry: &'static str,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// 1 while the registry is reachable and in sync, 0 during an outage.
+    pub discovery_up: Family<RegistryLabels, Gauge>,
+    pub discovery_errors: Family<RegistryLabels, Counter>,
+    /// Records skipped as bad data (malformed JSON, missing port, unknown fields, ...).
+    pub discovery_skipped: Family<RegistryLabels, Counter>,
+    /// Service updates applied from the registry.
+    pub discovery_updates: Family<RegistryLabels, Counter>,
+}
+
+impl Metrics {
+    /// A registry with everything under `presage_cp_`.
+    pub fn registry(self: &Arc<Self>, proxies: Arc<Proxies>) -> Registry {
+        let mut registry = Registry::default();
+        let r = registry.sub_registry_with_prefix("presage_cp");
+        r.register(
+            "discovery_up",
+            "1 while the registry is reachable and in sync",
+            self.discovery_up.clone(),
+        );
+        r.register(
+            "discovery_errors",
+            "Registry connection or watch failures",
+            self.discovery_errors.clone(),
+        );
+        r.register(
+            "discovery_skipped",
+            "Registry records skipped as bad data",
+            self.discovery_skipped.clone(),
+        );
+        r.register(
+            "discovery_updates",
+            "Service updates applied from registries",
+            self.discovery_updates.clone(),
+        );
+        r.register_collector(Box::new(ProxyGauges(proxies)));
+        registry
+    }
+}
+
+/// Connected proxies and their NACKs, read at scrape time.
+#[derive(Debug)]
+struct ProxyGauges(Arc<Proxies>);
+
+impl Collector for ProxyGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let list = self.0.list();
+        let connected = list.iter().filter(|p| p.connected).count() as i64;
+        let nacks: i64 = list.iter().map(|p| p.nacks as i64).sum();
+        let m = encoder.encode_descriptor(
+            "connected_proxies",
+            "Proxies with an open discovery stream",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(connected).encode(m)?;
+        let m = encoder.encode_descriptor(
+            "proxy_nacks",
+            "NACKs from the proxies now known",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(nacks).encode(m)?;
+        Ok(())
+    }
+}
+
+/// OpenMetrics text of `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
