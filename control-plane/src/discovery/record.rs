@@ -57,7 +57,8 @@ impl Instance {
         let record: Record = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if path == "." {
+            // serde_path_to_error says `?` when the JSON broke before any field.
+            if path == "." || path == "?" {
                 err(inner.to_string())
             } else {
                 err(format!("{path}: {inner}"))
