@@ -9,6 +9,10 @@
 //!
 //! Usage: sim --grpc http://127.0.0.1:9902 --api 127.0.0.1:9903 --cp-pid PID --proxies N
 //!            [--changes 10] [--report-interval-ms 1000] [--telemetry-secs 10]
+//!            [--etcd HOST:PORT --services 500 --instances 10000]
+//! With --etcd (the discovery benchmark) the simulator first writes the instances into
+//! etcd, and each measured change moves one instance of one service in etcd, so the
+//! latency covers registry -> control plane -> every proxy's ACK.
 //! Prints one JSON line of results.
 
 use std::collections::HashMap;
@@ -38,6 +42,10 @@ struct Args {
     changes: usize,
     report_interval: Duration,
     telemetry_secs: u64,
+    /// Discovery mode: changes go through this etcd instead of the REST API.
+    etcd: Option<String>,
+    services: usize,
+    instances: usize,
 }
 
 fn args() -> Args {
@@ -49,6 +57,9 @@ fn args() -> Args {
         changes: 10,
         report_interval: Duration::from_secs(1),
         telemetry_secs: 10,
+        etcd: None,
+        services: 500,
+        instances: 10_000,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
@@ -63,6 +74,9 @@ fn args() -> Args {
                 a.report_interval = Duration::from_millis(val.parse().expect("a number"))
             }
             "--telemetry-secs" => a.telemetry_secs = val.parse().expect("a number"),
+            "--etcd" => a.etcd = Some(val),
+            "--services" => a.services = val.parse().expect("a number"),
+            "--instances" => a.instances = val.parse().expect("a number"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -112,12 +126,14 @@ fn endpoints(k: usize) -> String {
     )
 }
 
-/// Per proxy: the bench cluster version it last ACKed, and when.
-type Seen = Arc<Vec<Mutex<(String, Option<Instant>)>>>;
+/// Per proxy: when it received the change being measured (None: not yet).
+type Seen = Arc<Vec<Mutex<Option<Instant>>>>;
 
 /// What every simulated proxy shares.
 struct Sim {
     grpc: String,
+    /// The endpoint address the change being measured adds.
+    target: Mutex<String>,
     seen: Seen,
     synced: AtomicUsize,
     reports: Arc<AtomicU64>,
@@ -135,6 +151,7 @@ async fn proxy(i: usize, sim: Arc<Sim>) {
         interval,
         hist,
         gate,
+        target: _,
     } = &*sim;
     let (grpc, interval, hist) = (grpc.clone(), *interval, hist.clone());
     let permit = gate.acquire().await.unwrap();
@@ -203,8 +220,11 @@ async fn proxy(i: usize, sim: Arc<Sim>) {
     while let Ok(Some(resp)) = inbound.message().await {
         let now = Instant::now();
         for r in &resp.resources {
-            if r.name == SERVICE && matches!(r.body, Some(Body::Cluster(_))) {
-                *seen[i].lock().unwrap() = (r.version.clone(), Some(now));
+            if let Some(Body::Cluster(c)) = &r.body {
+                let target = sim.target.lock().unwrap().clone();
+                if c.endpoints.iter().any(|e| e.address == target) {
+                    seen[i].lock().unwrap().get_or_insert(now);
+                }
             }
         }
         let is_cluster = resp.type_url == types::CLUSTER;
@@ -229,13 +249,61 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let a = args();
-    rest(
-        &a.api,
-        "PUT",
-        &format!("/v1/services/{SERVICE}"),
-        endpoints(0),
-    )
-    .await;
+    let mut populate_s = 0.0;
+    let mut cp_rss_catalog = 0;
+    match &a.etcd {
+        None => {
+            rest(
+                &a.api,
+                "PUT",
+                &format!("/v1/services/{SERVICE}"),
+                endpoints(0),
+            )
+            .await;
+        }
+        Some(ep) => {
+            // The registry: `instances` records across `services` services, 100 per txn.
+            let t = Instant::now();
+            let mut c = etcd_client::Client::connect([ep.as_str()], None)
+                .await
+                .expect("etcd");
+            let keys: Vec<(String, String)> = (0..a.instances)
+                .map(|j| {
+                    let s = j % a.services;
+                    let key = format!("/presage/services/svc-{s}/i-{}", j / a.services);
+                    let value = format!(
+                        r#"{{"address":"10.1.{}.{}","port":8080,"zone":"z{}","price":0.1,"capacity":100}}"#,
+                        j / 250,
+                        j % 250 + 1,
+                        j % 3
+                    );
+                    (key, value)
+                })
+                .collect();
+            for chunk in keys.chunks(100) {
+                let ops: Vec<etcd_client::TxnOp> = chunk
+                    .iter()
+                    .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
+                    .collect();
+                c.txn(etcd_client::Txn::new().and_then(ops))
+                    .await
+                    .expect("etcd txn");
+            }
+            // Until the control plane serves every service.
+            loop {
+                let v = rest(&a.api, "GET", "/v1/services", String::new()).await;
+                let total: u64 = v.as_array().map_or(0, |l| {
+                    l.iter().filter_map(|s| s["instances"].as_u64()).sum()
+                });
+                if total as usize >= a.instances {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            populate_s = t.elapsed().as_secs_f64();
+            cp_rss_catalog = proc_usage(a.cp_pid).1;
+        }
+    }
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).unwrap();
     for v in [800, 1200, 1500, 2500, 9000] {
         h.record(v).unwrap();
@@ -243,14 +311,11 @@ async fn main() {
     let mut bytes = Vec::new();
     V2Serializer::new().serialize(&h, &mut bytes).unwrap();
     let hist = Arc::new(bytes);
-    let seen: Seen = Arc::new(
-        (0..a.proxies)
-            .map(|_| Mutex::new((String::new(), None)))
-            .collect(),
-    );
+    let seen: Seen = Arc::new((0..a.proxies).map(|_| Mutex::new(None)).collect());
     let reports = Arc::new(AtomicU64::new(0));
     let sim = Arc::new(Sim {
         grpc: a.grpc.clone(),
+        target: Mutex::new(String::new()),
         seen: seen.clone(),
         synced: AtomicUsize::new(0),
         reports: reports.clone(),
@@ -274,21 +339,37 @@ async fn main() {
     let mut lat_ms = Vec::new();
     let mut worst = Vec::new();
     for k in 1..=a.changes {
-        let t0 = Instant::now();
-        let w = rest(
-            &a.api,
-            "PUT",
-            &format!("/v1/services/{SERVICE}"),
-            endpoints(k),
-        )
-        .await;
-        let version = w["version"]
-            .as_str()
-            .expect("PUT answered with a version")
-            .to_string();
+        for s in seen.iter() {
+            *s.lock().unwrap() = None;
+        }
+        let t0;
+        match &a.etcd {
+            None => {
+                *sim.target.lock().unwrap() = format!("10.0.{}.{}:8080", k / 250, k % 250 + 1);
+                t0 = Instant::now();
+                rest(
+                    &a.api,
+                    "PUT",
+                    &format!("/v1/services/{SERVICE}"),
+                    endpoints(k),
+                )
+                .await;
+            }
+            Some(ep) => {
+                // Move instance i-0 of one service to a new address, in etcd.
+                let (ip, port) = (format!("10.9.{}.{}", k / 250, k % 250 + 1), 9000);
+                *sim.target.lock().unwrap() = format!("{ip}:{port}");
+                let mut c = etcd_client::Client::connect([ep.as_str()], None)
+                    .await
+                    .expect("etcd");
+                let key = format!("/presage/services/svc-{}/i-0", k % a.services);
+                let value = format!(r#"{{"address":"{ip}","port":{port},"zone":"z{}"}}"#, k % 3);
+                t0 = Instant::now();
+                c.put(key, value, None).await.expect("etcd put");
+            }
+        }
         loop {
-            let done = seen.iter().all(|s| s.lock().unwrap().0 == version);
-            if done {
+            if seen.iter().all(|s| s.lock().unwrap().is_some()) {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(60) {
@@ -298,7 +379,7 @@ async fn main() {
         }
         let mut this: Vec<f64> = seen
             .iter()
-            .map(|s| (s.lock().unwrap().1.unwrap() - t0).as_secs_f64() * 1000.0)
+            .map(|s| (s.lock().unwrap().unwrap() - t0).as_secs_f64() * 1000.0)
             .collect();
         this.sort_by(f64::total_cmp);
         worst.push(*this.last().unwrap());
@@ -337,6 +418,15 @@ async fn main() {
 
     let mut out = HashMap::new();
     out.insert("proxies", serde_json::json!(a.proxies));
+    if a.etcd.is_some() {
+        out.insert("services", serde_json::json!(a.services));
+        out.insert("instances", serde_json::json!(a.instances));
+        out.insert("etcd_to_cp_all_instances_s", serde_json::json!(populate_s));
+        out.insert(
+            "cp_rss_with_catalog_mib",
+            serde_json::json!(cp_rss_catalog as f64 / 1048576.0),
+        );
+    }
     out.insert("connect_all_s", serde_json::json!(connect_secs));
     out.insert("converge_p50_ms", serde_json::json!(pct(&lat_ms, 0.5)));
     out.insert("converge_p99_ms", serde_json::json!(pct(&lat_ms, 0.99)));

@@ -115,6 +115,51 @@ impl Resources {
         Ok(true)
     }
 
+    /// Stores and publishes several resources at once: one transaction, one new
+    /// snapshot. Returns how many changed (unchanged ones are skipped).
+    pub async fn put_many(&self, resources: Vec<Resource>) -> Result<usize, StoreError> {
+        let _w = self.writer.lock().await;
+        let current = self.snapshot();
+        let changed: Vec<Resource> = resources
+            .into_iter()
+            .filter(|r| {
+                let Some(t) = r.body.as_ref().map(|b| b.type_url()) else {
+                    return false;
+                };
+                current
+                    .get(t)
+                    .and_then(|s| s.items.get(&r.name))
+                    .is_none_or(|old| old.version != r.version)
+            })
+            .collect();
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        let batch = changed.clone();
+        blocking(move || store.put_many(&batch)).await?;
+        let n = changed.len();
+        let mut types = current.types.clone();
+        let mut touched = std::collections::BTreeSet::new();
+        for r in changed {
+            let t = r
+                .body
+                .as_ref()
+                .map(|b| b.type_url())
+                .expect("filtered above");
+            Arc::make_mut(types.entry(t).or_default())
+                .items
+                .insert(r.name.clone(), r);
+            touched.insert(t);
+        }
+        for t in touched {
+            let state = Arc::make_mut(types.entry(t).or_default());
+            state.version = type_version(&state.items);
+        }
+        self.tx.send_replace(Arc::new(Snapshot { types }));
+        Ok(n)
+    }
+
     /// Deletes a resource and publishes the removal. Returns whether it existed.
     pub async fn delete(&self, type_url: &'static str, name: &str) -> Result<bool, StoreError> {
         let _w = self.writer.lock().await;

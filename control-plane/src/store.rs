@@ -78,15 +78,22 @@ impl Store {
 
     /// Writes (or overwrites) one resource, durably.
     pub fn put(&self, resource: &Resource) -> Result<(), StoreError> {
-        let Some(body) = &resource.body else {
-            return Ok(());
-        };
-        let k = key(body.type_url(), &resource.name);
+        self.put_many(std::slice::from_ref(resource))
+    }
+
+    /// Writes several resources in one transaction (one fsync): all or none.
+    pub fn put_many(&self, resources: &[Resource]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(redb::Error::from)?;
         {
             let mut t = tx.open_table(RESOURCES).map_err(redb::Error::from)?;
-            t.insert(k.as_str(), resource.encode_to_vec().as_slice())
-                .map_err(redb::Error::from)?;
+            for resource in resources {
+                let Some(body) = &resource.body else {
+                    continue;
+                };
+                let k = key(body.type_url(), &resource.name);
+                t.insert(k.as_str(), resource.encode_to_vec().as_slice())
+                    .map_err(redb::Error::from)?;
+            }
         }
         tx.commit().map_err(redb::Error::from)?;
         Ok(())

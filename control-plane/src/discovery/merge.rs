@@ -2,13 +2,14 @@
 //! everything else (protocol, load balancer, timeouts) from the cluster already stored,
 //! so an operator's `PUT /v1/services/{name}` settings survive discovery.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use presage_api::resource::Body;
 use presage_api::{types, Cluster, Resource};
 use tokio::sync::mpsc;
 
-use super::Update;
+use super::{Instance, Update};
 use crate::metrics::{Metrics, RegistryLabels};
 use crate::resources::Resources;
 use crate::validate;
@@ -19,80 +20,99 @@ pub struct Merger {
     pub metrics: Arc<Metrics>,
 }
 
+/// Most updates coalesced into one store transaction and one push.
+const MAX_BATCH: usize = 4096;
+
 impl Merger {
-    /// Applies updates until every backend is gone.
+    /// Applies updates until every backend is gone. Updates waiting in the channel are
+    /// taken together: the latest list per service wins, and all changed clusters are
+    /// stored in one transaction and pushed as one snapshot (a registry listing 10,000
+    /// instances costs one commit, not 10,000).
     pub async fn run(self, mut rx: mpsc::Receiver<Update>) {
-        while let Some(u) = rx.recv().await {
-            self.apply(u).await;
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.apply_all(std::mem::take(&mut batch)).await;
         }
     }
 
+    /// Applies one update.
     pub async fn apply(&self, update: Update) {
-        match update {
-            Update::Status {
-                registry,
-                up,
-                error,
-            } => {
-                let labels = RegistryLabels { registry };
-                self.metrics
-                    .discovery_up
-                    .get_or_create(&labels)
-                    .set(i64::from(up));
-                if let Some(e) = error {
-                    self.metrics.discovery_errors.get_or_create(&labels).inc();
-                    tracing::warn!(registry, error = %e, "registry unreachable; keeping the last known endpoints");
+        self.apply_all(vec![update]).await;
+    }
+
+    /// Applies updates in order; service lists are coalesced per service.
+    pub async fn apply_all(&self, updates: Vec<Update>) {
+        let mut services: BTreeMap<String, (&'static str, Vec<Instance>)> = BTreeMap::new();
+        for update in updates {
+            match update {
+                Update::Status {
+                    registry,
+                    up,
+                    error,
+                } => {
+                    let labels = RegistryLabels { registry };
+                    self.metrics
+                        .discovery_up
+                        .get_or_create(&labels)
+                        .set(i64::from(up));
+                    if let Some(e) = error {
+                        self.metrics.discovery_errors.get_or_create(&labels).inc();
+                        tracing::warn!(registry, error = %e, "registry unreachable; keeping the last known endpoints");
+                    }
                 }
-            }
-            Update::Skipped { registry } => {
-                self.metrics
-                    .discovery_skipped
-                    .get_or_create(&RegistryLabels { registry })
-                    .inc();
-            }
-            Update::Service {
-                registry,
-                service,
-                mut instances,
-            } => {
-                let snap = self.resources.snapshot();
-                let stored = snap
-                    .get(types::CLUSTER)
-                    .and_then(|s| s.items.get(&service))
-                    .and_then(|r| match &r.body {
-                        Some(Body::Cluster(c)) => Some(c.clone()),
-                        _ => None,
-                    });
-                if stored.is_none() && instances.is_empty() {
-                    return;
-                }
-                instances.sort_by(|a, b| a.id.cmp(&b.id));
-                let mut cluster = stored.unwrap_or_else(|| Cluster {
-                    name: service.clone(),
-                    ..Default::default()
-                });
-                cluster.endpoints = instances.iter().map(|i| i.endpoint()).collect();
-                let errors = validate::cluster(&cluster);
-                if let Some(e) = errors.first() {
-                    tracing::warn!(registry, service = %service, field = %e.field, message = %e.message, "discovered service skipped");
+                Update::Skipped { registry } => {
                     self.metrics
                         .discovery_skipped
                         .get_or_create(&RegistryLabels { registry })
                         .inc();
-                    return;
                 }
-                self.metrics
-                    .discovery_updates
-                    .get_or_create(&RegistryLabels { registry })
-                    .inc();
-                if let Err(e) = self
-                    .resources
-                    .put(Resource::new(service.clone(), Body::Cluster(cluster)))
-                    .await
-                {
-                    tracing::error!(registry, service = %service, error = %e, "storing a discovered service failed");
+                Update::Service {
+                    registry,
+                    service,
+                    instances,
+                } => {
+                    services.insert(service, (registry, instances));
                 }
             }
+        }
+        if services.is_empty() {
+            return;
+        }
+        let snap = self.resources.snapshot();
+        let mut writes = Vec::new();
+        for (service, (registry, mut instances)) in services {
+            let stored = snap
+                .get(types::CLUSTER)
+                .and_then(|s| s.items.get(&service))
+                .and_then(|r| match &r.body {
+                    Some(Body::Cluster(c)) => Some(c.clone()),
+                    _ => None,
+                });
+            if stored.is_none() && instances.is_empty() {
+                continue;
+            }
+            instances.sort_by(|a, b| a.id.cmp(&b.id));
+            let mut cluster = stored.unwrap_or_else(|| Cluster {
+                name: service.clone(),
+                ..Default::default()
+            });
+            cluster.endpoints = instances.iter().map(|i| i.endpoint()).collect();
+            if let Some(e) = validate::cluster(&cluster).first() {
+                tracing::warn!(registry, service = %service, field = %e.field, message = %e.message, "discovered service skipped");
+                self.metrics
+                    .discovery_skipped
+                    .get_or_create(&RegistryLabels { registry })
+                    .inc();
+                continue;
+            }
+            self.metrics
+                .discovery_updates
+                .get_or_create(&RegistryLabels { registry })
+                .inc();
+            writes.push(Resource::new(service, Body::Cluster(cluster)));
+        }
+        if let Err(e) = self.resources.put_many(writes).await {
+            tracing::error!(error = %e, "storing discovered services failed; the next update retries");
         }
     }
 }
