@@ -28,7 +28,7 @@ use presage_api::resource::Body;
 use presage_api::telemetry_client::TelemetryClient;
 use presage_api::{types, DiscoveryRequest, LoadReport, Node, ServiceLoad};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 const SERVICE: &str = "bench";
 /// Requests each simulated report claims, so ingested reports = requests / this.
@@ -140,6 +140,8 @@ struct Sim {
     interval: Duration,
     hist: Arc<Vec<u8>>,
     gate: Semaphore,
+    /// Clusters a proxy must have before it counts as synced.
+    expect_clusters: usize,
 }
 
 async fn proxy(i: usize, sim: Arc<Sim>) {
@@ -152,6 +154,7 @@ async fn proxy(i: usize, sim: Arc<Sim>) {
         hist,
         gate,
         target: _,
+        expect_clusters: _,
     } = &*sim;
     let (grpc, interval, hist) = (grpc.clone(), *interval, hist.clone());
     let permit = gate.acquire().await.unwrap();
@@ -162,7 +165,8 @@ async fn proxy(i: usize, sim: Arc<Sim>) {
         .await
         .expect("connect to the control plane");
     let mut disco = DiscoveryClient::new(channel.clone());
-    let (tx, rx) = mpsc::channel(8);
+    // Unbounded, as in the proxy: ACKs never wait (see proxy/src/xds.rs).
+    let (tx, rx) = mpsc::unbounded_channel();
     let node = Node {
         id: format!("sim-{i}"),
         ..Default::default()
@@ -173,11 +177,10 @@ async fn proxy(i: usize, sim: Arc<Sim>) {
             type_url: t.into(),
             ..Default::default()
         })
-        .await
         .unwrap();
     }
     let mut inbound = disco
-        .stream(ReceiverStream::new(rx))
+        .stream(UnboundedReceiverStream::new(rx))
         .await
         .expect("discovery stream")
         .into_inner();
@@ -217,10 +220,12 @@ async fn proxy(i: usize, sim: Arc<Sim>) {
         let _ = tele.report(stream).await;
     });
     let mut first = true;
+    let mut clusters = std::collections::HashSet::new();
     while let Ok(Some(resp)) = inbound.message().await {
         let now = Instant::now();
         for r in &resp.resources {
             if let Some(Body::Cluster(c)) = &r.body {
+                clusters.insert(r.name.clone());
                 let target = sim.target.lock().unwrap().clone();
                 if c.endpoints.iter().any(|e| e.address == target) {
                     seen[i].lock().unwrap().get_or_insert(now);
@@ -228,14 +233,13 @@ async fn proxy(i: usize, sim: Arc<Sim>) {
             }
         }
         let is_cluster = resp.type_url == types::CLUSTER;
-        let _ = tx
-            .send(DiscoveryRequest {
-                type_url: resp.type_url,
-                response_nonce: resp.nonce,
-                ..Default::default()
-            })
-            .await;
-        if first && is_cluster {
+        let _ = tx.send(DiscoveryRequest {
+            type_url: resp.type_url,
+            response_nonce: resp.nonce,
+            ..Default::default()
+        });
+        // Synced once every expected cluster arrived (a big first sync comes in chunks).
+        if first && is_cluster && clusters.len() >= sim.expect_clusters {
             first = false;
             synced.fetch_add(1, Ordering::Relaxed);
         }
@@ -323,6 +327,7 @@ async fn main() {
         hist,
         // Connect in waves, as a rollout would, rather than 10,000 SYNs at once.
         gate: Semaphore::new(256),
+        expect_clusters: if a.etcd.is_some() { a.services } else { 1 },
     });
     let t_connect = Instant::now();
     let (cpu0, _, _) = proc_usage(a.cp_pid);

@@ -28,6 +28,7 @@ cp=$!
 for _ in $(seq 100); do grep -q '^presage: ready' "$work/cp.out" 2>/dev/null && break; sleep 0.1; done
 grpc=$(sed -n 's/^presage: grpc on //p' "$work/cp.out")
 api=$(sed -n 's/^presage: api on //p' "$work/cp.out")
+[ -n "${PERF:-}" ] && (perf record -F 499 -g -p "$cp" -o "$PERF" -- sleep 40 >/dev/null 2>&1 &)
 taskset -c 0 target/release/examples/xds_sim --grpc "http://$grpc" --api "$api" --cp-pid "$cp" \
   --proxies "$proxies" --changes 20 --telemetry-secs 3 \
   --etcd "127.0.0.1:$cport" --services "$services" --instances "$instances"

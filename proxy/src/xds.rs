@@ -15,7 +15,7 @@ use std::sync::Arc;
 use presage_api::discovery_client::DiscoveryClient;
 use presage_api::{types, DiscoveryRequest, DiscoveryResponse, ErrorDetail};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::config::{self, ControlPlaneSpec};
 use crate::control_plane::{connect, Backoff, ClientError};
@@ -57,7 +57,10 @@ async fn session(
 ) -> Result<(), ClientError> {
     let channel = connect(spec).await?;
     let mut client = DiscoveryClient::new(channel);
-    let (tx, rx) = mpsc::channel(types::ALL.len() + 4);
+    // Unbounded: ACKs must never wait. A bounded queue deadlocks when the control plane
+    // sends more responses than the queue holds before it reads ACKs again (each side
+    // waiting for the other to read); requests are tiny and one per response.
+    let (tx, rx) = mpsc::unbounded_channel();
     {
         let dynamic = shared.dynamic.lock().expect("dynamic lock poisoned");
         for (i, t) in types::ALL.into_iter().enumerate() {
@@ -67,10 +70,13 @@ async fn session(
                 initial_resource_versions: dynamic.versions(t).into_iter().collect(),
                 ..Default::default()
             };
-            tx.try_send(req).map_err(|_| ClientError::Closed)?;
+            tx.send(req).map_err(|_| ClientError::Closed)?;
         }
     }
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client
+        .stream(UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
     shared.xds.connected.store(true, Ordering::Relaxed);
     tracing::info!(address = %spec.address, "connected to the control plane");
     while let Some(response) = inbound.message().await? {
@@ -93,7 +99,7 @@ async fn session(
             error_detail,
             ..Default::default()
         };
-        tx.send(ack).await.map_err(|_| ClientError::Closed)?;
+        tx.send(ack).map_err(|_| ClientError::Closed)?;
     }
     Ok(())
 }
