@@ -377,3 +377,48 @@ async fn the_api_names_bad_fields_and_documents_itself() {
     }
     assert!(doc["components"]["schemas"]["Cluster"].is_object());
 }
+
+#[tokio::test]
+async fn endpoint_health_combines_the_registry_with_the_proxies_ejections() {
+    let dir = TempDir::new();
+    let (a, b) = (Upstream::spawn("a").await, Upstream::spawn("b").await);
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, None).await;
+    cp.put("/v1/services/web", &service_json(&[a.addr, b.addr]))
+        .await;
+    cp.put("/v1/routes/all", r#"{"cluster":"web"}"#).await;
+    let mut proxy = proxy_for(&cp, "p1").await;
+    line(&mut proxy, "presage: synced with the control plane").await;
+    let instances = cp.get("/v1/services/web/instances").await;
+    assert!(
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["healthy"] == true),
+        "{instances}"
+    );
+
+    // b dies: the proxy's outlier detection ejects it, and says so in its next report.
+    b.kill();
+    let c = h1_client();
+    wait_until(Duration::from_secs(10), || async {
+        let _ = c.get(proxy.url("/").parse().unwrap()).await;
+        let v = cp.get("/v1/services/web/instances").await;
+        let b_view = v
+            .as_array()?
+            .iter()
+            .find(|i| i["address"] == b.addr.to_string())?
+            .clone();
+        (b_view["healthy"] == false).then_some(())
+    })
+    .await
+    .expect("the control plane learnt that p1 ejected b");
+    let v = cp.get("/v1/services/web/instances").await;
+    for i in v.as_array().unwrap() {
+        if i["address"] == b.addr.to_string() {
+            assert_eq!(i["ejected_by"], serde_json::json!(["p1"]), "{v}");
+        } else {
+            assert_eq!(i["healthy"], true, "{v}");
+        }
+    }
+}

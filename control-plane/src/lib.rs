@@ -23,6 +23,7 @@ pub mod behaviour;
 pub mod config;
 pub mod discovery;
 pub mod forecast;
+pub mod health;
 pub mod load;
 pub mod metrics;
 pub mod proxies;

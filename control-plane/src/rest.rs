@@ -35,6 +35,7 @@ pub struct Api {
     pub profiler: Arc<Mutex<Profiler>>,
     /// The control plane's Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    pub ejections: Arc<crate::health::Ejections>,
 }
 
 #[derive(OpenApi)]
@@ -68,6 +69,7 @@ pub struct Api {
         presage_api::HeaderMatch,
         QosProfile,
         ServiceSummary,
+        InstanceView,
         LoadView,
         Point,
         ProxyStatus,
@@ -361,14 +363,41 @@ async fn delete_service(
     remove(&api, types::CLUSTER, "service", &name).await
 }
 
-#[utoipa::path(get, path = "/v1/services/{name}/instances", responses((status = 200, body = [Endpoint]), (status = 404, body = ApiError)))]
+/// An instance of a service and its health.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstanceView {
+    pub address: String,
+    pub weight: u32,
+    pub metadata: std::collections::HashMap<String, String>,
+    /// Listed by the registry (live, passing) and ejected by no proxy.
+    pub healthy: bool,
+    /// Proxies whose outlier detection has this instance ejected now.
+    pub ejected_by: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/v1/services/{name}/instances", responses((status = 200, body = [InstanceView]), (status = 404, body = ApiError)))]
 async fn service_instances(
     State(api): State<Api>,
     Path(name): Path<String>,
-) -> Result<Json<Vec<Endpoint>>, ApiError> {
-    get_service(State(api), Path(name))
-        .await
-        .map(|c| Json(c.0.endpoints))
+) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    let cluster = item(&api, types::CLUSTER, &name, cluster)
+        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))?;
+    let now = crate::time::unix_ms();
+    let views = cluster
+        .endpoints
+        .into_iter()
+        .map(|e| {
+            let ejected_by = api.ejections.ejected_by(&name, &e.address, now);
+            InstanceView {
+                healthy: ejected_by.is_empty(),
+                ejected_by,
+                address: e.address,
+                weight: e.weight,
+                metadata: e.metadata,
+            }
+        })
+        .collect();
+    Ok(Json(views))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

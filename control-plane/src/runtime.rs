@@ -132,10 +132,12 @@ pub async fn run(
         resources: resources.clone(),
         proxies: proxies.clone(),
     };
+    let ejections = Arc::new(crate::health::Ejections::default());
     let telemetry = TelemetryService {
         load: load.clone(),
         proxies: proxies.clone(),
         profiler: profiler.clone(),
+        ejections: ejections.clone(),
     };
     // Discovery: every backend feeds one merger, which owns writes of discovered clusters.
     let (updates, updates_rx) = tokio::sync::mpsc::channel(1024);
@@ -162,6 +164,7 @@ pub async fn run(
         load: load.clone(),
         profiler,
         metrics: Arc::new(registry),
+        ejections,
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -8,6 +8,7 @@ use presage_api::{LoadReport, ReportSummary};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::behaviour::Profiler;
+use crate::health::Ejections;
 use crate::load::Load;
 use crate::proxies::Proxies;
 
@@ -16,6 +17,7 @@ pub struct TelemetryService {
     pub load: Arc<Load>,
     pub proxies: Arc<Proxies>,
     pub profiler: Arc<Mutex<Profiler>>,
+    pub ejections: Arc<Ejections>,
 }
 
 impl TelemetryService {
@@ -32,6 +34,8 @@ impl TelemetryService {
         }
         if !node.is_empty() {
             self.proxies.reported(node, report.dropped_reports);
+            self.ejections
+                .record(node, crate::time::unix_ms(), &report.ejected);
         }
     }
 }

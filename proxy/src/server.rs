@@ -55,7 +55,26 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     let _watcher = path.map(|p| reload::watch(shared.clone(), p)).transpose()?;
     if let (Some(spec), Some(t)) = (control_plane, shared.telemetry.clone()) {
         tokio::spawn(xds::run(shared.clone(), spec, t.node.clone()));
-        tokio::spawn(telemetry::collect_loop(t.clone(), shared.metrics.clone()));
+        let live = shared.live.clone();
+        let ejected = move || {
+            let rt = live.load();
+            let now = crate::outlier::now_ms();
+            let mut out = Vec::new();
+            for (name, c) in &rt.clusters {
+                for ep in c.endpoints.iter().filter(|e| e.outlier.is_ejected(now)) {
+                    out.push(presage_api::EjectedEndpoint {
+                        service: name.clone(),
+                        address: ep.spec.authority.to_string(),
+                    });
+                }
+            }
+            out
+        };
+        tokio::spawn(telemetry::collect_loop(
+            t.clone(),
+            shared.metrics.clone(),
+            ejected,
+        ));
         tokio::spawn(telemetry::send_loop(t));
     }
 

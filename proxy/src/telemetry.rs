@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::serialization::{Serializer as _, V2Serializer};
 use presage_api::telemetry_client::TelemetryClient;
-use presage_api::{LoadReport, Node, ServiceLoad, Transition};
+use presage_api::{EjectedEndpoint, LoadReport, Node, ServiceLoad, Transition};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
@@ -116,7 +116,8 @@ impl Telemetry {
     }
 
     /// Builds this interval's report and queues it, dropping the oldest when full.
-    pub fn collect(&self, loads: &ServiceLoads, interval: Duration) {
+    /// `ejected` lists the endpoints outlier detection has out of rotation now.
+    pub fn collect(&self, loads: &ServiceLoads, ejected: Vec<EjectedEndpoint>, interval: Duration) {
         let mut services = Vec::new();
         let mut ser = V2Serializer::new();
         for t in loads.take() {
@@ -136,7 +137,7 @@ impl Telemetry {
         }
         let transitions =
             std::mem::take(&mut self.users.lock().expect("users lock poisoned").transitions);
-        if services.is_empty() && transitions.is_empty() {
+        if services.is_empty() && transitions.is_empty() && ejected.is_empty() {
             return;
         }
         let report = LoadReport {
@@ -146,6 +147,7 @@ impl Telemetry {
             services,
             transitions,
             dropped_reports: 0,
+            ejected,
         };
         let mut q = self.queue.lock().expect("queue lock poisoned");
         if q.len() >= self.spec.max_buffered_reports {
@@ -175,15 +177,20 @@ impl Telemetry {
     }
 }
 
-/// Collects a report every interval, forever.
-pub async fn collect_loop(telemetry: Arc<Telemetry>, metrics: Arc<crate::metrics::Metrics>) {
+/// Collects a report every interval, forever. `ejected` is asked for the endpoints
+/// outlier detection has out of rotation at that moment.
+pub async fn collect_loop(
+    telemetry: Arc<Telemetry>,
+    metrics: Arc<crate::metrics::Metrics>,
+    ejected: impl Fn() -> Vec<EjectedEndpoint> + Send + 'static,
+) {
     let every = telemetry.spec.report_interval;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        telemetry.collect(&metrics.service_load, every);
+        telemetry.collect(&metrics.service_load, ejected(), every);
     }
 }
 

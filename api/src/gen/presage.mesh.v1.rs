@@ -330,6 +330,18 @@ pub struct LoadReport {
     /// Reports the proxy dropped before this one because the stream was slow (cumulative).
     #[prost(uint64, tag = "6")]
     pub dropped_reports: u64,
+    /// Endpoints this proxy's outlier detection has ejected right now (usually none).
+    #[prost(message, repeated, tag = "7")]
+    pub ejected: ::prost::alloc::vec::Vec<EjectedEndpoint>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EjectedEndpoint {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    /// host:port, as in the cluster.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
 }
 /// Load on one upstream service under one QoS profile during the interval.
 #[allow(clippy::all)]
