@@ -9,10 +9,12 @@ use std::sync::Mutex;
 /// reporting (no traffic, or gone) must not keep an endpoint marked down.
 const STALE_MS: i64 = 10_000;
 
+/// A proxy's last report: when, and the (service, address) pairs it had ejected.
+type Report = (i64, Vec<(String, String)>);
+
 #[derive(Debug, Default)]
 pub struct Ejections {
-    /// node id -> (report time, ejected (service, address) pairs)
-    by_proxy: Mutex<HashMap<String, (i64, Vec<(String, String)>)>>,
+    by_proxy: Mutex<HashMap<String, Report>>,
 }
 
 impl Ejections {
