@@ -22,6 +22,8 @@ pub mod defaults {
     pub const STORE: &str = ".presage/control-plane.redb";
     /// How often load histories are saved to the store.
     pub const SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+    /// How often forecasts are refreshed: a quarter of their one-minute horizon.
+    pub const FORECAST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +34,8 @@ struct Raw {
     store: Option<PathBuf>,
     #[serde(default, with = "humantime_opt")]
     snapshot_interval: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    forecast_interval: Option<Duration>,
     #[serde(default)]
     services: Vec<Cluster>,
     #[serde(default)]
@@ -59,6 +63,8 @@ pub struct Config {
     /// Relative paths are taken from the config file's directory.
     pub store: PathBuf,
     pub snapshot_interval: Duration,
+    /// How often each service's forecast is recomputed and pushed.
+    pub forecast_interval: Duration,
     pub services: Vec<Cluster>,
     pub routes: Vec<Route>,
     pub qos_profiles: Vec<QosProfile>,
@@ -74,6 +80,7 @@ impl Default for Config {
             api: defaults::API.parse().expect("valid default"),
             store: defaults::STORE.into(),
             snapshot_interval: defaults::SNAPSHOT_INTERVAL,
+            forecast_interval: defaults::FORECAST_INTERVAL,
             services: Vec::new(),
             routes: Vec::new(),
             qos_profiles: Vec::new(),
@@ -182,6 +189,10 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         api: raw.api.unwrap_or(d.api),
         store: raw.store.unwrap_or(d.store),
         snapshot_interval: raw.snapshot_interval.unwrap_or(d.snapshot_interval),
+        forecast_interval: raw
+            .forecast_interval
+            .unwrap_or(d.forecast_interval)
+            .max(Duration::from_secs(1)),
         services: raw.services,
         routes: raw.routes,
         qos_profiles: raw.qos_profiles,

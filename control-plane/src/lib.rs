@@ -10,6 +10,8 @@
 //!   calibrated intervals; `load`: per-service load history from telemetry.
 //! - `resources`: what is served to proxies (store-backed snapshot + watch); `proxies`:
 //!   who is connected and what they ACKed; `validate`: field-level checks of resources.
+//! - `predict`: forecasts each service's request rate from its load history and
+//!   publishes them as `Forecast` resources.
 //! - `discovery`: instances from registries (etcd, static), merged into clusters.
 //! - `runtime::run` starts the gRPC server (discovery and telemetry streams, see
 //!   `api/README.md`), the REST API with `/openapi.json`, and the periodic store save.
@@ -26,6 +28,7 @@ pub mod forecast;
 pub mod health;
 pub mod load;
 pub mod metrics;
+pub mod predict;
 pub mod proxies;
 pub mod resources;
 pub mod rest;

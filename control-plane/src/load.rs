@@ -203,6 +203,12 @@ impl Load {
         f(None)
     }
 
+    /// Names of every service with a history.
+    pub fn services(&self) -> Vec<String> {
+        let map = self.services.lock().expect("load lock poisoned");
+        map.keys().cloned().collect()
+    }
+
     /// Lifetime totals per service: (requests, errors).
     pub fn totals(&self) -> HashMap<String, (u64, u64)> {
         let map = self.services.lock().expect("load lock poisoned");

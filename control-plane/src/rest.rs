@@ -51,6 +51,7 @@ pub struct Api {
         delete_service,
         service_instances,
         service_load,
+        service_forecast,
         list_routes,
         get_route,
         put_route,
@@ -70,6 +71,8 @@ pub struct Api {
         QosProfile,
         ServiceSummary,
         InstanceView,
+        presage_api::Forecast,
+        presage_api::ForecastPoint,
         LoadView,
         Point,
         ProxyStatus,
@@ -93,6 +96,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/services/{name}/instances", get(service_instances))
         .route("/v1/services/{name}/load", get(service_load))
+        .route("/v1/services/{name}/forecast", get(service_forecast))
         .route("/v1/routes", get(list_routes))
         .route(
             "/v1/routes/{name}",
@@ -283,6 +287,12 @@ fn cluster(b: &Body) -> Option<&Cluster> {
         _ => None,
     }
 }
+fn forecast(b: &Body) -> Option<&presage_api::Forecast> {
+    match b {
+        Body::Forecast(f) => Some(f),
+        _ => None,
+    }
+}
 fn route(b: &Body) -> Option<&Route> {
     match b {
         Body::Route(r) => Some(r),
@@ -446,6 +456,21 @@ async fn service_load(
         },
     });
     Ok(Json(view))
+}
+
+#[utoipa::path(get, path = "/v1/services/{name}/forecast",
+    responses((status = 200, body = presage_api::Forecast), (status = 404, body = ApiError)))]
+async fn service_forecast(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<presage_api::Forecast>, ApiError> {
+    item(&api, types::FORECAST, &name, forecast)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no forecast for {name:?} yet (it needs about half a minute of telemetry)"
+            ))
+        })
 }
 
 // === routes ===

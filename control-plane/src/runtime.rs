@@ -158,6 +158,11 @@ pub async fn run(
         ));
     }
     drop(updates);
+    tokio::spawn(crate::predict::run(
+        load.clone(),
+        resources.clone(),
+        cfg.forecast_interval,
+    ));
     let api = Api {
         resources,
         proxies,
