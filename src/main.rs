@@ -309,6 +309,8 @@ fn control_plane(args: ControlPlaneArgs) -> ExitCode {
     if let Some(s) = args.store {
         cfg.store = s;
     }
+    // Multi-thread even on one CPU (as measured in bench/RESULTS.md): model fitting and
+    // store commits run on blocking threads beside the streams.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -354,17 +356,10 @@ fn proxy(args: ProxyArgs) -> ExitCode {
     serve(config, path, args.workers)
 }
 
-/// Runs a proxy on its own runtime sized by `workers`, then the config, then the CPUs.
-pub(crate) fn serve(
-    config: config::Config,
-    path: Option<PathBuf>,
-    workers: Option<usize>,
-) -> ExitCode {
-    let workers = workers
-        .or(config.workers)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // One worker: a current-thread runtime, one event loop with no work stealing or
-    // cross-thread wake-ups (as an nginx worker). More: tokio's multi-thread scheduler.
+/// A tokio runtime with `workers` threads; one worker is a current-thread runtime (one
+/// event loop with no work stealing or cross-thread wake-ups, as an nginx worker). The
+/// error is printed and becomes the exit code.
+pub(crate) fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     let built = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -375,12 +370,24 @@ pub(crate) fn serve(
             .enable_all()
             .build()
     };
-    let rt = match built {
+    built.map_err(|e| {
+        eprintln!("cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs a proxy on its own runtime sized by `workers`, then the config, then the CPUs.
+pub(crate) fn serve(
+    config: config::Config,
+    path: Option<PathBuf>,
+    workers: Option<usize>,
+) -> ExitCode {
+    let workers = workers
+        .or(config.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = match runtime(workers) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(presage_proxy::server::run(config, path)) {
         Ok(()) => ExitCode::SUCCESS,

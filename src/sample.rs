@@ -43,16 +43,9 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(1) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let tcp = match tokio::net::TcpListener::bind(args.listen).await {

@@ -37,15 +37,9 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(crate::EX_USAGE);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(1) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let mut parts = Vec::new();
