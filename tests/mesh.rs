@@ -422,3 +422,25 @@ async fn endpoint_health_combines_the_registry_with_the_proxies_ejections() {
         }
     }
 }
+
+#[tokio::test]
+async fn ready_waits_for_the_first_resources_from_the_control_plane() {
+    // Nothing listens here: the proxy cannot sync, so it must not claim to be ready.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: http://{unused}\n  initial_fetch_timeout: 60s\n"
+    )))
+    .await;
+    let (status, body) = proxy.admin_get("/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("waiting for the control plane"), "{body}");
+
+    let dir = TempDir::new();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, None).await;
+    let mut proxy = proxy_for(&cp, "p1").await;
+    line(&mut proxy, "presage: synced with the control plane").await;
+    assert_eq!(proxy.admin_get("/ready").await.0, StatusCode::OK);
+}

@@ -56,12 +56,11 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "text/plain",
                     "draining\n".into(),
                 )
-            } else if let Some(t) = shared
+            } else if shared
                 .telemetry
                 .as_ref()
-                .filter(|t| !shared.xds.ready(t.spec.initial_fetch_timeout))
+                .is_some_and(|t| !shared.xds.ready(t.spec.initial_fetch_timeout))
             {
-                let _ = t;
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",

@@ -9,8 +9,13 @@
 //! all the problems it finds, not just the first. This module does no I/O beyond reading the
 //! files the config names (TLS PEMs); swapping a config in is `reload`'s job.
 
+mod control_plane;
 pub mod dynamic;
+mod one_liner;
 pub mod raw;
+
+pub use control_plane::default_node_id;
+pub use one_liner::one_liner;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -238,17 +243,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// `hostname-pid`: unique per proxy process on a machine and readable in `/v1/proxies`.
-pub fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "proxy".into());
-    format!("{host}-{}", std::process::id())
-}
 
 // === loading ===
 
@@ -484,68 +478,6 @@ impl Builder<'_> {
                 .as_ref()
                 .and_then(|c| self.control_plane(c)),
         }
-    }
-
-    fn control_plane(&mut self, c: &raw::RawControlPlane) -> Option<ControlPlaneSpec> {
-        let address = match c.address.value.parse::<http::Uri>() {
-            // Plaintext gRPC only for now: the mesh runs it on loopback or a private network.
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => u,
-            _ => {
-                self.err(
-                    c.address.referenced,
-                    "control_plane.address",
-                    format!(
-                        "expected a URL like http://127.0.0.1:9902 (TLS to the control plane is not supported yet), found {:?}",
-                        c.address.value
-                    ),
-                );
-                return None;
-            }
-        };
-        let rate = c.transition_sample_rate.as_ref().map_or(1.0, |r| {
-            if !(0.0..=1.0).contains(&r.value) {
-                self.err(
-                    r.referenced,
-                    "control_plane.transition_sample_rate",
-                    format!("expected a fraction in 0..=1, found {}", r.value),
-                );
-            }
-            r.value
-        });
-        let buffered =
-            c.max_buffered_reports
-                .as_ref()
-                .map_or(defaults::MAX_BUFFERED_REPORTS, |b| {
-                    if b.value == 0 {
-                        self.err(
-                            b.referenced,
-                            "control_plane.max_buffered_reports",
-                            "expected at least 1, found 0",
-                        );
-                    }
-                    b.value.max(1)
-                });
-        Some(ControlPlaneSpec {
-            address,
-            node_id: c.node_id.clone().unwrap_or_else(default_node_id),
-            service: c.service.clone().unwrap_or_default(),
-            report_interval: c
-                .report_interval
-                .as_ref()
-                .map_or(defaults::REPORT_INTERVAL, |d| {
-                    d.0.max(Duration::from_millis(10))
-                }),
-            user_header: c.user_header.as_ref().map_or_else(
-                || http::HeaderName::from_static(defaults::USER_HEADER),
-                |h| h.0.clone(),
-            ),
-            transition_sample_rate: rate,
-            max_buffered_reports: buffered,
-            initial_fetch_timeout: c
-                .initial_fetch_timeout
-                .as_ref()
-                .map_or(defaults::INITIAL_FETCH_TIMEOUT, |d| d.0),
-        })
     }
 
     fn listeners(&mut self, raw: &RawConfig) -> Vec<Listener> {
@@ -790,47 +722,6 @@ impl Builder<'_> {
         }
         out
     }
-}
-
-/// The YAML for `presage proxy --listen ADDR --to URL`: the one-liner goes through the same
-/// parser and validation as a file.
-pub fn one_liner(
-    listen: SocketAddr,
-    to: &http::Uri,
-    admin: Option<SocketAddr>,
-) -> Result<String, String> {
-    let authority = to
-        .authority()
-        .ok_or_else(|| format!("--to {to}: expected a URL like http://127.0.0.1:8080"))?;
-    let scheme = to.scheme_str().unwrap_or("http");
-    let port = authority
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    let tls = match scheme {
-        "http" => "",
-        "https" => "\n    tls: {}",
-        other => {
-            return Err(format!(
-                "--to {to}: unsupported scheme {other:?}, expected http or https"
-            ))
-        }
-    };
-    let mut yaml = format!("listeners:\n  - name: main\n    address: \"{listen}\"\n");
-    if let Some(a) = admin {
-        yaml.push_str(&format!("admin:\n  address: \"{a}\"\n"));
-    }
-    let rewrite = match to.path() {
-        "" | "/" => String::new(),
-        p => format!(
-            "\n    match: {{ path: {{ prefix: / }} }}\n    rewrite: {{ prefix: \"{}/\" }}",
-            p.trim_end_matches('/')
-        ),
-    };
-    yaml.push_str(&format!(
-        "routes:\n  - name: default\n    cluster: upstream{rewrite}\nclusters:\n  - name: upstream{tls}\n    endpoints:\n      - address: \"{}:{port}\"\n",
-        authority.host()
-    ));
-    Ok(yaml)
 }
 
 #[cfg(test)]
