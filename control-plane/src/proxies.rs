@@ -23,6 +23,8 @@ pub struct ProxyStatus {
     pub address: String,
     pub connected: bool,
     pub connected_unix_ms: i64,
+    /// When the discovery stream ended (None while connected).
+    pub disconnected_unix_ms: Option<i64>,
     /// Resource type -> the type version the proxy last ACKed.
     pub acked: BTreeMap<String, String>,
     pub acks: u64,
@@ -33,6 +35,9 @@ pub struct ProxyStatus {
     /// Telemetry reports the proxy says it dropped (cumulative).
     pub dropped_reports: u64,
 }
+
+/// A disconnected proxy is listed for an hour, then forgotten.
+const FORGET_AFTER_MS: i64 = 3_600_000;
 
 #[derive(Debug, Default)]
 pub struct Proxies {
@@ -58,6 +63,11 @@ impl Proxies {
     /// Registers a discovery stream; returns its stream id for `disconnected`.
     pub fn connected(&self, node: &presage_api::Node, address: String) -> u64 {
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
+        // Proxies come and go (pods get new ids): now and then forget the long gone, or
+        // the table grows with every pod ever seen.
+        if stream % 1024 == 0 {
+            self.forget_disconnected_before(unix_ms() - FORGET_AFTER_MS);
+        }
         let mut map = self.inner.lock().expect("proxies lock poisoned");
         let prev = map.remove(&node.id).map(|(_, s)| s);
         let status = ProxyStatus {
@@ -80,6 +90,7 @@ impl Proxies {
         if let Some((s, status)) = map.get_mut(id) {
             if *s == stream {
                 status.connected = false;
+                status.disconnected_unix_ms = Some(unix_ms());
             }
         }
     }
@@ -105,11 +116,45 @@ impl Proxies {
         })
     }
 
+    /// Drops proxies whose stream ended before `cutoff_ms`.
+    pub fn forget_disconnected_before(&self, cutoff_ms: i64) {
+        let mut map = self.inner.lock().expect("proxies lock poisoned");
+        map.retain(|_, (_, s)| {
+            s.connected || s.disconnected_unix_ms.is_none_or(|t| t >= cutoff_ms)
+        });
+    }
+
     /// Every known proxy, by id.
     pub fn list(&self) -> Vec<ProxyStatus> {
         let map = self.inner.lock().expect("proxies lock poisoned");
         let mut v: Vec<ProxyStatus> = map.values().map(|(_, s)| s.clone()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconnect_replaces_the_entry_and_the_long_gone_are_forgotten() {
+        let p = Proxies::default();
+        let node = |id: &str| presage_api::Node {
+            id: id.into(),
+            ..Default::default()
+        };
+        let s1 = p.connected(&node("a"), "x:1".into());
+        let s2 = p.connected(&node("a"), "x:2".into());
+        // The old stream ending does not mark the new one disconnected.
+        p.disconnected("a", s1);
+        assert!(p.list()[0].connected);
+        p.disconnected("a", s2);
+        let b = p.connected(&node("b"), "x:3".into());
+        assert_eq!(p.list().len(), 2);
+        p.forget_disconnected_before(unix_ms() + 1);
+        let ids: Vec<String> = p.list().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["b"], "a is gone, b is still connected");
+        let _ = b;
     }
 }
