@@ -117,7 +117,7 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
         &path,
         format!(
             "grpc: 127.0.0.1:0\napi: 127.0.0.1:0\nstore: state/cp.redb\nlocal_proxy: {{listen: 127.0.0.1:0, admin: 127.0.0.1:0}}\n\
-             services:\n  - name: demo\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n\
+             services:\n  - name: demo\n    load_balancer: weighted_round_robin\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n\
              routes:\n  - {{name: all, cluster: demo}}\n",
             ports[0], ports[1]
         ),
@@ -148,8 +148,8 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
     for name in ["proxy", "admin", "api"] {
         assert!(urls.contains_key(name), "no {name} line: {urls:?}");
     }
-    // Both sample services answer through the proxy, which got its routes from the
-    // control plane.
+    // Both sample services answer through the proxy (round robin, so 20 requests reach
+    // both), which got its routes from the control plane.
     let c = h1_client();
     let mut instances = std::collections::BTreeSet::new();
     for _ in 0..20 {

@@ -383,8 +383,13 @@ async fn endpoint_health_combines_the_registry_with_the_proxies_ejections() {
     let dir = TempDir::new();
     let (a, b) = (Upstream::spawn("a").await, Upstream::spawn("b").await);
     let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, None).await;
-    cp.put("/v1/services/web", &service_json(&[a.addr, b.addr]))
-        .await;
+    // Round robin, so b keeps being tried (and failing) until it is ejected; P2C over
+    // latency could simply stop picking it.
+    let web = format!(
+        r#"{{"load_balancer":"weighted_round_robin","endpoints":[{{"address":"{}"}},{{"address":"{}"}}]}}"#,
+        a.addr, b.addr
+    );
+    cp.put("/v1/services/web", &web).await;
     cp.put("/v1/routes/all", r#"{"cluster":"web"}"#).await;
     let mut proxy = proxy_for(&cp, "p1").await;
     line(&mut proxy, "presage: synced with the control plane").await;

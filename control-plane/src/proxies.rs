@@ -65,7 +65,7 @@ impl Proxies {
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
         // Proxies come and go (pods get new ids): now and then forget the long gone, or
         // the table grows with every pod ever seen.
-        if stream % 1024 == 0 {
+        if stream.is_multiple_of(1024) {
             self.forget_disconnected_before(unix_ms() - FORGET_AFTER_MS);
         }
         let mut map = self.inner.lock().expect("proxies lock poisoned");
