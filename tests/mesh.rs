@@ -363,6 +363,19 @@ async fn the_api_names_bad_fields_and_documents_itself() {
         (s, e["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("resolution"))
     );
+    // Bad query strings and methods get JSON errors too.
+    let (s, e) = cp.call(Method::GET, "/v1/users/u/next?k=lots", "").await;
+    assert_eq!(
+        (s, e["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("(query)")),
+        "{e}"
+    );
+    let (s, e) = cp.call(Method::POST, "/v1/services", "{}").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        e["message"].as_str().unwrap().contains("not allowed"),
+        "{e}"
+    );
     let doc = cp.get("/openapi.json").await;
     for path in [
         "/v1/services",

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -110,6 +111,14 @@ pub fn router(api: Api) -> Router {
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/users/{user}/next", get(next_services))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: 405,
+                message: "method not allowed on this path; see /openapi.json".into(),
+                field: None,
+                errors: Vec::new(),
+            }
+        })
         .with_state(api)
 }
 
@@ -178,6 +187,16 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self)).into_response()
     }
+}
+
+/// A query string that does not parse: a JSON 400 like every other error.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| {
+        ApiError::invalid(vec![FieldError {
+            field: "(query)".into(),
+            message: e.body_text(),
+        }])
+    })
 }
 
 /// Parses a JSON body, naming the field at fault on error.
@@ -431,8 +450,9 @@ pub struct LoadView {
 async fn service_load(
     State(api): State<Api>,
     Path(name): Path<String>,
-    Query(q): Query<LoadQuery>,
+    q: Result<Query<LoadQuery>, QueryRejection>,
 ) -> Result<Json<LoadView>, ApiError> {
+    let q = query(q)?;
     let minutes = match q.resolution.as_deref() {
         None | Some("1s") => false,
         Some("1m") => true,
@@ -574,9 +594,9 @@ struct NextQuery {
 async fn next_services(
     State(api): State<Api>,
     Path(user): Path<String>,
-    Query(q): Query<NextQuery>,
+    q: Result<Query<NextQuery>, QueryRejection>,
 ) -> Result<Json<Vec<NextService>>, ApiError> {
-    let k = q.k.unwrap_or(3);
+    let k = query(q)?.k.unwrap_or(3);
     if !(1..=20).contains(&k) {
         return Err(ApiError::invalid(vec![FieldError {
             field: "k".into(),
