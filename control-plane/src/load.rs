@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// Seconds a bucket stays open for late reports (one reporting interval plus jitter).
-const GRACE_SECONDS: i64 = 3;
+pub const GRACE_SECONDS: i64 = 3;
 /// One hour of 1-second buckets.
 const SECONDS_KEPT: usize = 3600;
 /// One week of 1-minute buckets.

@@ -25,13 +25,13 @@ const WINDOW_SECONDS: usize = 900;
 /// A repeating pattern of one minute (cron-like jobs, client polling) is looked for.
 const PERIODS: [usize; 1] = [60];
 
-/// The per-second request series of `h` ending at `now_s` (exclusive), zero-filled.
-pub fn request_series(h: &History, now_s: i64) -> Vec<f64> {
-    let start = now_s - WINDOW_SECONDS as i64;
+/// The per-second request series of `h` ending at `end_s` (exclusive), zero-filled.
+pub fn request_series(h: &History, end_s: i64) -> Vec<f64> {
+    let start = end_s - WINDOW_SECONDS as i64;
     let mut y = vec![0.0; WINDOW_SECONDS];
     let mut first = None;
     for p in h.seconds() {
-        if p.unix_s >= start && p.unix_s < now_s {
+        if p.unix_s >= start && p.unix_s < end_s {
             let i = (p.unix_s - start) as usize;
             y[i] = p.requests as f64;
             first = Some(first.map_or(i, |f: usize| f.min(i)));
@@ -41,8 +41,9 @@ pub fn request_series(h: &History, now_s: i64) -> Vec<f64> {
     y.split_off(first.unwrap_or(WINDOW_SECONDS))
 }
 
-/// A forecast of `y` (requests per second), or None while the history is too short.
-pub fn forecast_service(service: &str, y: &[f64], now_s: i64) -> Option<Forecast> {
+/// A forecast of `y` (requests per second), whose first step is the second `start_s`;
+/// None while the history is too short.
+pub fn forecast_service(service: &str, y: &[f64], start_s: i64) -> Option<Forecast> {
     // Shorter horizons first become possible as history accumulates.
     let h = [HORIZON_SECONDS, 30, 10, 1]
         .into_iter()
@@ -62,7 +63,7 @@ pub fn forecast_service(service: &str, y: &[f64], now_s: i64) -> Option<Forecast
         .collect();
     Some(Forecast {
         service: service.to_string(),
-        start_unix_ms: now_s * 1000,
+        start_unix_ms: start_s * 1000,
         step_seconds: 1,
         points,
     })
@@ -75,12 +76,15 @@ pub async fn run(load: Arc<Load>, resources: Arc<Resources>, every: Duration) {
     loop {
         tick.tick().await;
         let now_s = crate::time::unix_ms() / 1000;
+        // The last few seconds are still open for late reports: forecast from the end of
+        // the closed ones, or the open seconds would read as zero traffic.
+        let end_s = now_s - crate::load::GRACE_SECONDS;
         let series: Vec<(String, Vec<f64>)> = load
             .services()
             .into_iter()
             .map(|s| {
                 let y = load.with(&s, now_s, |h| {
-                    h.map(|h| request_series(h, now_s)).unwrap_or_default()
+                    h.map(|h| request_series(h, end_s)).unwrap_or_default()
                 });
                 (s, y)
             })
@@ -89,7 +93,7 @@ pub async fn run(load: Arc<Load>, resources: Arc<Resources>, every: Duration) {
         let forecasts = tokio::task::spawn_blocking(move || {
             series
                 .iter()
-                .filter_map(|(s, y)| forecast_service(s, y, now_s))
+                .filter_map(|(s, y)| forecast_service(s, y, end_s))
                 .map(|f| Resource::new(f.service.clone(), Body::Forecast(f)))
                 .collect::<Vec<_>>()
         })
@@ -142,6 +146,34 @@ mod tests {
         }
         let y = load.with("web", 110, |h| request_series(h.unwrap(), 110));
         assert_eq!(y, [3.0, 3.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn open_seconds_are_not_read_as_zero_traffic() {
+        // Steady 5 rps reported up to now: the series must end at the last closed second.
+        let load = Load::default();
+        for t in 0..60 {
+            load.ingest(&presage_api::LoadReport {
+                unix_ms: (1_000 + t) * 1000,
+                services: vec![presage_api::ServiceLoad {
+                    service: "web".into(),
+                    requests: 5,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let now_s = 1_060;
+        let end_s = now_s - crate::load::GRACE_SECONDS;
+        let y = load.with("web", now_s, |h| request_series(h.unwrap(), end_s));
+        assert!(y.iter().all(|v| *v == 5.0), "{y:?}");
+        let f = forecast_service("web", &y, end_s).unwrap();
+        assert!(
+            (f.points[0].requests_per_second - 5.0).abs() < 1e-6,
+            "{:?}",
+            f.points[0]
+        );
+        assert_eq!(f.start_unix_ms, end_s * 1000);
     }
 
     #[test]
