@@ -74,16 +74,8 @@ pub async fn watch(cfg: EtcdConfig, tx: mpsc::Sender<Update>) {
             .saturating_mul(1 << attempt.min(7))
             .min(MAX_BACKOFF);
         attempt += 1;
-        tokio::time::sleep(cap.mul_f64(0.5 + fastrand_f64() / 2.0)).await;
+        tokio::time::sleep(cap.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
     }
-}
-
-// A small jitter source: the control plane has no RNG dependency, and this needs no quality.
-fn fastrand_f64() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
 }
 
 /// One connection's life: list, then watch. `Ok` only when `tx` is closed.
