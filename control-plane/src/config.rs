@@ -95,7 +95,7 @@ impl Default for Config {
 #[error("{}", .0.join("\n"))]
 pub struct ConfigError(pub Vec<String>);
 
-mod humantime_opt {
+pub(crate) mod humantime_opt {
     use serde::{Deserialize, Deserializer};
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
@@ -169,6 +169,21 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         errors.push(format!(
             "{source}: discovery.etcd.endpoints: expected at least one host:port"
         ));
+    }
+    if let Some(c) = &raw.discovery.consul {
+        if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
+            errors.push(format!(
+                "{source}: discovery.consul.address: expected http://host:port or https://host:port, found {:?}",
+                c.address
+            ));
+        }
+        if c.wait
+            .is_some_and(|w| w > Duration::from_secs(600) || w < Duration::from_secs(1))
+        {
+            errors.push(format!(
+                "{source}: discovery.consul.wait: expected 1s to 10m (Consul's limit)"
+            ));
+        }
     }
     for (i, s) in raw.discovery.fixed.iter().enumerate() {
         let mut e = Vec::new();

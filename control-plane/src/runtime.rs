@@ -99,6 +99,10 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // The registry clients (rs-consul, kube) pull in rustls with both ring and
+    // aws-lc-rs; without a process default, building a TLS config would panic. Ours is
+    // aws-lc-rs, as in the proxy. An `Err` means one is installed already, which is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let path = cfg.store.clone();
     let store = blocking(move || Store::open(&path)).await?;
     let s = store.clone();
@@ -150,6 +154,9 @@ pub async fn run(
     );
     if let Some(etcd) = cfg.discovery.etcd.clone() {
         tokio::spawn(discovery::etcd::watch(etcd, updates.clone()));
+    }
+    if let Some(consul) = cfg.discovery.consul.clone() {
+        tokio::spawn(discovery::consul::watch(consul, updates.clone()));
     }
     if !cfg.discovery.fixed.is_empty() {
         tokio::spawn(discovery::fixed::watch(

@@ -2,10 +2,11 @@
 //! cluster resources the control plane pushes.
 //!
 //! ```text
-//!  etcd (watch) ──┐
-//!  static (YAML) ─┼─ Update ──▶ Merger ──▶ Resources (store + snapshot) ──▶ proxies
-//!  (more later) ──┘               │
-//!                                 └──▶ metrics: registry up, errors, skipped records
+//!  etcd (watch) ──────────┐
+//!  consul (blocking query) ┤
+//!  kubernetes (watch) ─────┼─ Update ──▶ Merger ──▶ Resources (store + snapshot) ──▶ proxies
+//!  static (YAML) ──────────┘               │
+//!                                          └──▶ metrics: registry up, errors, skipped records
 //! ```
 //! A backend owns a registry connection and sends the full instance list of every
 //! service that changed. The merger turns it into that service's cluster, keeping the
@@ -14,6 +15,7 @@
 //! instance, so bad data never empties a cluster. A registry outage is reported (metric
 //! `presage_cp_discovery_up`) and changes nothing: the last known endpoints keep serving.
 
+pub mod consul;
 pub mod etcd;
 pub mod fixed;
 pub mod merge;
@@ -48,6 +50,7 @@ pub enum Update {
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
     pub etcd: Option<etcd::EtcdConfig>,
+    pub consul: Option<consul::ConsulConfig>,
     #[serde(default, rename = "static")]
     pub fixed: Vec<fixed::StaticService>,
 }

@@ -64,6 +64,15 @@ impl Instance {
                 err(format!("{path}: {inner}"))
             }
         })?;
+        Instance::check(key, id, record)
+    }
+
+    /// Checks a record that a backend built from its registry's own format.
+    pub fn check(key: &str, id: &str, record: Record) -> Result<Instance, RecordError> {
+        let err = |message: String| RecordError {
+            key: key.to_string(),
+            message,
+        };
         if record.port == 0 {
             return Err(err("port: expected 1..=65535, found 0".into()));
         }

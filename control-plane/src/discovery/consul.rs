@@ -1,0 +1,384 @@
+//! Consul backend (rs-consul): the catalog's service list and, per service, the
+//! instances whose health checks all pass, both watched with blocking queries
+//! (`?index=` from the last `X-Consul-Index`, `&wait=`).
+//!
+//! One task follows `/v1/catalog/services`; it starts a task per service that follows
+//! `/v1/health/service/{name}?passing=true` and stops it (sending the service empty)
+//! when the service leaves the catalog. Index handling follows Consul's blocking-query
+//! rules: an index that goes backwards resets to 0, and an index is never below 1.
+//! Instance metadata comes from `key=value` service tags (`zone=`, `price=`,
+//! `capacity=`, `version=`, `weight=`; anything else becomes a label), because
+//! rs-consul's health response type does not carry the service's `Meta` map.
+//!
+//! On an error the task reports the registry down and retries after a jittered backoff;
+//! nothing is sent, so the last known endpoints keep serving.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use rs_consul::{Config, Consul, GetServiceNodesRequest, QueryOptions, ResponseMeta, ServiceNode};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::record::Record;
+use super::{Instance, Update};
+
+pub const NAME: &str = "consul";
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Where the registry is (`discovery.consul`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    /// Agent or server HTTP address with its scheme, e.g. `http://127.0.0.1:8500`.
+    pub address: String,
+    /// ACL token sent as `X-Consul-Token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// Only these services (default: every service in the catalog but `consul` itself).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// How long a blocking query waits for a change (Consul caps it at 10 min).
+    #[serde(default, with = "crate::config::humantime_opt")]
+    pub wait: Option<Duration>,
+}
+
+impl ConsulConfig {
+    fn wait(&self) -> Duration {
+        self.wait.unwrap_or(Duration::from_secs(60))
+    }
+
+    fn client(&self) -> Consul {
+        Consul::new(Config {
+            address: self.address.trim_end_matches('/').to_string(),
+            token: self.token.clone(),
+            ..Config::default()
+        })
+    }
+
+    /// A blocking query after `index` (0: answer now).
+    fn query(&self, index: u64) -> QueryOptions {
+        let wait = self.wait();
+        QueryOptions {
+            datacenter: self.datacenter.clone(),
+            index: (index > 0).then_some(index),
+            wait: Some(wait),
+            // Consul adds up to wait/16 of jitter before answering an idle query.
+            timeout: Some(wait + wait / 16 + Duration::from_secs(5)),
+            ..QueryOptions::default()
+        }
+    }
+
+    fn wanted(&self, service: &str) -> bool {
+        if self.services.is_empty() {
+            service != "consul"
+        } else {
+            self.services.iter().any(|s| s == service)
+        }
+    }
+}
+
+/// The index for the next blocking query, by Consul's rules.
+fn next_index(previous: u64, answered: u64) -> u64 {
+    if answered < previous {
+        0
+    } else {
+        answered.max(1)
+    }
+}
+
+/// Jittered exponential backoff after `attempt` failures.
+async fn backoff(attempt: &mut u32) {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1 << (*attempt).min(7))
+        .min(MAX_BACKOFF);
+    *attempt += 1;
+    tokio::time::sleep(cap.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+}
+
+async fn report(tx: &mpsc::Sender<Update>, up: bool, error: Option<String>) -> bool {
+    tx.send(Update::Status {
+        registry: NAME,
+        up,
+        error,
+    })
+    .await
+    .is_ok()
+}
+
+/// Watches the catalog forever, sending updates to `tx`.
+pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
+    let client = std::sync::Arc::new(cfg.client());
+    let mut tasks: BTreeMap<String, AbortHandle> = BTreeMap::new();
+    let mut index = 0;
+    let mut attempt = 0;
+    let mut was_up = None;
+    loop {
+        let names = match client
+            .get_all_registered_service_names(Some(cfg.query(index)))
+            .await
+        {
+            Ok(ResponseMeta {
+                response,
+                index: answered,
+            }) => {
+                index = next_index(index, answered);
+                attempt = 0;
+                response
+            }
+            Err(e) => {
+                was_up = Some(false);
+                if !report(
+                    &tx,
+                    false,
+                    Some(format!("{}/v1/catalog/services: {e}", cfg.address)),
+                )
+                .await
+                {
+                    break;
+                }
+                backoff(&mut attempt).await;
+                continue;
+            }
+        };
+        if was_up != Some(true) {
+            was_up = Some(true);
+            if !report(&tx, true, None).await {
+                break;
+            }
+        }
+        let names: BTreeSet<String> = names.into_iter().filter(|n| cfg.wanted(n)).collect();
+        let gone: Vec<String> = tasks
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            tasks.remove(&name).expect("listed").abort();
+            let empty = Update::Service {
+                registry: NAME,
+                service: name,
+                instances: Vec::new(),
+            };
+            if tx.send(empty).await.is_err() {
+                return;
+            }
+        }
+        for name in names {
+            tasks.entry(name.clone()).or_insert_with(|| {
+                tokio::spawn(watch_service(cfg.clone(), client.clone(), name, tx.clone()))
+                    .abort_handle()
+            });
+        }
+        if tx.is_closed() {
+            break;
+        }
+    }
+    for (_, t) in tasks {
+        t.abort();
+    }
+}
+
+/// Follows one service's passing instances until aborted or `tx` closes.
+async fn watch_service(
+    cfg: ConsulConfig,
+    client: std::sync::Arc<Consul>,
+    service: String,
+    tx: mpsc::Sender<Update>,
+) {
+    let mut index = 0;
+    let mut attempt = 0;
+    let mut last: Option<BTreeMap<String, Instance>> = None;
+    let mut failed = false;
+    loop {
+        let request = GetServiceNodesRequest {
+            service: &service,
+            passing: true,
+            ..Default::default()
+        };
+        let (nodes, answered) = match client
+            .get_service_nodes(request, Some(cfg.query(index)))
+            .await
+        {
+            Ok(m) => (m.response, m.index),
+            Err(e) => {
+                let error = format!("{}/v1/health/service/{service}: {e}", cfg.address);
+                failed = true;
+                if !report(&tx, false, Some(error)).await {
+                    return;
+                }
+                backoff(&mut attempt).await;
+                continue;
+            }
+        };
+        attempt = 0;
+        if std::mem::take(&mut failed) && !report(&tx, true, None).await {
+            return;
+        }
+        index = next_index(index, answered);
+        let first = last.is_none();
+        let previous = last.take().unwrap_or_default();
+        let (current, skipped) = instances(&service, nodes, &previous);
+        for _ in 0..skipped {
+            if tx.send(Update::Skipped { registry: NAME }).await.is_err() {
+                return;
+            }
+        }
+        // A blocking query also answers when its wait runs out, with nothing changed.
+        if first || current != previous {
+            let update = Update::Service {
+                registry: NAME,
+                service: service.clone(),
+                instances: current.values().cloned().collect(),
+            };
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+        last = Some(current);
+    }
+}
+
+/// The checked instances of `service`, by id, and how many entries were skipped. A
+/// skipped entry keeps its last good copy from `previous`.
+fn instances(
+    service: &str,
+    nodes: Vec<ServiceNode>,
+    previous: &BTreeMap<String, Instance>,
+) -> (BTreeMap<String, Instance>, usize) {
+    let mut out = BTreeMap::new();
+    let mut skipped = 0;
+    for n in nodes {
+        // Service IDs are unique per node only.
+        let mut id = n.service.id.clone();
+        if out.contains_key(&id) {
+            id = format!("{id}.{}", n.node.node);
+        }
+        let key = format!("consul:{service}/{}/{}", n.node.node, n.service.id);
+        match record(&n).and_then(|r| Instance::check(&key, &id, r).map_err(|e| e.message)) {
+            Ok(i) => {
+                out.insert(id, i);
+            }
+            Err(message) => {
+                tracing::warn!(%key, %message, "registry record skipped");
+                skipped += 1;
+                if let Some(old) = previous.get(&id) {
+                    out.insert(id, old.clone());
+                }
+            }
+        }
+    }
+    (out, skipped)
+}
+
+/// A record from a health entry: the service address, else the node's.
+fn record(n: &ServiceNode) -> Result<Record, String> {
+    let address = if n.service.address.is_empty() {
+        n.node.address.clone()
+    } else {
+        n.service.address.clone()
+    };
+    let mut r = Record {
+        address,
+        port: n.service.port,
+        zone: String::new(),
+        price: None,
+        capacity: None,
+        version: String::new(),
+        weight: None,
+        labels: BTreeMap::new(),
+    };
+    fn number<T: std::str::FromStr>(tag: &str, v: &str) -> Result<T, String> {
+        v.parse()
+            .map_err(|_| format!("tag {tag}: expected a number, found {v:?}"))
+    }
+    let mut seen = HashMap::new();
+    for tag in &n.service.tags {
+        let (k, v) = tag.split_once('=').unwrap_or((tag.as_str(), ""));
+        if seen.insert(k, v).is_some() {
+            return Err(format!("tag {k}: given twice"));
+        }
+        match k {
+            "zone" => r.zone = v.to_string(),
+            "version" => r.version = v.to_string(),
+            "price" => r.price = Some(number(k, v)?),
+            "capacity" => r.capacity = Some(number(k, v)?),
+            "weight" => r.weight = Some(number(k, v)?),
+            _ => {
+                r.labels.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, node: &str, address: &str, port: u16, tags: &[&str]) -> ServiceNode {
+        let mut n = ServiceNode::default();
+        n.node.node = node.into();
+        n.node.address = "10.1.0.1".into();
+        n.service.id = id.into();
+        n.service.service = "web".into();
+        n.service.address = address.into();
+        n.service.port = port;
+        n.service.tags = tags.iter().map(|t| t.to_string()).collect();
+        n
+    }
+
+    #[test]
+    fn blocking_query_indexes_follow_consul_rules() {
+        assert_eq!(next_index(0, 0), 1, "never below 1");
+        assert_eq!(next_index(5, 9), 9);
+        assert_eq!(next_index(9, 9), 9);
+        assert_eq!(next_index(9, 3), 0, "went backwards: start over");
+    }
+
+    #[test]
+    fn tags_become_metadata_and_bad_entries_keep_their_last_good_copy() {
+        let good = vec![
+            node(
+                "web-1",
+                "n1",
+                "",
+                8080,
+                &["zone=eu-1", "price=0.5", "canary"],
+            ),
+            node("web-2", "n2", "10.0.0.2", 8080, &["capacity=200"]),
+        ];
+        let (first, skipped) = instances("web", good, &BTreeMap::new());
+        assert_eq!(skipped, 0);
+        let e = first["web-1"].endpoint();
+        assert_eq!(
+            e.address, "10.1.0.1:8080",
+            "node address when the service has none"
+        );
+        assert_eq!(e.metadata["zone"], "eu-1");
+        assert_eq!(e.metadata["price"], "0.5");
+        assert_eq!(e.metadata["label.canary"], "");
+        // web-1's price turns bad and web-2 loses its port: both keep the last good copy;
+        // a new bad entry is simply left out.
+        let bad = vec![
+            node("web-1", "n1", "", 8080, &["price=cheap"]),
+            node("web-2", "n2", "10.0.0.2", 0, &[]),
+            node("web-3", "n3", "10.0.0.3", 8080, &["weight=-1"]),
+        ];
+        let (second, skipped) = instances("web", bad, &first);
+        assert_eq!(skipped, 3);
+        assert_eq!(second, first);
+    }
+
+    #[test]
+    fn the_same_id_on_two_nodes_is_two_instances() {
+        let nodes = vec![
+            node("web", "n1", "10.0.0.1", 80, &[]),
+            node("web", "n2", "10.0.0.2", 80, &[]),
+        ];
+        let (got, _) = instances("web", nodes, &BTreeMap::new());
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["web", "web.n2"]);
+    }
+}
