@@ -236,3 +236,201 @@ async fn consul_blocking_queries_carry_passing_instances_to_the_proxy_within_a_s
     .expect("the registry is up again");
     until_served_by(&proxy, &[]).await;
 }
+
+// === Kubernetes ===
+
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";
+const PODS: &str = "/api/v1/namespaces/shop/pods";
+
+/// The reference's EndpointSlice, as slice `name` of Service `web` holding one endpoint:
+/// pod `pod` at `up`, with the given readiness.
+fn k8s_slice(name: &str, pod: &str, up: &Upstream, ready: bool, rv: u64) -> Value {
+    let mut s = fixture_json("kubernetes/endpointslice.json");
+    s["metadata"]["name"] = json!(name);
+    s["metadata"]["namespace"] = json!("shop");
+    s["metadata"]["resourceVersion"] = json!(rv.to_string());
+    s["metadata"]["labels"]["kubernetes.io/service-name"] = json!("web");
+    s["ports"][0]["port"] = json!(up.addr.port());
+    let ep = &mut s["endpoints"][0];
+    ep["addresses"] = json!([up.addr.ip().to_string()]);
+    ep["conditions"]["ready"] = json!(ready);
+    ep["hostname"] = json!(pod);
+    ep["targetRef"] = json!({"kind": "Pod", "namespace": "shop", "name": pod});
+    s
+}
+
+/// The reference's Pod, named `name`, with `presage.io/` annotations.
+fn k8s_pod(name: &str, annotations: Value, rv: u64) -> Value {
+    let mut p = fixture_json("kubernetes/pod.json");
+    p["metadata"]["name"] = json!(name);
+    p["metadata"]["namespace"] = json!("shop");
+    p["metadata"]["resourceVersion"] = json!(rv.to_string());
+    p["metadata"]["labels"] = json!({"app": "web", "app.kubernetes.io/version": "v3"});
+    p["metadata"]["annotations"] = annotations;
+    p
+}
+
+/// The reference's list envelope around `items`.
+fn k8s_list(kind: &str, api_version: &str, items: Vec<Value>, rv: u64) -> Reply {
+    let mut l = fixture_json("kubernetes/list.json");
+    l["kind"] = json!(kind);
+    l["apiVersion"] = json!(api_version);
+    l["metadata"]["resourceVersion"] = json!(rv.to_string());
+    l["items"] = Value::Array(items);
+    Reply {
+        body: l.to_string(),
+        consul_index: None,
+    }
+}
+
+/// One watch event line in the reference's envelope.
+fn k8s_event(kind: &str, object: Value) -> String {
+    let mut e = fixture_json("kubernetes/watch-event.json");
+    e["type"] = json!(kind);
+    e["object"] = object;
+    e.to_string()
+}
+
+/// Waits until the control plane has both watches open, so pushed events are seen.
+async fn k8s_watching(replay: &Replay) {
+    wait_until(Duration::from_secs(20), || async {
+        (replay.watchers(SLICES) > 0 && replay.watchers(PODS) > 0).then_some(())
+    })
+    .await
+    .expect("the control plane opened both watches");
+}
+
+#[tokio::test]
+async fn kubernetes_endpointslice_watch_carries_ready_endpoints_to_the_proxy_within_a_second() {
+    let replay = Replay::start().await;
+    let (a, b) = (Upstream::spawn("a").await, Upstream::spawn("b").await);
+    replay.set(
+        SLICES,
+        k8s_list(
+            "EndpointSliceList",
+            "discovery.k8s.io/v1",
+            vec![k8s_slice("web-a", "web-a", &a, true, 100)],
+            100,
+        ),
+    );
+    replay.set(
+        PODS,
+        k8s_list(
+            "PodList",
+            "v1",
+            vec![k8s_pod("web-a", json!({"presage.io/price": "0.25"}), 100)],
+            100,
+        ),
+    );
+    let dir = TempDir::new();
+    // The real client path: kube reads this kubeconfig and talks to the replay server.
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: replay\n  cluster:\n    server: {}\ncontexts:\n- name: replay\n  context:\n    cluster: replay\n    user: tester\ncurrent-context: replay\nusers:\n- name: tester\n  user:\n    token: test-token\n",
+            replay.url()
+        ),
+    )
+    .unwrap();
+    let (cp, proxy) = mesh(
+        &format!(
+            "  kubernetes:\n    kubeconfig: {}\n    namespace: shop",
+            kubeconfig.display()
+        ),
+        &dir,
+    )
+    .await;
+    until_served_by(&proxy, &["a"]).await;
+    let web = cp.get("/v1/services/web").await;
+    let meta = &web["endpoints"][0]["metadata"];
+    assert_eq!(meta["instance"], "web-a", "{web}");
+    assert_eq!(meta["price"], "0.25", "pod annotation: {web}");
+    assert_eq!(meta["version"], "v3", "pod label: {web}");
+    assert_eq!(meta["zone"], "us-west2-a", "endpoint zone: {web}");
+    assert_eq!(meta["label.app"], "web", "{web}");
+    let log = replay.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with(SLICES)
+                && l.contains("labelSelector=kubernetes.io%2Fservice-name")),
+        "slices selected by their Service label: {log:#?}"
+    );
+    k8s_watching(&replay).await;
+
+    // A second ready endpoint appears in a new slice.
+    let changed = Instant::now();
+    replay.push(
+        SLICES,
+        &k8s_event("ADDED", k8s_slice("web-b", "web-b", &b, true, 101)),
+    );
+    let seen = until_served_by(&proxy, &["a", "b"]).await;
+    assert!(
+        seen - changed < Duration::from_secs(1),
+        "took {:?}",
+        seen - changed
+    );
+
+    // web-a stops being ready.
+    let changed = Instant::now();
+    replay.push(
+        SLICES,
+        &k8s_event("MODIFIED", k8s_slice("web-a", "web-a", &a, false, 102)),
+    );
+    let seen = until_served_by(&proxy, &["b"]).await;
+    assert!(
+        seen - changed < Duration::from_secs(1),
+        "took {:?}",
+        seen - changed
+    );
+
+    // A bad annotation on web-b's pod: skipped and counted, web-b keeps serving.
+    replay.push(
+        PODS,
+        &k8s_event(
+            "ADDED",
+            k8s_pod("web-b", json!({"presage.io/capacity": "lots"}), 103),
+        ),
+    );
+    wait_until(Duration::from_secs(5), || async {
+        (metric(&cp, "presage_cp_discovery_skipped_total", "kubernetes").await >= 1.0).then_some(())
+    })
+    .await
+    .expect("the bad annotation was counted");
+    until_served_by(&proxy, &["b"]).await;
+
+    // The API server fails: visible in metrics, the last endpoints keep serving.
+    replay.fail(Some(StatusCode::INTERNAL_SERVER_ERROR));
+    wait_until(Duration::from_secs(10), || async {
+        (metric(&cp, "presage_cp_discovery_up", "kubernetes").await == 0.0).then_some(())
+    })
+    .await
+    .expect("the outage shows in presage_cp_discovery_up");
+    until_served_by(&proxy, &["b"]).await;
+
+    // Back; web-b's slice is deleted: the cluster empties (the proxy answers 503).
+    replay.set(
+        SLICES,
+        k8s_list(
+            "EndpointSliceList",
+            "discovery.k8s.io/v1",
+            vec![
+                k8s_slice("web-a", "web-a", &a, false, 102),
+                k8s_slice("web-b", "web-b", &b, true, 101),
+            ],
+            103,
+        ),
+    );
+    replay.fail(None);
+    k8s_watching(&replay).await;
+    replay.push(
+        SLICES,
+        &k8s_event("DELETED", k8s_slice("web-b", "web-b", &b, true, 104)),
+    );
+    until_served_by(&proxy, &[]).await;
+    wait_until(Duration::from_secs(10), || async {
+        (metric(&cp, "presage_cp_discovery_up", "kubernetes").await == 1.0).then_some(())
+    })
+    .await
+    .expect("the registry is up again");
+}

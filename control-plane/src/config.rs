@@ -185,6 +185,22 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if let Some(k) = &raw.discovery.kubernetes {
+        let mut e = Vec::new();
+        validate::name(&mut e, "namespace", &k.namespace);
+        for err in e {
+            errors.push(format!(
+                "{source}: discovery.kubernetes.{}: {}",
+                err.field, err.message
+            ));
+        }
+        if let Some(path) = k.kubeconfig.as_ref().filter(|p| !p.is_file()) {
+            errors.push(format!(
+                "{source}: discovery.kubernetes.kubeconfig: no such file {}",
+                path.display()
+            ));
+        }
+    }
     for (i, s) in raw.discovery.fixed.iter().enumerate() {
         let mut e = Vec::new();
         validate::name(&mut e, "service", &s.service);

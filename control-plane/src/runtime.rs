@@ -158,6 +158,9 @@ pub async fn run(
     if let Some(consul) = cfg.discovery.consul.clone() {
         tokio::spawn(discovery::consul::watch(consul, updates.clone()));
     }
+    if let Some(k8s) = cfg.discovery.kubernetes.clone() {
+        tokio::spawn(discovery::kubernetes::watch(k8s, updates.clone()));
+    }
     if !cfg.discovery.fixed.is_empty() {
         tokio::spawn(discovery::fixed::watch(
             cfg.discovery.fixed.clone(),

@@ -18,6 +18,7 @@
 pub mod consul;
 pub mod etcd;
 pub mod fixed;
+pub mod kubernetes;
 pub mod merge;
 pub mod record;
 
@@ -51,6 +52,7 @@ pub enum Update {
 pub struct DiscoveryConfig {
     pub etcd: Option<etcd::EtcdConfig>,
     pub consul: Option<consul::ConsulConfig>,
+    pub kubernetes: Option<kubernetes::KubernetesConfig>,
     #[serde(default, rename = "static")]
     pub fixed: Vec<fixed::StaticService>,
 }
