@@ -27,7 +27,12 @@ pub struct SampleArgs {
     /// /presage/services/NAME/INSTANCE with a lease; deregister on SIGTERM/SIGINT.
     #[arg(long, value_delimiter = ',')]
     register_etcd: Vec<String>,
-    /// Lease time-to-live of the registration: how long the record outlives a crash.
+    /// Register with the Consul agent at this URL (e.g. http://127.0.0.1:8500) with a
+    /// TTL check (token from CONSUL_HTTP_TOKEN); deregister on SIGTERM/SIGINT.
+    #[arg(long, conflicts_with = "register_etcd")]
+    register_consul: Option<String>,
+    /// Time-to-live of the registration (etcd lease, Consul TTL check): how long the
+    /// record outlives a crash.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     register_ttl: Duration,
     /// Instance id in the registry (default: the listen address with ':' as '-').
@@ -56,15 +61,11 @@ pub fn run(args: SampleArgs) -> ExitCode {
             }
         };
         let addr = tcp.local_addr().map_or(args.listen, |a| a);
-        let registration = if args.register_etcd.is_empty() {
-            None
-        } else {
-            match register(&args, addr).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    eprintln!("cannot register in etcd {:?}: {e}", args.register_etcd);
-                    return ExitCode::from(69);
-                }
+        let registration = match register(&args, addr).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("cannot register: {e}");
+                return ExitCode::from(69);
             }
         };
         println!("sample-service {} on {addr}", args.name);
@@ -89,25 +90,33 @@ pub fn run(args: SampleArgs) -> ExitCode {
             _ = serve => {}
             _ = presage_proxy::server::shutdown_signal() => {}
         }
-        if let Some(r) = registration {
-            let key = r.key().to_string();
-            if let Err(e) = r.deregister().await {
-                eprintln!("deregistering {key}: {e} (the lease expires on its own)");
+        match registration {
+            Some(Registration::Etcd(r)) => {
+                let key = r.key().to_string();
+                if let Err(e) = r.deregister().await {
+                    eprintln!("deregistering {key}: {e} (the lease expires on its own)");
+                }
             }
+            Some(Registration::Consul(r)) => {
+                let id = r.service_id().to_string();
+                if let Err(e) = r.deregister().await {
+                    eprintln!("deregistering {id}: {e} (its TTL check goes critical on its own)");
+                }
+            }
+            None => {}
         }
         ExitCode::SUCCESS
     })
 }
 
-async fn register(
-    args: &SampleArgs,
-    addr: SocketAddr,
-) -> Result<presage_control_plane::discovery::etcd::Registration, String> {
-    use presage_control_plane::discovery::{etcd, record::Record};
-    let cfg = etcd::EtcdConfig {
-        endpoints: args.register_etcd.clone(),
-        prefix: etcd::DEFAULT_PREFIX.into(),
-    };
+enum Registration {
+    Etcd(Box<presage_control_plane::discovery::etcd::Registration>),
+    Consul(Box<presage_control_plane::discovery::consul::ConsulRegistration>),
+}
+
+/// Registers in the registry the flags name, if any.
+async fn register(args: &SampleArgs, addr: SocketAddr) -> Result<Option<Registration>, String> {
+    use presage_control_plane::discovery::{consul, etcd, record::Record};
     let id = args
         .instance
         .clone()
@@ -122,9 +131,32 @@ async fn register(
         weight: None,
         labels: Default::default(),
     };
+    if let Some(address) = &args.register_consul {
+        let cfg = consul::ConsulConfig {
+            address: address.clone(),
+            token: std::env::var("CONSUL_HTTP_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            datacenter: None,
+            services: Vec::new(),
+            wait: None,
+        };
+        return consul::register(&cfg, &args.name, &id, &record, args.register_ttl)
+            .await
+            .map(|r| Some(Registration::Consul(Box::new(r))))
+            .map_err(|e| format!("consul {address}: {e}"));
+    }
+    if args.register_etcd.is_empty() {
+        return Ok(None);
+    }
+    let cfg = etcd::EtcdConfig {
+        endpoints: args.register_etcd.clone(),
+        prefix: etcd::DEFAULT_PREFIX.into(),
+    };
     etcd::register(&cfg, &args.name, &id, &record, args.register_ttl)
         .await
-        .map_err(|e| e.to_string())
+        .map(|r| Some(Registration::Etcd(Box::new(r))))
+        .map_err(|e| format!("etcd {:?}: {e}", args.register_etcd))
 }
 
 async fn answer(

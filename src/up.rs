@@ -118,7 +118,13 @@ fn addr_after<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
 
 async fn start(path: &Path, cfg: &cp_config::Config, parts: &mut Vec<Part>) -> Result<(), String> {
     let mut samples = Vec::new();
-    let etcd = cfg.discovery.etcd.as_ref().map(|e| e.endpoints.join(","));
+    // With a registry the instances register themselves (etcd lease or Consul TTL
+    // check, 10 s) and deregister on exit, as instances the mesh starts should.
+    let registry = match (&cfg.discovery.etcd, &cfg.discovery.consul) {
+        (Some(e), _) => Some(("--register-etcd", e.endpoints.join(","))),
+        (None, Some(c)) => Some(("--register-consul", c.address.clone())),
+        (None, None) => None,
+    };
     for svc in &cfg.services {
         for ep in &svc.endpoints {
             if ep.address.starts_with("127.0.0.1:") {
@@ -131,10 +137,8 @@ async fn start(path: &Path, cfg: &cp_config::Config, parts: &mut Vec<Part>) -> R
                     "--name",
                     &svc.name,
                 ];
-                // With an etcd registry the instances register themselves (lease, 10 s TTL)
-                // and deregister on exit, as instances the mesh starts should.
-                if let Some(endpoints) = &etcd {
-                    args.extend(["--register-etcd", endpoints.as_str()]);
+                if let Some((flag, at)) = &registry {
+                    args.extend([*flag, at.as_str()]);
                 }
                 spawn(parts, &name, &args, &ready).await?;
                 samples.push((svc.name.clone(), ep.address.clone()));

@@ -434,3 +434,68 @@ async fn kubernetes_endpointslice_watch_carries_ready_endpoints_to_the_proxy_wit
     .await
     .expect("the registry is up again");
 }
+
+/// What `presage sample-service --register-consul` sent, by path.
+fn agent_writes(replay: &Replay, path_prefix: &str) -> Vec<support::replay::Write> {
+    replay
+        .writes()
+        .into_iter()
+        .filter(|w| w.path.starts_with(path_prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn instances_register_with_the_consul_agent_renew_their_ttl_and_deregister_on_exit() {
+    let replay = Replay::start().await;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["sample-service", "--listen", "127.0.0.1:0", "--name", "web"])
+        .args(["--instance", "web-1", "--zone", "z1", "--price", "0.25"])
+        .args(["--register-consul", &replay.url(), "--register-ttl", "3s"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    // Printed once registered.
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+
+    let reg = agent_writes(&replay, "/v1/agent/service/register");
+    assert_eq!(reg.len(), 1, "{reg:?}");
+    assert_eq!(reg[0].method, "PUT");
+    let body: Value = serde_json::from_str(&reg[0].body).unwrap();
+    assert_eq!(body["ID"], "web-1");
+    assert_eq!(body["Name"], "web");
+    assert_eq!(body["Address"], addr.ip().to_string());
+    assert_eq!(body["Port"], addr.port());
+    let tags = body["Tags"].as_array().unwrap();
+    assert!(
+        tags.contains(&json!("zone=z1")) && tags.contains(&json!("price=0.25")),
+        "{body}"
+    );
+    assert_eq!(body["Check"]["TTL"], "3s", "{body}");
+    let check = body["Check"]["CheckID"].as_str().unwrap().to_string();
+
+    // The TTL check is passed at a third of the TTL.
+    wait_until(Duration::from_secs(5), || async {
+        let passes = agent_writes(&replay, &format!("/v1/agent/check/pass/{check}"));
+        (passes.len() >= 2).then_some(())
+    })
+    .await
+    .expect("the TTL check was renewed");
+
+    // A clean stop deregisters the service.
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(child.wait().await.unwrap().success());
+    let gone = agent_writes(&replay, "/v1/agent/service/deregister/web-1");
+    assert_eq!(gone.len(), 1, "{:?}", replay.writes());
+}

@@ -9,7 +9,9 @@
 //! - Kubernetes watches: a request with `watch=true` or `watch=1` gets a chunked
 //!   stream of the JSON lines the test pushes with [`Replay::push`].
 //!
-//! Every request's path and query is logged so tests can check what the client asked.
+//! PUT and POST are answered 200 (what the Consul agent says to register, pass and
+//! deregister) and kept with their bodies. Every request's path and query is logged so
+//! tests can check what the client asked.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -42,6 +44,15 @@ struct State {
     /// Answer every request with this status (an outage), when set.
     failing: Option<StatusCode>,
     log: Vec<String>,
+    writes: Vec<Write>,
+}
+
+/// A request with a body (PUT, POST), as received.
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub method: String,
+    pub path: String,
+    pub body: String,
 }
 
 pub struct Replay {
@@ -125,6 +136,11 @@ impl Replay {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// PUT and POST requests so far, with their bodies.
+    pub fn writes(&self) -> Vec<Write> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
     fn stream(&self, path: &str) -> broadcast::Sender<Bytes> {
         stream(&mut self.state.lock().unwrap(), path)
     }
@@ -170,6 +186,26 @@ async fn handle(
     let path = req.uri().path().to_string();
     let q = req.uri().query().unwrap_or("").to_string();
     state.lock().unwrap().log.push(format!("{path}?{q}"));
+    if matches!(*req.method(), http::Method::PUT | http::Method::POST) {
+        let method = req.method().to_string();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let write = Write {
+            method,
+            path: path.clone(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        state.lock().unwrap().writes.push(write);
+        // What the Consul agent answers to register, pass and deregister.
+        let status = state.lock().unwrap().failing.unwrap_or(StatusCode::OK);
+        let mut res = Response::new(full(""));
+        *res.status_mut() = status;
+        return Ok(res);
+    }
     let is_watch = matches!(query(&q, "watch"), Some("true" | "1"));
     let held_index: Option<u64> = query(&q, "index").and_then(|i| i.parse().ok());
     let wait = query(&q, "wait")

@@ -314,6 +314,160 @@ fn record(n: &ServiceNode) -> Result<Record, String> {
     Ok(r)
 }
 
+// === registration ===
+
+/// A live registration with the local Consul agent: a service with a TTL check that is
+/// passed at a third of its TTL. A crashed instance's check turns critical after the
+/// TTL (it leaves `?passing=true` answers at once) and the agent removes the service a
+/// minute later (`DeregisterCriticalServiceAfter`, Consul's minimum).
+///
+/// rs-consul covers the catalog, not the agent endpoints this needs
+/// (`/v1/agent/service/register`, `/v1/agent/check/pass`), so these three calls are
+/// made with hyper directly.
+pub struct ConsulRegistration {
+    agent: Agent,
+    service_id: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct Agent {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    address: String,
+    token: Option<String>,
+}
+
+impl Agent {
+    fn new(cfg: &ConsulConfig) -> Result<Agent, String> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
+            .map_err(|e| format!("TLS: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
+        Ok(Agent {
+            client,
+            address: cfg.address.trim_end_matches('/').to_string(),
+            token: cfg.token.clone(),
+        })
+    }
+
+    /// `PUT {address}{path}` with a JSON body; an error unless 200.
+    async fn put(&self, path: &str, body: String) -> Result<(), String> {
+        let url = format!("{}{path}", self.address);
+        let mut req = http::Request::put(&url).header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("x-consul-token", t);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| format!("{url}: {e}"))?;
+        let res = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
+            .await
+            .map_err(|_| format!("{url}: no answer in 5 s"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = res.status();
+        if status == http::StatusCode::OK {
+            return Ok(());
+        }
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        Err(format!("{url}: {status}: {body}"))
+    }
+}
+
+/// Registers `record` as instance `instance` of `service` with the agent at
+/// `cfg.address`, metadata as `key=value` tags (what the watcher reads back).
+pub async fn register(
+    cfg: &ConsulConfig,
+    service: &str,
+    instance: &str,
+    record: &Record,
+    ttl: Duration,
+) -> Result<ConsulRegistration, String> {
+    let agent = Agent::new(cfg)?;
+    let ttl = ttl.max(Duration::from_secs(1));
+    let check_id = format!("presage-ttl:{instance}");
+    let mut tags: Vec<String> = Vec::new();
+    for (k, v) in [("zone", &record.zone), ("version", &record.version)] {
+        if !v.is_empty() {
+            tags.push(format!("{k}={v}"));
+        }
+    }
+    for (k, v) in [("price", record.price), ("capacity", record.capacity)] {
+        if let Some(v) = v {
+            tags.push(format!("{k}={v}"));
+        }
+    }
+    if let Some(w) = record.weight {
+        tags.push(format!("weight={w}"));
+    }
+    tags.extend(record.labels.iter().map(|(k, v)| format!("{k}={v}")));
+    let body = serde_json::json!({
+        "ID": instance,
+        "Name": service,
+        "Address": record.address,
+        "Port": record.port,
+        "Tags": tags,
+        "Check": {
+            "CheckID": check_id,
+            "Name": "presage TTL",
+            "TTL": format!("{}s", ttl.as_secs()),
+            "Status": "passing",
+            "DeregisterCriticalServiceAfter": "1m",
+        },
+    });
+    agent
+        .put("/v1/agent/service/register", body.to_string())
+        .await?;
+    let every = (ttl / 3).max(Duration::from_millis(500));
+    let renew = agent.clone();
+    let renewer = tokio::spawn(async move {
+        let path = format!("/v1/agent/check/pass/{check_id}");
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = renew.put(&path, String::new()).await {
+                tracing::warn!(error = %e, "consul TTL check renewal failed; retrying");
+            }
+        }
+    });
+    Ok(ConsulRegistration {
+        agent,
+        service_id: instance.to_string(),
+        renewer,
+    })
+}
+
+impl std::fmt::Debug for ConsulRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulRegistration")
+            .field("agent", &self.agent.address)
+            .field("service_id", &self.service_id)
+            .finish()
+    }
+}
+
+impl ConsulRegistration {
+    pub fn service_id(&self) -> &str {
+        &self.service_id
+    }
+
+    /// Removes the service now instead of letting its check go critical.
+    pub async fn deregister(self) -> Result<(), String> {
+        self.renewer.abort();
+        let path = format!("/v1/agent/service/deregister/{}", self.service_id);
+        self.agent.put(&path, String::new()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
