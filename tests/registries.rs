@@ -75,6 +75,18 @@ async fn metric(cp: &ControlPlane, name: &str, registry: &str) -> f64 {
     )
 }
 
+/// Waits until a discovery metric of `registry` reaches `want` (or, for the `up`
+/// gauge, equals it).
+async fn until_metric(cp: &ControlPlane, name: &str, registry: &str, want: f64, what: &str) {
+    let exact = name == "presage_cp_discovery_up";
+    wait_until(Duration::from_secs(10), || async {
+        let v = metric(cp, name, registry).await;
+        (if exact { v == want } else { v >= want }).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{what}: {name}{{registry={registry}}} never reached {want}"));
+}
+
 fn fixture_json(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(fixture(name)).unwrap()).unwrap()
 }
@@ -208,32 +220,41 @@ async fn consul_blocking_queries_carry_passing_instances_to_the_proxy_within_a_s
             consul_entry("Web D", "n5", &a, &[]),
         ],
     );
-    wait_until(Duration::from_secs(5), || async {
-        (metric(&cp, "presage_cp_discovery_skipped_total", "consul").await >= 3.0).then_some(())
-    })
-    .await
-    .expect("the bad entries were counted");
+    until_metric(
+        &cp,
+        "presage_cp_discovery_skipped_total",
+        "consul",
+        3.0,
+        "the bad entries were counted",
+    )
+    .await;
     until_served_by(&proxy, &["b"]).await;
 
     // An outage (Consul answers 500): visible in metrics, the last endpoints stay.
     replay.fail(Some(StatusCode::INTERNAL_SERVER_ERROR));
     consul_health(&replay, 24, vec![]); // wakes the held queries into the failure
-    wait_until(Duration::from_secs(10), || async {
-        (metric(&cp, "presage_cp_discovery_up", "consul").await == 0.0).then_some(())
-    })
-    .await
-    .expect("the outage shows in presage_cp_discovery_up");
+    until_metric(
+        &cp,
+        "presage_cp_discovery_up",
+        "consul",
+        0.0,
+        "the outage shows in presage_cp_discovery_up",
+    )
+    .await;
     until_served_by(&proxy, &["b"]).await;
 
     // Back, and `web` has left the catalog: its cluster empties (the proxy answers 503).
     consul_catalog(&replay, 30, false);
     consul_health(&replay, 25, vec![consul_entry("web-b", "n2", &b, &[])]);
     replay.fail(None);
-    wait_until(Duration::from_secs(10), || async {
-        (metric(&cp, "presage_cp_discovery_up", "consul").await == 1.0).then_some(())
-    })
-    .await
-    .expect("the registry is up again");
+    until_metric(
+        &cp,
+        "presage_cp_discovery_up",
+        "consul",
+        1.0,
+        "the registry is up again",
+    )
+    .await;
     until_served_by(&proxy, &[]).await;
 }
 
@@ -392,20 +413,26 @@ async fn kubernetes_endpointslice_watch_carries_ready_endpoints_to_the_proxy_wit
             k8s_pod("web-b", json!({"presage.io/capacity": "lots"}), 103),
         ),
     );
-    wait_until(Duration::from_secs(5), || async {
-        (metric(&cp, "presage_cp_discovery_skipped_total", "kubernetes").await >= 1.0).then_some(())
-    })
-    .await
-    .expect("the bad annotation was counted");
+    until_metric(
+        &cp,
+        "presage_cp_discovery_skipped_total",
+        "kubernetes",
+        1.0,
+        "the bad annotation was counted",
+    )
+    .await;
     until_served_by(&proxy, &["b"]).await;
 
     // The API server fails: visible in metrics, the last endpoints keep serving.
     replay.fail(Some(StatusCode::INTERNAL_SERVER_ERROR));
-    wait_until(Duration::from_secs(10), || async {
-        (metric(&cp, "presage_cp_discovery_up", "kubernetes").await == 0.0).then_some(())
-    })
-    .await
-    .expect("the outage shows in presage_cp_discovery_up");
+    until_metric(
+        &cp,
+        "presage_cp_discovery_up",
+        "kubernetes",
+        0.0,
+        "the outage shows in presage_cp_discovery_up",
+    )
+    .await;
     until_served_by(&proxy, &["b"]).await;
 
     // Back; web-b's slice is deleted: the cluster empties (the proxy answers 503).
@@ -428,11 +455,14 @@ async fn kubernetes_endpointslice_watch_carries_ready_endpoints_to_the_proxy_wit
         &k8s_event("DELETED", k8s_slice("web-b", "web-b", &b, true, 104)),
     );
     until_served_by(&proxy, &[]).await;
-    wait_until(Duration::from_secs(10), || async {
-        (metric(&cp, "presage_cp_discovery_up", "kubernetes").await == 1.0).then_some(())
-    })
-    .await
-    .expect("the registry is up again");
+    until_metric(
+        &cp,
+        "presage_cp_discovery_up",
+        "kubernetes",
+        1.0,
+        "the registry is up again",
+    )
+    .await;
 }
 
 /// What `presage sample-service --register-consul` sent, by path.

@@ -24,7 +24,6 @@ use super::record::Record;
 use super::{Instance, Update};
 
 pub const NAME: &str = "consul";
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where the registry is (`discovery.consul`).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -89,15 +88,6 @@ fn next_index(previous: u64, answered: u64) -> u64 {
     }
 }
 
-/// Jittered exponential backoff after `attempt` failures.
-async fn backoff(attempt: &mut u32) {
-    let cap = Duration::from_millis(100)
-        .saturating_mul(1 << (*attempt).min(7))
-        .min(MAX_BACKOFF);
-    *attempt += 1;
-    tokio::time::sleep(cap.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
-}
-
 async fn report(tx: &mpsc::Sender<Update>, up: bool, error: Option<String>) -> bool {
     tx.send(Update::Status {
         registry: NAME,
@@ -139,7 +129,7 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
                 {
                     break;
                 }
-                backoff(&mut attempt).await;
+                super::backoff(&mut attempt).await;
                 continue;
             }
         };
@@ -209,7 +199,7 @@ async fn watch_service(
                 if !report(&tx, false, Some(error)).await {
                     return;
                 }
-                backoff(&mut attempt).await;
+                super::backoff(&mut attempt).await;
                 continue;
             }
         };
@@ -280,35 +270,15 @@ fn record(n: &ServiceNode) -> Result<Record, String> {
     } else {
         n.service.address.clone()
     };
-    let mut r = Record {
-        address,
-        port: n.service.port,
-        zone: String::new(),
-        price: None,
-        capacity: None,
-        version: String::new(),
-        weight: None,
-        labels: BTreeMap::new(),
-    };
-    fn number<T: std::str::FromStr>(tag: &str, v: &str) -> Result<T, String> {
-        v.parse()
-            .map_err(|_| format!("tag {tag}: expected a number, found {v:?}"))
-    }
+    let mut r = Record::at(address, n.service.port);
     let mut seen = HashMap::new();
     for tag in &n.service.tags {
         let (k, v) = tag.split_once('=').unwrap_or((tag.as_str(), ""));
         if seen.insert(k, v).is_some() {
             return Err(format!("tag {k}: given twice"));
         }
-        match k {
-            "zone" => r.zone = v.to_string(),
-            "version" => r.version = v.to_string(),
-            "price" => r.price = Some(number(k, v)?),
-            "capacity" => r.capacity = Some(number(k, v)?),
-            "weight" => r.weight = Some(number(k, v)?),
-            _ => {
-                r.labels.insert(k.to_string(), v.to_string());
-            }
+        if !r.set(k, v).map_err(|e| format!("tag {e}"))? {
+            r.labels.insert(k.to_string(), v.to_string());
         }
     }
     Ok(r)

@@ -22,7 +22,6 @@ pub const NAME: &str = "etcd";
 pub const DEFAULT_PREFIX: &str = "/presage/services/";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where the registry is.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -70,11 +69,7 @@ pub async fn watch(cfg: EtcdConfig, tx: mpsc::Sender<Update>) {
         if tx.send(up).await.is_err() {
             return;
         }
-        let cap = Duration::from_millis(100)
-            .saturating_mul(1 << attempt.min(7))
-            .min(MAX_BACKOFF);
-        attempt += 1;
-        tokio::time::sleep(cap.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+        super::backoff(&mut attempt).await;
     }
 }
 

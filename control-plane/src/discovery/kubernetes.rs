@@ -32,7 +32,6 @@ use super::{Catalog, Instance, Update};
 
 pub const NAME: &str = "kubernetes";
 const SERVICE_LABEL: &str = "kubernetes.io/service-name";
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often a failing API server is probed for recovery.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
@@ -154,11 +153,7 @@ pub async fn watch(cfg: KubernetesConfig, tx: mpsc::Sender<Update>) {
                 if tx.send(down).await.is_err() {
                     return;
                 }
-                let cap = Duration::from_millis(500)
-                    .saturating_mul(1 << attempt.min(5))
-                    .min(MAX_BACKOFF);
-                attempt += 1;
-                tokio::time::sleep(cap.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+                super::backoff(&mut attempt).await;
             }
         }
     };
@@ -430,37 +425,17 @@ fn record(
     zone: Option<&str>,
     pod: Option<&Pod>,
 ) -> Result<Record, String> {
-    let mut r = Record {
-        address: address.to_string(),
-        port,
-        zone: zone.unwrap_or_default().to_string(),
-        price: None,
-        capacity: None,
-        version: String::new(),
-        weight: None,
-        labels: BTreeMap::new(),
-    };
+    let mut r = Record::at(address, port);
+    r.zone = zone.unwrap_or_default().to_string();
     let Some(pod) = pod else { return Ok(r) };
     r.labels = pod.labels().clone();
     if let Some(v) = r.labels.get("app.kubernetes.io/version") {
         r.version = v.clone();
     }
-    fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
-        v.trim()
-            .parse()
-            .map_err(|_| format!("annotation {key}: expected a number, found {v:?}"))
-    }
     for (k, v) in pod.annotations() {
-        let Some(field) = k.strip_prefix("presage.io/") else {
-            continue;
-        };
-        match field {
-            "zone" => r.zone = v.clone(),
-            "version" => r.version = v.clone(),
-            "price" => r.price = Some(number(k, v)?),
-            "capacity" => r.capacity = Some(number(k, v)?),
-            "weight" => r.weight = Some(number(k, v)?),
-            _ => {}
+        if let Some(field) = k.strip_prefix("presage.io/") {
+            r.set(field, v)
+                .map_err(|e| format!("annotation presage.io/{e}"))?;
         }
     }
     Ok(r)

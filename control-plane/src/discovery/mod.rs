@@ -23,6 +23,7 @@ pub mod merge;
 pub mod record;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub use merge::Merger;
 pub use record::{Instance, RecordError};
@@ -59,3 +60,13 @@ pub struct DiscoveryConfig {
 
 /// Instances by service, then by instance id: what a backend knows.
 pub type Catalog = BTreeMap<String, BTreeMap<String, Instance>>;
+
+/// Sleeps a jittered exponential backoff (100 ms doubling to 10 s, full range halved)
+/// after `attempt` failures in a row, and counts this one.
+pub(crate) async fn backoff(attempt: &mut u32) {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1 << (*attempt).min(7))
+        .min(Duration::from_secs(10));
+    *attempt += 1;
+    tokio::time::sleep(cap.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+}

@@ -31,6 +31,42 @@ pub struct Record {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Record {
+    /// An empty record for `address:port`, to fill from a registry's own format.
+    pub fn at(address: impl Into<String>, port: u16) -> Record {
+        Record {
+            address: address.into(),
+            port,
+            zone: String::new(),
+            price: None,
+            capacity: None,
+            version: String::new(),
+            weight: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a metadata field from text (`zone`, `version`, `price`, `capacity`,
+    /// `weight`), as registries without JSON records carry them (Consul tags, Kubernetes
+    /// annotations). `Ok(false)`: not one of these fields.
+    pub fn set(&mut self, field: &str, value: &str) -> Result<bool, String> {
+        fn number<T: std::str::FromStr>(field: &str, v: &str) -> Result<T, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{field}: expected a number, found {v:?}"))
+        }
+        match field {
+            "zone" => self.zone = value.to_string(),
+            "version" => self.version = value.to_string(),
+            "price" => self.price = Some(number(field, value)?),
+            "capacity" => self.capacity = Some(number(field, value)?),
+            "weight" => self.weight = Some(number(field, value)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 /// A checked instance of a service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
