@@ -26,11 +26,14 @@ pub mod types {
     pub const FORECAST: &str = "presage.mesh.v1.Forecast";
     pub const BEHAVIOUR_PROFILE: &str = "presage.mesh.v1.BehaviourProfile";
     pub const WARM_POOL: &str = "presage.mesh.v1.WarmPool";
-    /// Every type, in the order a proxy subscribes (clusters before the routes naming them).
-    pub const ALL: [&str; 6] = [
+    pub const SUBJECT: &str = "presage.mesh.v1.Subject";
+    /// Every type, in the order a proxy subscribes (clusters before the routes naming
+    /// them, profiles before the subjects naming them).
+    pub const ALL: [&str; 7] = [
         CLUSTER,
         ROUTE,
         QOS_PROFILE,
+        SUBJECT,
         FORECAST,
         BEHAVIOUR_PROFILE,
         WARM_POOL,
@@ -51,6 +54,7 @@ impl resource::Body {
             Forecast(_) => types::FORECAST,
             BehaviourProfile(_) => types::BEHAVIOUR_PROFILE,
             WarmPool(_) => types::WARM_POOL,
+            Subject(_) => types::SUBJECT,
         }
     }
 }

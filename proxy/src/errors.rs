@@ -25,6 +25,12 @@ pub enum ProxyError {
     Upstream(String),
     #[error("upgrade failed: {0}")]
     Upgrade(String),
+    #[error("unknown QoS profile {0:?} in x-presage-qos")]
+    UnknownQosProfile(String),
+    #[error("QoS profile {0:?} is over its rate limit")]
+    Throttled(String, std::time::Duration),
+    #[error("overloaded: {} requests are shed to keep higher tiers within target", .0.as_str())]
+    Shed(crate::qos::Tier),
 }
 
 impl ProxyError {
@@ -72,6 +78,9 @@ impl ProxyError {
             ProxyError::Connect(_) => "upstream-connect",
             ProxyError::Upstream(_) => "upstream-error",
             ProxyError::Upgrade(_) => "upgrade-failed",
+            ProxyError::UnknownQosProfile(_) => "unknown-qos-profile",
+            ProxyError::Throttled(..) => "rate-limited",
+            ProxyError::Shed(_) => "shed",
         }
     }
 
@@ -80,7 +89,11 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequestBody(_) | ProxyError::UnknownQosProfile(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::Throttled(..) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Upgrade(_) => {
                 StatusCode::BAD_GATEWAY
@@ -102,6 +115,14 @@ impl ProxyError {
             "x-presage-error",
             header::HeaderValue::from_static(self.code()),
         );
+        let retry_after = match &self {
+            ProxyError::Throttled(_, wait) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            ProxyError::Shed(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            h.insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if self.is_client_fault() {
             // The request stream is in an unknown state; do not reuse the connection.
             h.insert(

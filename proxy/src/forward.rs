@@ -29,6 +29,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::errors::ProxyError;
 use crate::headers;
+use crate::qos;
 use crate::routing::{self, RequestView};
 use crate::runtime::{Route, Runtime};
 use crate::state::Shared;
@@ -80,7 +81,10 @@ pub async fn handle(
     };
     let result = match route {
         None => Err(ProxyError::NoRoute),
-        Some(route) => proxy(&rt, route, conn, req).await,
+        Some(route) => match admit(&rt, &shared, route, req.headers()) {
+            Ok(_admitted) => proxy(&rt, route, conn, req).await,
+            Err(e) => Err(e),
+        },
     };
     let (mut res, endpoint) = match result {
         Ok(ok) => ok,
@@ -111,6 +115,43 @@ pub async fn handle(
 }
 
 type Answer = (Response<ResponseBody>, Option<http::uri::Authority>);
+
+/// The request's QoS: its profile's rate limit, then its cluster's admission by tier.
+/// The returned guard holds the request's in-flight slot until the answer is ready.
+fn admit<'a>(
+    rt: &Runtime,
+    shared: &Shared,
+    route: &'a Route,
+    headers: &HeaderMap,
+) -> Result<qos::Admitted<'a>, ProxyError> {
+    let decision = rt.qos.resolve(
+        headers,
+        route.spec.qos_profile.as_deref(),
+        rt.config.default_tier,
+    )?;
+    let counters = &shared.metrics.qos[decision.tier as usize];
+    if let Some(p) = &decision.profile {
+        if let Err(e) = p.throttle() {
+            counters[2].inc();
+            return Err(e);
+        }
+    }
+    let cluster = &route.cluster;
+    match qos::admit(
+        &cluster.in_flight,
+        cluster.spec.max_in_flight,
+        decision.tier,
+    ) {
+        Some(admitted) => {
+            counters[0].inc();
+            Ok(admitted)
+        }
+        None => {
+            counters[1].inc();
+            Err(ProxyError::Shed(decision.tier))
+        }
+    }
+}
 
 async fn proxy(
     rt: &Runtime,

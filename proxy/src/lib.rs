@@ -10,7 +10,7 @@
 //!                                     │            outlier ◀── outcomes
 //! ```
 //! Layering, lowest first: `config` (and `routing`, `tls`), `load`, `metrics`,
-//! `outlier`/`balance`, `upstream`, `runtime`, `control_plane`, `telemetry`, `state`,
+//! `outlier`/`balance`, `qos`, `upstream`, `runtime`, `control_plane`, `telemetry`, `state`,
 //! `forward`, `listen`/`admin`/`reload`/`xds`, then `server`.
 //! No feature flags.
 
@@ -30,6 +30,7 @@ pub mod listen;
 pub mod load;
 pub mod metrics;
 pub mod outlier;
+pub mod qos;
 pub mod reload;
 pub mod routing;
 pub mod runtime;

@@ -45,6 +45,16 @@ pub struct XdsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QosLabels {
+    pub tier: &'static str,
+    /// `admitted`, `shed` (overload, by tier priority) or `throttled` (profile rate).
+    pub outcome: &'static str,
+}
+
+/// QoS admission outcomes, in the order of `Metrics::qos` handles.
+pub const QOS_OUTCOMES: [&str; 3] = ["admitted", "shed", "throttled"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -68,6 +78,9 @@ pub struct Metrics {
     pub telemetry_transitions_dropped: Counter,
     /// Per-service counters for the control plane's telemetry (not exported here).
     pub service_load: crate::load::ServiceLoads,
+    pub qos_requests: Family<QosLabels, Counter>,
+    /// Pre-resolved `qos_requests` handles by tier, then outcome (`QOS_OUTCOMES`).
+    pub qos: [[Counter; 3]; 4],
 }
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
@@ -95,6 +108,7 @@ impl RouteStats {
 
 impl Metrics {
     pub fn new() -> Self {
+        let qos_requests: Family<QosLabels, Counter> = Family::default();
         Metrics {
             requests: Family::default(),
             retries: Family::default(),
@@ -111,6 +125,17 @@ impl Metrics {
             telemetry_reports_dropped: Counter::default(),
             telemetry_transitions_dropped: Counter::default(),
             service_load: Default::default(),
+            qos_requests: qos_requests.clone(),
+            qos: crate::config::Tier::ALL.map(|t| {
+                QOS_OUTCOMES.map(|outcome| {
+                    qos_requests
+                        .get_or_create(&QosLabels {
+                            tier: t.as_str(),
+                            outcome,
+                        })
+                        .clone()
+                })
+            }),
         }
     }
 
@@ -181,6 +206,11 @@ impl Metrics {
             "telemetry_transitions_dropped",
             "User transitions dropped because one interval had too many",
             self.telemetry_transitions_dropped.clone(),
+        );
+        r.register(
+            "qos_requests",
+            "Routed requests by QoS tier and admission outcome",
+            self.qos_requests.clone(),
         );
         r.register_collector(Box::new(self.latency.clone()));
     }

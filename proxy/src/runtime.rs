@@ -37,6 +37,7 @@ pub struct Runtime {
     pub generation: u64,
     pub routes: Vec<Route>,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    pub qos: crate::qos::Qos,
 }
 
 impl Runtime {
@@ -68,7 +69,13 @@ impl Runtime {
                 })
             })
             .collect();
+        let qos = crate::qos::Qos::build(
+            &config.qos_profiles,
+            &config.subjects,
+            previous.map(|p| &p.qos),
+        );
         Runtime {
+            qos,
             config,
             generation: previous.map_or(1, |p| p.generation + 1),
             routes,

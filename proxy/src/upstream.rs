@@ -52,6 +52,8 @@ pub struct Cluster {
     pub balancer: Balancer,
     pub client: UpstreamClient,
     pub retries: Counter,
+    /// Requests admitted and not yet answered (see `qos::admit`).
+    pub in_flight: AtomicUsize,
     ejections: Counter,
     connect_errors: Counter,
     other_errors: Counter,
@@ -114,6 +116,7 @@ impl Cluster {
             client: build_client(&spec),
             endpoints,
             retries: Metrics::cluster_counter(&metrics.retries, &spec.name),
+            in_flight: AtomicUsize::new(0),
             ejections: Metrics::cluster_counter(&metrics.ejections, &spec.name),
             connect_errors: err("connect"),
             other_errors: err("other"),

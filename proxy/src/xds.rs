@@ -118,7 +118,15 @@ fn apply(shared: &Shared, response: DiscoveryResponse) -> Result<(), String> {
     let mut dynamic = shared.dynamic.lock().expect("dynamic lock poisoned");
     let mut next = dynamic.clone();
     next.apply(t, response.resources, &response.removed_resources);
-    if t == types::CLUSTER || t == types::ROUTE {
+    // Types that change routing; the rest are kept for the admin view (and later use).
+    if [
+        types::CLUSTER,
+        types::ROUTE,
+        types::QOS_PROFILE,
+        types::SUBJECT,
+    ]
+    .contains(&t)
+    {
         let prev = shared.live.load();
         let source = &prev.config.source;
         let base = std::path::Path::new(source).parent();

@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "BehaviourProfile",
         "NextCall",
         "WarmPool",
+        "Subject",
     ];
     let mut b = tonic_prost_build::configure()
         .out_dir(api.join("src/gen"))

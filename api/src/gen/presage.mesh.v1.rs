@@ -84,7 +84,7 @@ pub struct Resource {
     /// Opaque; changes whenever the resource's content changes.
     #[prost(string, tag = "2")]
     pub version: ::prost::alloc::string::String,
-    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8, 9")]
     pub body: ::core::option::Option<resource::Body>,
 }
 /// Nested message and enum types in `Resource`.
@@ -104,6 +104,8 @@ pub mod resource {
         BehaviourProfile(super::BehaviourProfile),
         #[prost(message, tag = "8")]
         WarmPool(super::WarmPool),
+        #[prost(message, tag = "9")]
+        Subject(super::Subject),
     }
 }
 /// An upstream service and its instances (clusters and endpoints travel together: a change
@@ -127,6 +129,9 @@ pub struct Cluster {
     pub connect_timeout_ms: u32,
     #[prost(message, repeated, tag = "5")]
     pub endpoints: ::prost::alloc::vec::Vec<Endpoint>,
+    /// Requests in flight (per proxy) above which QoS tiers are shed, lowest first; 0: no limit.
+    #[prost(uint32, tag = "6")]
+    pub max_in_flight: u32,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -183,6 +188,9 @@ pub struct Route {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// QoS profile of requests that name none and whose user or tenant has none.
+    #[prost(string, tag = "10")]
+    pub qos_profile: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -239,6 +247,29 @@ pub struct QosProfile {
     /// Fraction of requests that must succeed, e.g. 0.999.
     #[prost(double, tag = "6")]
     pub reliability: f64,
+    #[prost(double, tag = "7")]
+    pub latency_p50_ms: f64,
+    /// Requests per second each proxy admits under this profile (429 above); 0: no limit.
+    #[prost(double, tag = "8")]
+    pub rate_limit_rps: f64,
+}
+/// A user's or tenant's QoS assignment: a profile (which carries its tier) or a tier.
+/// Named `user:{id}` or `tenant:{id}` on the stream.
+#[allow(clippy::all)]
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Subject {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// "user" or "tenant".
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub profile: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub tier: ::prost::alloc::string::String,
 }
 /// A demand forecast for one service.
 #[allow(clippy::all)]

@@ -6,15 +6,16 @@
 //!
 //! Dynamic clusters are added after the static ones (a name clash is an error); dynamic
 //! routes are matched after the static routes, in ascending `(order, name)`.
-//! Types the proxy does not act on yet (QoS profiles, forecasts, behaviour profiles,
-//! warm pools) are kept as received and shown on the admin `/config/dynamic`.
+//! QoS profiles and subjects are appended to the YAML's `qos_profiles` and `subjects`.
+//! Types the proxy does not act on yet (forecasts, behaviour profiles, warm pools) are
+//! kept as received and shown on the admin `/config/dynamic`.
 
 use std::collections::BTreeMap;
 
-use presage_api::{resource::Body, Cluster, Resource, Route};
+use presage_api::{resource::Body, Cluster, QosProfile, Resource, Route, Subject};
 use serde_json::{json, Map, Value};
 
-use super::raw::{RawCluster, RawRoute};
+use super::raw::{RawCluster, RawQosProfile, RawRoute, RawSubject};
 use super::ConfigError;
 
 /// Everything received from the control plane, by type and name.
@@ -22,6 +23,8 @@ use super::ConfigError;
 pub struct Dynamic {
     pub clusters: BTreeMap<String, Cluster>,
     pub routes: BTreeMap<String, Route>,
+    pub qos_profiles: BTreeMap<String, QosProfile>,
+    pub subjects: BTreeMap<String, Subject>,
     /// Every resource (the two above included) by type, for versions and the admin view.
     pub resources: BTreeMap<&'static str, BTreeMap<String, Resource>>,
 }
@@ -39,6 +42,12 @@ impl Dynamic {
                 presage_api::types::ROUTE => {
                     self.routes.remove(name);
                 }
+                presage_api::types::QOS_PROFILE => {
+                    self.qos_profiles.remove(name);
+                }
+                presage_api::types::SUBJECT => {
+                    self.subjects.remove(name);
+                }
                 _ => {}
             }
         }
@@ -49,6 +58,12 @@ impl Dynamic {
                 }
                 Some(Body::Route(rt)) => {
                     self.routes.insert(r.name.clone(), rt.clone());
+                }
+                Some(Body::QosProfile(q)) => {
+                    self.qos_profiles.insert(r.name.clone(), q.clone());
+                }
+                Some(Body::Subject(sj)) => {
+                    self.subjects.insert(r.name.clone(), sj.clone());
                 }
                 _ => {}
             }
@@ -97,6 +112,9 @@ pub(super) fn cluster_doc(c: &Cluster) -> String {
     }
     if c.connect_timeout_ms > 0 {
         o.insert("connect_timeout".into(), json!(ms(c.connect_timeout_ms)));
+    }
+    if c.max_in_flight > 0 {
+        o.insert("max_in_flight".into(), json!(c.max_in_flight));
     }
     let eps: Vec<Value> = c
         .endpoints
@@ -160,6 +178,9 @@ pub(super) fn route_doc(r: &Route) -> String {
     if r.retry_attempts > 0 {
         o.insert("retries".into(), json!({ "attempts": r.retry_attempts }));
     }
+    if !r.qos_profile.is_empty() {
+        o.insert("qos_profile".into(), json!(r.qos_profile));
+    }
     if !r.add_request_headers.is_empty() {
         o.insert(
             "request_headers".into(),
@@ -173,6 +194,38 @@ pub(super) fn route_doc(r: &Route) -> String {
         );
     }
     Value::Object(o).to_string()
+}
+
+/// The YAML schema's form of a wire QoS profile (an empty tier is the default).
+pub(super) fn qos_profile_doc(q: &QosProfile) -> String {
+    let mut v = json!({
+        "name": q.name,
+        "latency_p50_ms": q.latency_p50_ms,
+        "latency_p99_ms": q.latency_p99_ms,
+        "min_throughput_rps": q.min_throughput_rps,
+        "min_accuracy": q.min_accuracy,
+        "reliability": q.reliability,
+        "rate_limit_rps": q.rate_limit_rps,
+    });
+    if !q.tier.is_empty() {
+        v["tier"] = json!(q.tier);
+    }
+    v.to_string()
+}
+
+/// The YAML schema's form of a wire subject (empty fields left out).
+pub(super) fn subject_doc(s: &Subject) -> String {
+    let mut v = json!({ "id": s.id });
+    for (k, x) in [
+        ("kind", &s.kind),
+        ("profile", &s.profile),
+        ("tier", &s.tier),
+    ] {
+        if !x.is_empty() {
+            v[k] = json!(x);
+        }
+    }
+    v.to_string()
 }
 
 /// Names the dynamic resource an error is in: `cluster "web"` as the source, the field
@@ -192,8 +245,17 @@ fn relabel(mut e: ConfigError, kind: &str, name: &str, prefix: &str) -> ConfigEr
     e
 }
 
+/// Every dynamic resource in its raw form.
+#[derive(Default)]
+pub(super) struct RawItems {
+    pub clusters: Vec<RawCluster>,
+    pub routes: Vec<RawRoute>,
+    pub qos_profiles: Vec<RawQosProfile>,
+    pub subjects: Vec<RawSubject>,
+}
+
 /// Converts every dynamic resource to its raw form; errors name the resource.
-pub(super) fn raw_items(d: &Dynamic) -> (Vec<RawCluster>, Vec<RawRoute>, Vec<ConfigError>) {
+pub(super) fn raw_items(d: &Dynamic) -> (RawItems, Vec<ConfigError>) {
     let mut errors = Vec::new();
     let mut clusters = Vec::new();
     for c in d.clusters.values() {
@@ -212,36 +274,78 @@ pub(super) fn raw_items(d: &Dynamic) -> (Vec<RawCluster>, Vec<RawRoute>, Vec<Con
             Err(e) => errors.push(relabel(e, "route", &r.name, "")),
         }
     }
-    (clusters, routes, errors)
+    let mut qos_profiles = Vec::new();
+    for (name, q) in &d.qos_profiles {
+        match super::deserialize::<RawQosProfile>(&qos_profile_doc(q), "xds") {
+            Ok(raw) => qos_profiles.push(raw),
+            Err(e) => errors.push(relabel(e, "QoS profile", name, "")),
+        }
+    }
+    let mut subjects = Vec::new();
+    for (name, s) in &d.subjects {
+        match super::deserialize::<RawSubject>(&subject_doc(s), "xds") {
+            Ok(raw) => subjects.push(raw),
+            Err(e) => errors.push(relabel(e, "subject", name, "")),
+        }
+    }
+    let items = RawItems {
+        clusters,
+        routes,
+        qos_profiles,
+        subjects,
+    };
+    (items, errors)
+}
+
+/// Where a merged list's dynamic resources start, and their names.
+pub(super) struct Origin {
+    list: &'static str,
+    kind: &'static str,
+    base: usize,
+    names: Vec<String>,
+}
+
+impl Origin {
+    pub fn new(
+        list: &'static str,
+        kind: &'static str,
+        base: usize,
+        names: impl Iterator<Item = String>,
+    ) -> Origin {
+        Origin {
+            list,
+            kind,
+            base,
+            names: names.collect(),
+        }
+    }
 }
 
 /// Re-attributes build errors in the merged lists to the dynamic resources they came
 /// from (indices at or past the static counts).
-pub(super) fn attribute(
-    errors: Vec<ConfigError>,
-    static_clusters: usize,
-    cluster_names: &[String],
-    static_routes: usize,
-    route_names: &[String],
-) -> Vec<ConfigError> {
+pub(super) fn attribute(errors: Vec<ConfigError>, origins: &[Origin]) -> Vec<ConfigError> {
     errors
         .into_iter()
         .map(|e| {
-            for (list, base, names, kind) in [
-                ("clusters", static_clusters, cluster_names, "cluster"),
-                ("routes", static_routes, route_names, "route"),
-            ] {
-                let Some(rest) = e.field.strip_prefix(list).and_then(|r| r.strip_prefix('['))
+            for o in origins {
+                let Some(rest) = e
+                    .field
+                    .strip_prefix(o.list)
+                    .and_then(|r| r.strip_prefix('['))
                 else {
                     continue;
                 };
                 let Some((idx, tail)) = rest.split_once(']') else {
                     continue;
                 };
-                if let Some(i) = idx.parse::<usize>().ok().and_then(|i| i.checked_sub(base)) {
-                    if let Some(name) = names.get(i) {
+                if let Some(i) = idx
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| i.checked_sub(o.base))
+                {
+                    if let Some(name) = o.names.get(i) {
                         let tail = tail.to_string();
-                        let mut e = relabel(e, kind, name, "");
+                        let mut e = relabel(e, o.kind, name, "");
                         e.field = tail.trim_start_matches('.').to_string();
                         if e.field.is_empty() {
                             e.field = "(resource)".into();

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use crate::routing::{HeaderMatch, HostMatch, PathMatch, RouteMatch};
@@ -78,6 +79,79 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     pub clusters: Vec<ClusterSpec>,
     pub control_plane: Option<ControlPlaneSpec>,
+    pub qos_profiles: Vec<QosProfileSpec>,
+    pub subjects: Vec<SubjectSpec>,
+    /// Tier of requests that resolve to no profile.
+    pub default_tier: Tier,
+}
+
+/// QoS levels, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Bronze,
+    Silver,
+    Gold,
+    Platinum,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Bronze, Tier::Silver, Tier::Gold, Tier::Platinum];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Bronze => "bronze",
+            Tier::Silver => "silver",
+            Tier::Gold => "gold",
+            Tier::Platinum => "platinum",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The share of a cluster's `max_in_flight` this tier may fill.
+    pub fn admission_share(self) -> f64 {
+        match self {
+            Tier::Bronze => 0.60,
+            Tier::Silver => 0.75,
+            Tier::Gold => 0.90,
+            Tier::Platinum => 1.0,
+        }
+    }
+}
+
+/// A QoS profile: targets, and the rate the proxy admits under it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QosProfileSpec {
+    pub name: String,
+    pub tier: Tier,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub min_throughput_rps: f64,
+    pub min_accuracy: f64,
+    pub reliability: f64,
+    /// Requests per second this proxy admits under the profile; 0: no limit.
+    pub rate_limit_rps: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectKind {
+    #[default]
+    User,
+    Tenant,
+}
+
+/// A user's or tenant's assignment: a profile (which carries its tier) or just a tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectSpec {
+    pub id: String,
+    pub kind: SubjectKind,
+    pub profile: Option<String>,
+    pub tier: Option<Tier>,
 }
 
 /// Connection to the control plane (discovery and telemetry streams).
@@ -120,6 +194,8 @@ pub struct RouteSpec {
     pub retry: RetryPolicy,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Profile of requests that name none and whose subject has none.
+    pub qos_profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,6 +238,8 @@ pub struct ClusterSpec {
     pub tls: Option<ClientTlsSpec>,
     pub outlier: OutlierPolicy,
     pub endpoints: Vec<EndpointSpec>,
+    /// Requests in flight above which tiers are shed (lowest first); 0: no limit.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -284,18 +362,45 @@ pub fn parse_with(
     dynamic: &dynamic::Dynamic,
 ) -> Result<Config, ConfigErrors> {
     let mut raw: RawConfig = deserialize(text, source_name).map_err(|e| ConfigErrors(vec![e]))?;
-    let (clusters, routes, errors) = dynamic::raw_items(dynamic);
+    let (items, errors) = dynamic::raw_items(dynamic);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let (static_clusters, static_routes) = (raw.clusters.len(), raw.routes.len());
-    let cluster_names: Vec<String> = clusters.iter().map(|c| c.name.value.clone()).collect();
-    let route_names: Vec<String> = routes
-        .iter()
-        .map(|r| r.name.clone().unwrap_or_default())
-        .collect();
-    raw.clusters.extend(clusters);
-    raw.routes.extend(routes);
+    // Where each list's dynamic part starts, and its resources' names, so build errors
+    // can name the resource they came from.
+    let lists = [
+        dynamic::Origin::new(
+            "clusters",
+            "cluster",
+            raw.clusters.len(),
+            items.clusters.iter().map(|c| c.name.value.clone()),
+        ),
+        dynamic::Origin::new(
+            "routes",
+            "route",
+            raw.routes.len(),
+            items
+                .routes
+                .iter()
+                .map(|r| r.name.clone().unwrap_or_default()),
+        ),
+        dynamic::Origin::new(
+            "qos_profiles",
+            "QoS profile",
+            raw.qos_profiles.len(),
+            items.qos_profiles.iter().map(|q| q.name.value.clone()),
+        ),
+        dynamic::Origin::new(
+            "subjects",
+            "subject",
+            raw.subjects.len(),
+            items.subjects.iter().map(|s| s.id.value.clone()),
+        ),
+    ];
+    raw.clusters.extend(items.clusters);
+    raw.routes.extend(items.routes);
+    raw.qos_profiles.extend(items.qos_profiles);
+    raw.subjects.extend(items.subjects);
     let mut b = Builder {
         source: source_name,
         base: base_dir,
@@ -305,13 +410,7 @@ pub fn parse_with(
     if b.errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(dynamic::attribute(
-            b.errors,
-            static_clusters,
-            &cluster_names,
-            static_routes,
-            &route_names,
-        )))
+        Err(ConfigErrors(dynamic::attribute(b.errors, &lists)))
     }
 }
 
@@ -418,7 +517,10 @@ impl Builder<'_> {
         let listeners = self.listeners(&raw);
         let clusters = self.clusters(&raw);
         let names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-        let routes = self.routes(&raw, &names);
+        let qos_profiles = self.qos_profiles(&raw);
+        let profiles: HashSet<&str> = qos_profiles.iter().map(|p| p.name.as_str()).collect();
+        let routes = self.routes(&raw, &names, &profiles);
+        let subjects = self.subjects(&raw, &profiles);
         let workers = raw.runtime.workers.as_ref().map(|w| {
             if w.value == 0 {
                 self.err(
@@ -477,6 +579,9 @@ impl Builder<'_> {
                 .control_plane
                 .as_ref()
                 .and_then(|c| self.control_plane(c)),
+            default_tier: raw.default_tier.unwrap_or_default(),
+            qos_profiles,
+            subjects,
         }
     }
 
@@ -603,12 +708,93 @@ impl Builder<'_> {
                         metadata: e.metadata.clone(),
                     })
                     .collect(),
+                max_in_flight: c.max_in_flight,
             });
         }
         out
     }
 
-    fn routes(&mut self, raw: &RawConfig, clusters: &HashSet<&str>) -> Vec<RouteSpec> {
+    fn qos_profiles(&mut self, raw: &RawConfig) -> Vec<QosProfileSpec> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, p) in raw.qos_profiles.iter().enumerate() {
+            let f = |s: &str| format!("qos_profiles[{i}].{s}");
+            if !seen.insert(p.name.value.clone()) {
+                self.err(
+                    p.name.referenced,
+                    f("name"),
+                    format!("duplicate QoS profile {:?}", p.name.value),
+                );
+            }
+            let mut num = |v: &Option<Spanned<f64>>, field: &str, max: f64| match v {
+                Some(s) if !(0.0..=max).contains(&s.value) => {
+                    self.err(
+                        s.referenced,
+                        f(field),
+                        format!("expected 0..={max}, found {}", s.value),
+                    );
+                    0.0
+                }
+                Some(s) => s.value,
+                None => 0.0,
+            };
+            out.push(QosProfileSpec {
+                name: p.name.value.clone(),
+                tier: p.tier,
+                latency_p50_ms: num(&p.latency_p50_ms, "latency_p50_ms", f64::MAX),
+                latency_p99_ms: num(&p.latency_p99_ms, "latency_p99_ms", f64::MAX),
+                min_throughput_rps: num(&p.min_throughput_rps, "min_throughput_rps", f64::MAX),
+                min_accuracy: num(&p.min_accuracy, "min_accuracy", 1.0),
+                reliability: num(&p.reliability, "reliability", 1.0),
+                rate_limit_rps: num(&p.rate_limit_rps, "rate_limit_rps", f64::MAX),
+            });
+        }
+        out
+    }
+
+    fn subjects(&mut self, raw: &RawConfig, profiles: &HashSet<&str>) -> Vec<SubjectSpec> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, s) in raw.subjects.iter().enumerate() {
+            let f = |x: &str| format!("subjects[{i}].{x}");
+            if !seen.insert((s.kind, s.id.value.clone())) {
+                self.err(
+                    s.id.referenced,
+                    f("id"),
+                    format!("duplicate subject {:?}", s.id.value),
+                );
+            }
+            if let Some(p) = &s.profile {
+                if !profiles.contains(p.value.as_str()) {
+                    self.err(
+                        p.referenced,
+                        f("profile"),
+                        format!("unknown QoS profile {:?}", p.value),
+                    );
+                }
+            } else if s.tier.is_none() {
+                self.err(
+                    s.id.referenced,
+                    f("profile"),
+                    "expected a profile or a tier, found neither",
+                );
+            }
+            out.push(SubjectSpec {
+                id: s.id.value.clone(),
+                kind: s.kind,
+                profile: s.profile.as_ref().map(|p| p.value.clone()),
+                tier: s.tier,
+            });
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        raw: &RawConfig,
+        clusters: &HashSet<&str>,
+        profiles: &HashSet<&str>,
+    ) -> Vec<RouteSpec> {
         let mut out = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let f = |s: &str| format!("routes[{i}].{s}");
@@ -718,6 +904,16 @@ impl Builder<'_> {
                 retry,
                 request_headers: ops(&r.request_headers),
                 response_headers: ops(&r.response_headers),
+                qos_profile: r.qos_profile.as_ref().map(|p| {
+                    if !profiles.contains(p.value.as_str()) {
+                        self.err(
+                            p.referenced,
+                            f("qos_profile"),
+                            format!("unknown QoS profile {:?}", p.value),
+                        );
+                    }
+                    p.value.clone()
+                }),
             });
         }
         out

@@ -38,6 +38,38 @@ pub struct RawConfig {
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
     pub control_plane: Option<RawControlPlane>,
+    #[serde(default)]
+    pub qos_profiles: Vec<RawQosProfile>,
+    #[serde(default)]
+    pub subjects: Vec<RawSubject>,
+    /// Tier of requests that resolve to no profile; default bronze.
+    pub default_tier: Option<super::Tier>,
+}
+
+/// A QoS profile (the control plane's `QosProfile`, same field names).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQosProfile {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub tier: super::Tier,
+    pub latency_p50_ms: Option<Spanned<f64>>,
+    pub latency_p99_ms: Option<Spanned<f64>>,
+    pub min_throughput_rps: Option<Spanned<f64>>,
+    pub min_accuracy: Option<Spanned<f64>>,
+    pub reliability: Option<Spanned<f64>>,
+    pub rate_limit_rps: Option<Spanned<f64>>,
+}
+
+/// A user's or tenant's assignment to a profile or a tier.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubject {
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub kind: super::SubjectKind,
+    pub profile: Option<Spanned<String>>,
+    pub tier: Option<super::Tier>,
 }
 
 /// Where the control plane is, and how this proxy talks to it.
@@ -125,6 +157,8 @@ pub struct RawRoute {
     pub request_headers: RawHeaderOps,
     #[serde(default)]
     pub response_headers: RawHeaderOps,
+    /// Profile of requests that name none (header) and whose subject has none.
+    pub qos_profile: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +230,9 @@ pub struct RawCluster {
     pub outlier_detection: RawOutlier,
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    /// Requests in flight above which tiers are shed, lowest first (0: no limit).
+    #[serde(default)]
+    pub max_in_flight: usize,
     /// From the control plane: may have no endpoints (all instances gone answers 503).
     #[serde(skip)]
     pub dynamic: bool,

@@ -1,0 +1,351 @@
+//! QoS enforcement on the request path: which profile and tier a request runs under,
+//! per-profile throughput limits, and admission by tier priority under overload.
+//!
+//! ```text
+//! x-presage-qos: NAME ─┐ (else)
+//! x-presage-user ──────┼─▶ subject's profile or tier ─┐ (else)
+//! x-presage-tenant ────┘                             ├─▶ route's default profile ─▶ default tier
+//!                                                    ▼
+//!   profile rate limit (token bucket) ─▶ 429 + Retry-After
+//!   cluster in flight ≥ max_in_flight × tier share ─▶ 503 + Retry-After (shed)
+//! ```
+//! Tier shares are Bronze 60%, Silver 75%, Gold 90%, Platinum 100% of the cluster's
+//! `max_in_flight`: as load grows Bronze is refused first and Platinum last, and since
+//! the shares are ordered a higher tier is never shed while a lower one is admitted.
+//! Profiles keep their token buckets across reloads while their spec is unchanged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName};
+
+pub use crate::config::Tier;
+use crate::config::{QosProfileSpec, SubjectKind, SubjectSpec};
+use crate::errors::ProxyError;
+
+pub static X_PRESAGE_QOS: HeaderName = HeaderName::from_static("x-presage-qos");
+pub static X_PRESAGE_USER: HeaderName = HeaderName::from_static("x-presage-user");
+pub static X_PRESAGE_TENANT: HeaderName = HeaderName::from_static("x-presage-tenant");
+
+/// A profile with its live rate-limit state.
+#[derive(Debug)]
+pub struct Profile {
+    pub spec: QosProfileSpec,
+    bucket: Option<TokenBucket>,
+}
+
+/// What a subject is assigned to.
+#[derive(Debug, Clone)]
+enum Assignment {
+    Profile(Arc<Profile>),
+    Tier(Tier),
+}
+
+/// The profiles and subject assignments of one runtime.
+#[derive(Debug, Default)]
+pub struct Qos {
+    pub profiles: HashMap<String, Arc<Profile>>,
+    users: HashMap<String, Assignment>,
+    tenants: HashMap<String, Assignment>,
+}
+
+/// How one request is treated.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub profile: Option<Arc<Profile>>,
+    pub tier: Tier,
+}
+
+impl Decision {
+    pub fn profile_name(&self) -> &str {
+        self.profile.as_ref().map_or("", |p| p.spec.name.as_str())
+    }
+}
+
+impl Qos {
+    /// Builds from validated specs, keeping the buckets of unchanged profiles.
+    pub fn build(
+        profiles: &[QosProfileSpec],
+        subjects: &[SubjectSpec],
+        previous: Option<&Qos>,
+    ) -> Qos {
+        let profiles: HashMap<String, Arc<Profile>> = profiles
+            .iter()
+            .map(|spec| {
+                let kept = previous
+                    .and_then(|p| p.profiles.get(&spec.name))
+                    .filter(|p| p.spec == *spec)
+                    .cloned();
+                let p = kept.unwrap_or_else(|| {
+                    Arc::new(Profile {
+                        bucket: (spec.rate_limit_rps > 0.0)
+                            .then(|| TokenBucket::new(spec.rate_limit_rps)),
+                        spec: spec.clone(),
+                    })
+                });
+                (spec.name.clone(), p)
+            })
+            .collect();
+        let mut users = HashMap::new();
+        let mut tenants = HashMap::new();
+        for s in subjects {
+            // Validation guarantees a profile or a tier, and that the profile exists.
+            let a = match s.profile.as_ref().and_then(|p| profiles.get(p)) {
+                Some(p) => Assignment::Profile(p.clone()),
+                None => Assignment::Tier(s.tier.unwrap_or_default()),
+            };
+            match s.kind {
+                SubjectKind::User => users.insert(s.id.clone(), a),
+                SubjectKind::Tenant => tenants.insert(s.id.clone(), a),
+            };
+        }
+        Qos {
+            profiles,
+            users,
+            tenants,
+        }
+    }
+
+    /// The request's profile and tier. An unknown profile named in `x-presage-qos` is
+    /// the client's error; unknown users and tenants just get the route's default.
+    pub fn resolve(
+        &self,
+        headers: &HeaderMap,
+        route_default: Option<&str>,
+        default_tier: Tier,
+    ) -> Result<Decision, ProxyError> {
+        let text = |h: &HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+        if let Some(name) = text(&X_PRESAGE_QOS) {
+            return match self.profiles.get(name) {
+                Some(p) => Ok(decision(p)),
+                None => Err(ProxyError::UnknownQosProfile(name.to_string())),
+            };
+        }
+        let assigned = text(&X_PRESAGE_USER)
+            .and_then(|u| self.users.get(u))
+            .or_else(|| text(&X_PRESAGE_TENANT).and_then(|t| self.tenants.get(t)));
+        match assigned {
+            Some(Assignment::Profile(p)) => return Ok(decision(p)),
+            Some(Assignment::Tier(t)) => {
+                return Ok(Decision {
+                    profile: None,
+                    tier: *t,
+                })
+            }
+            None => {}
+        }
+        Ok(match route_default.and_then(|n| self.profiles.get(n)) {
+            Some(p) => decision(p),
+            None => Decision {
+                profile: None,
+                tier: default_tier,
+            },
+        })
+    }
+}
+
+fn decision(p: &Arc<Profile>) -> Decision {
+    Decision {
+        tier: p.spec.tier,
+        profile: Some(p.clone()),
+    }
+}
+
+impl Profile {
+    /// Takes one request from the profile's rate limit.
+    pub fn throttle(&self) -> Result<(), ProxyError> {
+        match &self.bucket {
+            Some(b) => b
+                .take()
+                .map_err(|wait| ProxyError::Throttled(self.spec.name.clone(), wait)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A token bucket refilled at `rate` per second, holding at most one second's worth.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn new(rate: f64) -> TokenBucket {
+        let burst = rate.max(1.0);
+        TokenBucket {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// `Err(wait)`: empty; a token is back after `wait`.
+    fn take(&self) -> Result<(), Duration> {
+        self.take_at(Instant::now())
+    }
+
+    fn take_at(&self, now: Instant) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = *s;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
+            .min(self.burst);
+        if tokens >= 1.0 {
+            *s = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *s = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+}
+
+/// A request counted in its cluster's in-flight total until dropped.
+#[derive(Debug)]
+pub struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Admits a request of `tier` to a cluster with `in_flight` requests and a limit of
+/// `max_in_flight` (0: no limit, always admitted and still counted).
+pub fn admit(in_flight: &AtomicUsize, max_in_flight: usize, tier: Tier) -> Option<Admitted<'_>> {
+    let before = in_flight.fetch_add(1, Relaxed);
+    let guard = Admitted(in_flight);
+    if max_in_flight == 0 {
+        return Some(guard);
+    }
+    let limit = (max_in_flight as f64 * tier.admission_share()).ceil() as usize;
+    (before < limit.max(1)).then_some(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(name: &str, tier: Tier, rate: f64) -> QosProfileSpec {
+        QosProfileSpec {
+            name: name.into(),
+            tier,
+            rate_limit_rps: rate,
+            ..QosProfileSpec::default()
+        }
+    }
+
+    fn headers(pairs: &[(&HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert((*k).clone(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn profile_comes_from_header_then_user_then_tenant_then_route() {
+        let qos = Qos::build(
+            &[
+                profile("fast", Tier::Platinum, 0.0),
+                profile("cheap", Tier::Bronze, 0.0),
+                profile("std", Tier::Silver, 0.0),
+            ],
+            &[
+                SubjectSpec {
+                    id: "alice".into(),
+                    kind: SubjectKind::User,
+                    profile: Some("fast".into()),
+                    tier: None,
+                },
+                SubjectSpec {
+                    id: "acme".into(),
+                    kind: SubjectKind::Tenant,
+                    profile: None,
+                    tier: Some(Tier::Gold),
+                },
+            ],
+            None,
+        );
+        let r = |h: HeaderMap| {
+            let d = qos.resolve(&h, Some("std"), Tier::Bronze).unwrap();
+            (d.profile_name().to_string(), d.tier)
+        };
+        assert_eq!(
+            r(headers(&[
+                (&X_PRESAGE_QOS, "cheap"),
+                (&X_PRESAGE_USER, "alice")
+            ])),
+            ("cheap".into(), Tier::Bronze)
+        );
+        assert_eq!(
+            r(headers(&[
+                (&X_PRESAGE_USER, "alice"),
+                (&X_PRESAGE_TENANT, "acme")
+            ])),
+            ("fast".into(), Tier::Platinum)
+        );
+        assert_eq!(
+            r(headers(&[
+                (&X_PRESAGE_USER, "bob"),
+                (&X_PRESAGE_TENANT, "acme")
+            ])),
+            ("".into(), Tier::Gold)
+        );
+        assert_eq!(
+            r(headers(&[(&X_PRESAGE_USER, "bob")])),
+            ("std".into(), Tier::Silver)
+        );
+        let none = qos.resolve(&HeaderMap::new(), None, Tier::Bronze).unwrap();
+        assert_eq!((none.profile_name(), none.tier), ("", Tier::Bronze));
+        let bad = qos.resolve(
+            &headers(&[(&X_PRESAGE_QOS, "gold-ish")]),
+            None,
+            Tier::Bronze,
+        );
+        assert!(matches!(bad, Err(ProxyError::UnknownQosProfile(n)) if n == "gold-ish"));
+    }
+
+    #[test]
+    fn lower_tiers_are_refused_first_and_never_while_a_higher_one_is_refused() {
+        let in_flight = AtomicUsize::new(0);
+        let mut held = Vec::new();
+        // Fill with Platinum until it is refused, noting where each tier stopped.
+        let mut refused_at = HashMap::new();
+        for n in 0..20 {
+            for t in Tier::ALL {
+                if !refused_at.contains_key(&t) && admit(&in_flight, 10, t).is_none() {
+                    refused_at.insert(t, n);
+                }
+            }
+            if let Some(g) = admit(&in_flight, 10, Tier::Platinum) {
+                held.push(g);
+            }
+        }
+        assert_eq!(refused_at[&Tier::Bronze], 6);
+        assert_eq!(refused_at[&Tier::Silver], 8);
+        assert_eq!(refused_at[&Tier::Gold], 9);
+        assert_eq!(refused_at[&Tier::Platinum], 10);
+        assert_eq!(in_flight.load(Relaxed), 10, "refusals are not counted");
+        held.clear();
+        assert_eq!(in_flight.load(Relaxed), 0, "guards give their slot back");
+        // No limit: always admitted.
+        assert!(admit(&in_flight, 0, Tier::Bronze).is_some());
+    }
+
+    #[test]
+    fn token_bucket_allows_its_rate_and_says_when_to_retry() {
+        let b = TokenBucket::new(10.0);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert!(b.take_at(t0).is_ok(), "a second's worth of burst");
+        }
+        let wait = b.take_at(t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        assert!(b.take_at(t0 + Duration::from_millis(100)).is_ok());
+        assert!(b.take_at(t0 + Duration::from_millis(150)).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! QoS enforcement in the proxy, end to end over real sockets: tier-priority shedding
+//! under overload, per-profile rate limits, and how a request's profile is chosen.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+
+const PROFILES: &str = "qos_profiles:
+  - {name: premium, tier: platinum, latency_p99_ms: 200}
+  - {name: basic, tier: bronze}
+  - {name: limited, tier: silver, rate_limit_rps: 5}
+subjects:
+  - {id: alice, profile: premium}
+  - {id: acme, kind: tenant, tier: gold}
+";
+
+fn qos_config(up: &Upstream, max_in_flight: usize) -> String {
+    config(&format!(
+        "{PROFILES}routes:\n  - name: all\n    cluster: up\n    qos_profile: basic\nclusters:\n  - name: up\n    max_in_flight: {max_in_flight}\n    endpoints:\n      - address: \"{}\"\n",
+        up.addr
+    ))
+}
+
+fn request(url: &str, headers: &[(&str, &str)]) -> Request<Full<bytes::Bytes>> {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::default()).unwrap()
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    shed: AtomicUsize,
+    other: AtomicUsize,
+}
+
+/// `workers` loops sending requests with `headers` until `until`.
+fn load(
+    proxy: &Proxy,
+    workers: usize,
+    headers: &'static [(&'static str, &'static str)],
+    until: Instant,
+) -> (Arc<Tally>, Vec<tokio::task::JoinHandle<()>>) {
+    let tally = Arc::new(Tally::default());
+    let url = proxy.url("/work?ms=20");
+    let tasks = (0..workers)
+        .map(|_| {
+            let (t, url) = (tally.clone(), url.clone());
+            tokio::spawn(async move {
+                let c = h1_client();
+                while Instant::now() < until {
+                    let a = send(&c, request(&url, headers)).await;
+                    let counter = match a.status {
+                        StatusCode::OK => &t.ok,
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            assert_eq!(a.headers["x-presage-error"], "shed");
+                            assert_eq!(a.headers["retry-after"], "1");
+                            &t.shed
+                        }
+                        _ => &t.other,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    (tally, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platinum_keeps_its_success_rate_while_bronze_is_shed_under_overload() {
+    let up = Upstream::spawn("up").await;
+    let proxy = Proxy::start(&qos_config(&up, 10)).await;
+    // 24 Bronze clients (the route's default profile) against a cluster that takes 10
+    // in flight, 20 ms each: Bronze may fill 6 slots and is shed beyond; 3 Platinum
+    // clients (alice's profile) always find room.
+    let until = Instant::now() + Duration::from_secs(2);
+    let (bronze, mut tasks) = load(&proxy, 24, &[], until);
+    let (platinum, more) = load(&proxy, 3, &[("x-presage-user", "alice")], until);
+    tasks.extend(more);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let get = |t: &Tally| {
+        (
+            t.ok.load(Ordering::Relaxed),
+            t.shed.load(Ordering::Relaxed),
+            t.other.load(Ordering::Relaxed),
+        )
+    };
+    let (p_ok, p_shed, p_other) = get(&platinum);
+    let (b_ok, b_shed, b_other) = get(&bronze);
+    let p_rate = p_ok as f64 / (p_ok + p_shed + p_other) as f64;
+    assert!(p_ok > 100, "platinum got too little through: {p_ok}");
+    assert!(
+        p_rate >= 0.999,
+        "platinum success {p_rate} ({p_ok} ok, {p_shed} shed, {p_other} other)"
+    );
+    assert!(b_shed > 0, "bronze was never shed ({b_ok} ok)");
+    assert!(b_ok > 0, "bronze still gets its share");
+    assert_eq!(b_other, 0);
+
+    let proxy = &proxy;
+    let shed = |tier| async move {
+        proxy
+            .metric(
+                "presage_qos_requests_total",
+                &[("tier", tier), ("outcome", "shed")],
+            )
+            .await
+    };
+    assert_eq!(shed("bronze").await, b_shed as f64);
+    assert_eq!(shed("platinum").await, 0.0);
+    let admitted = proxy
+        .metric(
+            "presage_qos_requests_total",
+            &[("tier", "platinum"), ("outcome", "admitted")],
+        )
+        .await;
+    assert_eq!(admitted, p_ok as f64);
+}
+
+#[tokio::test]
+async fn a_profile_over_its_rate_limit_gets_429_with_retry_after() {
+    let up = Upstream::spawn("up").await;
+    let proxy = Proxy::start(&qos_config(&up, 0)).await;
+    let c = h1_client();
+    let url = proxy.url("/");
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let a = send(&c, request(&url, &[("x-presage-qos", "limited")])).await;
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(a.headers["x-presage-error"], "rate-limited");
+            let after: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=1).contains(&after), "retry-after {after}");
+        }
+        statuses.push(a.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    // A burst of one second's worth (5), plus what refills during the loop.
+    assert!((5..=7).contains(&ok), "{ok} admitted of 20: {statuses:?}");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        20 - ok
+    );
+    // Other profiles are not limited by it.
+    for _ in 0..20 {
+        let a = send(&c, request(&url, &[("x-presage-qos", "premium")])).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_profile_is_the_clients_error() {
+    let up = Upstream::spawn("up").await;
+    let proxy = Proxy::start(&qos_config(&up, 0)).await;
+    let a = send(
+        &h1_client(),
+        request(&proxy.url("/"), &[("x-presage-qos", "diamond")]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.headers["x-presage-error"], "unknown-qos-profile");
+    assert!(a.body.contains("\"diamond\""), "{}", a.body);
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn bad_qos_config_is_rejected_with_its_location() {
+    let bad = "qos_profiles:\n  - {name: p, tier: gold, reliability: 1.5}\nsubjects:\n  - {id: bob, profile: nope}\nroutes:\n  - {name: all, cluster: up, qos_profile: ghost}\nclusters:\n  - {name: up, endpoints: [{address: \"127.0.0.1:1\"}]}\n";
+    let dir = TempDir::new();
+    let path = dir.0.join("bad.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        ":2:",
+        "qos_profiles[0].reliability: expected 0..=1, found 1.5",
+        "subjects[0].profile: unknown QoS profile \"nope\"",
+        "routes[0].qos_profile: unknown QoS profile \"ghost\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
