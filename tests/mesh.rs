@@ -281,7 +281,7 @@ async fn a_restart_keeps_everything_the_api_acknowledged() {
     .await;
     cp.put("/v1/routes/all", r#"{"cluster":"web"}"#).await;
     cp.put(
-        "/v1/qos-profiles/gold",
+        "/v1/qos/profiles/gold",
         r#"{"tier":"gold","latency_p99_ms":100,"reliability":0.999}"#,
     )
     .await;
@@ -303,7 +303,7 @@ async fn a_restart_keeps_everything_the_api_acknowledged() {
         .map(|r| r["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["again"]);
-    assert_eq!(cp.get("/v1/qos-profiles").await[0]["tier"], "gold");
+    assert_eq!(cp.get("/v1/qos/profiles").await[0]["tier"], "gold");
     cp.stop().await;
 }
 

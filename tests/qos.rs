@@ -197,3 +197,93 @@ async fn bad_qos_config_is_rejected_with_its_location() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// The control plane pushes profiles and subjects: a user's assignment changed through
+/// the REST API is enforced by the proxy within a second; bad assignments are refused
+/// with the field named, and a profile in use cannot be deleted.
+#[tokio::test]
+async fn a_subject_assigned_through_the_api_is_enforced_by_the_proxy_within_a_second() {
+    use support::control_plane::ControlPlane;
+    let up = Upstream::spawn("up").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "qos_profiles:\n  - {{name: trickle, tier: bronze, rate_limit_rps: 1}}\n  - {{name: premium, tier: platinum}}\nservices:\n  - name: up\n    endpoints: [{{address: \"{}\"}}]\nroutes:\n  - {{name: all, cluster: up}}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n",
+        cp.url()
+    )))
+    .await;
+    let c = h1_client();
+    let url = proxy.url("/");
+    let as_alice = || request(&url, &[("x-presage-user", "alice")]);
+    wait_until(Duration::from_secs(10), || async {
+        (send(&c, as_alice()).await.status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("the proxy routes the control plane's route");
+    // Unassigned, alice is not limited.
+    for _ in 0..5 {
+        assert_eq!(send(&c, as_alice()).await.status, StatusCode::OK);
+    }
+
+    // Bad assignments name the field.
+    for (body, field) in [
+        (r#"{"profile":"nope"}"#, "profile"),
+        (r#"{"kind":"robot","tier":"gold"}"#, "kind"),
+        (r#"{"tier":"diamond"}"#, "tier"),
+        (r#"{}"#, "profile"),
+        (r#"{"profile":"premium","colour":"red"}"#, "colour"),
+    ] {
+        let (s, v) = cp.call(http::Method::PUT, "/v1/subjects/alice", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["field"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+
+    // alice gets the rate-limited profile: the proxy enforces it within a second.
+    cp.put("/v1/subjects/alice", r#"{"profile":"trickle"}"#)
+        .await;
+    let assigned = Instant::now();
+    let limited = wait_until(Duration::from_secs(5), || async {
+        (send(&c, as_alice()).await.status == StatusCode::TOO_MANY_REQUESTS).then(Instant::now)
+    })
+    .await
+    .expect("alice is rate limited");
+    assert!(
+        limited - assigned < Duration::from_secs(1),
+        "took {:?}",
+        limited - assigned
+    );
+    assert_eq!(cp.get("/v1/subjects/alice").await["profile"], "trickle");
+    // Others are not.
+    let bob = send(&c, request(&url, &[("x-presage-user", "bob")])).await;
+    assert_eq!(bob.status, StatusCode::OK);
+
+    // The profile is in use: it cannot be deleted until alice moves.
+    let (s, v) = cp
+        .call(http::Method::DELETE, "/v1/qos/profiles/trickle", "")
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("alice"), "{v}");
+    cp.put("/v1/subjects/alice", r#"{"tier":"platinum"}"#).await;
+    let (s, _) = cp
+        .call(http::Method::DELETE, "/v1/qos/profiles/trickle", "")
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    wait_until(Duration::from_secs(5), || async {
+        let mut all = true;
+        for _ in 0..3 {
+            all &= send(&c, as_alice()).await.status == StatusCode::OK;
+        }
+        all.then_some(())
+    })
+    .await
+    .expect("alice is no longer limited");
+}

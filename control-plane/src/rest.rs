@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use presage_api::resource::Body;
-use presage_api::{types, Cluster, Endpoint, QosProfile, Resource, Route};
+use presage_api::{types, Cluster, Endpoint, QosProfile, Resource, Route, Subject};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
@@ -58,8 +58,13 @@ pub struct Api {
         put_route,
         delete_route,
         list_qos_profiles,
+        get_qos_profile,
         put_qos_profile,
         delete_qos_profile,
+        list_subjects,
+        get_subject,
+        put_subject,
+        delete_subject,
         list_proxies,
         next_services
     ),
@@ -67,6 +72,7 @@ pub struct Api {
         Cluster,
         Endpoint,
         Route,
+        Subject,
         presage_api::RouteMatch,
         presage_api::HeaderMatch,
         QosProfile,
@@ -103,10 +109,17 @@ pub fn router(api: Api) -> Router {
             "/v1/routes/{name}",
             get(get_route).put(put_route).delete(delete_route),
         )
-        .route("/v1/qos-profiles", get(list_qos_profiles))
+        .route("/v1/qos/profiles", get(list_qos_profiles))
         .route(
-            "/v1/qos-profiles/{name}",
-            axum::routing::put(put_qos_profile).delete(delete_qos_profile),
+            "/v1/qos/profiles/{name}",
+            get(get_qos_profile)
+                .put(put_qos_profile)
+                .delete(delete_qos_profile),
+        )
+        .route("/v1/subjects", get(list_subjects))
+        .route(
+            "/v1/subjects/{id}",
+            get(get_subject).put(put_subject).delete(delete_subject),
         )
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/users/{user}/next", get(next_services))
@@ -154,6 +167,14 @@ impl ApiError {
     fn not_found(message: impl Into<String>) -> ApiError {
         ApiError {
             status: 404,
+            message: message.into(),
+            field: None,
+            errors: Vec::new(),
+        }
+    }
+    fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 409,
             message: message.into(),
             field: None,
             errors: Vec::new(),
@@ -321,6 +342,12 @@ fn route(b: &Body) -> Option<&Route> {
 fn qos(b: &Body) -> Option<&QosProfile> {
     match b {
         Body::QosProfile(q) => Some(q),
+        _ => None,
+    }
+}
+fn subject(b: &Body) -> Option<&Subject> {
+    match b {
+        Body::Subject(s) => Some(s),
         _ => None,
     }
 }
@@ -522,7 +549,16 @@ async fn put_route(
         name,
         &bytes,
         |r: &mut Route| &mut r.name,
-        validate::route,
+        |r: &Route| {
+            let mut e = validate::route(r);
+            if !r.qos_profile.is_empty() && !profile_exists(&api, &r.qos_profile) {
+                e.push(FieldError {
+                    field: "qos_profile".into(),
+                    message: format!("no QoS profile named {:?}", r.qos_profile),
+                });
+            }
+            e
+        },
         Body::Route,
     )
     .await
@@ -538,12 +574,12 @@ async fn delete_route(
 
 // === QoS profiles ===
 
-#[utoipa::path(get, path = "/v1/qos-profiles", responses((status = 200, body = [QosProfile])))]
+#[utoipa::path(get, path = "/v1/qos/profiles", responses((status = 200, body = [QosProfile])))]
 async fn list_qos_profiles(State(api): State<Api>) -> Json<Vec<QosProfile>> {
     Json(items(&api, types::QOS_PROFILE, qos))
 }
 
-#[utoipa::path(put, path = "/v1/qos-profiles/{name}", request_body = QosProfile,
+#[utoipa::path(put, path = "/v1/qos/profiles/{name}", request_body = QosProfile,
     responses((status = 200, body = Written), (status = 400, body = ApiError)))]
 async fn put_qos_profile(
     State(api): State<Api>,
@@ -561,12 +597,89 @@ async fn put_qos_profile(
     .await
 }
 
-#[utoipa::path(delete, path = "/v1/qos-profiles/{name}", responses((status = 204), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/v1/qos/profiles/{name}", responses((status = 204), (status = 404, body = ApiError)))]
 async fn delete_qos_profile(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    // Proxies would refuse a config whose routes or subjects name a missing profile.
+    let users: Vec<String> = items(&api, types::SUBJECT, subject)
+        .into_iter()
+        .filter(|s| s.profile == name)
+        .map(|s| format!("subject {:?}", s.id))
+        .chain(
+            items(&api, types::ROUTE, route)
+                .into_iter()
+                .filter(|r| r.qos_profile == name)
+                .map(|r| format!("route {:?}", r.name)),
+        )
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "QoS profile {name:?} is in use by {}",
+            users.join(", ")
+        )));
+    }
     remove(&api, types::QOS_PROFILE, "QoS profile", &name).await
+}
+
+#[utoipa::path(get, path = "/v1/qos/profiles/{name}", responses((status = 200, body = QosProfile), (status = 404, body = ApiError)))]
+async fn get_qos_profile(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<QosProfile>, ApiError> {
+    item(&api, types::QOS_PROFILE, &name, qos)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no QoS profile named {name:?}")))
+}
+
+fn profile_exists(api: &Api, name: &str) -> bool {
+    item(api, types::QOS_PROFILE, name, qos).is_some()
+}
+
+// === subjects ===
+
+#[utoipa::path(get, path = "/v1/subjects", responses((status = 200, body = [Subject])))]
+async fn list_subjects(State(api): State<Api>) -> Json<Vec<Subject>> {
+    Json(items(&api, types::SUBJECT, subject))
+}
+
+#[utoipa::path(get, path = "/v1/subjects/{id}", responses((status = 200, body = Subject), (status = 404, body = ApiError)))]
+async fn get_subject(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Subject>, ApiError> {
+    item(&api, types::SUBJECT, &id, subject)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no subject {id:?}")))
+}
+
+/// Assigns a user or tenant (`kind`, default user) a profile or a tier; every proxy
+/// applies it on its next push (within a second).
+#[utoipa::path(put, path = "/v1/subjects/{id}", request_body = Subject,
+    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+async fn put_subject(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Written>, ApiError> {
+    write(
+        &api,
+        id,
+        &bytes,
+        |s: &mut Subject| &mut s.id,
+        |s: &Subject| validate::subject(s, |p| profile_exists(&api, p)),
+        Body::Subject,
+    )
+    .await
+}
+
+#[utoipa::path(delete, path = "/v1/subjects/{id}", responses((status = 204), (status = 404, body = ApiError)))]
+async fn delete_subject(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    remove(&api, types::SUBJECT, "subject", &id).await
 }
 
 // === proxies and users ===

@@ -5,7 +5,7 @@
 
 use std::net::ToSocketAddrs as _;
 
-use presage_api::{Cluster, QosProfile, Route};
+use presage_api::{Cluster, QosProfile, Route, Subject};
 use serde::Serialize;
 
 /// One problem with one field.
@@ -169,8 +169,10 @@ pub fn qos_profile(q: &QosProfile) -> Vec<FieldError> {
         );
     }
     for (f, v) in [
+        ("latency_p50_ms", q.latency_p50_ms),
         ("latency_p99_ms", q.latency_p99_ms),
         ("min_throughput_rps", q.min_throughput_rps),
+        ("rate_limit_rps", q.rate_limit_rps),
     ] {
         if !(v.is_finite() && v >= 0.0) {
             push(&mut e, f, format!("expected a number >= 0, found {v}"));
@@ -187,6 +189,61 @@ pub fn qos_profile(q: &QosProfile) -> Vec<FieldError> {
                 format!("expected a fraction in 0..=1, found {v}"),
             );
         }
+    }
+    e
+}
+
+/// A subject id: a user or tenant name as applications send it (e-mail addresses too).
+pub fn subject_id(errors: &mut Vec<FieldError>, field: &str, id: &str) {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b));
+    if !ok {
+        push(
+            errors,
+            field,
+            format!(
+                "expected 1-128 characters of A-Z, a-z, 0-9, '-', '_', '.', '@', '+', found {id:?}"
+            ),
+        );
+    }
+}
+
+/// A subject; `profile_exists` says whether a named profile is stored.
+pub fn subject(s: &Subject, profile_exists: impl Fn(&str) -> bool) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    subject_id(&mut e, "id", &s.id);
+    if !["", "user", "tenant"].contains(&s.kind.as_str()) {
+        push(
+            &mut e,
+            "kind",
+            format!("expected user or tenant, found {:?}", s.kind),
+        );
+    }
+    if !["", "bronze", "silver", "gold", "platinum"].contains(&s.tier.as_str()) {
+        push(
+            &mut e,
+            "tier",
+            format!(
+                "expected bronze, silver, gold or platinum, found {:?}",
+                s.tier
+            ),
+        );
+    }
+    if s.profile.is_empty() && s.tier.is_empty() {
+        push(
+            &mut e,
+            "profile",
+            "expected a profile or a tier, found neither",
+        );
+    } else if !s.profile.is_empty() && !profile_exists(&s.profile) {
+        push(
+            &mut e,
+            "profile",
+            format!("no QoS profile named {:?}", s.profile),
+        );
     }
     e
 }
