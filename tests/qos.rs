@@ -287,3 +287,68 @@ async fn a_subject_assigned_through_the_api_is_enforced_by_the_proxy_within_a_se
     .await
     .expect("alice is no longer limited");
 }
+
+/// The spec's `requestService`: instances that meet the profile's accuracy, cheapest
+/// first; when none does, the best available serves and a miss is counted.
+#[tokio::test]
+async fn instances_are_chosen_by_accuracy_then_price() {
+    let (a, b, c) = (
+        Upstream::spawn("a").await,
+        Upstream::spawn("b").await,
+        Upstream::spawn("c").await,
+    );
+    let proxy = Proxy::start(&config(&format!(
+        "qos_profiles:
+  - {{name: precise, tier: gold, min_accuracy: 0.9}}
+  - {{name: rough, tier: silver, min_accuracy: 0.5}}
+  - {{name: perfect, tier: platinum, min_accuracy: 0.99}}
+routes:
+  - {{name: all, cluster: model}}
+clusters:
+  - name: model
+    endpoints:
+      - {{address: \"{}\", metadata: {{accuracy: 0.8, price: 0.1}}}}
+      - {{address: \"{}\", metadata: {{accuracy: 0.95, price: 0.5}}}}
+      - {{address: \"{}\", metadata: {{accuracy: \"0.95\", price: \"0.3\"}}}}
+",
+        a.addr, b.addr, c.addr
+    )))
+    .await;
+    let cl = h1_client();
+    let url = proxy.url("/");
+    let served_by = |profile: &'static str| {
+        let (cl, url) = (&cl, &url);
+        async move {
+            let mut seen = std::collections::BTreeMap::<String, usize>::new();
+            for _ in 0..20 {
+                let r = send(cl, request(url, &[("x-presage-qos", profile)])).await;
+                assert_eq!(r.status, StatusCode::OK);
+                *seen
+                    .entry(r.json()["service"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+            seen
+        }
+    };
+    // Accuracy 0.9 leaves b and c; c is cheaper.
+    assert_eq!(served_by("precise").await, [("c".to_string(), 20)].into());
+    // Accuracy 0.5 admits all three; a is cheapest.
+    assert_eq!(served_by("rough").await, [("a".to_string(), 20)].into());
+    // Nobody reaches 0.99: served anyway, and every request counted as a miss.
+    let perfect = served_by("perfect").await;
+    assert_eq!(perfect.values().sum::<usize>(), 20);
+    let missed = proxy
+        .metric(
+            "presage_qos_requests_total",
+            &[("tier", "platinum"), ("outcome", "missed")],
+        )
+        .await;
+    assert_eq!(missed, 20.0);
+    let gold_missed = proxy
+        .metric(
+            "presage_qos_requests_total",
+            &[("tier", "gold"), ("outcome", "missed")],
+        )
+        .await;
+    assert_eq!(gold_missed, 0.0);
+}

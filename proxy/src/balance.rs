@@ -2,12 +2,18 @@
 //! weighted round robin. Ejected endpoints are skipped; if every endpoint is ejected the
 //! balancer uses them all anyway (Envoy's "panic mode"), since refusing is worse.
 //!
+//! A request with a QoS profile is first narrowed to the endpoints that meet it (the
+//! spec's `requestService`): accuracy label at least the profile's minimum, predicted
+//! latency (peak EWMA) within its latency target; among those the cheapest (`price`
+//! metadata), then P2C over latency x load. When none meets the profile, the request
+//! goes to the best available endpoint by the ordinary policy and is counted as a miss.
+//!
 //! The balancer reads endpoint state; `upstream` records outcomes into it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::config::LoadBalancer;
+use crate::config::{LoadBalancer, QosProfileSpec};
 use crate::outlier::now_ms;
 use crate::upstream::Endpoint;
 
@@ -50,6 +56,34 @@ impl PeakEwma {
 
     pub fn estimate_ns(&self) -> f64 {
         self.rtt_ns.load(Relaxed) as f64
+    }
+}
+
+/// What a QoS profile requires of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Needs {
+    pub min_accuracy: f64,
+    /// Predicted latency allowed, in ns (infinite: no target).
+    pub max_latency_ns: f64,
+}
+
+impl Needs {
+    /// `None` when the profile requires nothing of an endpoint.
+    pub fn of(p: &QosProfileSpec) -> Option<Needs> {
+        let target_ms = if p.latency_p99_ms > 0.0 {
+            p.latency_p99_ms
+        } else {
+            p.latency_p50_ms
+        };
+        let needs = Needs {
+            min_accuracy: p.min_accuracy,
+            max_latency_ns: if target_ms > 0.0 {
+                target_ms * 1e6
+            } else {
+                f64::INFINITY
+            },
+        };
+        (needs.min_accuracy > 0.0 || needs.max_latency_ns.is_finite()).then_some(needs)
     }
 }
 
@@ -116,8 +150,42 @@ impl Balancer {
         Some(&eps[i])
     }
 
+    /// Picks for a request under `needs`; the flag says whether the endpoint meets them.
+    pub fn pick_for<'a>(
+        &self,
+        eps: &'a [Endpoint],
+        avoid: Option<usize>,
+        needs: Option<&Needs>,
+    ) -> Option<(&'a Endpoint, bool)> {
+        let Some(needs) = needs else {
+            return self.pick(eps, avoid).map(|e| (e, true));
+        };
+        let now = now_ms();
+        let meets = |i: usize| {
+            let e = &eps[i];
+            Some(i) != avoid
+                && !e.outlier.is_ejected(now)
+                && e.accuracy >= needs.min_accuracy
+                && e.ewma.estimate_ns() <= needs.max_latency_ns
+        };
+        let cheapest = (0..eps.len())
+            .filter(|&i| meets(i))
+            .map(|i| eps[i].price)
+            .min_by(f64::total_cmp);
+        match cheapest {
+            Some(price) => {
+                let chosen = self.p2c(eps, |i| meets(i) && eps[i].price <= price)?;
+                Some((&eps[chosen], true))
+            }
+            None => self.pick(eps, avoid).map(|e| (e, false)),
+        }
+    }
+
     fn p2c(&self, eps: &[Endpoint], usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = eps.len();
+        if n < 2 {
+            return (n == 1 && usable(0)).then_some(0);
+        }
         // Fast path: two distinct random endpoints, both usable (the common case).
         let a = fastrand::usize(..n);
         let b = (a + 1 + fastrand::usize(..n - 1)) % n;
@@ -153,6 +221,18 @@ mod tests {
         assert_eq!(b.wrr, vec![0, 0, 1, 0]);
         let b = Balancer::new(LoadBalancer::WeightedRoundRobin, &[1, 1, 1]);
         assert_eq!(b.wrr.len(), 3);
+    }
+
+    #[test]
+    fn a_profile_needs_what_it_targets() {
+        let mut p = QosProfileSpec::default();
+        assert_eq!(Needs::of(&p), None, "no targets: ordinary balancing");
+        p.min_accuracy = 0.9;
+        p.latency_p50_ms = 20.0;
+        let n = Needs::of(&p).unwrap();
+        assert_eq!((n.min_accuracy, n.max_latency_ns), (0.9, 20e6));
+        p.latency_p99_ms = 100.0;
+        assert_eq!(Needs::of(&p).unwrap().max_latency_ns, 100e6, "p99 wins");
     }
 
     #[test]

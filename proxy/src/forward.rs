@@ -23,8 +23,10 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use tower::retry::budget::Budget;
 
+use crate::balance::Needs;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::errors::ProxyError;
@@ -82,7 +84,13 @@ pub async fn handle(
     let result = match route {
         None => Err(ProxyError::NoRoute),
         Some(route) => match admit(&rt, &shared, route, req.headers()) {
-            Ok(_admitted) => proxy(&rt, route, conn, req).await,
+            Ok((decision, _admitted)) => {
+                let qos = Qos {
+                    needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
+                    missed: &shared.metrics.qos[decision.tier as usize][3],
+                };
+                proxy(&rt, route, conn, req, qos).await
+            }
             Err(e) => Err(e),
         },
     };
@@ -116,6 +124,14 @@ pub async fn handle(
 
 type Answer = (Response<ResponseBody>, Option<http::uri::Authority>);
 
+/// What endpoint selection needs to know of the request's QoS.
+#[derive(Clone, Copy)]
+struct Qos<'a> {
+    needs: Option<&'a Needs>,
+    /// Counted when no endpoint meets `needs`.
+    missed: &'a Counter,
+}
+
 /// The request's QoS: its profile's rate limit, then its cluster's admission by tier.
 /// The returned guard holds the request's in-flight slot until the answer is ready.
 fn admit<'a>(
@@ -123,7 +139,7 @@ fn admit<'a>(
     shared: &Shared,
     route: &'a Route,
     headers: &HeaderMap,
-) -> Result<qos::Admitted<'a>, ProxyError> {
+) -> Result<(qos::Decision, qos::Admitted<'a>), ProxyError> {
     let decision = rt.qos.resolve(
         headers,
         route.spec.qos_profile.as_deref(),
@@ -144,7 +160,7 @@ fn admit<'a>(
     ) {
         Some(admitted) => {
             counters[0].inc();
-            Ok(admitted)
+            Ok((decision, admitted))
         }
         None => {
             counters[1].inc();
@@ -158,6 +174,7 @@ async fn proxy(
     route: &Route,
     conn: Conn,
     req: Request<Incoming>,
+    qos: Qos<'_>,
 ) -> Result<Answer, ProxyError> {
     let limits = &rt.config.limits;
     if let Some(len) = req
@@ -195,10 +212,13 @@ async fn proxy(
     let mut avoid = None;
     let mut attempt = 0u32;
     loop {
-        let ep = cluster
+        let (ep, met) = cluster
             .balancer
-            .pick(&cluster.endpoints, avoid)
+            .pick_for(&cluster.endpoints, avoid, qos.needs)
             .ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
+        if !met && attempt == 0 {
+            qos.missed.inc();
+        }
         let mut up = Request::new(body.take().unwrap_or(RequestBody::Empty));
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = endpoint_uri(ep, &path)?;

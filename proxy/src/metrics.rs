@@ -47,12 +47,13 @@ pub struct XdsLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QosLabels {
     pub tier: &'static str,
-    /// `admitted`, `shed` (overload, by tier priority) or `throttled` (profile rate).
+    /// `admitted`, `shed` (overload, by tier priority), `throttled` (profile rate), or
+    /// `missed` (admitted, but no endpoint met the profile: served by the best available).
     pub outcome: &'static str,
 }
 
 /// QoS admission outcomes, in the order of `Metrics::qos` handles.
-pub const QOS_OUTCOMES: [&str; 3] = ["admitted", "shed", "throttled"];
+pub const QOS_OUTCOMES: [&str; 4] = ["admitted", "shed", "throttled", "missed"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -80,7 +81,7 @@ pub struct Metrics {
     pub service_load: crate::load::ServiceLoads,
     pub qos_requests: Family<QosLabels, Counter>,
     /// Pre-resolved `qos_requests` handles by tier, then outcome (`QOS_OUTCOMES`).
-    pub qos: [[Counter; 3]; 4],
+    pub qos: [[Counter; 4]; 4],
 }
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
 
+use crate::balance::Needs;
 pub use crate::config::Tier;
 use crate::config::{QosProfileSpec, SubjectKind, SubjectSpec};
 use crate::errors::ProxyError;
@@ -33,6 +34,8 @@ pub static X_PRESAGE_TENANT: HeaderName = HeaderName::from_static("x-presage-ten
 #[derive(Debug)]
 pub struct Profile {
     pub spec: QosProfileSpec,
+    /// What the profile requires of an endpoint (None: nothing).
+    pub needs: Option<Needs>,
     bucket: Option<TokenBucket>,
 }
 
@@ -80,6 +83,7 @@ impl Qos {
                     .cloned();
                 let p = kept.unwrap_or_else(|| {
                     Arc::new(Profile {
+                        needs: Needs::of(spec),
                         bucket: (spec.rate_limit_rps > 0.0)
                             .then(|| TokenBucket::new(spec.rate_limit_rps)),
                         spec: spec.clone(),

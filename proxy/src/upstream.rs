@@ -36,6 +36,10 @@ pub struct Endpoint {
     pub pending: AtomicUsize,
     pub outlier: OutlierState,
     pub index: usize,
+    /// `accuracy` metadata (0..1; 1 when absent: an exact service), for QoS selection.
+    pub accuracy: f64,
+    /// `price` metadata (per hour; 0 when absent), for QoS selection.
+    pub price: f64,
 }
 
 impl Endpoint {
@@ -58,6 +62,20 @@ pub struct Cluster {
     connect_errors: Counter,
     other_errors: Counter,
     status_5xx: Counter,
+}
+
+/// A metadata value as a number: a JSON number, or a string holding one (registries
+/// and the control plane send strings).
+fn metadata_number(
+    m: &std::collections::BTreeMap<String, serde_json::Value>,
+    key: &str,
+) -> Option<f64> {
+    match m.get(key)? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|v: &f64| v.is_finite())
 }
 
 /// What happened to one attempt, for outlier detection and the latency estimate.
@@ -99,6 +117,8 @@ impl Cluster {
                 pending: AtomicUsize::new(0),
                 outlier: OutlierState::default(),
                 index,
+                accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),
+                price: metadata_number(&e.metadata, "price").unwrap_or(0.0),
             })
             .collect();
         let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
