@@ -161,7 +161,14 @@ impl Load {
         let unix_s = report.unix_ms.div_euclid(1000);
         let mut decoded = Vec::with_capacity(report.services.len());
         let mut de = Deserializer::new();
-        for s in &report.services {
+        // Per-profile entries repeat what their service's own entry counts; they feed the
+        // SLA monitor, not the service history.
+        let services: Vec<&presage_api::ServiceLoad> = report
+            .services
+            .iter()
+            .filter(|s| s.qos_profile.is_empty())
+            .collect();
+        for s in &services {
             let latency = if s.latency_histogram.is_empty() {
                 None
             } else {
@@ -179,7 +186,7 @@ impl Load {
             decoded.push(latency);
         }
         let mut map = self.services.lock().expect("load lock poisoned");
-        for (s, latency) in report.services.iter().zip(decoded) {
+        for (s, latency) in services.into_iter().zip(decoded) {
             map.entry(s.service.clone()).or_default().add(
                 unix_s,
                 s.requests,

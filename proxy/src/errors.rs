@@ -67,6 +67,19 @@ impl ProxyError {
         )
     }
 
+    /// A refusal by policy or of a bad request, expected in normal operation: logged at
+    /// debug, not as a failure.
+    pub fn is_refusal(&self) -> bool {
+        self.is_client_fault()
+            || matches!(
+                self,
+                ProxyError::NoRoute
+                    | ProxyError::UnknownQosProfile(_)
+                    | ProxyError::Throttled(..)
+                    | ProxyError::Shed(_)
+            )
+    }
+
     /// Short machine-readable code for `x-presage-error` and logs.
     pub fn code(&self) -> &'static str {
         match self {

@@ -67,8 +67,16 @@ pub async fn handle(
             headers: req.headers(),
         })
     };
-    // Telemetry for the control plane: counted per cluster, and the user's step.
-    let flight = match (route, &shared.telemetry) {
+    let decision = route.map(|r| {
+        rt.qos.resolve(
+            req.headers(),
+            r.spec.qos_profile.as_deref(),
+            rt.config.default_tier,
+        )
+    });
+    // Telemetry for the control plane: counted per cluster (and per cluster and QoS
+    // profile), and the user's step.
+    let (flight, profile_flight) = match (route, &shared.telemetry) {
         (Some(route), Some(t)) => {
             if let Some(user) = req
                 .headers()
@@ -77,14 +85,20 @@ pub async fn handle(
             {
                 t.transition(user, &route.spec.cluster);
             }
-            Some(route.load.start())
+            let profile = match &decision {
+                Some(Ok(d)) => d.profile.as_ref(),
+                _ => None,
+            };
+            let by_profile = profile
+                .and_then(|p| route.profile_loads.get(&p.spec.name))
+                .map(|l| l.start());
+            (Some(route.load.start()), by_profile)
         }
-        _ => None,
+        _ => (None, None),
     };
-    let result = match route {
-        None => Err(ProxyError::NoRoute),
-        Some(route) => match admit(&rt, &shared, route, req.headers()) {
-            Ok((decision, _admitted)) => {
+    let result = match (route, decision) {
+        (Some(route), Some(Ok(decision))) => match admit(&shared, route, &decision) {
+            Ok(_admitted) => {
                 let qos = Qos {
                     needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
                     missed: &shared.metrics.qos[decision.tier as usize][3],
@@ -93,11 +107,13 @@ pub async fn handle(
             }
             Err(e) => Err(e),
         },
+        (Some(_), Some(Err(e))) => Err(e),
+        _ => Err(ProxyError::NoRoute),
     };
     let (mut res, endpoint) = match result {
         Ok(ok) => ok,
         Err(e) => {
-            if e.is_client_fault() || matches!(e, ProxyError::NoRoute) {
+            if e.is_refusal() {
                 tracing::debug!(error = %e, "request refused");
             } else {
                 tracing::warn!(error = %e, route = route.map_or("-", |r| r.spec.name.as_str()), "request failed");
@@ -111,7 +127,7 @@ pub async fn handle(
     route
         .map_or(&shared.no_route, |r| &r.stats)
         .record(res.status().as_u16(), elapsed);
-    if let Some(f) = flight {
+    for f in [flight, profile_flight].into_iter().flatten() {
         f.finish(res.status().as_u16(), elapsed);
     }
     if let Some(entry) = log {
@@ -135,16 +151,10 @@ struct Qos<'a> {
 /// The request's QoS: its profile's rate limit, then its cluster's admission by tier.
 /// The returned guard holds the request's in-flight slot until the answer is ready.
 fn admit<'a>(
-    rt: &Runtime,
     shared: &Shared,
     route: &'a Route,
-    headers: &HeaderMap,
-) -> Result<(qos::Decision, qos::Admitted<'a>), ProxyError> {
-    let decision = rt.qos.resolve(
-        headers,
-        route.spec.qos_profile.as_deref(),
-        rt.config.default_tier,
-    )?;
+    decision: &qos::Decision,
+) -> Result<qos::Admitted<'a>, ProxyError> {
     let counters = &shared.metrics.qos[decision.tier as usize];
     if let Some(p) = &decision.profile {
         if let Err(e) = p.throttle() {
@@ -153,14 +163,10 @@ fn admit<'a>(
         }
     }
     let cluster = &route.cluster;
-    match qos::admit(
-        &cluster.in_flight,
-        cluster.spec.max_in_flight,
-        decision.tier,
-    ) {
+    match qos::admit(&cluster.in_flight, cluster.spec.max_in_flight, decision.tier) {
         Some(admitted) => {
             counters[0].inc();
-            Ok((decision, admitted))
+            Ok(admitted)
         }
         None => {
             counters[1].inc();

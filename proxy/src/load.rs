@@ -84,27 +84,34 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What one interval saw for one service.
+/// What one interval saw for one service (and, when not empty, one QoS profile).
 #[derive(Debug)]
 pub struct Taken {
     pub service: String,
+    pub qos_profile: String,
     pub requests: u64,
     pub errors: u64,
     pub in_flight: u64,
     pub latency: Histogram<u64>,
 }
 
-/// Every cluster's counters, by name.
+/// Every cluster's counters by name, and each (cluster, QoS profile) pair's: a request
+/// under a profile counts in both, so the cluster's own entry stays the total.
 #[derive(Debug, Default)]
 pub struct ServiceLoads {
-    by_name: Mutex<HashMap<String, Arc<ServiceLoad>>>,
+    by_name: Mutex<HashMap<(String, String), Arc<ServiceLoad>>>,
 }
 
 impl ServiceLoads {
     /// The handle for `cluster`, created on first use.
     pub fn get(&self, cluster: &str) -> Arc<ServiceLoad> {
+        self.get_for(cluster, "")
+    }
+
+    /// The handle for requests to `cluster` under QoS profile `profile`.
+    pub fn get_for(&self, cluster: &str, profile: &str) -> Arc<ServiceLoad> {
         let mut m = self.by_name.lock().expect("service load lock poisoned");
-        m.entry(cluster.to_string())
+        m.entry((cluster.to_string(), profile.to_string()))
             .or_insert_with(|| Arc::new(ServiceLoad::new()))
             .clone()
     }
@@ -114,7 +121,7 @@ impl ServiceLoads {
     pub fn take(&self) -> Vec<Taken> {
         let m = self.by_name.lock().expect("service load lock poisoned");
         let mut out = Vec::new();
-        for (name, l) in m.iter() {
+        for ((name, profile), l) in m.iter() {
             let requests = l.requests.swap(0, Ordering::Relaxed);
             let errors = l.errors.swap(0, Ordering::Relaxed);
             let in_flight = l.in_flight.load(Ordering::Relaxed).max(0) as u64;
@@ -129,6 +136,7 @@ impl ServiceLoads {
             };
             out.push(Taken {
                 service: name.clone(),
+                qos_profile: profile.clone(),
                 requests,
                 errors,
                 in_flight,
@@ -153,6 +161,7 @@ mod tests {
         drop(web.start());
         let t = loads.take();
         assert_eq!(t.len(), 1);
+        assert_eq!(t[0].qos_profile, "");
         assert_eq!((t[0].requests, t[0].errors, t[0].in_flight), (3, 2, 1));
         assert_eq!(t[0].latency.len(), 2);
         drop(pending);

@@ -28,6 +28,8 @@ pub struct Route {
     pub budget: TpsBudget,
     /// The cluster's telemetry counters.
     pub load: Arc<crate::load::ServiceLoad>,
+    /// The cluster's counters per QoS profile (every profile known when built).
+    pub profile_loads: HashMap<String, Arc<crate::load::ServiceLoad>>,
 }
 
 #[derive(Debug)]
@@ -59,6 +61,14 @@ impl Runtime {
                 Some(Route {
                     stats: metrics.route_stats(&spec.name, &spec.cluster),
                     load: metrics.service_load.get(&spec.cluster),
+                    profile_loads: config
+                        .qos_profiles
+                        .iter()
+                        .map(|p| {
+                            let l = metrics.service_load.get_for(&spec.cluster, &p.name);
+                            (p.name.clone(), l)
+                        })
+                        .collect(),
                     budget: TpsBudget::new(
                         RETRY_BUDGET_TTL,
                         RETRY_MIN_PER_SEC,

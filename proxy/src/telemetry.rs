@@ -128,7 +128,7 @@ impl Telemetry {
             }
             services.push(ServiceLoad {
                 service: t.service,
-                qos_profile: String::new(),
+                qos_profile: t.qos_profile,
                 requests: t.requests,
                 errors: t.errors,
                 in_flight: t.in_flight,
