@@ -352,3 +352,113 @@ clusters:
         .await;
     assert_eq!(gold_missed, 0.0);
 }
+
+/// SLA monitoring end to end: slow requests under a profile breach its p99 target, an
+/// alert in Alertmanager v2 form reaches a local webhook receiver (a loopback server
+/// recording the POSTs, standing in for Alertmanager, which is not installable here) and
+/// `/v1/alerts`; statistics count exactly what was sent; fast requests resolve it.
+#[tokio::test]
+async fn an_sla_breach_alerts_a_webhook_and_resolves_when_met_again() {
+    use support::control_plane::ControlPlane;
+    use support::replay::Replay;
+    let up = Upstream::spawn("up").await;
+    let receiver = Replay::start().await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "qos_profiles:\n  - {{name: fast, tier: gold, latency_p99_ms: 25, reliability: 0.99}}\nservices:\n  - name: up\n    endpoints: [{{address: \"{}\"}}]\nroutes:\n  - {{name: all, cluster: up}}\nalerting:\n  webhooks: [\"{}/api/v2/alerts\"]\n  interval: 1s\n  window: 10s\n  min_requests: 10\n",
+            up.addr,
+            receiver.url()
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+    let c = h1_client();
+    wait_until(Duration::from_secs(10), || async {
+        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("the proxy routes the control plane's route");
+
+    // 20 requests of 60 ms under a 25 ms p99 target.
+    let slow = proxy.url("/?ms=60");
+    for _ in 0..20 {
+        let r = send(&c, request(&slow, &[("x-presage-qos", "fast")])).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let alert_posts = |resolved: bool| {
+        receiver
+            .writes()
+            .into_iter()
+            .filter(|w| w.path == "/api/v2/alerts")
+            .flat_map(|w| {
+                let v: serde_json::Value = serde_json::from_str(&w.body).unwrap();
+                v.as_array().unwrap().clone()
+            })
+            .filter(|a| a["endsAt"].is_string() == resolved)
+            .collect::<Vec<_>>()
+    };
+    let fired = wait_until(Duration::from_secs(10), || async {
+        alert_posts(false).first().cloned()
+    })
+    .await
+    .expect("the breach reached the webhook");
+    assert_eq!(fired["labels"]["alertname"], "PresageSLABreach");
+    assert_eq!(fired["labels"]["service"], "up");
+    assert_eq!(fired["labels"]["qos_profile"], "fast");
+    assert_eq!(fired["labels"]["objective"], "latency_p99");
+    assert_eq!(fired["labels"]["severity"], "critical");
+    assert!(
+        fired["startsAt"].is_string() && fired["generatorURL"].is_string(),
+        "{fired}"
+    );
+
+    let alerts = cp.get("/v1/alerts").await;
+    assert_eq!(alerts[0]["state"], "firing", "{alerts}");
+    assert!(alerts[0]["measured"].as_f64().unwrap() > 25.0, "{alerts}");
+    // Every request reported (the last report may still be on its way).
+    let stats = wait_until(Duration::from_secs(5), || async {
+        let stats = cp.get("/v1/services/up/qos-statistics").await;
+        let fast = stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["qos_profile"] == "fast")
+            .cloned()?;
+        (fast["last_minute"]["requests"] == 20).then_some(stats)
+    })
+    .await
+    .expect("statistics count the 20 requests sent");
+    let fast = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["qos_profile"] == "fast")
+        .unwrap();
+    assert_eq!(fast["last_minute"]["errors"], 0, "{stats}");
+    let p99 = fast["last_minute"]["latency_p99_ms"].as_f64().unwrap();
+    assert!((55.0..80.0).contains(&p99), "p99 {p99}: {stats}");
+    assert_eq!(fast["last_minute"]["attainment"], 0.0, "{stats}");
+
+    // Fast requests: once the slow ones leave the 10 s window, the alert resolves.
+    let quick = proxy.url("/");
+    let resolved = wait_until(Duration::from_secs(40), || async {
+        for _ in 0..20 {
+            send(&c, request(&quick, &[("x-presage-qos", "fast")])).await;
+        }
+        alert_posts(true).first().cloned()
+    })
+    .await
+    .expect("the resolve reached the webhook");
+    assert_eq!(resolved["labels"]["objective"], "latency_p99");
+    let alerts = cp.get("/v1/alerts").await;
+    assert_eq!(alerts[0]["state"], "resolved", "{alerts}");
+    assert!(alerts[0]["ended_at"].is_string(), "{alerts}");
+}

@@ -45,6 +45,8 @@ struct Raw {
     local_proxy: Option<LocalProxy>,
     #[serde(default)]
     discovery: DiscoveryConfig,
+    #[serde(default)]
+    alerting: crate::sla::alerts::AlertingConfig,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -71,6 +73,8 @@ pub struct Config {
     pub local_proxy: Option<LocalProxy>,
     /// Registries to take instances from.
     pub discovery: DiscoveryConfig,
+    /// SLA alert evaluation and delivery.
+    pub alerting: crate::sla::alerts::AlertingConfig,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             qos_profiles: Vec::new(),
             local_proxy: None,
             discovery: DiscoveryConfig::default(),
+            alerting: Default::default(),
         }
     }
 }
@@ -185,6 +190,23 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    for (i, url) in raw.alerting.webhooks.iter().enumerate() {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            errors.push(format!(
+                "{source}: alerting.webhooks[{i}]: expected an http:// or https:// URL, found {url:?}"
+            ));
+        }
+    }
+    if raw
+        .alerting
+        .interval
+        .is_some_and(|d| d < Duration::from_secs(1))
+    {
+        errors.push(format!("{source}: alerting.interval: expected at least 1s"));
+    }
     if let Some(k) = &raw.discovery.kubernetes {
         let mut e = Vec::new();
         validate::name(&mut e, "namespace", &k.namespace);
@@ -229,6 +251,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         qos_profiles: raw.qos_profiles,
         local_proxy: raw.local_proxy,
         discovery: raw.discovery,
+        alerting: raw.alerting,
     })
 }
 

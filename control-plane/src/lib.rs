@@ -33,6 +33,7 @@ pub mod proxies;
 pub mod resources;
 pub mod rest;
 pub mod runtime;
+pub mod sla;
 pub mod store;
 pub mod telemetry;
 pub mod time;

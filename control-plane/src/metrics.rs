@@ -17,8 +17,17 @@ pub struct RegistryLabels {
     pub registry: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectiveLabels {
+    pub objective: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// SLA alerts raised, by objective.
+    pub sla_breaches: Family<ObjectiveLabels, Counter>,
+    pub alerts_firing: Gauge,
+    pub alert_webhook_failures: Counter,
     /// 1 while the registry is reachable and in sync, 0 during an outage.
     pub discovery_up: Family<RegistryLabels, Gauge>,
     pub discovery_errors: Family<RegistryLabels, Counter>,
@@ -52,6 +61,21 @@ impl Metrics {
             "discovery_updates",
             "Service updates applied from registries",
             self.discovery_updates.clone(),
+        );
+        r.register(
+            "sla_breaches",
+            "SLA alerts raised, by objective (latency_p99, latency_p50, reliability)",
+            self.sla_breaches.clone(),
+        );
+        r.register(
+            "alerts_firing",
+            "SLA alerts firing now",
+            self.alerts_firing.clone(),
+        );
+        r.register(
+            "alert_webhook_failures",
+            "Alert deliveries to a webhook that failed",
+            self.alert_webhook_failures.clone(),
         );
         r.register_collector(Box::new(ProxyGauges(proxies)));
         registry

@@ -30,6 +30,8 @@ use crate::validate::{self, FieldError};
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct Api {
+    pub sla: Arc<crate::sla::Sla>,
+    pub alerts: Arc<crate::sla::alerts::Alerts>,
     pub resources: Arc<Resources>,
     pub proxies: Arc<Proxies>,
     pub load: Arc<Load>,
@@ -62,6 +64,8 @@ pub struct Api {
         put_qos_profile,
         delete_qos_profile,
         list_subjects,
+        service_qos_statistics,
+        list_alerts,
         get_subject,
         put_subject,
         delete_subject,
@@ -104,6 +108,11 @@ pub fn router(api: Api) -> Router {
         .route("/v1/services/{name}/instances", get(service_instances))
         .route("/v1/services/{name}/load", get(service_load))
         .route("/v1/services/{name}/forecast", get(service_forecast))
+        .route(
+            "/v1/services/{name}/qos-statistics",
+            get(service_qos_statistics),
+        )
+        .route("/v1/alerts", get(list_alerts))
         .route("/v1/routes", get(list_routes))
         .route(
             "/v1/routes/{name}",
@@ -635,6 +644,30 @@ async fn get_qos_profile(
 
 fn profile_exists(api: &Api, name: &str) -> bool {
     item(api, types::QOS_PROFILE, name, qos).is_some()
+}
+
+// === SLA ===
+
+/// `getQoSStatistics`: per QoS profile seen for the service, requests, throughput,
+/// error rate, p50/p99 latency and SLA attainment over the last minute, hour and day.
+#[utoipa::path(get, path = "/v1/services/{name}/qos-statistics",
+    responses((status = 200, body = [crate::sla::ProfileStats])))]
+async fn service_qos_statistics(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Json<Vec<crate::sla::ProfileStats>> {
+    let profiles = items(&api, types::QOS_PROFILE, qos)
+        .into_iter()
+        .map(|q| (q.name.clone(), q))
+        .collect();
+    let now_s = crate::time::unix_ms().div_euclid(1000);
+    Json(api.sla.statistics(&name, now_s, &profiles))
+}
+
+/// SLA alerts: firing (newest first), then recently resolved.
+#[utoipa::path(get, path = "/v1/alerts", responses((status = 200, body = [crate::sla::alerts::Alert])))]
+async fn list_alerts(State(api): State<Api>) -> Json<Vec<crate::sla::alerts::Alert>> {
+    Json(api.alerts.list())
 }
 
 // === subjects ===

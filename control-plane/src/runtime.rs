@@ -137,7 +137,18 @@ pub async fn run(
         proxies: proxies.clone(),
     };
     let ejections = Arc::new(crate::health::Ejections::default());
+    let sla = Arc::new(crate::sla::Sla::default());
+    let alerts = Arc::new(crate::sla::alerts::Alerts::default());
+    tokio::spawn(crate::sla::alerts::run(
+        cfg.alerting.clone(),
+        sla.clone(),
+        alerts.clone(),
+        resources.clone(),
+        metrics.clone(),
+        format!("http://{}/v1/alerts", bound.api),
+    ));
     let telemetry = TelemetryService {
+        sla: sla.clone(),
         load: load.clone(),
         proxies: proxies.clone(),
         profiler: profiler.clone(),
@@ -174,6 +185,8 @@ pub async fn run(
         cfg.forecast_interval,
     ));
     let api = Api {
+        sla,
+        alerts,
         resources,
         proxies,
         load: load.clone(),

@@ -15,6 +15,8 @@ use crate::proxies::Proxies;
 #[derive(Debug, Clone)]
 pub struct TelemetryService {
     pub load: Arc<Load>,
+    /// Per-profile entries, for SLA monitoring.
+    pub sla: Arc<crate::sla::Sla>,
     pub proxies: Arc<Proxies>,
     pub profiler: Arc<Mutex<Profiler>>,
     pub ejections: Arc<Ejections>,
@@ -26,6 +28,7 @@ impl TelemetryService {
         for e in self.load.ingest(report) {
             tracing::warn!(node, error = %e, "telemetry report partly unreadable");
         }
+        self.sla.ingest(report);
         if !report.transitions.is_empty() {
             let mut p = self.profiler.lock().expect("profiler lock poisoned");
             for t in &report.transitions {

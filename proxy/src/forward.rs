@@ -163,7 +163,11 @@ fn admit<'a>(
         }
     }
     let cluster = &route.cluster;
-    match qos::admit(&cluster.in_flight, cluster.spec.max_in_flight, decision.tier) {
+    match qos::admit(
+        &cluster.in_flight,
+        cluster.spec.max_in_flight,
+        decision.tier,
+    ) {
         Some(admitted) => {
             counters[0].inc();
             Ok(admitted)
