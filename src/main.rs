@@ -306,6 +306,9 @@ fn control_plane(args: ControlPlaneArgs) -> ExitCode {
     };
     cfg.grpc = args.grpc.unwrap_or(cfg.grpc);
     cfg.api = args.api.unwrap_or(cfg.api);
+    cfg.admin_token = std::env::var("PRESAGE_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     if let Some(s) = args.store {
         cfg.store = s;
     }

@@ -75,8 +75,19 @@ async fn spawn(
     args: &[&str],
     until: &str,
 ) -> Result<Vec<String>, String> {
+    spawn_with(parts, name, args, until, &[]).await
+}
+
+async fn spawn_with(
+    parts: &mut Vec<Part>,
+    name: &str,
+    args: &[&str],
+    until: &str,
+    env: &[(&str, &str)],
+) -> Result<Vec<String>, String> {
     let mut child = Command::new(exe()?)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -110,6 +121,16 @@ async fn spawn(
         )),
         Err(_) => Err(format!("{name} did not start within {START_TIMEOUT:?}")),
     }
+}
+
+/// 128 random bits from the kernel, in hex.
+fn demo_token() -> Result<String, String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom for the API token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn addr_after<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
@@ -146,11 +167,17 @@ async fn start(path: &Path, cfg: &cp_config::Config, parts: &mut Vec<Part>) -> R
         }
     }
     let config = path.to_string_lossy();
-    let lines = spawn(
+    // The demo's admin token for the REST API (or the caller's, if it set one).
+    let token = match std::env::var("PRESAGE_API_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => demo_token()?,
+    };
+    let lines = spawn_with(
         parts,
         "control plane",
         &["control-plane", "--config", &config],
         "presage: ready",
+        &[("PRESAGE_API_TOKEN", &token)],
     )
     .await?;
     let grpc = addr_after(&lines, "presage: grpc on ")
@@ -192,6 +219,7 @@ async fn start(path: &Path, cfg: &cp_config::Config, parts: &mut Vec<Part>) -> R
     println!("admin: http://{admin}/metrics");
     println!("api: http://{api}/v1/services");
     println!("openapi: http://{api}/openapi.json");
+    println!("token: {token}");
     for (name, addr) in samples {
         println!("{name}: http://{addr}");
     }

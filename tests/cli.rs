@@ -140,6 +140,9 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
             if let Some((name, url)) = l.split_once(": http://") {
                 urls.insert(name.to_string(), format!("http://{url}"));
             }
+            if let Some(t) = l.strip_prefix("token: ") {
+                urls.insert("token".to_string(), t.to_string());
+            }
         }
         panic!("presage up exited before running");
     })
@@ -159,7 +162,14 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
         instances.insert(a.json()["instance"].as_str().unwrap().to_string());
     }
     assert_eq!(instances.len(), 2, "{instances:?}");
-    let proxies = get(&c, &urls["api"].replace("/v1/services", "/v1/proxies")).await;
+    // The REST API wants the printed token.
+    let proxies_url = urls["api"].replace("/v1/services", "/v1/proxies");
+    assert_eq!(get(&c, &proxies_url).await.status, StatusCode::UNAUTHORIZED);
+    let req = http::Request::get(&proxies_url)
+        .header("authorization", format!("Bearer {}", urls["token"]))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let proxies = send(&c, req).await;
     assert_eq!(proxies.json()[0]["connected"], true, "{}", proxies.body);
 
     let pid = up.id().unwrap().to_string();

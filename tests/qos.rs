@@ -462,3 +462,171 @@ async fn an_sla_breach_alerts_a_webhook_and_resolves_when_met_again() {
     assert_eq!(alerts[0]["state"], "resolved", "{alerts}");
     assert!(alerts[0]["ended_at"].is_string(), "{alerts}");
 }
+
+/// Bearer tokens scoped to tenants: a tenant sees and changes only its own QoS profiles
+/// and subjects (and may read and assign shared profiles); nothing else of the API.
+#[tokio::test]
+async fn tenant_tokens_see_and_change_only_their_own_profiles_and_subjects() {
+    use http::Method;
+    use support::control_plane::ControlPlane;
+    const ADMIN: &str = "admin-token-0123456789";
+    const ACME: &str = "acme-token-0123456789";
+    const GLOBEX: &str = "globex-token-012345678";
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "auth:\n  tokens:\n    - {{token: {ADMIN}}}\n    - {{token: {ACME}, tenant: acme}}\n    - {{token: {GLOBEX}, tenant: globex}}\n"
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let call = |token, method, path: &'static str, body: &'static str| {
+        let cp = &cp;
+        async move { cp.call_as(token, method, path, body).await }
+    };
+
+    // No token, a wrong one: 401. The API description stays open.
+    let (s, v) = call(None, Method::GET, "/v1/services", "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _) = call(Some("nope-nope-nope-nope"), Method::GET, "/v1/services", "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(None, Method::GET, "/openapi.json", "").await.0,
+        StatusCode::OK
+    );
+    // A tenant reaches only profiles and subjects.
+    let (s, v) = call(Some(ACME), Method::GET, "/v1/services", "").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(
+        call(Some(ADMIN), Method::GET, "/v1/services", "").await.0,
+        StatusCode::OK
+    );
+
+    // acme creates its profile; it is stamped as acme's.
+    let (s, v) = call(
+        Some(ACME),
+        Method::PUT,
+        "/v1/qos/profiles/acme-gold",
+        r#"{"tier":"gold","latency_p99_ms":50}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = call(Some(ACME), Method::GET, "/v1/qos/profiles/acme-gold", "").await;
+    assert_eq!(v["tenant"], "acme", "{v}");
+    // ... and cannot write for another tenant.
+    let (s, v) = call(
+        Some(ACME),
+        Method::PUT,
+        "/v1/qos/profiles/x",
+        r#"{"tier":"gold","tenant":"globex"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::FORBIDDEN, Some("tenant")),
+        "{v}"
+    );
+    // An admin's shared profile.
+    let (s, _) = call(
+        Some(ADMIN),
+        Method::PUT,
+        "/v1/qos/profiles/std",
+        r#"{"tier":"silver"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // globex does not see acme's profile, and cannot change or delete it.
+    let (_, list) = call(Some(GLOBEX), Method::GET, "/v1/qos/profiles", "").await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["std"], "{list}");
+    assert_eq!(
+        call(Some(GLOBEX), Method::GET, "/v1/qos/profiles/acme-gold", "")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            Some(GLOBEX),
+            Method::PUT,
+            "/v1/qos/profiles/acme-gold",
+            r#"{"tier":"bronze"}"#
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            Some(GLOBEX),
+            Method::DELETE,
+            "/v1/qos/profiles/acme-gold",
+            ""
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(Some(GLOBEX), Method::DELETE, "/v1/qos/profiles/std", "")
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // globex assigns its user the shared profile, but not acme's.
+    assert_eq!(
+        call(
+            Some(GLOBEX),
+            Method::PUT,
+            "/v1/subjects/bob",
+            r#"{"profile":"std"}"#
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (s, v) = call(
+        Some(GLOBEX),
+        Method::PUT,
+        "/v1/subjects/carol",
+        r#"{"profile":"acme-gold"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("profile")),
+        "{v}"
+    );
+    // acme does not see globex's subject and cannot take it over.
+    let (_, subjects) = call(Some(ACME), Method::GET, "/v1/subjects", "").await;
+    assert_eq!(subjects, serde_json::json!([]));
+    assert_eq!(
+        call(Some(ACME), Method::GET, "/v1/subjects/bob", "")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            Some(ACME),
+            Method::PUT,
+            "/v1/subjects/bob",
+            r#"{"tier":"gold"}"#
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    // The admin sees everything.
+    let (_, all) = call(Some(ADMIN), Method::GET, "/v1/subjects", "").await;
+    assert_eq!(all[0]["tenant"], "globex", "{all}");
+}

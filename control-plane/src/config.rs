@@ -47,6 +47,8 @@ struct Raw {
     discovery: DiscoveryConfig,
     #[serde(default)]
     alerting: crate::sla::alerts::AlertingConfig,
+    #[serde(default)]
+    auth: crate::auth::AuthConfig,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -75,6 +77,10 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// SLA alert evaluation and delivery.
     pub alerting: crate::sla::alerts::AlertingConfig,
+    /// REST API tokens.
+    pub auth: crate::auth::AuthConfig,
+    /// One more admin token, from `PRESAGE_API_TOKEN` (set by the caller, not the file).
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -91,6 +97,8 @@ impl Default for Config {
             local_proxy: None,
             discovery: DiscoveryConfig::default(),
             alerting: Default::default(),
+            auth: Default::default(),
+            admin_token: None,
         }
     }
 }
@@ -200,6 +208,23 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    for (i, t) in raw.auth.tokens.iter().enumerate() {
+        if t.token.len() < 16 {
+            errors.push(format!(
+                "{source}: auth.tokens[{i}].token: expected at least 16 characters"
+            ));
+        }
+        if let Some(tenant) = &t.tenant {
+            let mut e = Vec::new();
+            validate::subject_id(&mut e, "tenant", tenant);
+            for err in e {
+                errors.push(format!(
+                    "{source}: auth.tokens[{i}].tenant: {}",
+                    err.message
+                ));
+            }
+        }
+    }
     if raw
         .alerting
         .interval
@@ -252,6 +277,8 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         local_proxy: raw.local_proxy,
         discovery: raw.discovery,
         alerting: raw.alerting,
+        auth: raw.auth,
+        admin_token: None,
     })
 }
 

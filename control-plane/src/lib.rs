@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod auth;
 pub mod behaviour;
 pub mod config;
 pub mod discovery;

@@ -14,8 +14,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use presage_api::resource::Body;
+
+use crate::auth::Caller;
 use presage_api::{types, Cluster, Endpoint, QosProfile, Resource, Route, Subject};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -41,8 +44,30 @@ pub struct Api {
     pub ejections: Arc<crate::health::Ejections>,
 }
 
+/// Declares the bearer-token scheme (see `auth`) and requires it everywhere; `/metrics`
+/// and `/openapi.json` are open, and with no token configured so is everything.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerAuth),
     info(
         title = "Presage control plane",
         description = "Services, routes, QoS profiles, connected proxies and load."
@@ -181,6 +206,14 @@ impl ApiError {
             errors: Vec::new(),
         }
     }
+    fn forbidden(field: Option<&str>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 403,
+            message: message.into(),
+            field: field.map(str::to_string),
+            errors: Vec::new(),
+        }
+    }
     fn conflict(message: impl Into<String>) -> ApiError {
         ApiError {
             status: 409,
@@ -287,6 +320,7 @@ async fn write<T>(
     name: String,
     bytes: &[u8],
     name_of: impl Fn(&mut T) -> &mut String,
+    scope: impl FnOnce(&mut T) -> Result<(), ApiError>,
     check: impl Fn(&T) -> Vec<FieldError>,
     wrap: impl Fn(T) -> Body,
 ) -> Result<Json<Written>, ApiError>
@@ -294,6 +328,7 @@ where
     T: serde::de::DeserializeOwned,
 {
     let mut value: T = body(bytes)?;
+    scope(&mut value)?;
     let n = name_of(&mut value);
     if n.is_empty() {
         n.clone_from(&name);
@@ -414,6 +449,7 @@ async fn put_service(
         name,
         &bytes,
         |c: &mut Cluster| &mut c.name,
+        |_| Ok(()),
         validate::cluster,
         Body::Cluster,
     )
@@ -558,6 +594,7 @@ async fn put_route(
         name,
         &bytes,
         |r: &mut Route| &mut r.name,
+        |_| Ok(()),
         |r: &Route| {
             let mut e = validate::route(r);
             if !r.qos_profile.is_empty() && !profile_exists(&api, &r.qos_profile) {
@@ -583,34 +620,104 @@ async fn delete_route(
 
 // === QoS profiles ===
 
-#[utoipa::path(get, path = "/v1/qos/profiles", responses((status = 200, body = [QosProfile])))]
-async fn list_qos_profiles(State(api): State<Api>) -> Json<Vec<QosProfile>> {
-    Json(items(&api, types::QOS_PROFILE, qos))
+/// Whether `caller` may read something owned by `owner`: its own, or shared.
+fn visible(caller: &Caller, owner: &str) -> bool {
+    owner.is_empty() || caller.owns(owner)
 }
 
+/// For a tenant's write: the body's `tenant` must be empty or the caller's own (it is
+/// set to it), and an existing resource of that name must already be the caller's.
+fn scope_write(
+    caller: &Caller,
+    tenant: &mut String,
+    existing_owner: Option<String>,
+    kind: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Some(own) = caller.tenant() else {
+        return Ok(());
+    };
+    if !tenant.is_empty() && tenant != own {
+        return Err(ApiError::forbidden(
+            Some("tenant"),
+            format!("tenant {own:?} cannot write for tenant {tenant:?}"),
+        ));
+    }
+    *tenant = own.to_string();
+    match existing_owner {
+        Some(owner) if owner != own => Err(ApiError::forbidden(
+            None,
+            format!("the {kind} {name:?} belongs to another tenant or is shared"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/qos/profiles", responses((status = 200, body = [QosProfile])))]
+async fn list_qos_profiles(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<QosProfile>> {
+    let mut list = items(&api, types::QOS_PROFILE, qos);
+    list.retain(|q| visible(&caller, &q.tenant));
+    Json(list)
+}
+
+#[utoipa::path(get, path = "/v1/qos/profiles/{name}", responses((status = 200, body = QosProfile), (status = 404, body = ApiError)))]
+async fn get_qos_profile(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<QosProfile>, ApiError> {
+    item(&api, types::QOS_PROFILE, &name, qos)
+        .filter(|q| visible(&caller, &q.tenant))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no QoS profile named {name:?}")))
+}
+
+/// `createQoSProfile(profileName, latency, throughput, accuracy, reliability)`, or an
+/// update. A tenant's token writes the tenant's own profiles.
 #[utoipa::path(put, path = "/v1/qos/profiles/{name}", request_body = QosProfile,
-    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+    responses((status = 200, body = Written), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
 async fn put_qos_profile(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Written>, ApiError> {
+    let existing = item(&api, types::QOS_PROFILE, &name, qos).map(|q| q.tenant);
     write(
         &api,
-        name,
+        name.clone(),
         &bytes,
         |q: &mut QosProfile| &mut q.name,
+        |q| scope_write(&caller, &mut q.tenant, existing, "QoS profile", &name),
         validate::qos_profile,
         Body::QosProfile,
     )
     .await
 }
 
-#[utoipa::path(delete, path = "/v1/qos/profiles/{name}", responses((status = 204), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/v1/qos/profiles/{name}", responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn delete_qos_profile(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    match item(&api, types::QOS_PROFILE, &name, qos) {
+        Some(q) if !caller.owns(&q.tenant) => {
+            return Err(ApiError::forbidden(
+                None,
+                format!("the QoS profile {name:?} belongs to another tenant or is shared"),
+            ))
+        }
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no QoS profile named {name:?}"
+            )))
+        }
+        Some(_) => {}
+    }
     // Proxies would refuse a config whose routes or subjects name a missing profile.
     let users: Vec<String> = items(&api, types::SUBJECT, subject)
         .into_iter()
@@ -630,16 +737,6 @@ async fn delete_qos_profile(
         )));
     }
     remove(&api, types::QOS_PROFILE, "QoS profile", &name).await
-}
-
-#[utoipa::path(get, path = "/v1/qos/profiles/{name}", responses((status = 200, body = QosProfile), (status = 404, body = ApiError)))]
-async fn get_qos_profile(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-) -> Result<Json<QosProfile>, ApiError> {
-    item(&api, types::QOS_PROFILE, &name, qos)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no QoS profile named {name:?}")))
 }
 
 fn profile_exists(api: &Api, name: &str) -> bool {
@@ -673,35 +770,49 @@ async fn list_alerts(State(api): State<Api>) -> Json<Vec<crate::sla::alerts::Ale
 // === subjects ===
 
 #[utoipa::path(get, path = "/v1/subjects", responses((status = 200, body = [Subject])))]
-async fn list_subjects(State(api): State<Api>) -> Json<Vec<Subject>> {
-    Json(items(&api, types::SUBJECT, subject))
+async fn list_subjects(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<Subject>> {
+    let mut list = items(&api, types::SUBJECT, subject);
+    list.retain(|s| caller.owns(&s.tenant));
+    Json(list)
 }
 
 #[utoipa::path(get, path = "/v1/subjects/{id}", responses((status = 200, body = Subject), (status = 404, body = ApiError)))]
 async fn get_subject(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Subject>, ApiError> {
     item(&api, types::SUBJECT, &id, subject)
+        .filter(|s| caller.owns(&s.tenant))
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no subject {id:?}")))
 }
 
 /// Assigns a user or tenant (`kind`, default user) a profile or a tier; every proxy
-/// applies it on its next push (within a second).
+/// applies it on its next push (within a second). A tenant's token manages the
+/// tenant's own subjects, with its own or shared profiles.
 #[utoipa::path(put, path = "/v1/subjects/{id}", request_body = Subject,
-    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+    responses((status = 200, body = Written), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
 async fn put_subject(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Written>, ApiError> {
+    let existing = item(&api, types::SUBJECT, &id, subject).map(|s| s.tenant);
+    let usable = |p: &str| {
+        item(&api, types::QOS_PROFILE, p, qos).is_some_and(|q| visible(&caller, &q.tenant))
+    };
     write(
         &api,
-        id,
+        id.clone(),
         &bytes,
         |s: &mut Subject| &mut s.id,
-        |s: &Subject| validate::subject(s, |p| profile_exists(&api, p)),
+        |s| scope_write(&caller, &mut s.tenant, existing, "subject", &id),
+        |s: &Subject| validate::subject(s, usable),
         Body::Subject,
     )
     .await
@@ -710,8 +821,12 @@ async fn put_subject(
 #[utoipa::path(delete, path = "/v1/subjects/{id}", responses((status = 204), (status = 404, body = ApiError)))]
 async fn delete_subject(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if item(&api, types::SUBJECT, &id, subject).is_some_and(|s| !caller.owns(&s.tenant)) {
+        return Err(ApiError::not_found(format!("no subject {id:?}")));
+    }
     remove(&api, types::SUBJECT, "subject", &id).await
 }
 

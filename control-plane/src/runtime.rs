@@ -215,8 +215,16 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             stopped(stop_rx.clone()),
         );
-    let api_server = axum::serve(api_listener, rest::router(api))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let tokens = Arc::new(crate::auth::Tokens::new(&cfg.auth, cfg.admin_token.clone()));
+    if !tokens.enabled() {
+        tracing::warn!("no API tokens configured (auth.tokens, PRESAGE_API_TOKEN): the REST API is open to anyone who can reach it");
+    }
+    let router = rest::router(api).layer(axum::middleware::from_fn_with_state(
+        tokens,
+        crate::auth::require,
+    ));
+    let api_server =
+        axum::serve(api_listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
 
     let saver = {
         let (load, store, mut rx) = (load.clone(), store.clone(), stop_rx.clone());

@@ -86,10 +86,25 @@ impl ControlPlane {
         path: &str,
         body: &str,
     ) -> (StatusCode, serde_json::Value) {
-        let req = Request::builder()
+        self.call_as(None, method, path, body).await
+    }
+
+    /// A REST call with a bearer token.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.api))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
             .body(Full::new(bytes::Bytes::from(body.to_string())))
             .unwrap();
         let res = h1_client().request(req).await.unwrap();

@@ -252,6 +252,9 @@ pub struct QosProfile {
     /// Requests per second each proxy admits under this profile (429 above); 0: no limit.
     #[prost(double, tag = "8")]
     pub rate_limit_rps: f64,
+    /// The tenant that owns it (empty: shared, managed by admins).
+    #[prost(string, tag = "9")]
+    pub tenant: ::prost::alloc::string::String,
 }
 /// A user's or tenant's QoS assignment: a profile (which carries its tier) or a tier.
 /// Named `user:{id}` or `tenant:{id}` on the stream.
@@ -270,6 +273,9 @@ pub struct Subject {
     pub profile: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub tier: ::prost::alloc::string::String,
+    /// The tenant that owns the assignment (empty: managed by admins).
+    #[prost(string, tag = "5")]
+    pub tenant: ::prost::alloc::string::String,
 }
 /// A demand forecast for one service.
 #[allow(clippy::all)]
