@@ -630,3 +630,90 @@ async fn tenant_tokens_see_and_change_only_their_own_profiles_and_subjects() {
     let (_, all) = call(Some(ADMIN), Method::GET, "/v1/subjects", "").await;
     assert_eq!(all[0]["tenant"], "globex", "{all}");
 }
+
+/// Tiers are resources: the four defaults with their allocation, changed by an admin
+/// (kept in order), and a changed admission share is what the proxy sheds by.
+#[tokio::test]
+async fn tier_allocations_are_served_kept_in_order_and_enforced_by_the_proxy() {
+    use support::control_plane::ControlPlane;
+    let up = Upstream::spawn("up").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "services:\n  - name: up\n    max_in_flight: 10\n    endpoints: [{{address: \"{}\"}}]\nroutes:\n  - {{name: all, cluster: up}}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let tiers = cp.get("/v1/qos/tiers").await;
+    let names: Vec<&str> = tiers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bronze", "silver", "gold", "platinum"]);
+    assert_eq!(tiers[0]["admission_share"], 0.6);
+    assert!(tiers[3]["price_per_hour"].as_f64() > tiers[0]["price_per_hour"].as_f64());
+
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n",
+        cp.url()
+    )))
+    .await;
+    // Five concurrent 300 ms requests without a profile (Bronze).
+    let burst = || async {
+        let url = proxy.url("/?ms=300");
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { send(&h1_client(), request(&url, &[])).await.status })
+            })
+            .collect();
+        let mut shed = 0;
+        for t in tasks {
+            let s = t.await.unwrap();
+            assert!(
+                s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE,
+                "{s}"
+            );
+            shed += usize::from(s == StatusCode::SERVICE_UNAVAILABLE);
+        }
+        shed
+    };
+    wait_until(Duration::from_secs(10), || async {
+        (send(&h1_client(), request(&proxy.url("/"), &[]))
+            .await
+            .status
+            == StatusCode::OK)
+            .then_some(())
+    })
+    .await
+    .expect("the proxy routes the control plane's route");
+    assert_eq!(burst().await, 0, "Bronze may fill 6 of 10");
+
+    // Out of order: Bronze above Silver's share is refused, naming the field.
+    let mut bronze = tiers[0].clone();
+    bronze["admission_share"] = serde_json::json!(0.9);
+    let (s, v) = cp
+        .call(
+            http::Method::PUT,
+            "/v1/qos/tiers/bronze",
+            &bronze.to_string(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["field"], "admission_share", "{v}");
+    // Bronze down to 30%: the proxy sheds two of the five.
+    bronze["admission_share"] = serde_json::json!(0.3);
+    cp.put("/v1/qos/tiers/bronze", &bronze.to_string()).await;
+    wait_until(Duration::from_secs(10), || async {
+        let shed = burst().await;
+        (shed == 2).then_some(())
+    })
+    .await
+    .expect("bronze is shed beyond 3 of 10 in flight");
+}

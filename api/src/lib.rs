@@ -27,11 +27,13 @@ pub mod types {
     pub const BEHAVIOUR_PROFILE: &str = "presage.mesh.v1.BehaviourProfile";
     pub const WARM_POOL: &str = "presage.mesh.v1.WarmPool";
     pub const SUBJECT: &str = "presage.mesh.v1.Subject";
+    pub const QOS_TIER: &str = "presage.mesh.v1.QosTier";
     /// Every type, in the order a proxy subscribes (clusters before the routes naming
     /// them, profiles before the subjects naming them).
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         CLUSTER,
         ROUTE,
+        QOS_TIER,
         QOS_PROFILE,
         SUBJECT,
         FORECAST,
@@ -55,6 +57,7 @@ impl resource::Body {
             BehaviourProfile(_) => types::BEHAVIOUR_PROFILE,
             WarmPool(_) => types::WARM_POOL,
             Subject(_) => types::SUBJECT,
+            QosTier(_) => types::QOS_TIER,
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod runtime;
 pub mod sla;
 pub mod store;
 pub mod telemetry;
+pub mod tiers;
 pub mod time;
 pub mod validate;
 pub mod xds;

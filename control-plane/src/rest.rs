@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use presage_api::resource::Body;
 
 use crate::auth::Caller;
-use presage_api::{types, Cluster, Endpoint, QosProfile, Resource, Route, Subject};
+use presage_api::{types, Cluster, Endpoint, QosProfile, QosTier, Resource, Route, Subject};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
@@ -85,6 +85,9 @@ impl utoipa::Modify for BearerAuth {
         put_route,
         delete_route,
         list_qos_profiles,
+        list_qos_tiers,
+        get_qos_tier,
+        put_qos_tier,
         get_qos_profile,
         put_qos_profile,
         delete_qos_profile,
@@ -102,6 +105,7 @@ impl utoipa::Modify for BearerAuth {
         Endpoint,
         Route,
         Subject,
+        QosTier,
         presage_api::RouteMatch,
         presage_api::HeaderMatch,
         QosProfile,
@@ -143,6 +147,8 @@ pub fn router(api: Api) -> Router {
             "/v1/routes/{name}",
             get(get_route).put(put_route).delete(delete_route),
         )
+        .route("/v1/qos/tiers", get(list_qos_tiers))
+        .route("/v1/qos/tiers/{name}", get(get_qos_tier).put(put_qos_tier))
         .route("/v1/qos/profiles", get(list_qos_profiles))
         .route(
             "/v1/qos/profiles/{name}",
@@ -616,6 +622,55 @@ async fn delete_route(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     remove(&api, types::ROUTE, "route", &name).await
+}
+
+// === QoS tiers ===
+
+fn tier(b: &Body) -> Option<&QosTier> {
+    match b {
+        Body::QosTier(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// The four tiers, lowest first, with their resource allocation.
+#[utoipa::path(get, path = "/v1/qos/tiers", responses((status = 200, body = [QosTier])))]
+async fn list_qos_tiers(State(api): State<Api>) -> Json<Vec<QosTier>> {
+    let mut list = items(&api, types::QOS_TIER, tier);
+    list.sort_by_key(|t| crate::tiers::rank(&t.name));
+    Json(list)
+}
+
+#[utoipa::path(get, path = "/v1/qos/tiers/{name}", responses((status = 200, body = QosTier), (status = 404, body = ApiError)))]
+async fn get_qos_tier(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<QosTier>, ApiError> {
+    item(&api, types::QOS_TIER, &name, tier)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no QoS tier named {name:?}")))
+}
+
+/// Changes a tier's allocation (admins only). The tiers stay ordered: a tier's
+/// admission share and priority may not pass the next tier's.
+#[utoipa::path(put, path = "/v1/qos/tiers/{name}", request_body = QosTier,
+    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+async fn put_qos_tier(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Written>, ApiError> {
+    let stored = items(&api, types::QOS_TIER, tier);
+    write(
+        &api,
+        name,
+        &bytes,
+        |t: &mut QosTier| &mut t.name,
+        |_| Ok(()),
+        |t: &QosTier| validate::qos_tier(t, &stored),
+        Body::QosTier,
+    )
+    .await
 }
 
 // === QoS profiles ===

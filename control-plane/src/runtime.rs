@@ -77,6 +77,11 @@ async fn seed(resources: &Resources, cfg: &Config) -> Result<(), StoreError> {
             cfg.qos_profiles
                 .iter()
                 .map(|q| Resource::new(q.name.clone(), Body::QosProfile(q.clone()))),
+        )
+        .chain(
+            crate::tiers::defaults()
+                .into_iter()
+                .map(|t| Resource::new(t.name.clone(), Body::QosTier(t))),
         );
     for r in seeds {
         let t = r.body.as_ref().map(|b| b.type_url()).unwrap_or_default();

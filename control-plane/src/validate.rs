@@ -5,7 +5,7 @@
 
 use std::net::ToSocketAddrs as _;
 
-use presage_api::{Cluster, QosProfile, Route, Subject};
+use presage_api::{Cluster, QosProfile, QosTier, Route, Subject};
 use serde::Serialize;
 
 /// One problem with one field.
@@ -244,6 +244,83 @@ pub fn subject(s: &Subject, profile_exists: impl Fn(&str) -> bool) -> Vec<FieldE
             "profile",
             format!("no QoS profile named {:?}", s.profile),
         );
+    }
+    e
+}
+
+/// A tier, given the stored tiers: one of the four names, sane allocations, and an
+/// admission share and priority that keep the tiers ordered (a higher tier is never shed
+/// while a lower one is admitted).
+pub fn qos_tier(t: &QosTier, stored: &[QosTier]) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    let Some(rank) = crate::tiers::rank(&t.name) else {
+        push(
+            &mut e,
+            "name",
+            format!(
+                "expected bronze, silver, gold or platinum, found {:?}",
+                t.name
+            ),
+        );
+        return e;
+    };
+    if !(t.admission_share > 0.0 && t.admission_share <= 1.0) {
+        push(
+            &mut e,
+            "admission_share",
+            format!("expected a fraction in (0, 1], found {}", t.admission_share),
+        );
+    }
+    for (f, v) in [("cpu_shares", t.cpu_shares), ("io_priority", t.io_priority)] {
+        if !(1..=10_000).contains(&v) {
+            push(&mut e, f, format!("expected 1..=10000, found {v}"));
+        }
+    }
+    for (f, v) in [
+        ("bandwidth_min_mbps", t.bandwidth_min_mbps),
+        ("bandwidth_max_mbps", t.bandwidth_max_mbps),
+        ("io_limit_mbps", t.io_limit_mbps),
+        ("price_per_hour", t.price_per_hour),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            push(&mut e, f, format!("expected a number >= 0, found {v}"));
+        }
+    }
+    if t.bandwidth_max_mbps > 0.0 && t.bandwidth_max_mbps < t.bandwidth_min_mbps {
+        push(
+            &mut e,
+            "bandwidth_max_mbps",
+            format!(
+                "expected at least bandwidth_min_mbps ({}), or 0 for unlimited",
+                t.bandwidth_min_mbps
+            ),
+        );
+    }
+    for other in stored.iter().filter(|o| o.name != t.name) {
+        let Some(r) = crate::tiers::rank(&other.name) else {
+            continue;
+        };
+        let (lower, higher) = if r < rank { (other, t) } else { (t, other) };
+        if lower.admission_share > higher.admission_share {
+            push(
+                &mut e,
+                "admission_share",
+                format!(
+                    "{} ({}) would exceed {} ({}): a higher tier must be admitted at least as long",
+                    lower.name, lower.admission_share, higher.name, higher.admission_share
+                ),
+            );
+        }
+        if lower.priority >= higher.priority {
+            push(
+                &mut e,
+                "priority",
+                format!(
+                    "{} ({}) must be below {} ({})",
+                    lower.name, lower.priority, higher.name, higher.priority
+                ),
+            );
+        }
     }
     e
 }

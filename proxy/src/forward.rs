@@ -97,7 +97,7 @@ pub async fn handle(
         _ => (None, None),
     };
     let result = match (route, decision) {
-        (Some(route), Some(Ok(decision))) => match admit(&shared, route, &decision) {
+        (Some(route), Some(Ok(decision))) => match admit(&rt, &shared, route, &decision) {
             Ok(_admitted) => {
                 let qos = Qos {
                     needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
@@ -151,6 +151,7 @@ struct Qos<'a> {
 /// The request's QoS: its profile's rate limit, then its cluster's admission by tier.
 /// The returned guard holds the request's in-flight slot until the answer is ready.
 fn admit<'a>(
+    rt: &Runtime,
     shared: &Shared,
     route: &'a Route,
     decision: &qos::Decision,
@@ -163,11 +164,8 @@ fn admit<'a>(
         }
     }
     let cluster = &route.cluster;
-    match qos::admit(
-        &cluster.in_flight,
-        cluster.spec.max_in_flight,
-        decision.tier,
-    ) {
+    let share = rt.config.tier_shares[decision.tier as usize];
+    match qos::admit(&cluster.in_flight, cluster.spec.max_in_flight, share) {
         Some(admitted) => {
             counters[0].inc();
             Ok(admitted)

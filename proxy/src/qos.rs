@@ -217,15 +217,15 @@ impl Drop for Admitted<'_> {
     }
 }
 
-/// Admits a request of `tier` to a cluster with `in_flight` requests and a limit of
-/// `max_in_flight` (0: no limit, always admitted and still counted).
-pub fn admit(in_flight: &AtomicUsize, max_in_flight: usize, tier: Tier) -> Option<Admitted<'_>> {
+/// Admits a request whose tier may fill `share` of a cluster's `max_in_flight` (0: no
+/// limit, always admitted and still counted), given its `in_flight` requests.
+pub fn admit(in_flight: &AtomicUsize, max_in_flight: usize, share: f64) -> Option<Admitted<'_>> {
     let before = in_flight.fetch_add(1, Relaxed);
     let guard = Admitted(in_flight);
     if max_in_flight == 0 {
         return Some(guard);
     }
-    let limit = (max_in_flight as f64 * tier.admission_share()).ceil() as usize;
+    let limit = (max_in_flight as f64 * share).ceil() as usize;
     (before < limit.max(1)).then_some(guard)
 }
 
@@ -321,11 +321,13 @@ mod tests {
         let mut refused_at = HashMap::new();
         for n in 0..20 {
             for t in Tier::ALL {
-                if !refused_at.contains_key(&t) && admit(&in_flight, 10, t).is_none() {
+                if !refused_at.contains_key(&t)
+                    && admit(&in_flight, 10, t.admission_share()).is_none()
+                {
                     refused_at.insert(t, n);
                 }
             }
-            if let Some(g) = admit(&in_flight, 10, Tier::Platinum) {
+            if let Some(g) = admit(&in_flight, 10, 1.0) {
                 held.push(g);
             }
         }
@@ -337,7 +339,7 @@ mod tests {
         held.clear();
         assert_eq!(in_flight.load(Relaxed), 0, "guards give their slot back");
         // No limit: always admitted.
-        assert!(admit(&in_flight, 0, Tier::Bronze).is_some());
+        assert!(admit(&in_flight, 0, 0.6).is_some());
     }
 
     #[test]

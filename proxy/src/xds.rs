@@ -122,6 +122,7 @@ fn apply(shared: &Shared, response: DiscoveryResponse) -> Result<(), String> {
     if [
         types::CLUSTER,
         types::ROUTE,
+        types::QOS_TIER,
         types::QOS_PROFILE,
         types::SUBJECT,
     ]

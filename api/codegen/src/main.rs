@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "NextCall",
         "WarmPool",
         "Subject",
+        "QosTier",
     ];
     let mut b = tonic_prost_build::configure()
         .out_dir(api.join("src/gen"))

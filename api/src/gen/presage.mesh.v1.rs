@@ -84,7 +84,7 @@ pub struct Resource {
     /// Opaque; changes whenever the resource's content changes.
     #[prost(string, tag = "2")]
     pub version: ::prost::alloc::string::String,
-    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
     pub body: ::core::option::Option<resource::Body>,
 }
 /// Nested message and enum types in `Resource`.
@@ -106,6 +106,8 @@ pub mod resource {
         WarmPool(super::WarmPool),
         #[prost(message, tag = "9")]
         Subject(super::Subject),
+        #[prost(message, tag = "10")]
+        QosTier(super::QosTier),
     }
 }
 /// An upstream service and its instances (clusters and endpoints travel together: a change
@@ -255,6 +257,42 @@ pub struct QosProfile {
     /// The tenant that owns it (empty: shared, managed by admins).
     #[prost(string, tag = "9")]
     pub tenant: ::prost::alloc::string::String,
+}
+/// A QoS tier (bronze, silver, gold, platinum) and what it is allocated. Proxies use
+/// `admission_share`; the planner and actuators use the resource allocation.
+#[allow(clippy::all)]
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct QosTier {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Higher is more important: scheduling order under contention.
+    #[prost(int32, tag = "2")]
+    pub priority: i32,
+    /// Share (0..1\] of a cluster's max_in_flight this tier may fill before it is shed.
+    #[prost(double, tag = "3")]
+    pub admission_share: f64,
+    /// CPU weight (cgroup v2 cpu.weight, 1..10000).
+    #[prost(uint32, tag = "4")]
+    pub cpu_shares: u32,
+    /// Memory guaranteed per instance, MiB.
+    #[prost(uint32, tag = "5")]
+    pub memory_mb: u32,
+    #[prost(double, tag = "6")]
+    pub bandwidth_min_mbps: f64,
+    /// 0: unlimited.
+    #[prost(double, tag = "7")]
+    pub bandwidth_max_mbps: f64,
+    /// Storage I/O weight (cgroup v2 io.weight, 1..10000).
+    #[prost(uint32, tag = "8")]
+    pub io_priority: u32,
+    /// 0: unlimited.
+    #[prost(double, tag = "9")]
+    pub io_limit_mbps: f64,
+    #[prost(double, tag = "10")]
+    pub price_per_hour: f64,
 }
 /// A user's or tenant's QoS assignment: a profile (which carries its tier) or a tier.
 /// Named `user:{id}` or `tenant:{id}` on the stream.

@@ -12,10 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use presage_api::{resource::Body, Cluster, QosProfile, Resource, Route, Subject};
+use presage_api::{resource::Body, Cluster, QosProfile, QosTier, Resource, Route, Subject};
 use serde_json::{json, Map, Value};
 
-use super::raw::{RawCluster, RawQosProfile, RawRoute, RawSubject};
+use super::raw::{RawCluster, RawQosProfile, RawQosTier, RawRoute, RawSubject};
 use super::ConfigError;
 
 /// Everything received from the control plane, by type and name.
@@ -25,6 +25,7 @@ pub struct Dynamic {
     pub routes: BTreeMap<String, Route>,
     pub qos_profiles: BTreeMap<String, QosProfile>,
     pub subjects: BTreeMap<String, Subject>,
+    pub qos_tiers: BTreeMap<String, QosTier>,
     /// Every resource (the two above included) by type, for versions and the admin view.
     pub resources: BTreeMap<&'static str, BTreeMap<String, Resource>>,
 }
@@ -48,6 +49,9 @@ impl Dynamic {
                 presage_api::types::SUBJECT => {
                     self.subjects.remove(name);
                 }
+                presage_api::types::QOS_TIER => {
+                    self.qos_tiers.remove(name);
+                }
                 _ => {}
             }
         }
@@ -64,6 +68,9 @@ impl Dynamic {
                 }
                 Some(Body::Subject(sj)) => {
                     self.subjects.insert(r.name.clone(), sj.clone());
+                }
+                Some(Body::QosTier(t)) => {
+                    self.qos_tiers.insert(r.name.clone(), t.clone());
                 }
                 _ => {}
             }
@@ -252,6 +259,7 @@ pub(super) struct RawItems {
     pub routes: Vec<RawRoute>,
     pub qos_profiles: Vec<RawQosProfile>,
     pub subjects: Vec<RawSubject>,
+    pub qos_tiers: Vec<RawQosTier>,
 }
 
 /// Converts every dynamic resource to its raw form; errors name the resource.
@@ -288,11 +296,20 @@ pub(super) fn raw_items(d: &Dynamic) -> (RawItems, Vec<ConfigError>) {
             Err(e) => errors.push(relabel(e, "subject", name, "")),
         }
     }
+    let mut qos_tiers = Vec::new();
+    for (name, t) in &d.qos_tiers {
+        let doc = json!({ "name": t.name, "admission_share": t.admission_share }).to_string();
+        match super::deserialize::<RawQosTier>(&doc, "xds") {
+            Ok(raw) => qos_tiers.push(raw),
+            Err(e) => errors.push(relabel(e, "QoS tier", name, "")),
+        }
+    }
     let items = RawItems {
         clusters,
         routes,
         qos_profiles,
         subjects,
+        qos_tiers,
     };
     (items, errors)
 }

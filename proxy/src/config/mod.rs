@@ -83,6 +83,8 @@ pub struct Config {
     pub subjects: Vec<SubjectSpec>,
     /// Tier of requests that resolve to no profile.
     pub default_tier: Tier,
+    /// Share of a cluster's `max_in_flight` each tier may fill, by tier (lowest first).
+    pub tier_shares: [f64; 4],
 }
 
 /// QoS levels, lowest first.
@@ -368,6 +370,7 @@ pub fn parse_with(
     }
     // Where each list's dynamic part starts, and its resources' names, so build errors
     // can name the resource they came from.
+    raw.qos_tiers.extend(items.qos_tiers);
     let lists = [
         dynamic::Origin::new(
             "clusters",
@@ -521,6 +524,7 @@ impl Builder<'_> {
         let profiles: HashSet<&str> = qos_profiles.iter().map(|p| p.name.as_str()).collect();
         let routes = self.routes(&raw, &names, &profiles);
         let subjects = self.subjects(&raw, &profiles);
+        let tier_shares = self.tier_shares(&raw);
         let workers = raw.runtime.workers.as_ref().map(|w| {
             if w.value == 0 {
                 self.err(
@@ -580,6 +584,7 @@ impl Builder<'_> {
                 .as_ref()
                 .and_then(|c| self.control_plane(c)),
             default_tier: raw.default_tier.unwrap_or_default(),
+            tier_shares,
             qos_profiles,
             subjects,
         }
@@ -712,6 +717,30 @@ impl Builder<'_> {
             });
         }
         out
+    }
+
+    fn tier_shares(&mut self, raw: &RawConfig) -> [f64; 4] {
+        let mut shares = Tier::ALL.map(Tier::admission_share);
+        for (i, t) in raw.qos_tiers.iter().enumerate() {
+            let v = t.admission_share.value;
+            if !(v > 0.0 && v <= 1.0) {
+                self.err(
+                    t.admission_share.referenced,
+                    format!("qos_tiers[{i}].admission_share"),
+                    format!("expected a fraction in (0, 1], found {v}"),
+                );
+                continue;
+            }
+            shares[t.name as usize] = v;
+        }
+        if shares.windows(2).any(|w| w[0] > w[1]) {
+            self.err(
+                Location::UNKNOWN,
+                "qos_tiers",
+                format!("admission shares must not fall from bronze to platinum, found {shares:?}"),
+            );
+        }
+        shares
     }
 
     fn qos_profiles(&mut self, raw: &RawConfig) -> Vec<QosProfileSpec> {

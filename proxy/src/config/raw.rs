@@ -44,6 +44,17 @@ pub struct RawConfig {
     pub subjects: Vec<RawSubject>,
     /// Tier of requests that resolve to no profile; default bronze.
     pub default_tier: Option<super::Tier>,
+    /// Tier settings the proxy uses (the control plane pushes its `QosTier`s here).
+    #[serde(default)]
+    pub qos_tiers: Vec<RawQosTier>,
+}
+
+/// A tier's admission share (the rest of a `QosTier` is for the planner).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQosTier {
+    pub name: super::Tier,
+    pub admission_share: Spanned<f64>,
 }
 
 /// A QoS profile (the control plane's `QosProfile`, same field names).

@@ -1,0 +1,55 @@
+//! The QoS tiers and their resource allocation: the default set, and the checks that
+//! keep tiers consistent with each other (a higher tier never gets less).
+
+use presage_api::QosTier;
+
+/// Tier names, lowest first.
+pub const NAMES: [&str; 4] = ["bronze", "silver", "gold", "platinum"];
+
+/// The default allocation of each tier, seeded into the store when absent.
+pub fn defaults() -> Vec<QosTier> {
+    let tier =
+        |i: usize, share: f64, cpu: u32, mem: u32, bw: (f64, f64), io: (u32, f64), price: f64| {
+            QosTier {
+                name: NAMES[i].into(),
+                priority: i as i32 + 1,
+                admission_share: share,
+                cpu_shares: cpu,
+                memory_mb: mem,
+                bandwidth_min_mbps: bw.0,
+                bandwidth_max_mbps: bw.1,
+                io_priority: io.0,
+                io_limit_mbps: io.1,
+                price_per_hour: price,
+            }
+        };
+    vec![
+        tier(0, 0.60, 100, 128, (1.0, 10.0), (100, 20.0), 0.01),
+        tier(1, 0.75, 200, 256, (5.0, 50.0), (200, 50.0), 0.03),
+        tier(2, 0.90, 400, 512, (20.0, 200.0), (400, 200.0), 0.08),
+        tier(3, 1.00, 800, 1024, (50.0, 0.0), (800, 0.0), 0.20),
+    ]
+}
+
+/// The rank of a tier name (0 = bronze), if it is one.
+pub fn rank(name: &str) -> Option<usize> {
+    NAMES.iter().position(|n| *n == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_grow_with_the_tier_and_pass_validation() {
+        let d = defaults();
+        for w in d.windows(2) {
+            assert!(w[0].priority < w[1].priority);
+            assert!(w[0].admission_share <= w[1].admission_share);
+            assert!(w[0].price_per_hour < w[1].price_per_hour);
+        }
+        for t in &d {
+            assert!(crate::validate::qos_tier(t, &d).is_empty(), "{t:?}");
+        }
+    }
+}
