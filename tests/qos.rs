@@ -12,7 +12,7 @@ use http_body_util::Full;
 use support::*;
 
 const PROFILES: &str = "qos_profiles:
-  - {name: premium, tier: platinum, latency_p99_ms: 200}
+  - {name: premium, tier: platinum, latency_p99_ms: 200, deadline_ms: 200}
   - {name: basic, tier: bronze}
   - {name: limited, tier: silver, rate_limit_rps: 5}
 subjects:
@@ -716,4 +716,62 @@ async fn tier_allocations_are_served_kept_in_order_and_enforced_by_the_proxy() {
     })
     .await
     .expect("bronze is shed beyond 3 of 10 in flight");
+}
+
+/// A profile's deadline cuts a late request and is passed upstream as what is left of
+/// it; a caller's own `x-presage-timeout-ms` (an upstream sidecar's, say) wins.
+#[tokio::test]
+async fn the_latency_target_is_a_deadline_passed_upstream() {
+    let up = Upstream::spawn("up").await;
+    let proxy = Proxy::start(&qos_config(&up, 0)).await;
+    let c = h1_client();
+    // premium: deadline 200 ms.
+    let r = send(
+        &c,
+        request(&proxy.url("/"), &[("x-presage-qos", "premium")]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let left: u64 = r.json()["headers"]["x-presage-timeout-ms"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((150..=200).contains(&left), "{left}");
+    let t0 = Instant::now();
+    let r = send(
+        &c,
+        request(&proxy.url("/?ms=1000"), &[("x-presage-qos", "premium")]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The caller's budget, without a profile.
+    let r = send(
+        &c,
+        request(&proxy.url("/"), &[("x-presage-timeout-ms", "50")]),
+    )
+    .await;
+    let left: u64 = r.json()["headers"]["x-presage-timeout-ms"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left <= 50, "{left}");
+    let r = send(
+        &c,
+        request(&proxy.url("/?ms=1000"), &[("x-presage-timeout-ms", "50")]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    // Without either, no header and the route's own timeout.
+    let r = send(&c, request(&proxy.url("/"), &[])).await;
+    assert_eq!(
+        r.json()["headers"]["x-presage-timeout-ms"],
+        serde_json::Value::Null
+    );
 }

@@ -173,6 +173,7 @@ pub fn qos_profile(q: &QosProfile) -> Vec<FieldError> {
         ("latency_p99_ms", q.latency_p99_ms),
         ("min_throughput_rps", q.min_throughput_rps),
         ("rate_limit_rps", q.rate_limit_rps),
+        ("deadline_ms", q.deadline_ms),
     ] {
         if !(v.is_finite() && v >= 0.0) {
             push(&mut e, f, format!("expected a number >= 0, found {v}"));

@@ -102,6 +102,7 @@ pub async fn handle(
                 let qos = Qos {
                     needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
                     missed: &shared.metrics.qos[decision.tier as usize][3],
+                    budget: qos::budget(req.headers(), decision.profile.as_deref()),
                 };
                 proxy(&rt, route, conn, req, qos).await
             }
@@ -146,6 +147,9 @@ struct Qos<'a> {
     needs: Option<&'a Needs>,
     /// Counted when no endpoint meets `needs`.
     missed: &'a Counter,
+    /// The request's latency budget (caller's `x-presage-timeout-ms`, else the profile's
+    /// p99 target), when it has one: it caps the route timeout and is passed upstream.
+    budget: Option<Duration>,
 }
 
 /// The request's QoS: its profile's rate limit, then its cluster's admission by tier.
@@ -197,7 +201,10 @@ async fn proxy(
     if req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()) {
         return upgrade(route, conn, req).await;
     }
-    let deadline = tokio::time::Instant::now() + route.spec.timeout;
+    let timeout = qos
+        .budget
+        .map_or(route.spec.timeout, |b| b.min(route.spec.timeout));
+    let deadline = tokio::time::Instant::now() + timeout;
     let cluster = &route.cluster;
     let (mut parts, body) = req.into_parts();
     let path = rewritten_path(route, &parts.uri)?;
@@ -236,6 +243,14 @@ async fn proxy(
         } else {
             std::mem::take(&mut parts.headers)
         };
+        if qos.budget.is_some() {
+            // What is left of the budget, for the upstream (and its own sidecar's calls).
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            up.headers_mut().insert(
+                qos::X_PRESAGE_TIMEOUT_MS.clone(),
+                HeaderValue::from(left.as_millis() as u64),
+            );
+        }
 
         let t0 = Instant::now();
         ep.pending.fetch_add(1, Relaxed);
@@ -248,7 +263,7 @@ async fn proxy(
         match sent {
             Err(_) => {
                 cluster.record(ep, Outcome::OtherError);
-                return Err(ProxyError::Timeout(route.spec.timeout));
+                return Err(ProxyError::Timeout(timeout));
             }
             Ok(Err(e)) => {
                 let err = ProxyError::from_client(e);
@@ -287,7 +302,7 @@ async fn proxy(
         avoid = Some(ep.index);
         let pause = backoff(retry.backoff, retry.max_backoff, attempt);
         if tokio::time::Instant::now() + pause >= deadline {
-            return Err(ProxyError::Timeout(route.spec.timeout));
+            return Err(ProxyError::Timeout(timeout));
         }
         tokio::time::sleep(pause).await;
     }

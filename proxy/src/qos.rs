@@ -29,6 +29,9 @@ use crate::errors::ProxyError;
 pub static X_PRESAGE_QOS: HeaderName = HeaderName::from_static("x-presage-qos");
 pub static X_PRESAGE_USER: HeaderName = HeaderName::from_static("x-presage-user");
 pub static X_PRESAGE_TENANT: HeaderName = HeaderName::from_static("x-presage-tenant");
+/// The caller's remaining latency budget in ms, honoured and passed on (as
+/// `grpc-timeout` is in gRPC).
+pub static X_PRESAGE_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-presage-timeout-ms");
 
 /// A profile with its live rate-limit state.
 #[derive(Debug)]
@@ -167,6 +170,19 @@ impl Profile {
             None => Ok(()),
         }
     }
+}
+
+/// A request's latency budget: the caller's `x-presage-timeout-ms` when it sent one
+/// (a chain of sidecars shares one deadline), else its profile's `deadline_ms`.
+pub fn budget(headers: &HeaderMap, profile: Option<&Profile>) -> Option<Duration> {
+    let from_caller = headers
+        .get(&X_PRESAGE_TIMEOUT_MS)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    from_caller.or_else(|| {
+        let ms = profile?.spec.deadline_ms;
+        (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+    })
 }
 
 /// A token bucket refilled at `rate` per second, holding at most one second's worth.

@@ -257,6 +257,10 @@ pub struct QosProfile {
     /// The tenant that owns it (empty: shared, managed by admins).
     #[prost(string, tag = "9")]
     pub tenant: ::prost::alloc::string::String,
+    /// An answer later than this is useless: proxies give up (504) and pass what is left
+    /// upstream as x-presage-timeout-ms. 0: no deadline beyond the route's timeout.
+    #[prost(double, tag = "10")]
+    pub deadline_ms: f64,
 }
 /// A QoS tier (bronze, silver, gold, platinum) and what it is allocated. Proxies use
 /// `admission_share`; the planner and actuators use the resource allocation.

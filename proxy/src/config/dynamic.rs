@@ -213,6 +213,7 @@ pub(super) fn qos_profile_doc(q: &QosProfile) -> String {
         "min_accuracy": q.min_accuracy,
         "reliability": q.reliability,
         "rate_limit_rps": q.rate_limit_rps,
+        "deadline_ms": q.deadline_ms,
     });
     if !q.tier.is_empty() {
         v["tier"] = json!(q.tier);

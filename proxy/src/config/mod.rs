@@ -137,6 +137,8 @@ pub struct QosProfileSpec {
     pub reliability: f64,
     /// Requests per second this proxy admits under the profile; 0: no limit.
     pub rate_limit_rps: f64,
+    /// Deadline of a request under the profile, ms; 0: none.
+    pub deadline_ms: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
@@ -776,6 +778,7 @@ impl Builder<'_> {
                 min_accuracy: num(&p.min_accuracy, "min_accuracy", 1.0),
                 reliability: num(&p.reliability, "reliability", 1.0),
                 rate_limit_rps: num(&p.rate_limit_rps, "rate_limit_rps", f64::MAX),
+                deadline_ms: num(&p.deadline_ms, "deadline_ms", f64::MAX),
             });
         }
         out

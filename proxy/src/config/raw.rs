@@ -70,6 +70,7 @@ pub struct RawQosProfile {
     pub min_accuracy: Option<Spanned<f64>>,
     pub reliability: Option<Spanned<f64>>,
     pub rate_limit_rps: Option<Spanned<f64>>,
+    pub deadline_ms: Option<Spanned<f64>>,
 }
 
 /// A user's or tenant's assignment to a profile or a tier.
