@@ -775,3 +775,78 @@ async fn the_latency_target_is_a_deadline_passed_upstream() {
         serde_json::Value::Null
     );
 }
+
+/// `getServiceStatus(requestId)`: the control plane answers how a recent request was
+/// handled, from its proxy's record.
+#[tokio::test]
+async fn a_recent_request_is_found_by_its_id_with_the_instance_and_why() {
+    use support::control_plane::ControlPlane;
+    let up = Upstream::spawn("up").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "qos_profiles:\n  - {{name: precise, tier: gold, min_accuracy: 0.9}}\nservices:\n  - name: up\n    endpoints: [{{address: \"{}\", metadata: {{accuracy: \"0.95\"}}}}]\nroutes:\n  - {{name: all, cluster: up}}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+    let c = h1_client();
+    wait_until(Duration::from_secs(10), || async {
+        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("the proxy routes the control plane's route");
+    let r = send(
+        &c,
+        request(
+            &proxy.url("/"),
+            &[
+                ("x-request-id", "req-precise-1"),
+                ("x-presage-qos", "precise"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let shed = send(
+        &c,
+        request(
+            &proxy.url("/"),
+            &[("x-request-id", "req-bad-2"), ("x-presage-qos", "nope")],
+        ),
+    )
+    .await;
+    assert_eq!(shed.status, StatusCode::BAD_REQUEST);
+
+    let rec = wait_until(Duration::from_secs(5), || async {
+        let (s, v) = cp
+            .call(http::Method::GET, "/v1/requests/req-precise-1", "")
+            .await;
+        (s == StatusCode::OK).then_some(v)
+    })
+    .await
+    .expect("the request was recorded");
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert_eq!(rec["service"], "up");
+    assert_eq!(rec["qos_profile"], "precise");
+    assert_eq!(rec["tier"], "gold");
+    assert_eq!(rec["endpoint"], up.addr.to_string());
+    assert_eq!(rec["reason"], "meets-profile");
+    assert_eq!(rec["warm_pool"], false);
+    assert!(rec["latency_us"].as_u64().unwrap() > 0);
+    let bad = cp.get("/v1/requests/req-bad-2").await;
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert_eq!(bad["reason"], "unknown-qos-profile");
+    let (s, v) = cp
+        .call(http::Method::GET, "/v1/requests/never-seen", "")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}

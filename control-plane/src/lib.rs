@@ -31,6 +31,7 @@ pub mod load;
 pub mod metrics;
 pub mod predict;
 pub mod proxies;
+pub mod requests;
 pub mod resources;
 pub mod rest;
 pub mod runtime;

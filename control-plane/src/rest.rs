@@ -33,6 +33,7 @@ use crate::validate::{self, FieldError};
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct Api {
+    pub requests: Arc<crate::requests::Requests>,
     pub sla: Arc<crate::sla::Sla>,
     pub alerts: Arc<crate::sla::alerts::Alerts>,
     pub resources: Arc<Resources>,
@@ -94,6 +95,7 @@ impl utoipa::Modify for BearerAuth {
         list_subjects,
         service_qos_statistics,
         list_alerts,
+        get_request,
         get_subject,
         put_subject,
         delete_subject,
@@ -106,6 +108,7 @@ impl utoipa::Modify for BearerAuth {
         Route,
         Subject,
         QosTier,
+        presage_api::RequestRecord,
         presage_api::RouteMatch,
         presage_api::HeaderMatch,
         QosProfile,
@@ -142,6 +145,7 @@ pub fn router(api: Api) -> Router {
             get(service_qos_statistics),
         )
         .route("/v1/alerts", get(list_alerts))
+        .route("/v1/requests/{id}", get(get_request))
         .route("/v1/routes", get(list_routes))
         .route(
             "/v1/routes/{name}",
@@ -820,6 +824,21 @@ async fn service_qos_statistics(
 #[utoipa::path(get, path = "/v1/alerts", responses((status = 200, body = [crate::sla::alerts::Alert])))]
 async fn list_alerts(State(api): State<Api>) -> Json<Vec<crate::sla::alerts::Alert>> {
     Json(api.alerts.list())
+}
+
+/// `getServiceStatus(requestId)`: how a recent request was handled (status, latency,
+/// profile and tier, the instance chosen and why, whether a warm pool served it), as its
+/// proxy recorded it; kept 10 minutes (proxies record up to 1,000 requests a second).
+#[utoipa::path(get, path = "/v1/requests/{id}", responses((status = 200, body = presage_api::RequestRecord), (status = 404, body = ApiError)))]
+async fn get_request(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<presage_api::RequestRecord>, ApiError> {
+    api.requests.get(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no request {id:?} in the last 10 minutes (or its proxy did not record it)"
+        ))
+    })
 }
 
 // === subjects ===

@@ -152,7 +152,9 @@ pub async fn run(
         metrics.clone(),
         format!("http://{}/v1/alerts", bound.api),
     ));
+    let requests = Arc::new(crate::requests::Requests::default());
     let telemetry = TelemetryService {
+        requests: requests.clone(),
         sla: sla.clone(),
         load: load.clone(),
         proxies: proxies.clone(),
@@ -190,6 +192,7 @@ pub async fn run(
         cfg.forecast_interval,
     ));
     let api = Api {
+        requests,
         sla,
         alerts,
         resources,

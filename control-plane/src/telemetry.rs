@@ -17,6 +17,8 @@ pub struct TelemetryService {
     pub load: Arc<Load>,
     /// Per-profile entries, for SLA monitoring.
     pub sla: Arc<crate::sla::Sla>,
+    /// Request records, for `/v1/requests/{id}`.
+    pub requests: Arc<crate::requests::Requests>,
     pub proxies: Arc<Proxies>,
     pub profiler: Arc<Mutex<Profiler>>,
     pub ejections: Arc<Ejections>,
@@ -29,6 +31,9 @@ impl TelemetryService {
             tracing::warn!(node, error = %e, "telemetry report partly unreadable");
         }
         self.sla.ingest(report);
+        if !report.requests.is_empty() {
+            self.requests.add(&report.requests, crate::time::unix_ms());
+        }
         if !report.transitions.is_empty() {
             let mut p = self.profiler.lock().expect("profiler lock poisoned");
             for t in &report.transitions {

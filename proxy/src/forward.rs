@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,12 @@ pub async fn handle(
         }
         _ => (None, None),
     };
+    // For the request's record: its profile and tier, and how its instance was chosen.
+    let treated = match &decision {
+        Some(Ok(d)) => Some((d.profile.clone(), d.tier)),
+        _ => None,
+    };
+    let selection = AtomicU8::new(SELECTION_NONE);
     let result = match (route, decision) {
         (Some(route), Some(Ok(decision))) => match admit(&rt, &shared, route, &decision) {
             Ok(_admitted) => {
@@ -103,6 +109,7 @@ pub async fn handle(
                     needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
                     missed: &shared.metrics.qos[decision.tier as usize][3],
                     budget: qos::budget(req.headers(), decision.profile.as_deref()),
+                    selection: &selection,
                 };
                 proxy(&rt, route, conn, req, qos).await
             }
@@ -111,9 +118,11 @@ pub async fn handle(
         (Some(_), Some(Err(e))) => Err(e),
         _ => Err(ProxyError::NoRoute),
     };
+    let mut error_code = "";
     let (mut res, endpoint) = match result {
         Ok(ok) => ok,
         Err(e) => {
+            error_code = e.code();
             if e.is_refusal() {
                 tracing::debug!(error = %e, "request refused");
             } else {
@@ -130,6 +139,37 @@ pub async fn handle(
         .record(res.status().as_u16(), elapsed);
     for f in [flight, profile_flight].into_iter().flatten() {
         f.finish(res.status().as_u16(), elapsed);
+    }
+    if let (Some(t), Some(route)) = (&shared.telemetry, route) {
+        let reason = match selection.load(Relaxed) {
+            _ if !error_code.is_empty() => error_code,
+            SELECTION_MEETS => "meets-profile",
+            SELECTION_BEST_AVAILABLE => "best-available",
+            _ => "balanced",
+        };
+        let status = res.status();
+        let endpoint = endpoint.as_ref();
+        t.record(|| {
+            let (profile, tier) = treated.map_or((String::new(), ""), |(p, tier)| {
+                (
+                    p.map(|p| p.spec.name.clone()).unwrap_or_default(),
+                    tier.as_str(),
+                )
+            });
+            presage_api::RequestRecord {
+                request_id: request_id.to_str().unwrap_or_default().to_string(),
+                service: route.spec.cluster.clone(),
+                route: route.spec.name.clone(),
+                qos_profile: profile,
+                tier: tier.to_string(),
+                status: u32::from(status.as_u16()),
+                latency_us: elapsed.as_micros() as u64,
+                endpoint: endpoint.map(|a| a.to_string()).unwrap_or_default(),
+                reason: reason.to_string(),
+                warm_pool: false,
+                unix_ms: crate::telemetry::unix_ms(),
+            }
+        });
     }
     if let Some(entry) = log {
         shared
@@ -148,9 +188,16 @@ struct Qos<'a> {
     /// Counted when no endpoint meets `needs`.
     missed: &'a Counter,
     /// The request's latency budget (caller's `x-presage-timeout-ms`, else the profile's
-    /// p99 target), when it has one: it caps the route timeout and is passed upstream.
+    /// deadline), when it has one: it caps the route timeout and is passed upstream.
     budget: Option<Duration>,
+    /// How the first attempt's endpoint was chosen (`SELECTION_*`), for the record.
+    selection: &'a AtomicU8,
 }
+
+const SELECTION_NONE: u8 = 0;
+const SELECTION_BALANCED: u8 = 1;
+const SELECTION_MEETS: u8 = 2;
+const SELECTION_BEST_AVAILABLE: u8 = 3;
 
 /// The request's QoS: its profile's rate limit, then its cluster's admission by tier.
 /// The returned guard holds the request's in-flight slot until the answer is ready.
@@ -231,8 +278,16 @@ async fn proxy(
             .balancer
             .pick_for(&cluster.endpoints, avoid, qos.needs)
             .ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
-        if !met && attempt == 0 {
-            qos.missed.inc();
+        if attempt == 0 {
+            let how = match (qos.needs, met) {
+                (None, _) => SELECTION_BALANCED,
+                (Some(_), true) => SELECTION_MEETS,
+                (Some(_), false) => SELECTION_BEST_AVAILABLE,
+            };
+            qos.selection.store(how, Relaxed);
+            if !met {
+                qos.missed.inc();
+            }
         }
         let mut up = Request::new(body.take().unwrap_or(RequestBody::Empty));
         *up.method_mut() = parts.method.clone();

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::serialization::{Serializer as _, V2Serializer};
 use presage_api::telemetry_client::TelemetryClient;
-use presage_api::{EjectedEndpoint, LoadReport, Node, ServiceLoad, Transition};
+use presage_api::{EjectedEndpoint, LoadReport, Node, RequestRecord, ServiceLoad, Transition};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
@@ -29,6 +29,14 @@ const MAX_USERS: usize = 100_000;
 /// Transitions kept per interval; more are dropped (and counted) rather than let a
 /// burst of users grow one report without bound.
 const MAX_TRANSITIONS: usize = 10_000;
+/// Request records kept per interval, for the control plane's getServiceStatus.
+const MAX_RECORDS: usize = 1_000;
+
+#[derive(Debug, Default)]
+struct Records {
+    kept: Vec<RequestRecord>,
+    unrecorded: u64,
+}
 
 pub fn unix_ms() -> i64 {
     SystemTime::now()
@@ -50,6 +58,7 @@ pub struct Telemetry {
     pub spec: ControlPlaneSpec,
     pub node: Node,
     users: Mutex<Users>,
+    records: Mutex<Records>,
     queue: Mutex<VecDeque<LoadReport>>,
     ready: Notify,
     dropped: AtomicU64,
@@ -68,6 +77,7 @@ impl Telemetry {
             spec,
             node,
             users: Mutex::new(Users::default()),
+            records: Mutex::new(Records::default()),
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             dropped: AtomicU64::new(0),
@@ -115,6 +125,17 @@ impl Telemetry {
         });
     }
 
+    /// Keeps how one request was handled, for this interval's report (built only while
+    /// the interval has room).
+    pub fn record(&self, build: impl FnOnce() -> RequestRecord) {
+        let mut recs = self.records.lock().expect("records lock poisoned");
+        if recs.kept.len() < MAX_RECORDS {
+            recs.kept.push(build());
+        } else {
+            recs.unrecorded += 1;
+        }
+    }
+
     /// Builds this interval's report and queues it, dropping the oldest when full.
     /// `ejected` lists the endpoints outlier detection has out of rotation now.
     pub fn collect(&self, loads: &ServiceLoads, ejected: Vec<EjectedEndpoint>, interval: Duration) {
@@ -137,6 +158,7 @@ impl Telemetry {
         }
         let transitions =
             std::mem::take(&mut self.users.lock().expect("users lock poisoned").transitions);
+        let records = std::mem::take(&mut *self.records.lock().expect("records lock poisoned"));
         if services.is_empty() && transitions.is_empty() && ejected.is_empty() {
             return;
         }
@@ -148,6 +170,8 @@ impl Telemetry {
             transitions,
             dropped_reports: 0,
             ejected,
+            requests: records.kept,
+            requests_unrecorded: records.unrecorded,
         };
         let mut q = self.queue.lock().expect("queue lock poisoned");
         if q.len() >= self.spec.max_buffered_reports {

@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "WarmPool",
         "Subject",
         "QosTier",
+        "RequestRecord",
     ];
     let mut b = tonic_prost_build::configure()
         .out_dir(api.join("src/gen"))

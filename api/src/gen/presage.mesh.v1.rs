@@ -412,6 +412,48 @@ pub struct LoadReport {
     /// Endpoints this proxy's outlier detection has ejected right now (usually none).
     #[prost(message, repeated, tag = "7")]
     pub ejected: ::prost::alloc::vec::Vec<EjectedEndpoint>,
+    /// Requests answered during the interval, for getServiceStatus (at most 1,000 per
+    /// interval; beyond that they are counted in requests_unrecorded).
+    #[prost(message, repeated, tag = "8")]
+    pub requests: ::prost::alloc::vec::Vec<RequestRecord>,
+    #[prost(uint64, tag = "9")]
+    pub requests_unrecorded: u64,
+}
+/// How one request was handled.
+#[allow(clippy::all)]
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestRecord {
+    #[prost(string, tag = "1")]
+    pub request_id: ::prost::alloc::string::String,
+    /// The upstream service (cluster).
+    #[prost(string, tag = "2")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub route: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub qos_profile: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub tier: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "6")]
+    pub status: u32,
+    #[prost(uint64, tag = "7")]
+    pub latency_us: u64,
+    /// The instance chosen (host:port); empty when none was.
+    #[prost(string, tag = "8")]
+    pub endpoint: ::prost::alloc::string::String,
+    /// Why that instance, or why none: "balanced" (no QoS needs), "meets-profile" (the
+    /// cheapest instance meeting the profile), "best-available" (none met it), or the
+    /// proxy's error code ("shed", "rate-limited", "no-endpoint", ...).
+    #[prost(string, tag = "9")]
+    pub reason: ::prost::alloc::string::String,
+    /// Whether a warm-pool instance served it.
+    #[prost(bool, tag = "10")]
+    pub warm_pool: bool,
+    #[prost(int64, tag = "11")]
+    pub unix_ms: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
