@@ -850,3 +850,42 @@ async fn a_recent_request_is_found_by_its_id_with_the_instance_and_why() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 }
+
+/// A tier's bandwidth cap paces its response streams; other tiers are not held back.
+#[tokio::test]
+async fn a_tier_bandwidth_cap_paces_its_responses() {
+    let up = Upstream::spawn("up").await;
+    let proxy = Proxy::start(&config(&format!(
+        "{PROFILES}qos_tiers:\n  - {{name: bronze, admission_share: 0.6, bandwidth_max_mbps: 8}}\nroutes:\n  - name: all\n    cluster: up\n    qos_profile: basic\nclusters:\n  - name: up\n    endpoints:\n      - address: \"{}\"\n",
+        up.addr
+    )))
+    .await;
+    let c = h1_client();
+    // The upstream echoes the 1 MB body back: 1 MB at 8 Mbit/s is about a second.
+    let body = bytes::Bytes::from(vec![b'x'; 1_000_000]);
+    let post = |qos: Option<&str>| {
+        let mut b = Request::post(proxy.url("/"));
+        if let Some(q) = qos {
+            b = b.header("x-presage-qos", q);
+        }
+        b.body(Full::new(body.clone())).unwrap()
+    };
+    let t0 = Instant::now();
+    let r = send(&c, post(None)).await;
+    let bronze = t0.elapsed();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.len() > 1_000_000);
+    let t0 = Instant::now();
+    let r = send(&c, post(Some("premium"))).await;
+    let platinum = t0.elapsed();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.len() > 1_000_000);
+    assert!(
+        bronze >= Duration::from_millis(850),
+        "bronze took {bronze:?}"
+    );
+    assert!(
+        platinum * 2 < bronze,
+        "platinum {platinum:?} vs bronze {bronze:?}"
+    );
+}

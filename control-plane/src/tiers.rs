@@ -23,10 +23,12 @@ pub fn defaults() -> Vec<QosTier> {
                 price_per_hour: price,
             }
         };
+    // No bandwidth caps by default (Bronze is also the tier of unclassified traffic);
+    // operators set `bandwidth_max_mbps` per tier.
     vec![
-        tier(0, 0.60, 100, 128, (1.0, 10.0), (100, 20.0), 0.01),
-        tier(1, 0.75, 200, 256, (5.0, 50.0), (200, 50.0), 0.03),
-        tier(2, 0.90, 400, 512, (20.0, 200.0), (400, 200.0), 0.08),
+        tier(0, 0.60, 100, 128, (1.0, 0.0), (100, 20.0), 0.01),
+        tier(1, 0.75, 200, 256, (5.0, 0.0), (200, 50.0), 0.03),
+        tier(2, 0.90, 400, 512, (20.0, 0.0), (400, 200.0), 0.08),
         tier(3, 1.00, 800, 1024, (50.0, 0.0), (800, 0.0), 0.20),
     ]
 }

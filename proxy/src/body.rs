@@ -2,6 +2,7 @@
 //! size limit; their errors are tagged as the downstream's fault so `errors` can answer 4xx
 //! rather than blaming the upstream.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -10,8 +11,111 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-/// What the proxy answers with: the upstream's stream, or a small synthetic body.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+/// What the proxy answers with: the upstream's stream (paced when its QoS tier has a
+/// bandwidth cap), or a small synthetic body.
+pub type ResponseBody = Either<Paced, Full<Bytes>>;
+
+pin_project_lite::pin_project! {
+    /// An upstream body passed on at most `rate` bytes per second (when set): a data
+    /// frame that would overdraw the allowance is held until it is paid for.
+    pub struct Paced {
+        #[pin]
+        inner: Incoming,
+        pace: Option<Pace>,
+    }
+}
+
+#[derive(Debug)]
+struct Pace {
+    /// Bytes per second.
+    rate: f64,
+    /// Bytes that may go at once (a tenth of a second's worth, at least 16 KiB).
+    burst: f64,
+    tokens: f64,
+    last: std::time::Instant,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The frame waiting for `wait`.
+    held: Option<Frame<Bytes>>,
+}
+
+impl Paced {
+    /// `rate` in bytes per second; 0 or less passes the body through untouched.
+    pub fn new(inner: Incoming, rate: f64) -> Paced {
+        let pace = (rate > 0.0).then(|| {
+            let burst = (rate / 10.0).max(16.0 * 1024.0);
+            Pace {
+                rate,
+                burst,
+                tokens: burst,
+                last: std::time::Instant::now(),
+                wait: None,
+                held: None,
+            }
+        });
+        Paced { inner, pace }
+    }
+}
+
+impl std::fmt::Debug for Paced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paced").field("pace", &self.pace).finish()
+    }
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let Some(pace) = this.pace.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        if let Some(wait) = pace.wait.as_mut() {
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            pace.wait = None;
+            if let Some(f) = pace.held.take() {
+                return Poll::Ready(Some(Ok(f)));
+            }
+        }
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            other => return other,
+        };
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(pace.last).as_secs_f64() * pace.rate;
+        pace.last = now;
+        pace.tokens = (pace.tokens + refill).min(pace.burst) - data.len() as f64;
+        if pace.tokens >= 0.0 {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        // Overdrawn: hold the frame until the debt is paid.
+        let debt = std::time::Duration::from_secs_f64(-pace.tokens / pace.rate);
+        let mut wait = Box::pin(tokio::time::sleep(debt));
+        if wait.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        pace.wait = Some(wait);
+        pace.held = Some(frame);
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream() && self.pace.as_ref().is_none_or(|p| p.held.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 pub fn full(b: impl Into<Bytes>) -> ResponseBody {
     Either::Right(Full::new(b.into()))

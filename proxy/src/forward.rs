@@ -27,7 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use tower::retry::budget::Budget;
 
 use crate::balance::Needs;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{Paced, RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::errors::ProxyError;
 use crate::headers;
@@ -110,6 +110,7 @@ pub async fn handle(
                     missed: &shared.metrics.qos[decision.tier as usize][3],
                     budget: qos::budget(req.headers(), decision.profile.as_deref()),
                     selection: &selection,
+                    bandwidth: rt.config.tier_bandwidth[decision.tier as usize],
                 };
                 proxy(&rt, route, conn, req, qos).await
             }
@@ -192,6 +193,8 @@ struct Qos<'a> {
     budget: Option<Duration>,
     /// How the first attempt's endpoint was chosen (`SELECTION_*`), for the record.
     selection: &'a AtomicU8,
+    /// The tier's cap on the response stream, bytes per second (0: none).
+    bandwidth: f64,
 }
 
 const SELECTION_NONE: u8 = 0;
@@ -344,11 +347,17 @@ async fn proxy(
                             | StatusCode::GATEWAY_TIMEOUT
                     );
                     if !(retriable && idempotent && can_retry_now(attempt)) {
-                        return Ok((response(route, res), Some(ep.spec.authority.clone())));
+                        return Ok((
+                            response(route, res, qos.bandwidth),
+                            Some(ep.spec.authority.clone()),
+                        ));
                     }
                 } else {
                     cluster.record(ep, Outcome::Success(rtt));
-                    return Ok((response(route, res), Some(ep.spec.authority.clone())));
+                    return Ok((
+                        response(route, res, qos.bandwidth),
+                        Some(ep.spec.authority.clone()),
+                    ));
                 }
             }
         }
@@ -436,12 +445,13 @@ fn prepare_headers(h: &mut HeaderMap, uri: &Uri, route: &Route, conn: Conn, upgr
     route.spec.request_headers.apply(h);
 }
 
-fn response(route: &Route, res: Response<Incoming>) -> Response<ResponseBody> {
+/// The upstream's response toward the client, paced at `rate` bytes/s (0: not).
+fn response(route: &Route, res: Response<Incoming>, rate: f64) -> Response<ResponseBody> {
     let (mut parts, body) = res.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, switching);
     route.spec.response_headers.apply(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
+    Response::from_parts(parts, Either::Left(Paced::new(body, rate)))
 }
 
 /// HTTP/1.1 protocol switch (WebSocket): forward the handshake, then splice the two
@@ -496,7 +506,7 @@ async fn upgrade(
             }
         });
     }
-    Ok((response(route, res), Some(ep.spec.authority.clone())))
+    Ok((response(route, res, 0.0), Some(ep.spec.authority.clone())))
 }
 
 /// What the JSON access log records of a request (written by `access_log`).

@@ -299,7 +299,12 @@ pub(super) fn raw_items(d: &Dynamic) -> (RawItems, Vec<ConfigError>) {
     }
     let mut qos_tiers = Vec::new();
     for (name, t) in &d.qos_tiers {
-        let doc = json!({ "name": t.name, "admission_share": t.admission_share }).to_string();
+        let doc = json!({
+            "name": t.name,
+            "admission_share": t.admission_share,
+            "bandwidth_max_mbps": t.bandwidth_max_mbps,
+        })
+        .to_string();
         match super::deserialize::<RawQosTier>(&doc, "xds") {
             Ok(raw) => qos_tiers.push(raw),
             Err(e) => errors.push(relabel(e, "QoS tier", name, "")),

@@ -85,6 +85,8 @@ pub struct Config {
     pub default_tier: Tier,
     /// Share of a cluster's `max_in_flight` each tier may fill, by tier (lowest first).
     pub tier_shares: [f64; 4],
+    /// Cap on each response stream, bytes per second, by tier (0: none).
+    pub tier_bandwidth: [f64; 4],
 }
 
 /// QoS levels, lowest first.
@@ -527,6 +529,7 @@ impl Builder<'_> {
         let routes = self.routes(&raw, &names, &profiles);
         let subjects = self.subjects(&raw, &profiles);
         let tier_shares = self.tier_shares(&raw);
+        let tier_bandwidth = self.tier_bandwidth(&raw);
         let workers = raw.runtime.workers.as_ref().map(|w| {
             if w.value == 0 {
                 self.err(
@@ -587,6 +590,7 @@ impl Builder<'_> {
                 .and_then(|c| self.control_plane(c)),
             default_tier: raw.default_tier.unwrap_or_default(),
             tier_shares,
+            tier_bandwidth,
             qos_profiles,
             subjects,
         }
@@ -743,6 +747,25 @@ impl Builder<'_> {
             );
         }
         shares
+    }
+
+    fn tier_bandwidth(&mut self, raw: &RawConfig) -> [f64; 4] {
+        let mut caps = [0.0; 4];
+        for (i, t) in raw.qos_tiers.iter().enumerate() {
+            let Some(mbps) = &t.bandwidth_max_mbps else {
+                continue;
+            };
+            if !(mbps.value.is_finite() && mbps.value >= 0.0) {
+                self.err(
+                    mbps.referenced,
+                    format!("qos_tiers[{i}].bandwidth_max_mbps"),
+                    format!("expected a number >= 0, found {}", mbps.value),
+                );
+                continue;
+            }
+            caps[t.name as usize] = mbps.value * 1_000_000.0 / 8.0;
+        }
+        caps
     }
 
     fn qos_profiles(&mut self, raw: &RawConfig) -> Vec<QosProfileSpec> {

@@ -49,12 +49,14 @@ pub struct RawConfig {
     pub qos_tiers: Vec<RawQosTier>,
 }
 
-/// A tier's admission share (the rest of a `QosTier` is for the planner).
+/// A tier's admission share and bandwidth cap (the rest of a `QosTier` is for the planner).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQosTier {
     pub name: super::Tier,
     pub admission_share: Spanned<f64>,
+    /// Cap on each response stream of the tier, megabits per second (0: none).
+    pub bandwidth_max_mbps: Option<Spanned<f64>>,
 }
 
 /// A QoS profile (the control plane's `QosProfile`, same field names).
