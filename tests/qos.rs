@@ -889,3 +889,58 @@ async fn a_tier_bandwidth_cap_paces_its_responses() {
         "platinum {platinum:?} vs bronze {bronze:?}"
     );
 }
+
+/// Instances carry the QoS the proxies measured of them (and, until per-instance
+/// forecasts exist, the same as predicted); per-instance counts do not inflate the
+/// service's own.
+#[tokio::test]
+async fn instances_show_their_measured_qos() {
+    use support::control_plane::ControlPlane;
+    let up = Upstream::spawn("up").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "services:\n  - name: up\n    endpoints: [{{address: \"{}\", metadata: {{capacity: \"100\"}}}}]\nroutes:\n  - {{name: all, cluster: up}}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+    let c = h1_client();
+    wait_until(Duration::from_secs(10), || async {
+        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("the proxy routes the control plane's route");
+    for _ in 0..30 {
+        assert_eq!(
+            send(&c, request(&proxy.url("/?ms=5"), &[])).await.status,
+            StatusCode::OK
+        );
+    }
+    let sent = up.hits() as u64;
+    let inst = wait_until(Duration::from_secs(5), || async {
+        let v = cp.get("/v1/services/up/instances").await;
+        (v[0]["measured"]["requests"].as_u64() == Some(sent)).then_some(v)
+    })
+    .await
+    .expect("the instance's measured requests match what it served");
+    let m = &inst[0]["measured"];
+    assert_eq!(m["errors"], 0, "{inst}");
+    assert!(m["latency_p50_ms"].as_f64().unwrap() >= 4.0, "{inst}");
+    assert_eq!(inst[0]["predicted"], *m);
+    let u = inst[0]["utilisation"].as_f64().unwrap();
+    assert!((u - sent as f64 / 60.0 / 100.0).abs() < 1e-9, "{u}");
+    let services = cp.get("/v1/services").await;
+    assert_eq!(
+        services[0]["requests_total"], sent,
+        "no double counting: {services}"
+    );
+}

@@ -161,12 +161,12 @@ impl Load {
         let unix_s = report.unix_ms.div_euclid(1000);
         let mut decoded = Vec::with_capacity(report.services.len());
         let mut de = Deserializer::new();
-        // Per-profile entries repeat what their service's own entry counts; they feed the
-        // SLA monitor, not the service history.
+        // Per-profile and per-endpoint entries repeat what their service's own entry
+        // counts; they feed the SLA monitor, not the service history.
         let services: Vec<&presage_api::ServiceLoad> = report
             .services
             .iter()
-            .filter(|s| s.qos_profile.is_empty())
+            .filter(|s| s.qos_profile.is_empty() && s.endpoint.is_empty())
             .collect();
         for s in &services {
             let latency = if s.latency_histogram.is_empty() {

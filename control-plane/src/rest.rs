@@ -484,6 +484,13 @@ pub struct InstanceView {
     pub healthy: bool,
     /// Proxies whose outlier detection has this instance ejected now.
     pub ejected_by: Vec<String>,
+    /// What the proxies measured of it over the last minute (none without traffic).
+    pub measured: Option<crate::sla::windows::Summary>,
+    /// The QoS expected of it next; the measured values until per-instance forecasts
+    /// exist.
+    pub predicted: Option<crate::sla::windows::Summary>,
+    /// Measured throughput over its `capacity` metadata (requests/s), when it has one.
+    pub utilisation: Option<f64>,
 }
 
 #[utoipa::path(get, path = "/v1/services/{name}/instances", responses((status = 200, body = [InstanceView]), (status = 404, body = ApiError)))]
@@ -499,9 +506,22 @@ async fn service_instances(
         .into_iter()
         .map(|e| {
             let ejected_by = api.ejections.ejected_by(&name, &e.address, now);
+            let measured = api.sla.instance(&name, &e.address, now.div_euclid(1000));
+            let capacity = e
+                .metadata
+                .get("capacity")
+                .and_then(|c| c.parse::<f64>().ok())
+                .filter(|c| *c > 0.0);
+            let utilisation = measured
+                .as_ref()
+                .zip(capacity)
+                .map(|(m, c)| m.throughput_rps / c);
             InstanceView {
                 healthy: ejected_by.is_empty(),
                 ejected_by,
+                predicted: measured.clone(),
+                measured,
+                utilisation,
                 address: e.address,
                 weight: e.weight,
                 metadata: e.metadata,

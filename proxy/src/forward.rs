@@ -312,9 +312,16 @@ async fn proxy(
 
         let t0 = Instant::now();
         ep.pending.fetch_add(1, Relaxed);
+        let at_endpoint = ep.load.start();
         let sent = tokio::time::timeout_at(deadline, cluster.client.request(up)).await;
         ep.pending.fetch_sub(1, Relaxed);
         let rtt = t0.elapsed();
+        // The attempt as the instance served it: its status, or a failure (502).
+        let code = match &sent {
+            Ok(Ok(res)) => res.status().as_u16(),
+            _ => 502,
+        };
+        at_endpoint.finish(code, rtt);
 
         let can_retry_now =
             |attempt: u32| may_retry && attempt < retry.attempts && route.budget.withdraw();

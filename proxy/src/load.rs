@@ -89,17 +89,19 @@ impl Drop for InFlight<'_> {
 pub struct Taken {
     pub service: String,
     pub qos_profile: String,
+    pub endpoint: String,
     pub requests: u64,
     pub errors: u64,
     pub in_flight: u64,
     pub latency: Histogram<u64>,
 }
 
-/// Every cluster's counters by name, and each (cluster, QoS profile) pair's: a request
-/// under a profile counts in both, so the cluster's own entry stays the total.
+/// Every cluster's counters by name, each (cluster, QoS profile) pair's, and each
+/// endpoint's: a request counts in its cluster's entry and again in its profile's and
+/// (per attempt) its endpoint's, so the cluster's own entry stays the total.
 #[derive(Debug, Default)]
 pub struct ServiceLoads {
-    by_name: Mutex<HashMap<(String, String), Arc<ServiceLoad>>>,
+    by_name: Mutex<HashMap<(String, String, String), Arc<ServiceLoad>>>,
 }
 
 impl ServiceLoads {
@@ -110,18 +112,37 @@ impl ServiceLoads {
 
     /// The handle for requests to `cluster` under QoS profile `profile`.
     pub fn get_for(&self, cluster: &str, profile: &str) -> Arc<ServiceLoad> {
+        self.entry(cluster, profile, "")
+    }
+
+    /// The handle for attempts sent to one endpoint (`host:port`) of `cluster`.
+    pub fn get_endpoint(&self, cluster: &str, endpoint: &str) -> Arc<ServiceLoad> {
+        self.entry(cluster, "", endpoint)
+    }
+
+    fn entry(&self, cluster: &str, profile: &str, endpoint: &str) -> Arc<ServiceLoad> {
         let mut m = self.by_name.lock().expect("service load lock poisoned");
-        m.entry((cluster.to_string(), profile.to_string()))
-            .or_insert_with(|| Arc::new(ServiceLoad::new()))
-            .clone()
+        m.entry((
+            cluster.to_string(),
+            profile.to_string(),
+            endpoint.to_string(),
+        ))
+        .or_insert_with(|| Arc::new(ServiceLoad::new()))
+        .clone()
     }
 
     /// Empties every counter and returns what they held (services with no traffic and
     /// nothing in flight are left out).
     pub fn take(&self) -> Vec<Taken> {
-        let m = self.by_name.lock().expect("service load lock poisoned");
+        let mut m = self.by_name.lock().expect("service load lock poisoned");
+        // Forget idle entries nothing holds any more (removed routes and endpoints).
+        m.retain(|_, l| {
+            Arc::strong_count(l) > 1
+                || l.requests.load(Ordering::Relaxed) > 0
+                || l.in_flight.load(Ordering::Relaxed) > 0
+        });
         let mut out = Vec::new();
-        for ((name, profile), l) in m.iter() {
+        for ((name, profile, endpoint), l) in m.iter() {
             let requests = l.requests.swap(0, Ordering::Relaxed);
             let errors = l.errors.swap(0, Ordering::Relaxed);
             let in_flight = l.in_flight.load(Ordering::Relaxed).max(0) as u64;
@@ -137,6 +158,7 @@ impl ServiceLoads {
             out.push(Taken {
                 service: name.clone(),
                 qos_profile: profile.clone(),
+                endpoint: endpoint.clone(),
                 requests,
                 errors,
                 in_flight,

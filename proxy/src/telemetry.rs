@@ -150,6 +150,7 @@ impl Telemetry {
             services.push(ServiceLoad {
                 service: t.service,
                 qos_profile: t.qos_profile,
+                endpoint: t.endpoint,
                 requests: t.requests,
                 errors: t.errors,
                 in_flight: t.in_flight,

@@ -40,6 +40,8 @@ pub struct Endpoint {
     pub accuracy: f64,
     /// `price` metadata (per hour; 0 when absent), for QoS selection.
     pub price: f64,
+    /// Attempts sent here, for the control plane's per-instance QoS.
+    pub load: Arc<crate::load::ServiceLoad>,
 }
 
 impl Endpoint {
@@ -119,6 +121,9 @@ impl Cluster {
                 index,
                 accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),
                 price: metadata_number(&e.metadata, "price").unwrap_or(0.0),
+                load: metrics
+                    .service_load
+                    .get_endpoint(&spec.name, e.authority.as_ref()),
             })
             .collect();
         let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();

@@ -486,6 +486,10 @@ pub struct ServiceLoad {
     /// inflating costs the control plane more than the bytes saved).
     #[prost(bytes = "vec", tag = "6")]
     pub latency_histogram: ::prost::alloc::vec::Vec<u8>,
+    /// Set when the entry counts the attempts sent to one instance (host:port) of the
+    /// service; such entries repeat what the service's own entry counts.
+    #[prost(string, tag = "7")]
+    pub endpoint: ::prost::alloc::string::String,
 }
 /// A sampled per-user step: the user called `next_service` after `previous_service`.
 #[allow(clippy::all)]

@@ -50,6 +50,8 @@ impl Series {
 #[derive(Debug, Default)]
 pub struct Sla {
     series: Mutex<HashMap<(String, String), Series>>,
+    /// Per instance, (service, host:port): five minutes of 10 s buckets.
+    instances: Mutex<HashMap<(String, String), Ring>>,
 }
 
 /// One window of one profile of a service.
@@ -87,18 +89,29 @@ pub fn breaches(s: &Summary, p: &QosProfile) -> Vec<(&'static str, f64, f64)> {
 }
 
 impl Sla {
-    /// Takes the per-profile entries of one report.
+    /// Takes the per-profile and per-instance entries of one report.
     pub fn ingest(&self, report: &LoadReport) {
         let unix_s = report.unix_ms.div_euclid(1000);
         let mut de = Deserializer::new();
-        let mut map = self.series.lock().expect("sla lock poisoned");
-        for s in report.services.iter().filter(|s| !s.qos_profile.is_empty()) {
-            let latency = (!s.latency_histogram.is_empty())
+        let mut latency_of = |s: &presage_api::ServiceLoad| {
+            (!s.latency_histogram.is_empty())
                 .then(|| {
                     de.deserialize::<u64, _>(&mut s.latency_histogram.as_slice())
                         .ok()
                 })
-                .flatten();
+                .flatten()
+        };
+        let mut inst = self.instances.lock().expect("sla lock poisoned");
+        for s in report.services.iter().filter(|s| !s.endpoint.is_empty()) {
+            let latency = latency_of(s);
+            inst.entry((s.service.clone(), s.endpoint.clone()))
+                .or_insert_with(|| Ring::new(FINE_S, 30))
+                .add(unix_s, s.requests, s.errors, latency.as_ref());
+        }
+        drop(inst);
+        let mut map = self.series.lock().expect("sla lock poisoned");
+        for s in report.services.iter().filter(|s| !s.qos_profile.is_empty()) {
+            let latency = latency_of(s);
             let series = map
                 .entry((s.service.clone(), s.qos_profile.clone()))
                 .or_insert_with(Series::new);
@@ -120,6 +133,13 @@ impl Sla {
         let s = map.get(&(service.to_string(), profile.to_string()))?;
         let since = now_s - seconds;
         Some(summarize(s.fine.since(since), seconds as f64))
+    }
+
+    /// One instance's last minute, as the proxies measured it.
+    pub fn instance(&self, service: &str, endpoint: &str, now_s: i64) -> Option<Summary> {
+        let map = self.instances.lock().expect("sla lock poisoned");
+        let ring = map.get(&(service.to_string(), endpoint.to_string()))?;
+        Some(summarize(ring.since(now_s - 60), 60.0))
     }
 
     /// Every (service, profile) pair with data.
