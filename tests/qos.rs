@@ -35,6 +35,28 @@ fn request(url: &str, headers: &[(&str, &str)]) -> Request<Full<bytes::Bytes>> {
     b.body(Full::default()).unwrap()
 }
 
+/// A control plane from `cfg` and a proxy fed by it (reporting every 100 ms), once the
+/// proxy routes its first request.
+async fn mesh(
+    dir: &TempDir,
+    cfg: &std::path::Path,
+) -> (support::control_plane::ControlPlane, Proxy) {
+    let cp =
+        support::control_plane::ControlPlane::start(&dir.0.join("cp.redb"), None, Some(cfg)).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+    let c = h1_client();
+    wait_until(Duration::from_secs(10), || async {
+        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("the proxy routes the control plane's route");
+    (cp, proxy)
+}
+
 #[derive(Default)]
 struct Tally {
     ok: AtomicUsize,
@@ -359,7 +381,6 @@ clusters:
 /// `/v1/alerts`; statistics count exactly what was sent; fast requests resolve it.
 #[tokio::test]
 async fn an_sla_breach_alerts_a_webhook_and_resolves_when_met_again() {
-    use support::control_plane::ControlPlane;
     use support::replay::Replay;
     let up = Upstream::spawn("up").await;
     let receiver = Replay::start().await;
@@ -374,18 +395,8 @@ async fn an_sla_breach_alerts_a_webhook_and_resolves_when_met_again() {
         ),
     )
     .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
-    let proxy = Proxy::start(&config(&format!(
-        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
-        cp.url()
-    )))
-    .await;
+    let (cp, proxy) = mesh(&dir, &cfg).await;
     let c = h1_client();
-    wait_until(Duration::from_secs(10), || async {
-        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
-    })
-    .await
-    .expect("the proxy routes the control plane's route");
 
     // 20 requests of 60 ms under a 25 ms p99 target.
     let slow = proxy.url("/?ms=60");
@@ -780,7 +791,6 @@ async fn the_latency_target_is_a_deadline_passed_upstream() {
 /// handled, from its proxy's record.
 #[tokio::test]
 async fn a_recent_request_is_found_by_its_id_with_the_instance_and_why() {
-    use support::control_plane::ControlPlane;
     let up = Upstream::spawn("up").await;
     let dir = TempDir::new();
     let cfg = dir.0.join("cp.yaml");
@@ -792,18 +802,8 @@ async fn a_recent_request_is_found_by_its_id_with_the_instance_and_why() {
         ),
     )
     .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
-    let proxy = Proxy::start(&config(&format!(
-        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
-        cp.url()
-    )))
-    .await;
+    let (cp, proxy) = mesh(&dir, &cfg).await;
     let c = h1_client();
-    wait_until(Duration::from_secs(10), || async {
-        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
-    })
-    .await
-    .expect("the proxy routes the control plane's route");
     let r = send(
         &c,
         request(
@@ -895,7 +895,6 @@ async fn a_tier_bandwidth_cap_paces_its_responses() {
 /// service's own.
 #[tokio::test]
 async fn instances_show_their_measured_qos() {
-    use support::control_plane::ControlPlane;
     let up = Upstream::spawn("up").await;
     let dir = TempDir::new();
     let cfg = dir.0.join("cp.yaml");
@@ -907,18 +906,8 @@ async fn instances_show_their_measured_qos() {
         ),
     )
     .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
-    let proxy = Proxy::start(&config(&format!(
-        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
-        cp.url()
-    )))
-    .await;
+    let (cp, proxy) = mesh(&dir, &cfg).await;
     let c = h1_client();
-    wait_until(Duration::from_secs(10), || async {
-        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
-    })
-    .await
-    .expect("the proxy routes the control plane's route");
     for _ in 0..30 {
         assert_eq!(
             send(&c, request(&proxy.url("/?ms=5"), &[])).await.status,
