@@ -98,7 +98,7 @@ pub async fn handle(
     };
     // For the request's record: its profile and tier, and how its instance was chosen.
     let treated = match &decision {
-        Some(Ok(d)) => Some((d.profile.clone(), d.tier)),
+        Some(Ok(d)) if shared.telemetry.is_some() => Some((d.profile.clone(), d.tier)),
         _ => None,
     };
     let selection = AtomicU8::new(SELECTION_NONE);
@@ -111,6 +111,7 @@ pub async fn handle(
                     budget: qos::budget(req.headers(), decision.profile.as_deref()),
                     selection: &selection,
                     bandwidth: rt.config.tier_bandwidth[decision.tier as usize],
+                    per_endpoint: shared.telemetry.is_some(),
                 };
                 proxy(&rt, route, conn, req, qos).await
             }
@@ -195,6 +196,8 @@ struct Qos<'a> {
     selection: &'a AtomicU8,
     /// The tier's cap on the response stream, bytes per second (0: none).
     bandwidth: f64,
+    /// Count attempts per endpoint (only the control plane reads them).
+    per_endpoint: bool,
 }
 
 const SELECTION_NONE: u8 = 0;
@@ -312,7 +315,7 @@ async fn proxy(
 
         let t0 = Instant::now();
         ep.pending.fetch_add(1, Relaxed);
-        let at_endpoint = ep.load.start();
+        let at_endpoint = qos.per_endpoint.then(|| ep.load.start());
         let sent = tokio::time::timeout_at(deadline, cluster.client.request(up)).await;
         ep.pending.fetch_sub(1, Relaxed);
         let rtt = t0.elapsed();
@@ -321,7 +324,9 @@ async fn proxy(
             Ok(Ok(res)) => res.status().as_u16(),
             _ => 502,
         };
-        at_endpoint.finish(code, rtt);
+        if let Some(f) = at_endpoint {
+            f.finish(code, rtt);
+        }
 
         let can_retry_now =
             |attempt: u32| may_retry && attempt < retry.attempts && route.budget.withdraw();

@@ -130,9 +130,18 @@ impl Qos {
                 None => Err(ProxyError::UnknownQosProfile(name.to_string())),
             };
         }
-        let assigned = text(&X_PRESAGE_USER)
-            .and_then(|u| self.users.get(u))
-            .or_else(|| text(&X_PRESAGE_TENANT).and_then(|t| self.tenants.get(t)));
+        // Header lookups only where assignments exist (most proxies have none).
+        let user = || {
+            (!self.users.is_empty())
+                .then(|| text(&X_PRESAGE_USER).and_then(|u| self.users.get(u)))
+                .flatten()
+        };
+        let tenant = || {
+            (!self.tenants.is_empty())
+                .then(|| text(&X_PRESAGE_TENANT).and_then(|t| self.tenants.get(t)))
+                .flatten()
+        };
+        let assigned = user().or_else(tenant);
         match assigned {
             Some(Assignment::Profile(p)) => return Ok(decision(p)),
             Some(Assignment::Tier(t)) => {
