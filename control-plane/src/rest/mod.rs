@@ -18,7 +18,6 @@ use axum::Extension;
 use axum::{Json, Router};
 use presage_api::resource::Body;
 
-use crate::auth::Caller;
 use presage_api::{types, Cluster, Endpoint, QosProfile, QosTier, Resource, Route, Subject};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -85,20 +84,20 @@ impl utoipa::Modify for BearerAuth {
         get_route,
         put_route,
         delete_route,
-        list_qos_profiles,
-        list_qos_tiers,
-        get_qos_tier,
-        put_qos_tier,
-        get_qos_profile,
-        put_qos_profile,
-        delete_qos_profile,
-        list_subjects,
-        service_qos_statistics,
-        list_alerts,
-        get_request,
-        get_subject,
-        put_subject,
-        delete_subject,
+        qos::list_qos_profiles,
+        qos::list_qos_tiers,
+        qos::get_qos_tier,
+        qos::put_qos_tier,
+        qos::get_qos_profile,
+        qos::put_qos_profile,
+        qos::delete_qos_profile,
+        qos::list_subjects,
+        qos::service_qos_statistics,
+        qos::list_alerts,
+        qos::get_request,
+        qos::get_subject,
+        qos::put_subject,
+        qos::delete_subject,
         list_proxies,
         next_services
     ),
@@ -127,6 +126,8 @@ impl utoipa::Modify for BearerAuth {
 )]
 struct ApiDoc;
 
+mod qos;
+
 /// The API's router.
 pub fn router(api: Api) -> Router {
     Router::new()
@@ -142,28 +143,33 @@ pub fn router(api: Api) -> Router {
         .route("/v1/services/{name}/forecast", get(service_forecast))
         .route(
             "/v1/services/{name}/qos-statistics",
-            get(service_qos_statistics),
+            get(qos::service_qos_statistics),
         )
-        .route("/v1/alerts", get(list_alerts))
-        .route("/v1/requests/{id}", get(get_request))
+        .route("/v1/alerts", get(qos::list_alerts))
+        .route("/v1/requests/{id}", get(qos::get_request))
         .route("/v1/routes", get(list_routes))
         .route(
             "/v1/routes/{name}",
             get(get_route).put(put_route).delete(delete_route),
         )
-        .route("/v1/qos/tiers", get(list_qos_tiers))
-        .route("/v1/qos/tiers/{name}", get(get_qos_tier).put(put_qos_tier))
-        .route("/v1/qos/profiles", get(list_qos_profiles))
+        .route("/v1/qos/tiers", get(qos::list_qos_tiers))
+        .route(
+            "/v1/qos/tiers/{name}",
+            get(qos::get_qos_tier).put(qos::put_qos_tier),
+        )
+        .route("/v1/qos/profiles", get(qos::list_qos_profiles))
         .route(
             "/v1/qos/profiles/{name}",
-            get(get_qos_profile)
-                .put(put_qos_profile)
-                .delete(delete_qos_profile),
+            get(qos::get_qos_profile)
+                .put(qos::put_qos_profile)
+                .delete(qos::delete_qos_profile),
         )
-        .route("/v1/subjects", get(list_subjects))
+        .route("/v1/subjects", get(qos::list_subjects))
         .route(
             "/v1/subjects/{id}",
-            get(get_subject).put(put_subject).delete(delete_subject),
+            get(qos::get_subject)
+                .put(qos::put_subject)
+                .delete(qos::delete_subject),
         )
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/users/{user}/next", get(next_services))
@@ -627,7 +633,7 @@ async fn put_route(
         |_| Ok(()),
         |r: &Route| {
             let mut e = validate::route(r);
-            if !r.qos_profile.is_empty() && !profile_exists(&api, &r.qos_profile) {
+            if !r.qos_profile.is_empty() && !qos::profile_exists(&api, &r.qos_profile) {
                 e.push(FieldError {
                     field: "qos_profile".into(),
                     message: format!("no QoS profile named {:?}", r.qos_profile),
@@ -646,282 +652,6 @@ async fn delete_route(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     remove(&api, types::ROUTE, "route", &name).await
-}
-
-// === QoS tiers ===
-
-fn tier(b: &Body) -> Option<&QosTier> {
-    match b {
-        Body::QosTier(t) => Some(t),
-        _ => None,
-    }
-}
-
-/// The four tiers, lowest first, with their resource allocation.
-#[utoipa::path(get, path = "/v1/qos/tiers", responses((status = 200, body = [QosTier])))]
-async fn list_qos_tiers(State(api): State<Api>) -> Json<Vec<QosTier>> {
-    let mut list = items(&api, types::QOS_TIER, tier);
-    list.sort_by_key(|t| crate::tiers::rank(&t.name));
-    Json(list)
-}
-
-#[utoipa::path(get, path = "/v1/qos/tiers/{name}", responses((status = 200, body = QosTier), (status = 404, body = ApiError)))]
-async fn get_qos_tier(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-) -> Result<Json<QosTier>, ApiError> {
-    item(&api, types::QOS_TIER, &name, tier)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no QoS tier named {name:?}")))
-}
-
-/// Changes a tier's allocation (admins only). The tiers stay ordered: a tier's
-/// admission share and priority may not pass the next tier's.
-#[utoipa::path(put, path = "/v1/qos/tiers/{name}", request_body = QosTier,
-    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
-async fn put_qos_tier(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Result<Json<Written>, ApiError> {
-    let stored = items(&api, types::QOS_TIER, tier);
-    write(
-        &api,
-        name,
-        &bytes,
-        |t: &mut QosTier| &mut t.name,
-        |_| Ok(()),
-        |t: &QosTier| validate::qos_tier(t, &stored),
-        Body::QosTier,
-    )
-    .await
-}
-
-// === QoS profiles ===
-
-/// Whether `caller` may read something owned by `owner`: its own, or shared.
-fn visible(caller: &Caller, owner: &str) -> bool {
-    owner.is_empty() || caller.owns(owner)
-}
-
-/// For a tenant's write: the body's `tenant` must be empty or the caller's own (it is
-/// set to it), and an existing resource of that name must already be the caller's.
-fn scope_write(
-    caller: &Caller,
-    tenant: &mut String,
-    existing_owner: Option<String>,
-    kind: &str,
-    name: &str,
-) -> Result<(), ApiError> {
-    let Some(own) = caller.tenant() else {
-        return Ok(());
-    };
-    if !tenant.is_empty() && tenant != own {
-        return Err(ApiError::forbidden(
-            Some("tenant"),
-            format!("tenant {own:?} cannot write for tenant {tenant:?}"),
-        ));
-    }
-    *tenant = own.to_string();
-    match existing_owner {
-        Some(owner) if owner != own => Err(ApiError::forbidden(
-            None,
-            format!("the {kind} {name:?} belongs to another tenant or is shared"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-#[utoipa::path(get, path = "/v1/qos/profiles", responses((status = 200, body = [QosProfile])))]
-async fn list_qos_profiles(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-) -> Json<Vec<QosProfile>> {
-    let mut list = items(&api, types::QOS_PROFILE, qos);
-    list.retain(|q| visible(&caller, &q.tenant));
-    Json(list)
-}
-
-#[utoipa::path(get, path = "/v1/qos/profiles/{name}", responses((status = 200, body = QosProfile), (status = 404, body = ApiError)))]
-async fn get_qos_profile(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<Json<QosProfile>, ApiError> {
-    item(&api, types::QOS_PROFILE, &name, qos)
-        .filter(|q| visible(&caller, &q.tenant))
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no QoS profile named {name:?}")))
-}
-
-/// `createQoSProfile(profileName, latency, throughput, accuracy, reliability)`, or an
-/// update. A tenant's token writes the tenant's own profiles.
-#[utoipa::path(put, path = "/v1/qos/profiles/{name}", request_body = QosProfile,
-    responses((status = 200, body = Written), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
-async fn put_qos_profile(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    bytes: Bytes,
-) -> Result<Json<Written>, ApiError> {
-    let existing = item(&api, types::QOS_PROFILE, &name, qos).map(|q| q.tenant);
-    write(
-        &api,
-        name.clone(),
-        &bytes,
-        |q: &mut QosProfile| &mut q.name,
-        |q| scope_write(&caller, &mut q.tenant, existing, "QoS profile", &name),
-        validate::qos_profile,
-        Body::QosProfile,
-    )
-    .await
-}
-
-#[utoipa::path(delete, path = "/v1/qos/profiles/{name}", responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn delete_qos_profile(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    match item(&api, types::QOS_PROFILE, &name, qos) {
-        Some(q) if !caller.owns(&q.tenant) => {
-            return Err(ApiError::forbidden(
-                None,
-                format!("the QoS profile {name:?} belongs to another tenant or is shared"),
-            ))
-        }
-        None => {
-            return Err(ApiError::not_found(format!(
-                "no QoS profile named {name:?}"
-            )))
-        }
-        Some(_) => {}
-    }
-    // Proxies would refuse a config whose routes or subjects name a missing profile.
-    let users: Vec<String> = items(&api, types::SUBJECT, subject)
-        .into_iter()
-        .filter(|s| s.profile == name)
-        .map(|s| format!("subject {:?}", s.id))
-        .chain(
-            items(&api, types::ROUTE, route)
-                .into_iter()
-                .filter(|r| r.qos_profile == name)
-                .map(|r| format!("route {:?}", r.name)),
-        )
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::conflict(format!(
-            "QoS profile {name:?} is in use by {}",
-            users.join(", ")
-        )));
-    }
-    remove(&api, types::QOS_PROFILE, "QoS profile", &name).await
-}
-
-fn profile_exists(api: &Api, name: &str) -> bool {
-    item(api, types::QOS_PROFILE, name, qos).is_some()
-}
-
-// === SLA ===
-
-/// `getQoSStatistics`: per QoS profile seen for the service, requests, throughput,
-/// error rate, p50/p99 latency and SLA attainment over the last minute, hour and day.
-#[utoipa::path(get, path = "/v1/services/{name}/qos-statistics",
-    responses((status = 200, body = [crate::sla::ProfileStats])))]
-async fn service_qos_statistics(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-) -> Json<Vec<crate::sla::ProfileStats>> {
-    let profiles = items(&api, types::QOS_PROFILE, qos)
-        .into_iter()
-        .map(|q| (q.name.clone(), q))
-        .collect();
-    let now_s = crate::time::unix_ms().div_euclid(1000);
-    Json(api.sla.statistics(&name, now_s, &profiles))
-}
-
-/// SLA alerts: firing (newest first), then recently resolved.
-#[utoipa::path(get, path = "/v1/alerts", responses((status = 200, body = [crate::sla::alerts::Alert])))]
-async fn list_alerts(State(api): State<Api>) -> Json<Vec<crate::sla::alerts::Alert>> {
-    Json(api.alerts.list())
-}
-
-/// `getServiceStatus(requestId)`: how a recent request was handled (status, latency,
-/// profile and tier, the instance chosen and why, whether a warm pool served it), as its
-/// proxy recorded it; kept 10 minutes (proxies record up to 1,000 requests a second).
-#[utoipa::path(get, path = "/v1/requests/{id}", responses((status = 200, body = presage_api::RequestRecord), (status = 404, body = ApiError)))]
-async fn get_request(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-) -> Result<Json<presage_api::RequestRecord>, ApiError> {
-    api.requests.get(&id).map(Json).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no request {id:?} in the last 10 minutes (or its proxy did not record it)"
-        ))
-    })
-}
-
-// === subjects ===
-
-#[utoipa::path(get, path = "/v1/subjects", responses((status = 200, body = [Subject])))]
-async fn list_subjects(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-) -> Json<Vec<Subject>> {
-    let mut list = items(&api, types::SUBJECT, subject);
-    list.retain(|s| caller.owns(&s.tenant));
-    Json(list)
-}
-
-#[utoipa::path(get, path = "/v1/subjects/{id}", responses((status = 200, body = Subject), (status = 404, body = ApiError)))]
-async fn get_subject(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<Subject>, ApiError> {
-    item(&api, types::SUBJECT, &id, subject)
-        .filter(|s| caller.owns(&s.tenant))
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no subject {id:?}")))
-}
-
-/// Assigns a user or tenant (`kind`, default user) a profile or a tier; every proxy
-/// applies it on its next push (within a second). A tenant's token manages the
-/// tenant's own subjects, with its own or shared profiles.
-#[utoipa::path(put, path = "/v1/subjects/{id}", request_body = Subject,
-    responses((status = 200, body = Written), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
-async fn put_subject(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Result<Json<Written>, ApiError> {
-    let existing = item(&api, types::SUBJECT, &id, subject).map(|s| s.tenant);
-    let usable = |p: &str| {
-        item(&api, types::QOS_PROFILE, p, qos).is_some_and(|q| visible(&caller, &q.tenant))
-    };
-    write(
-        &api,
-        id.clone(),
-        &bytes,
-        |s: &mut Subject| &mut s.id,
-        |s| scope_write(&caller, &mut s.tenant, existing, "subject", &id),
-        |s: &Subject| validate::subject(s, usable),
-        Body::Subject,
-    )
-    .await
-}
-
-#[utoipa::path(delete, path = "/v1/subjects/{id}", responses((status = 204), (status = 404, body = ApiError)))]
-async fn delete_subject(
-    State(api): State<Api>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    if item(&api, types::SUBJECT, &id, subject).is_some_and(|s| !caller.owns(&s.tenant)) {
-        return Err(ApiError::not_found(format!("no subject {id:?}")));
-    }
-    remove(&api, types::SUBJECT, "subject", &id).await
 }
 
 // === proxies and users ===
