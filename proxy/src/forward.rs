@@ -31,6 +31,7 @@ use crate::body::{Paced, RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::errors::ProxyError;
 use crate::headers;
+use crate::metrics;
 use crate::qos;
 use crate::routing::{self, RequestView};
 use crate::runtime::{Route, Runtime};
@@ -107,7 +108,7 @@ pub async fn handle(
             Ok(_admitted) => {
                 let qos = Qos {
                     needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
-                    missed: &shared.metrics.qos[decision.tier as usize][3],
+                    missed: &shared.metrics.qos[decision.tier as usize][metrics::MISSED],
                     budget: qos::budget(req.headers(), decision.profile.as_deref()),
                     selection: &selection,
                     bandwidth: rt.config.tier_bandwidth[decision.tier as usize],
@@ -216,7 +217,7 @@ fn admit<'a>(
     let counters = &shared.metrics.qos[decision.tier as usize];
     if let Some(p) = &decision.profile {
         if let Err(e) = p.throttle() {
-            counters[2].inc();
+            counters[metrics::THROTTLED].inc();
             return Err(e);
         }
     }
@@ -224,11 +225,11 @@ fn admit<'a>(
     let share = rt.config.tier_shares[decision.tier as usize];
     match qos::admit(&cluster.in_flight, cluster.spec.max_in_flight, share) {
         Some(admitted) => {
-            counters[0].inc();
+            counters[metrics::ADMITTED].inc();
             Ok(admitted)
         }
         None => {
-            counters[1].inc();
+            counters[metrics::SHED].inc();
             Err(ProxyError::Shed(decision.tier))
         }
     }

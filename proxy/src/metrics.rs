@@ -54,6 +54,11 @@ pub struct QosLabels {
 
 /// QoS admission outcomes, in the order of `Metrics::qos` handles.
 pub const QOS_OUTCOMES: [&str; 4] = ["admitted", "shed", "throttled", "missed"];
+/// Indexes into `QOS_OUTCOMES` and each tier's `Metrics::qos` handles.
+pub const ADMITTED: usize = 0;
+pub const SHED: usize = 1;
+pub const THROTTLED: usize = 2;
+pub const MISSED: usize = 3;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {

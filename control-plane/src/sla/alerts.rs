@@ -315,26 +315,9 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hdrhistogram::serialization::{Serializer, V2Serializer};
-    use hdrhistogram::Histogram;
-    use presage_api::LoadReport;
 
-    fn report(unix_s: i64, n: u64, ms: u64) -> LoadReport {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).unwrap();
-        h.record_n(ms * 1000, n).unwrap();
-        let mut bytes = Vec::new();
-        V2Serializer::new().serialize(&h, &mut bytes).unwrap();
-        LoadReport {
-            unix_ms: unix_s * 1000,
-            services: vec![presage_api::ServiceLoad {
-                service: "web".into(),
-                qos_profile: "fast".into(),
-                requests: n,
-                latency_histogram: bytes,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
+    fn report(unix_s: i64, n: u64, ms: u64) -> presage_api::LoadReport {
+        crate::sla::tests::report(unix_s, "web", "fast", n, 0, ms)
     }
 
     #[test]

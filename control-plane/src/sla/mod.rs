@@ -200,7 +200,8 @@ mod tests {
     use hdrhistogram::serialization::{Serializer, V2Serializer};
     use hdrhistogram::Histogram;
 
-    fn report(
+    /// A report with `n` requests of `ms` each under `profile`, beside the service total.
+    pub(super) fn report(
         unix_s: i64,
         service: &str,
         profile: &str,
