@@ -933,3 +933,79 @@ async fn instances_show_their_measured_qos() {
         "no double counting: {services}"
     );
 }
+
+/// A profile's reliability target sets its retries: 99.9% buys two, 90% none, and a
+/// request without one follows its route's policy.
+#[tokio::test]
+async fn the_reliability_target_sets_the_retries() {
+    let up = Upstream::spawn("up").await;
+    let proxy = Proxy::start(&config(&format!(
+        "qos_profiles:
+  - {{name: strict, tier: gold, reliability: 0.999}}
+  - {{name: loose, tier: bronze, reliability: 0.9}}
+routes:
+  - {{name: all, cluster: up, retries: {{attempts: 1, backoff: 1ms}}}}
+clusters:
+  - name: up
+    endpoints: [{{address: \"{}\"}}]
+",
+        up.addr
+    )))
+    .await;
+    let c = h1_client();
+    let url = proxy.url("/status/503");
+    for (profile, attempts) in [(Some("strict"), 3), (Some("loose"), 1), (None, 2)] {
+        let before = up.hits();
+        let headers: Vec<(&str, &str)> =
+            profile.map(|p| ("x-presage-qos", p)).into_iter().collect();
+        let r = send(&c, request(&url, &headers)).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(up.hits() - before, attempts, "{profile:?}");
+    }
+}
+
+/// An instance failing more often than a profile's reliability target allows is kept
+/// out of that profile's traffic (while it is not failing often enough in a row to be
+/// ejected for everyone).
+#[tokio::test]
+async fn instances_failing_beyond_the_reliability_target_are_avoided() {
+    let (a, b) = (Upstream::spawn("a").await, Upstream::spawn("b").await);
+    let proxy = Proxy::start(&config(&format!(
+        "qos_profiles:
+  - {{name: strict, tier: gold, reliability: 0.999}}
+routes:
+  - {{name: all, cluster: model}}
+clusters:
+  - name: model
+    endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]
+",
+        a.addr, b.addr
+    )))
+    .await;
+    let c = h1_client();
+    // Unprofiled traffic in which every fifth request fails at a: roughly one in five of
+    // a's answers are 500s, never five in a row.
+    for i in 0..300 {
+        let path = if i % 5 == 0 { "/fail-at/a" } else { "/" };
+        send(&c, request(&proxy.url(path), &[])).await;
+    }
+    assert!(a.hits() >= 40, "a was tried: {}", a.hits());
+    let ejections = proxy
+        .metric("presage_outlier_ejections_total", &[("cluster", "model")])
+        .await;
+    assert_eq!(ejections, 0.0, "a was not ejected");
+    let a_before = a.hits();
+    for _ in 0..40 {
+        let r = send(&c, request(&proxy.url("/"), &[("x-presage-qos", "strict")])).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["service"], "b");
+    }
+    assert_eq!(a.hits(), a_before);
+    let missed = proxy
+        .metric(
+            "presage_qos_requests_total",
+            &[("tier", "gold"), ("outcome", "missed")],
+        )
+        .await;
+    assert_eq!(missed, 0.0, "b meets the profile");
+}

@@ -4,8 +4,9 @@
 //!
 //! A request with a QoS profile is first narrowed to the endpoints that meet it (the
 //! spec's `requestService`): accuracy label at least the profile's minimum, predicted
-//! latency (peak EWMA) within its latency target; among those the cheapest (`price`
-//! metadata), then P2C over latency x load. When none meets the profile, the request
+//! latency (peak EWMA) within its latency target, recent failure rate within what its
+//! reliability target allows; among those the cheapest (`price` metadata), then P2C
+//! over latency x load. When none meets the profile, the request
 //! goes to the best available endpoint by the ordinary policy and is counted as a miss.
 //!
 //! The balancer reads endpoint state; `upstream` records outcomes into it.
@@ -59,12 +60,80 @@ impl PeakEwma {
     }
 }
 
+/// The share of an endpoint's recent attempts that failed (connect errors, timeouts,
+/// 5xx). Both counts halve every `HALF_LIFE_MS`, so the rate follows change and an
+/// endpoint nobody sends to anymore is forgotten (unknown) and tried again.
+#[derive(Debug)]
+pub struct FailureRate {
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    stamp_ms: AtomicU64,
+}
+
+const HALF_LIFE_MS: u64 = 5_000;
+/// Fewer recent attempts than this say nothing: the rate reads 0 (optimistic, as an
+/// untried endpoint's latency is).
+const MIN_ATTEMPTS: u64 = 20;
+
+impl Default for FailureRate {
+    fn default() -> Self {
+        FailureRate {
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            stamp_ms: AtomicU64::new(now_ms()),
+        }
+    }
+}
+
+impl FailureRate {
+    pub fn observe(&self, failed: bool) {
+        self.observe_at(now_ms(), failed);
+    }
+
+    fn observe_at(&self, now: u64, failed: bool) {
+        let stamp = self.stamp_ms.load(Relaxed);
+        let halvings = now.saturating_sub(stamp) / HALF_LIFE_MS;
+        // One thread ages the counts; a sample racing with it may land before or after.
+        if halvings > 0
+            && self
+                .stamp_ms
+                .compare_exchange(stamp, stamp + halvings * HALF_LIFE_MS, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let shift = halvings.min(63);
+            for c in [&self.attempts, &self.failures] {
+                let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v >> shift));
+            }
+        }
+        self.attempts.fetch_add(1, Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Failed share of recent attempts, 0..1 (0 while too few are known).
+    pub fn rate(&self) -> f64 {
+        self.rate_at(now_ms())
+    }
+
+    fn rate_at(&self, now: u64) -> f64 {
+        let shift = (now.saturating_sub(self.stamp_ms.load(Relaxed)) / HALF_LIFE_MS).min(63);
+        let attempts = self.attempts.load(Relaxed) >> shift;
+        if attempts < MIN_ATTEMPTS {
+            return 0.0;
+        }
+        ((self.failures.load(Relaxed) >> shift) as f64 / attempts as f64).min(1.0)
+    }
+}
+
 /// What a QoS profile requires of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Needs {
     pub min_accuracy: f64,
     /// Predicted latency allowed, in ns (infinite: no target).
     pub max_latency_ns: f64,
+    /// Recent failure rate allowed: 1 - the reliability target (1: no target).
+    pub max_failure_rate: f64,
 }
 
 impl Needs {
@@ -82,8 +151,16 @@ impl Needs {
             } else {
                 f64::INFINITY
             },
+            max_failure_rate: if p.reliability > 0.0 {
+                1.0 - p.reliability
+            } else {
+                1.0
+            },
         };
-        (needs.min_accuracy > 0.0 || needs.max_latency_ns.is_finite()).then_some(needs)
+        (needs.min_accuracy > 0.0
+            || needs.max_latency_ns.is_finite()
+            || needs.max_failure_rate < 1.0)
+            .then_some(needs)
     }
 }
 
@@ -167,6 +244,7 @@ impl Balancer {
                 && !e.outlier.is_ejected(now)
                 && e.accuracy >= needs.min_accuracy
                 && e.ewma.estimate_ns() <= needs.max_latency_ns
+                && (needs.max_failure_rate >= 1.0 || e.failures.rate() <= needs.max_failure_rate)
         };
         let cheapest = (0..eps.len())
             .filter(|&i| meets(i))
@@ -233,6 +311,44 @@ mod tests {
         assert_eq!((n.min_accuracy, n.max_latency_ns), (0.9, 20e6));
         p.latency_p99_ms = 100.0;
         assert_eq!(Needs::of(&p).unwrap().max_latency_ns, 100e6, "p99 wins");
+        assert_eq!(Needs::of(&p).unwrap().max_failure_rate, 1.0);
+        let reliable = QosProfileSpec {
+            reliability: 0.99,
+            ..Default::default()
+        };
+        let n = Needs::of(&reliable).expect("a reliability target is a need");
+        assert!((n.max_failure_rate - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn failure_rate_is_unknown_until_enough_attempts_then_their_failed_share() {
+        let f = FailureRate::default();
+        for _ in 0..MIN_ATTEMPTS - 1 {
+            f.observe(true);
+        }
+        assert_eq!(f.rate(), 0.0, "too few attempts to judge");
+        f.observe(true);
+        assert_eq!(f.rate(), 1.0);
+        for _ in 0..60 {
+            f.observe(false);
+        }
+        assert_eq!(f.rate(), 0.25);
+    }
+
+    #[test]
+    fn failure_rate_forgets_old_attempts() {
+        let f = FailureRate::default();
+        let t0 = f.stamp_ms.load(Relaxed);
+        for _ in 0..40 {
+            f.observe_at(t0, true);
+        }
+        assert_eq!(f.rate_at(t0), 1.0);
+        // Two half-lives later: 10 attempts left, below what says anything.
+        let later = t0 + 2 * HALF_LIFE_MS;
+        assert_eq!(f.rate_at(later), 0.0);
+        f.observe_at(later, false);
+        assert_eq!(f.attempts.load(Relaxed), 11);
+        assert_eq!(f.failures.load(Relaxed), 10);
     }
 
     #[test]

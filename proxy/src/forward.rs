@@ -108,6 +108,7 @@ pub async fn handle(
             Ok(_admitted) => {
                 let qos = Qos {
                     needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
+                    retry: decision.profile.as_ref().and_then(|p| p.retry.as_ref()),
                     missed: &shared.metrics.qos[decision.tier as usize][metrics::MISSED],
                     budget: qos::budget(req.headers(), decision.profile.as_deref()),
                     selection: &selection,
@@ -188,6 +189,8 @@ type Answer = (Response<ResponseBody>, Option<http::uri::Authority>);
 #[derive(Clone, Copy)]
 struct Qos<'a> {
     needs: Option<&'a Needs>,
+    /// Retries the profile's reliability target buys, instead of the route's.
+    retry: Option<&'a qos::ProfileRetry>,
     /// Counted when no endpoint meets `needs`.
     missed: &'a Counter,
     /// The request's latency budget (caller's `x-presage-timeout-ms`, else the profile's
@@ -268,9 +271,15 @@ async fn proxy(
     // A body-less request can be sent again; one with a body streams once.
     let replayable = body.is_end_stream();
     let retry = &route.spec.retry;
-    let may_retry = replayable && retry.attempts > 0;
+    // The profile's reliability target sets attempts and budget; a route that turns
+    // retries off (`attempts: 0`) keeps them off.
+    let (attempts, budget) = match qos.retry {
+        Some(r) if retry.attempts > 0 => (r.attempts, &r.budget),
+        _ => (retry.attempts, &route.budget),
+    };
+    let may_retry = replayable && attempts > 0;
     if may_retry {
-        route.budget.deposit();
+        budget.deposit();
     }
     let idempotent = is_idempotent(&parts.method);
     let mut body = Some(if replayable {
@@ -329,8 +338,7 @@ async fn proxy(
             f.finish(code, rtt);
         }
 
-        let can_retry_now =
-            |attempt: u32| may_retry && attempt < retry.attempts && route.budget.withdraw();
+        let can_retry_now = |attempt: u32| may_retry && attempt < attempts && budget.withdraw();
         match sent {
             Err(_) => {
                 cluster.record(ep, Outcome::OtherError);

@@ -13,6 +13,10 @@
 //! `max_in_flight`: as load grows Bronze is refused first and Platinum last, and since
 //! the shares are ordered a higher tier is never shed while a lower one is admitted.
 //! Profiles keep their token buckets across reloads while their spec is unchanged.
+//!
+//! A profile's reliability target buys retries: each nine of it one more attempt (after
+//! the first nine) and 10 points more retry budget, from its own budget (see
+//! `ProfileRetry`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -20,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
+use tower::retry::budget::TpsBudget;
 
 use crate::balance::Needs;
 pub use crate::config::Tier;
@@ -39,7 +44,53 @@ pub struct Profile {
     pub spec: QosProfileSpec,
     /// What the profile requires of an endpoint (None: nothing).
     pub needs: Option<Needs>,
+    /// The retries its reliability target buys (None: no target, the route's policy).
+    pub retry: Option<ProfileRetry>,
     bucket: Option<TokenBucket>,
+}
+
+/// Retries for requests under a profile with a reliability target, from its own budget
+/// (so one profile's retries never spend another's).
+///
+/// An endpoint meeting the profile fails at most `1 - target` of the time, so `k`
+/// attempts fail together at most `(1 - target)^k`: a target of `n` nines (0.99: 2) needs
+/// no more than `n - 1` retries to cover a chance failure with a margin, and a 90%
+/// target none. The budget grows by 10% extra load per nine (99% gets Linkerd's default
+/// 20%), capped at 50% so that retries can never double the load of an overloaded service.
+#[derive(Debug)]
+pub struct ProfileRetry {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    pub budget: TpsBudget,
+}
+
+impl ProfileRetry {
+    const MAX_ATTEMPTS: u32 = 4;
+    const PERCENT_PER_NINE: f32 = 10.0;
+    const MAX_PERCENT: f32 = 50.0;
+
+    pub fn of(reliability: f64) -> Option<ProfileRetry> {
+        if reliability <= 0.0 {
+            return None;
+        }
+        let nines = Self::nines(reliability);
+        Some(ProfileRetry {
+            attempts: nines.saturating_sub(1).min(Self::MAX_ATTEMPTS),
+            budget: crate::runtime::retry_budget(
+                (nines as f32 * Self::PERCENT_PER_NINE).min(Self::MAX_PERCENT),
+            ),
+        })
+    }
+
+    /// Whole nines of a target: 0.9 → 1, 0.999 → 3, 0.995 → 2, 0.5 → 0 (1.0: many).
+    fn nines(reliability: f64) -> u32 {
+        let miss = 1.0 - reliability.min(1.0);
+        if miss <= 0.0 {
+            return u32::MAX;
+        }
+        // The epsilon keeps 0.999 (whose miss is 0.0010000000000000009) at three.
+        (-miss.log10() + 1e-9).floor().max(0.0) as u32
+    }
 }
 
 /// What a subject is assigned to.
@@ -87,6 +138,7 @@ impl Qos {
                 let p = kept.unwrap_or_else(|| {
                     Arc::new(Profile {
                         needs: Needs::of(spec),
+                        retry: ProfileRetry::of(spec.reliability),
                         bucket: (spec.rate_limit_rps > 0.0)
                             .then(|| TokenBucket::new(spec.rate_limit_rps)),
                         spec: spec.clone(),
@@ -365,6 +417,32 @@ mod tests {
         assert_eq!(in_flight.load(Relaxed), 0, "guards give their slot back");
         // No limit: always admitted.
         assert!(admit(&in_flight, 0, 0.6).is_some());
+    }
+
+    #[test]
+    fn reliability_buys_retries_by_its_nines() {
+        assert!(
+            ProfileRetry::of(0.0).is_none(),
+            "no target: the route's policy"
+        );
+        let cases = [
+            (0.5, 0),
+            (0.9, 0),
+            (0.99, 1),
+            (0.995, 1),
+            (0.999, 2),
+            (0.9999, 3),
+            (1.0, ProfileRetry::MAX_ATTEMPTS),
+        ];
+        for (target, attempts) in cases {
+            assert_eq!(
+                ProfileRetry::of(target).unwrap().attempts,
+                attempts,
+                "{target}"
+            );
+        }
+        assert_eq!(ProfileRetry::nines(0.999), 3);
+        assert_eq!(ProfileRetry::nines(0.5), 0);
     }
 
     #[test]

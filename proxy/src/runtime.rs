@@ -20,6 +20,11 @@ const RETRY_MIN_PER_SEC: u32 = 10;
 /// Window over which the retry percentage is measured.
 const RETRY_BUDGET_TTL: Duration = Duration::from_secs(10);
 
+/// A retry budget allowing `percent` extra load (over `RETRY_BUDGET_TTL`).
+pub fn retry_budget(percent: f32) -> TpsBudget {
+    TpsBudget::new(RETRY_BUDGET_TTL, RETRY_MIN_PER_SEC, percent / 100.0)
+}
+
 #[derive(Debug)]
 pub struct Route {
     pub spec: RouteSpec,
@@ -69,11 +74,7 @@ impl Runtime {
                             (p.name.clone(), l)
                         })
                         .collect(),
-                    budget: TpsBudget::new(
-                        RETRY_BUDGET_TTL,
-                        RETRY_MIN_PER_SEC,
-                        spec.retry.budget_percent / 100.0,
-                    ),
+                    budget: retry_budget(spec.retry.budget_percent),
                     cluster,
                     spec,
                 })

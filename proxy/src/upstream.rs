@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::balance::{Balancer, PeakEwma};
+use crate::balance::{Balancer, FailureRate, PeakEwma};
 use crate::body::RequestBody;
 use crate::config::{ClusterSpec, EndpointSpec, Protocol};
 use crate::metrics::{ErrorLabels, Metrics};
@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub spec: EndpointSpec,
     pub scheme: Scheme,
     pub ewma: PeakEwma,
+    /// Recent failed share of attempts, for profiles with a reliability target.
+    pub failures: FailureRate,
     pub pending: AtomicUsize,
     pub outlier: OutlierState,
     pub index: usize,
@@ -116,6 +118,7 @@ impl Cluster {
                 spec: e.clone(),
                 scheme: scheme.clone(),
                 ewma: PeakEwma::default(),
+                failures: FailureRate::default(),
                 pending: AtomicUsize::new(0),
                 outlier: OutlierState::default(),
                 index,
@@ -151,6 +154,7 @@ impl Cluster {
     }
 
     pub fn record(&self, ep: &Endpoint, outcome: Outcome) {
+        ep.failures.observe(!matches!(outcome, Outcome::Success(_)));
         let failed = match outcome {
             Outcome::Success(rtt) => {
                 ep.ewma.observe(rtt);

@@ -77,6 +77,7 @@ type UpBody = BoxBody<Bytes, hyper::Error>;
 
 /// An upstream server. Paths with behaviour:
 /// - `/slow?ms=N` answers after N ms; `/status/NNN` answers with that status;
+/// - `/fail-at/NAME` answers 500 from the upstream named NAME (others answer as usual);
 /// - `application/grpc` requests are echoed with gRPC trailers (`grpc-status: 0`);
 /// - an `Upgrade` request is switched (101) and then echoes raw bytes;
 /// - anything else answers JSON: service, method, path, headers, body.
@@ -195,6 +196,11 @@ async fn handle(
         .and_then(|v| v.parse().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path.strip_prefix("/fail-at/") == Some(name.as_str()) {
+        let mut res = Response::new(full(format!("{name} fails\n")));
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return Ok(res);
     }
     if let Some(code) = path
         .strip_prefix("/status/")
