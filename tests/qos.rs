@@ -36,7 +36,7 @@ fn request(url: &str, headers: &[(&str, &str)]) -> Request<Full<bytes::Bytes>> {
 }
 
 /// A control plane from `cfg` and a proxy fed by it (reporting every 100 ms), once the
-/// proxy routes its first request.
+/// proxy routes its first request and has the control plane's QoS profiles.
 async fn mesh(
     dir: &TempDir,
     cfg: &std::path::Path,
@@ -54,6 +54,21 @@ async fn mesh(
     })
     .await
     .expect("the proxy routes the control plane's route");
+    // Profiles come on their own push: wait until the proxy has applied them too.
+    if !cp
+        .get("/v1/qos/profiles")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        wait_until(Duration::from_secs(10), || async {
+            let p = cp.proxy("p1").await?;
+            p["acked"].get(presage_api::types::QOS_PROFILE).map(|_| ())
+        })
+        .await
+        .expect("the proxy applied the control plane's QoS profiles");
+    }
     (cp, proxy)
 }
 
@@ -977,19 +992,20 @@ routes:
   - {{name: all, cluster: model}}
 clusters:
   - name: model
+    load_balancer: weighted_round_robin
     endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]
 ",
         a.addr, b.addr
     )))
     .await;
     let c = h1_client();
-    // Unprofiled traffic in which every fifth request fails at a: roughly one in five of
-    // a's answers are 500s, never five in a row.
+    // Unprofiled traffic, alternating (round robin), in which every fifth request fails
+    // at a: a fifth of a's answers are 500s, never five in a row.
     for i in 0..300 {
         let path = if i % 5 == 0 { "/fail-at/a" } else { "/" };
         send(&c, request(&proxy.url(path), &[])).await;
     }
-    assert!(a.hits() >= 40, "a was tried: {}", a.hits());
+    assert!(a.hits() >= 100, "a was tried: {}", a.hits());
     let ejections = proxy
         .metric("presage_outlier_ejections_total", &[("cluster", "model")])
         .await;
@@ -1008,4 +1024,103 @@ clusters:
         )
         .await;
     assert_eq!(missed, 0.0, "b meets the profile");
+}
+
+/// Tiers beyond the default four: added through the API with a priority of their own,
+/// enforced by the proxy under their own name, kept in order, and deleted only when
+/// nothing names them.
+#[tokio::test]
+async fn a_tier_added_through_the_api_is_enforced_and_deleted_only_when_unused() {
+    use http::Method;
+    let up = Upstream::spawn("up").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "services:\n  - name: up\n    max_in_flight: 10\n    endpoints: [{{address: \"{}\"}}]\nroutes:\n  - {{name: all, cluster: up}}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let (cp, proxy) = mesh(&dir, &cfg).await;
+    let diamond = serde_json::json!({
+        "name": "diamond", "priority": 10, "admission_share": 1.0, "cpu_shares": 1600,
+        "memory_mb": 2048, "io_priority": 900, "price_per_hour": 0.5,
+    });
+    // Refused, naming the field: a priority taken, a share below a lower tier's.
+    let mut bad = diamond.clone();
+    bad["priority"] = 4.into();
+    let (s, v) = cp
+        .call(Method::PUT, "/v1/qos/tiers/diamond", &bad.to_string())
+        .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("priority")),
+        "{v}"
+    );
+    bad["priority"] = 10.into();
+    bad["admission_share"] = 0.5.into();
+    let (s, v) = cp
+        .call(Method::PUT, "/v1/qos/tiers/diamond", &bad.to_string())
+        .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("admission_share")),
+        "{v}"
+    );
+    let (s, v) = cp
+        .call(
+            Method::PUT,
+            "/v1/qos/profiles/vip",
+            r#"{"name": "vip", "tier": "diamond"}"#,
+        )
+        .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("tier")),
+        "{v}"
+    );
+
+    cp.put("/v1/qos/tiers/diamond", &diamond.to_string()).await;
+    let names: Vec<String> = cp
+        .get("/v1/qos/tiers")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["bronze", "silver", "gold", "platinum", "diamond"]);
+    cp.put(
+        "/v1/qos/profiles/vip",
+        r#"{"name": "vip", "tier": "diamond"}"#,
+    )
+    .await;
+    let c = h1_client();
+    wait_until(Duration::from_secs(5), || async {
+        let r = send(&c, request(&proxy.url("/"), &[("x-presage-qos", "vip")])).await;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("the proxy knows the profile and its tier");
+    let admitted = proxy
+        .metric(
+            "presage_qos_requests_total",
+            &[("tier", "diamond"), ("outcome", "admitted")],
+        )
+        .await;
+    assert!(admitted >= 1.0, "counted under the new tier: {admitted}");
+
+    let (s, v) = cp.call(Method::DELETE, "/v1/qos/tiers/diamond", "").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("\"vip\""), "{v}");
+    let (s, _) = cp.call(Method::DELETE, "/v1/qos/tiers/bronze", "").await;
+    assert_eq!(s, StatusCode::CONFLICT, "a default tier stays");
+    let (s, _) = cp.call(Method::DELETE, "/v1/qos/profiles/vip", "").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = cp.call(Method::DELETE, "/v1/qos/tiers/diamond", "").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = cp.call(Method::GET, "/v1/qos/tiers/diamond", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }

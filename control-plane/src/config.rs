@@ -171,7 +171,12 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         check("routes", i, validate::route(r));
     }
     for (i, q) in raw.qos_profiles.iter().enumerate() {
-        check("qos_profiles", i, validate::qos_profile(q));
+        // Seeded profiles name default tiers (others are added through the API).
+        check(
+            "qos_profiles",
+            i,
+            validate::qos_profile(q, crate::tiers::is_default),
+        );
     }
     if raw
         .discovery

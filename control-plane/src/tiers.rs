@@ -1,10 +1,12 @@
-//! The QoS tiers and their resource allocation: the default set, and the checks that
-//! keep tiers consistent with each other (a higher tier never gets less).
+//! The QoS tiers and their resource allocation: the default set (which operators
+//! change and add to through the API; `validate::qos_tier` keeps them ordered).
 
 use presage_api::QosTier;
 
-/// Tier names, lowest first.
+/// The default tiers' names, lowest first.
 pub const NAMES: [&str; 4] = ["bronze", "silver", "gold", "platinum"];
+/// At most this many tiers (the proxy's limit: each is a label on its QoS metrics).
+pub const MAX: usize = 32;
 
 /// The default allocation of each tier, seeded into the store when absent.
 pub fn defaults() -> Vec<QosTier> {
@@ -33,9 +35,10 @@ pub fn defaults() -> Vec<QosTier> {
     ]
 }
 
-/// The rank of a tier name (0 = bronze), if it is one.
-pub fn rank(name: &str) -> Option<usize> {
-    NAMES.iter().position(|n| *n == name)
+/// Whether `name` is one of the default tiers (which can be changed, not deleted: a
+/// profile without a tier is bronze, and proxies keep the four).
+pub fn is_default(name: &str) -> bool {
+    NAMES.contains(&name)
 }
 
 #[cfg(test)]

@@ -155,19 +155,11 @@ pub fn route(r: &Route) -> Vec<FieldError> {
     e
 }
 
-pub fn qos_profile(q: &QosProfile) -> Vec<FieldError> {
+/// A QoS profile; `tier_exists` says whether a named tier is stored (empty: bronze).
+pub fn qos_profile(q: &QosProfile, tier_exists: impl Fn(&str) -> bool) -> Vec<FieldError> {
     let mut e = Vec::new();
     name(&mut e, "name", &q.name);
-    if !["bronze", "silver", "gold", "platinum"].contains(&q.tier.as_str()) {
-        push(
-            &mut e,
-            "tier",
-            format!(
-                "expected bronze, silver, gold or platinum, found {:?}",
-                q.tier
-            ),
-        );
-    }
+    tier_ref(&mut e, &q.tier, tier_exists);
     for (f, v) in [
         ("latency_p50_ms", q.latency_p50_ms),
         ("latency_p99_ms", q.latency_p99_ms),
@@ -212,8 +204,20 @@ pub fn subject_id(errors: &mut Vec<FieldError>, field: &str, id: &str) {
     }
 }
 
-/// A subject; `profile_exists` says whether a named profile is stored.
-pub fn subject(s: &Subject, profile_exists: impl Fn(&str) -> bool) -> Vec<FieldError> {
+/// A reference to a tier: empty (the default), or a stored tier's name.
+fn tier_ref(e: &mut Vec<FieldError>, tier: &str, tier_exists: impl Fn(&str) -> bool) {
+    if !tier.is_empty() && !tier_exists(tier) {
+        push(e, "tier", format!("no QoS tier named {tier:?}"));
+    }
+}
+
+/// A subject; `profile_exists` and `tier_exists` say whether a named profile or tier
+/// is stored.
+pub fn subject(
+    s: &Subject,
+    profile_exists: impl Fn(&str) -> bool,
+    tier_exists: impl Fn(&str) -> bool,
+) -> Vec<FieldError> {
     let mut e = Vec::new();
     subject_id(&mut e, "id", &s.id);
     if !["", "user", "tenant"].contains(&s.kind.as_str()) {
@@ -223,16 +227,7 @@ pub fn subject(s: &Subject, profile_exists: impl Fn(&str) -> bool) -> Vec<FieldE
             format!("expected user or tenant, found {:?}", s.kind),
         );
     }
-    if !["", "bronze", "silver", "gold", "platinum"].contains(&s.tier.as_str()) {
-        push(
-            &mut e,
-            "tier",
-            format!(
-                "expected bronze, silver, gold or platinum, found {:?}",
-                s.tier
-            ),
-        );
-    }
+    tier_ref(&mut e, &s.tier, tier_exists);
     if s.profile.is_empty() && s.tier.is_empty() {
         push(
             &mut e,
@@ -249,22 +244,20 @@ pub fn subject(s: &Subject, profile_exists: impl Fn(&str) -> bool) -> Vec<FieldE
     e
 }
 
-/// A tier, given the stored tiers: one of the four names, sane allocations, and an
-/// admission share and priority that keep the tiers ordered (a higher tier is never shed
-/// while a lower one is admitted).
+/// A tier, given the stored tiers: a name, sane allocations, and a priority of its own
+/// with an admission share that keeps the tiers ordered by priority (a higher tier is
+/// never shed while a lower one is admitted).
 pub fn qos_tier(t: &QosTier, stored: &[QosTier]) -> Vec<FieldError> {
     let mut e = Vec::new();
-    let Some(rank) = crate::tiers::rank(&t.name) else {
+    name(&mut e, "name", &t.name);
+    let others = stored.iter().filter(|o| o.name != t.name);
+    if others.clone().count() + 1 > crate::tiers::MAX {
         push(
             &mut e,
             "name",
-            format!(
-                "expected bronze, silver, gold or platinum, found {:?}",
-                t.name
-            ),
+            format!("at most {} tiers; delete one first", crate::tiers::MAX),
         );
-        return e;
-    };
+    }
     if !(t.admission_share > 0.0 && t.admission_share <= 1.0) {
         push(
             &mut e,
@@ -297,11 +290,20 @@ pub fn qos_tier(t: &QosTier, stored: &[QosTier]) -> Vec<FieldError> {
             ),
         );
     }
-    for other in stored.iter().filter(|o| o.name != t.name) {
-        let Some(r) = crate::tiers::rank(&other.name) else {
+    for other in others {
+        if other.priority == t.priority {
+            push(
+                &mut e,
+                "priority",
+                format!("{} already has priority {}", other.name, other.priority),
+            );
             continue;
+        }
+        let (lower, higher) = if other.priority < t.priority {
+            (other, t)
+        } else {
+            (t, other)
         };
-        let (lower, higher) = if r < rank { (other, t) } else { (t, other) };
         if lower.admission_share > higher.admission_share {
             push(
                 &mut e,
@@ -309,16 +311,6 @@ pub fn qos_tier(t: &QosTier, stored: &[QosTier]) -> Vec<FieldError> {
                 format!(
                     "{} ({}) would exceed {} ({}): a higher tier must be admitted at least as long",
                     lower.name, lower.admission_share, higher.name, higher.admission_share
-                ),
-            );
-        }
-        if lower.priority >= higher.priority {
-            push(
-                &mut e,
-                "priority",
-                format!(
-                    "{} ({}) must be below {} ({})",
-                    lower.name, lower.priority, higher.name, higher.priority
                 ),
             );
         }

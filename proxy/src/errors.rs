@@ -29,8 +29,8 @@ pub enum ProxyError {
     UnknownQosProfile(String),
     #[error("QoS profile {0:?} is over its rate limit")]
     Throttled(String, std::time::Duration),
-    #[error("overloaded: {} requests are shed to keep higher tiers within target", .0.as_str())]
-    Shed(crate::qos::Tier),
+    #[error("overloaded: {0} requests are shed to keep higher tiers within target")]
+    Shed(std::sync::Arc<str>),
 }
 
 impl ProxyError {

@@ -104,15 +104,15 @@ pub async fn handle(
     };
     let selection = AtomicU8::new(SELECTION_NONE);
     let result = match (route, decision) {
-        (Some(route), Some(Ok(decision))) => match admit(&rt, &shared, route, &decision) {
+        (Some(route), Some(Ok(decision))) => match admit(&rt, route, &decision) {
             Ok(_admitted) => {
                 let qos = Qos {
                     needs: decision.profile.as_ref().and_then(|p| p.needs.as_ref()),
                     retry: decision.profile.as_ref().and_then(|p| p.retry.as_ref()),
-                    missed: &shared.metrics.qos[decision.tier as usize][metrics::MISSED],
+                    missed: &rt.tier_counters[decision.tier.0 as usize][metrics::MISSED],
                     budget: qos::budget(req.headers(), decision.profile.as_deref()),
                     selection: &selection,
-                    bandwidth: rt.config.tier_bandwidth[decision.tier as usize],
+                    bandwidth: rt.config.tier(decision.tier).bandwidth,
                     per_endpoint: shared.telemetry.is_some(),
                 };
                 proxy(&rt, route, conn, req, qos).await
@@ -157,7 +157,7 @@ pub async fn handle(
             let (profile, tier) = treated.map_or((String::new(), ""), |(p, tier)| {
                 (
                     p.map(|p| p.spec.name.clone()).unwrap_or_default(),
-                    tier.as_str(),
+                    &*rt.config.tier(tier).name,
                 )
             });
             presage_api::RequestRecord {
@@ -213,11 +213,11 @@ const SELECTION_BEST_AVAILABLE: u8 = 3;
 /// The returned guard holds the request's in-flight slot until the answer is ready.
 fn admit<'a>(
     rt: &Runtime,
-    shared: &Shared,
     route: &'a Route,
     decision: &qos::Decision,
 ) -> Result<qos::Admitted<'a>, ProxyError> {
-    let counters = &shared.metrics.qos[decision.tier as usize];
+    let counters = &rt.tier_counters[decision.tier.0 as usize];
+    let tier = rt.config.tier(decision.tier);
     if let Some(p) = &decision.profile {
         if let Err(e) = p.throttle() {
             counters[metrics::THROTTLED].inc();
@@ -225,15 +225,18 @@ fn admit<'a>(
         }
     }
     let cluster = &route.cluster;
-    let share = rt.config.tier_shares[decision.tier as usize];
-    match qos::admit(&cluster.in_flight, cluster.spec.max_in_flight, share) {
+    match qos::admit(
+        &cluster.in_flight,
+        cluster.spec.max_in_flight,
+        tier.admission_share,
+    ) {
         Some(admitted) => {
             counters[metrics::ADMITTED].inc();
             Ok(admitted)
         }
         None => {
             counters[metrics::SHED].inc();
-            Err(ProxyError::Shed(decision.tier))
+            Err(ProxyError::Shed(tier.name.clone()))
         }
     }
 }

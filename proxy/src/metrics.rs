@@ -46,15 +46,15 @@ pub struct XdsLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QosLabels {
-    pub tier: &'static str,
+    pub tier: String,
     /// `admitted`, `shed` (overload, by tier priority), `throttled` (profile rate), or
     /// `missed` (admitted, but no endpoint met the profile: served by the best available).
     pub outcome: &'static str,
 }
 
-/// QoS admission outcomes, in the order of `Metrics::qos` handles.
+/// QoS admission outcomes, in the order of `Metrics::qos_counters` handles.
 pub const QOS_OUTCOMES: [&str; 4] = ["admitted", "shed", "throttled", "missed"];
-/// Indexes into `QOS_OUTCOMES` and each tier's `Metrics::qos` handles.
+/// Indexes into `QOS_OUTCOMES` and each tier's `Metrics::qos_counters` handles.
 pub const ADMITTED: usize = 0;
 pub const SHED: usize = 1;
 pub const THROTTLED: usize = 2;
@@ -85,8 +85,6 @@ pub struct Metrics {
     /// Per-service counters for the control plane's telemetry (not exported here).
     pub service_load: crate::load::ServiceLoads,
     pub qos_requests: Family<QosLabels, Counter>,
-    /// Pre-resolved `qos_requests` handles by tier, then outcome (`QOS_OUTCOMES`).
-    pub qos: [[Counter; 4]; 4],
 }
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
@@ -131,18 +129,20 @@ impl Metrics {
             telemetry_reports_dropped: Counter::default(),
             telemetry_transitions_dropped: Counter::default(),
             service_load: Default::default(),
-            qos_requests: qos_requests.clone(),
-            qos: crate::config::Tier::ALL.map(|t| {
-                QOS_OUTCOMES.map(|outcome| {
-                    qos_requests
-                        .get_or_create(&QosLabels {
-                            tier: t.as_str(),
-                            outcome,
-                        })
-                        .clone()
-                })
-            }),
+            qos_requests,
         }
+    }
+
+    /// A tier's `qos_requests` handles, by outcome (`QOS_OUTCOMES`).
+    pub fn qos_counters(&self, tier: &str) -> [Counter; 4] {
+        QOS_OUTCOMES.map(|outcome| {
+            self.qos_requests
+                .get_or_create(&QosLabels {
+                    tier: tier.to_string(),
+                    outcome,
+                })
+                .clone()
+        })
     }
 
     /// Registers everything into `registry` under the `presage` prefix.

@@ -10,8 +10,9 @@
 //!   cluster in flight ≥ max_in_flight × tier share ─▶ 503 + Retry-After (shed)
 //! ```
 //! Tier shares are Bronze 60%, Silver 75%, Gold 90%, Platinum 100% of the cluster's
-//! `max_in_flight`: as load grows Bronze is refused first and Platinum last, and since
-//! the shares are ordered a higher tier is never shed while a lower one is admitted.
+//! `max_in_flight` by default (tiers may be added and changed): as load grows Bronze is
+//! refused first and Platinum last, and since the shares are ordered by priority a
+//! higher tier is never shed while a lower one is admitted.
 //! Profiles keep their token buckets across reloads while their spec is unchanged.
 //!
 //! A profile's reliability target buys retries: each nine of it one more attempt (after
@@ -309,6 +310,12 @@ pub fn admit(in_flight: &AtomicUsize, max_in_flight: usize, share: f64) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_TIERS;
+
+    const BRONZE: Tier = Tier(0);
+    const SILVER: Tier = Tier(1);
+    const GOLD: Tier = Tier(2);
+    const PLATINUM: Tier = Tier(3);
 
     fn profile(name: &str, tier: Tier, rate: f64) -> QosProfileSpec {
         QosProfileSpec {
@@ -331,9 +338,9 @@ mod tests {
     fn profile_comes_from_header_then_user_then_tenant_then_route() {
         let qos = Qos::build(
             &[
-                profile("fast", Tier::Platinum, 0.0),
-                profile("cheap", Tier::Bronze, 0.0),
-                profile("std", Tier::Silver, 0.0),
+                profile("fast", PLATINUM, 0.0),
+                profile("cheap", BRONZE, 0.0),
+                profile("std", SILVER, 0.0),
             ],
             &[
                 SubjectSpec {
@@ -346,13 +353,13 @@ mod tests {
                     id: "acme".into(),
                     kind: SubjectKind::Tenant,
                     profile: None,
-                    tier: Some(Tier::Gold),
+                    tier: Some(GOLD),
                 },
             ],
             None,
         );
         let r = |h: HeaderMap| {
-            let d = qos.resolve(&h, Some("std"), Tier::Bronze).unwrap();
+            let d = qos.resolve(&h, Some("std"), BRONZE).unwrap();
             (d.profile_name().to_string(), d.tier)
         };
         assert_eq!(
@@ -360,33 +367,29 @@ mod tests {
                 (&X_PRESAGE_QOS, "cheap"),
                 (&X_PRESAGE_USER, "alice")
             ])),
-            ("cheap".into(), Tier::Bronze)
+            ("cheap".into(), BRONZE)
         );
         assert_eq!(
             r(headers(&[
                 (&X_PRESAGE_USER, "alice"),
                 (&X_PRESAGE_TENANT, "acme")
             ])),
-            ("fast".into(), Tier::Platinum)
+            ("fast".into(), PLATINUM)
         );
         assert_eq!(
             r(headers(&[
                 (&X_PRESAGE_USER, "bob"),
                 (&X_PRESAGE_TENANT, "acme")
             ])),
-            ("".into(), Tier::Gold)
+            ("".into(), GOLD)
         );
         assert_eq!(
             r(headers(&[(&X_PRESAGE_USER, "bob")])),
-            ("std".into(), Tier::Silver)
+            ("std".into(), SILVER)
         );
-        let none = qos.resolve(&HeaderMap::new(), None, Tier::Bronze).unwrap();
-        assert_eq!((none.profile_name(), none.tier), ("", Tier::Bronze));
-        let bad = qos.resolve(
-            &headers(&[(&X_PRESAGE_QOS, "gold-ish")]),
-            None,
-            Tier::Bronze,
-        );
+        let none = qos.resolve(&HeaderMap::new(), None, BRONZE).unwrap();
+        assert_eq!((none.profile_name(), none.tier), ("", BRONZE));
+        let bad = qos.resolve(&headers(&[(&X_PRESAGE_QOS, "gold-ish")]), None, BRONZE);
         assert!(matches!(bad, Err(ProxyError::UnknownQosProfile(n)) if n == "gold-ish"));
     }
 
@@ -397,10 +400,8 @@ mod tests {
         // Fill with Platinum until it is refused, noting where each tier stopped.
         let mut refused_at = HashMap::new();
         for n in 0..20 {
-            for t in Tier::ALL {
-                if !refused_at.contains_key(&t)
-                    && admit(&in_flight, 10, t.admission_share()).is_none()
-                {
+            for (t, share) in DEFAULT_TIERS {
+                if !refused_at.contains_key(t) && admit(&in_flight, 10, share).is_none() {
                     refused_at.insert(t, n);
                 }
             }
@@ -408,10 +409,10 @@ mod tests {
                 held.push(g);
             }
         }
-        assert_eq!(refused_at[&Tier::Bronze], 6);
-        assert_eq!(refused_at[&Tier::Silver], 8);
-        assert_eq!(refused_at[&Tier::Gold], 9);
-        assert_eq!(refused_at[&Tier::Platinum], 10);
+        assert_eq!(refused_at["bronze"], 6);
+        assert_eq!(refused_at["silver"], 8);
+        assert_eq!(refused_at["gold"], 9);
+        assert_eq!(refused_at["platinum"], 10);
         assert_eq!(in_flight.load(Relaxed), 10, "refusals are not counted");
         held.clear();
         assert_eq!(in_flight.load(Relaxed), 0, "guards give their slot back");

@@ -45,6 +45,8 @@ pub struct Runtime {
     pub routes: Vec<Route>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub qos: crate::qos::Qos,
+    /// `qos_requests` handles of each of `config.tiers`, by outcome.
+    pub tier_counters: Vec<[prometheus_client::metrics::counter::Counter; 4]>,
 }
 
 impl Runtime {
@@ -85,8 +87,14 @@ impl Runtime {
             &config.subjects,
             previous.map(|p| &p.qos),
         );
+        let tier_counters = config
+            .tiers
+            .iter()
+            .map(|t| metrics.qos_counters(&t.name))
+            .collect();
         Runtime {
             qos,
+            tier_counters,
             config,
             generation: previous.map_or(1, |p| p.generation + 1),
             routes,

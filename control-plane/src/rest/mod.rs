@@ -88,6 +88,7 @@ impl utoipa::Modify for BearerAuth {
         qos::list_qos_tiers,
         qos::get_qos_tier,
         qos::put_qos_tier,
+        qos::delete_qos_tier,
         qos::get_qos_profile,
         qos::put_qos_profile,
         qos::delete_qos_profile,
@@ -155,7 +156,9 @@ pub fn router(api: Api) -> Router {
         .route("/v1/qos/tiers", get(qos::list_qos_tiers))
         .route(
             "/v1/qos/tiers/{name}",
-            get(qos::get_qos_tier).put(qos::put_qos_tier),
+            get(qos::get_qos_tier)
+                .put(qos::put_qos_tier)
+                .delete(qos::delete_qos_tier),
         )
         .route("/v1/qos/profiles", get(qos::list_qos_profiles))
         .route(

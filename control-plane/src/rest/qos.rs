@@ -13,12 +13,16 @@ fn tier(b: &Body) -> Option<&QosTier> {
     }
 }
 
-/// The four tiers, lowest first, with their resource allocation.
+/// The tiers, lowest priority first, with their resource allocation.
 #[utoipa::path(get, path = "/v1/qos/tiers", responses((status = 200, body = [QosTier])))]
 pub(super) async fn list_qos_tiers(State(api): State<Api>) -> Json<Vec<QosTier>> {
     let mut list = items(&api, types::QOS_TIER, tier);
-    list.sort_by_key(|t| crate::tiers::rank(&t.name));
+    list.sort_by_key(|t| t.priority);
     Json(list)
+}
+
+pub(super) fn tier_exists(api: &Api, name: &str) -> bool {
+    item(api, types::QOS_TIER, name, tier).is_some()
 }
 
 #[utoipa::path(get, path = "/v1/qos/tiers/{name}", responses((status = 200, body = QosTier), (status = 404, body = ApiError)))]
@@ -31,8 +35,8 @@ pub(super) async fn get_qos_tier(
         .ok_or_else(|| ApiError::not_found(format!("no QoS tier named {name:?}")))
 }
 
-/// Changes a tier's allocation (admins only). The tiers stay ordered: a tier's
-/// admission share and priority may not pass the next tier's.
+/// Adds a tier or changes one (admins only). Each tier has a priority of its own, and
+/// the tiers stay ordered: a higher priority never gets a smaller admission share.
 #[utoipa::path(put, path = "/v1/qos/tiers/{name}", request_body = QosTier,
     responses((status = 200, body = Written), (status = 400, body = ApiError)))]
 pub(super) async fn put_qos_tier(
@@ -51,6 +55,39 @@ pub(super) async fn put_qos_tier(
         Body::QosTier,
     )
     .await
+}
+
+/// Deletes a tier no profile or subject names (admins only); the four default tiers
+/// can be changed but not deleted.
+#[utoipa::path(delete, path = "/v1/qos/tiers/{name}",
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(super) async fn delete_qos_tier(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if crate::tiers::is_default(&name) {
+        return Err(ApiError::conflict(format!(
+            "{name:?} is a default tier: it can be changed, not deleted"
+        )));
+    }
+    let users: Vec<String> = items(&api, types::QOS_PROFILE, qos)
+        .into_iter()
+        .filter(|q| q.tier == name)
+        .map(|q| format!("QoS profile {:?}", q.name))
+        .chain(
+            items(&api, types::SUBJECT, subject)
+                .into_iter()
+                .filter(|s| s.tier == name)
+                .map(|s| format!("subject {:?}", s.id)),
+        )
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "QoS tier {name:?} is in use by {}",
+            users.join(", ")
+        )));
+    }
+    remove(&api, types::QOS_TIER, "QoS tier", &name).await
 }
 
 // === QoS profiles ===
@@ -127,7 +164,7 @@ pub(super) async fn put_qos_profile(
         &bytes,
         |q: &mut QosProfile| &mut q.name,
         |q| scope_write(&caller, &mut q.tenant, existing, "QoS profile", &name),
-        validate::qos_profile,
+        |q: &QosProfile| validate::qos_profile(q, |t| tier_exists(&api, t)),
         Body::QosProfile,
     )
     .await
@@ -262,7 +299,7 @@ pub(super) async fn put_subject(
         &bytes,
         |s: &mut Subject| &mut s.id,
         |s| scope_write(&caller, &mut s.tenant, existing, "subject", &id),
-        |s: &Subject| validate::subject(s, usable),
+        |s: &Subject| validate::subject(s, usable, |t| tier_exists(&api, t)),
         Body::Subject,
     )
     .await

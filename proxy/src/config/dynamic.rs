@@ -301,6 +301,7 @@ pub(super) fn raw_items(d: &Dynamic) -> (RawItems, Vec<ConfigError>) {
     for (name, t) in &d.qos_tiers {
         let doc = json!({
             "name": t.name,
+            "priority": t.priority,
             "admission_share": t.admission_share,
             "bandwidth_max_mbps": t.bandwidth_max_mbps,
         })

@@ -84,47 +84,41 @@ pub struct Config {
     pub subjects: Vec<SubjectSpec>,
     /// Tier of requests that resolve to no profile.
     pub default_tier: Tier,
-    /// Share of a cluster's `max_in_flight` each tier may fill, by tier (lowest first).
-    pub tier_shares: [f64; 4],
-    /// Cap on each response stream, bytes per second, by tier (0: none).
-    pub tier_bandwidth: [f64; 4],
+    /// The QoS tiers, lowest priority first (`Tier` indexes this).
+    pub tiers: Vec<TierSpec>,
 }
 
-/// QoS levels, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    #[default]
-    Bronze,
-    Silver,
-    Gold,
-    Platinum,
+/// A QoS tier, as its index in `Config::tiers` (ordered lowest priority first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Tier(pub u8);
+
+/// A QoS tier as the proxy enforces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierSpec {
+    pub name: Arc<str>,
+    /// Rank: a higher priority is admitted longer (the order of `Config::tiers`).
+    pub priority: i32,
+    /// Share of a cluster's `max_in_flight` this tier may fill.
+    pub admission_share: f64,
+    /// Cap on each response stream, bytes per second (0: none).
+    pub bandwidth: f64,
 }
 
-impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Bronze, Tier::Silver, Tier::Gold, Tier::Platinum];
+/// The default tiers, lowest first, with their admission shares (priorities 1 to 4).
+pub const DEFAULT_TIERS: [(&str, f64); 4] = [
+    ("bronze", 0.60),
+    ("silver", 0.75),
+    ("gold", 0.90),
+    ("platinum", 1.0),
+];
+/// The tier of a profile that names none, and of unclassified requests by default.
+pub const BASE_TIER: &str = "bronze";
+/// More tiers than this are refused (each is a label on the QoS metrics).
+pub const MAX_TIERS: usize = 32;
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Bronze => "bronze",
-            Tier::Silver => "silver",
-            Tier::Gold => "gold",
-            Tier::Platinum => "platinum",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Tier> {
-        Tier::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    /// The share of a cluster's `max_in_flight` this tier may fill.
-    pub fn admission_share(self) -> f64 {
-        match self {
-            Tier::Bronze => 0.60,
-            Tier::Silver => 0.75,
-            Tier::Gold => 0.90,
-            Tier::Platinum => 1.0,
-        }
+impl Config {
+    pub fn tier(&self, t: Tier) -> &TierSpec {
+        &self.tiers[t.0 as usize]
     }
 }
 
@@ -375,7 +369,9 @@ pub fn parse_with(
     }
     // Where each list's dynamic part starts, and its resources' names, so build errors
     // can name the resource they came from.
-    raw.qos_tiers.extend(items.qos_tiers);
+    // A tier the control plane sends replaces the file's tier of that name.
+    raw.qos_tiers
+        .retain(|t| !items.qos_tiers.iter().any(|d| d.name.value == t.name.value));
     let lists = [
         dynamic::Origin::new(
             "clusters",
@@ -404,11 +400,18 @@ pub fn parse_with(
             raw.subjects.len(),
             items.subjects.iter().map(|s| s.id.value.clone()),
         ),
+        dynamic::Origin::new(
+            "qos_tiers",
+            "QoS tier",
+            raw.qos_tiers.len(),
+            items.qos_tiers.iter().map(|t| t.name.value.clone()),
+        ),
     ];
     raw.clusters.extend(items.clusters);
     raw.routes.extend(items.routes);
     raw.qos_profiles.extend(items.qos_profiles);
     raw.subjects.extend(items.subjects);
+    raw.qos_tiers.extend(items.qos_tiers);
     let mut b = Builder {
         source: source_name,
         base: base_dir,
@@ -525,12 +528,12 @@ impl Builder<'_> {
         let listeners = self.listeners(&raw);
         let clusters = self.clusters(&raw);
         let names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-        let qos_profiles = self.qos_profiles(&raw);
+        let tiers = self.tiers(&raw);
+        let qos_profiles = self.qos_profiles(&raw, &tiers);
         let profiles: HashSet<&str> = qos_profiles.iter().map(|p| p.name.as_str()).collect();
         let routes = self.routes(&raw, &names, &profiles);
-        let subjects = self.subjects(&raw, &profiles);
-        let tier_shares = self.tier_shares(&raw);
-        let tier_bandwidth = self.tier_bandwidth(&raw);
+        let subjects = self.subjects(&raw, &profiles, &tiers);
+        let default_tier = self.tier_ref(&tiers, raw.default_tier.as_ref(), "default_tier");
         let workers = raw.runtime.workers.as_ref().map(|w| {
             if w.value == 0 {
                 self.err(
@@ -589,9 +592,8 @@ impl Builder<'_> {
                 .control_plane
                 .as_ref()
                 .and_then(|c| self.control_plane(c)),
-            default_tier: raw.default_tier.unwrap_or_default(),
-            tier_shares,
-            tier_bandwidth,
+            default_tier,
+            tiers,
             qos_profiles,
             subjects,
         }

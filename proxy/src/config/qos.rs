@@ -1,58 +1,164 @@
-//! Building the QoS parts of a config: tier admission shares and bandwidth caps,
-//! profiles, and subjects (their references to profiles checked).
+//! Building the QoS parts of a config: tiers (the default four, changed or added to),
+//! profiles, and subjects (their references to tiers and profiles checked).
 
 use std::collections::HashSet;
 
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::RawConfig;
-use super::{Builder, QosProfileSpec, SubjectSpec, Tier};
+use super::{
+    Builder, QosProfileSpec, SubjectSpec, Tier, TierSpec, BASE_TIER, DEFAULT_TIERS, MAX_TIERS,
+};
 
 impl Builder<'_> {
-    pub(super) fn tier_shares(&mut self, raw: &RawConfig) -> [f64; 4] {
-        let mut shares = Tier::ALL.map(Tier::admission_share);
+    /// The default tiers with the config's changes, and its own tiers, lowest first.
+    /// A higher tier must be admitted at least as long as a lower one.
+    pub(super) fn tiers(&mut self, raw: &RawConfig) -> Vec<TierSpec> {
+        let mut tiers: Vec<(TierSpec, Option<usize>)> = DEFAULT_TIERS
+            .iter()
+            .enumerate()
+            .map(|(i, (name, share))| {
+                let t = TierSpec {
+                    name: (*name).into(),
+                    priority: i as i32 + 1,
+                    admission_share: *share,
+                    bandwidth: 0.0,
+                };
+                (t, None)
+            })
+            .collect();
+        let mut seen = HashSet::new();
         for (i, t) in raw.qos_tiers.iter().enumerate() {
-            let v = t.admission_share.value;
-            if !(v > 0.0 && v <= 1.0) {
+            let f = |s: &str| format!("qos_tiers[{i}].{s}");
+            let name = t.name.value.as_str();
+            if !valid_tier_name(name) {
                 self.err(
-                    t.admission_share.referenced,
-                    format!("qos_tiers[{i}].admission_share"),
-                    format!("expected a fraction in (0, 1], found {v}"),
+                    t.name.referenced,
+                    f("name"),
+                    format!("expected 1-63 characters of a-z, 0-9, '-', '_', '.', found {name:?}"),
                 );
                 continue;
             }
-            shares[t.name as usize] = v;
+            if !seen.insert(name) {
+                self.err(
+                    t.name.referenced,
+                    f("name"),
+                    format!("duplicate QoS tier {name:?}"),
+                );
+                continue;
+            }
+            let share = match &t.admission_share {
+                Some(s) if !(s.value > 0.0 && s.value <= 1.0) => {
+                    self.err(
+                        s.referenced,
+                        f("admission_share"),
+                        format!("expected a fraction in (0, 1], found {}", s.value),
+                    );
+                    continue;
+                }
+                other => other.as_ref().map(|s| s.value),
+            };
+            let bandwidth = match &t.bandwidth_max_mbps {
+                Some(m) if !(m.value.is_finite() && m.value >= 0.0) => {
+                    self.err(
+                        m.referenced,
+                        f("bandwidth_max_mbps"),
+                        format!("expected a number >= 0, found {}", m.value),
+                    );
+                    continue;
+                }
+                other => other.as_ref().map(|m| m.value * 1_000_000.0 / 8.0),
+            };
+            let priority = t.priority.as_ref().map(|p| p.value);
+            match tiers.iter_mut().find(|(x, _)| &*x.name == name) {
+                Some((x, source)) => {
+                    x.admission_share = share.unwrap_or(x.admission_share);
+                    x.bandwidth = bandwidth.unwrap_or(x.bandwidth);
+                    x.priority = priority.unwrap_or(x.priority);
+                    *source = Some(i);
+                }
+                None => match (priority, share) {
+                    (Some(priority), Some(admission_share)) => tiers.push((
+                        TierSpec {
+                            name: name.into(),
+                            priority,
+                            admission_share,
+                            bandwidth: bandwidth.unwrap_or(0.0),
+                        },
+                        Some(i),
+                    )),
+                    _ => self.err(
+                        t.name.referenced,
+                        f("priority"),
+                        format!("the new tier {name:?} needs a priority and an admission_share"),
+                    ),
+                },
+            }
         }
-        if shares.windows(2).any(|w| w[0] > w[1]) {
+        tiers.sort_by_key(|(t, _)| t.priority);
+        if tiers.len() > MAX_TIERS {
             self.err(
                 Location::UNKNOWN,
                 "qos_tiers",
-                format!("admission shares must not fall from bronze to platinum, found {shares:?}"),
+                format!("at most {MAX_TIERS} tiers, found {}", tiers.len()),
             );
+            tiers.truncate(MAX_TIERS);
         }
-        shares
-    }
-
-    pub(super) fn tier_bandwidth(&mut self, raw: &RawConfig) -> [f64; 4] {
-        let mut caps = [0.0; 4];
-        for (i, t) in raw.qos_tiers.iter().enumerate() {
-            let Some(mbps) = &t.bandwidth_max_mbps else {
-                continue;
+        // Ordering errors point at the tier this config changed or added.
+        for w in tiers.windows(2) {
+            let ((lower, l_src), (higher, h_src)) = (&w[0], &w[1]);
+            let (at, field) = match h_src.or(*l_src) {
+                Some(i) => (raw.qos_tiers[i].name.referenced, format!("qos_tiers[{i}]")),
+                None => (Location::UNKNOWN, "qos_tiers".to_string()),
             };
-            if !(mbps.value.is_finite() && mbps.value >= 0.0) {
+            if lower.priority == higher.priority {
                 self.err(
-                    mbps.referenced,
-                    format!("qos_tiers[{i}].bandwidth_max_mbps"),
-                    format!("expected a number >= 0, found {}", mbps.value),
+                    at,
+                    format!("{field}.priority"),
+                    format!(
+                        "tiers {:?} and {:?} share priority {}",
+                        lower.name, higher.name, lower.priority
+                    ),
                 );
-                continue;
+            } else if lower.admission_share > higher.admission_share {
+                self.err(
+                    at,
+                    format!("{field}.admission_share"),
+                    format!(
+                        "{} ({}) would exceed {} ({}): a higher tier must be admitted at least as long",
+                        lower.name, lower.admission_share, higher.name, higher.admission_share
+                    ),
+                );
             }
-            caps[t.name as usize] = mbps.value * 1_000_000.0 / 8.0;
         }
-        caps
+        tiers.into_iter().map(|(t, _)| t).collect()
     }
 
-    pub(super) fn qos_profiles(&mut self, raw: &RawConfig) -> Vec<QosProfileSpec> {
+    /// A reference to a tier by name (`None`: the base tier).
+    pub(super) fn tier_ref(
+        &mut self,
+        tiers: &[TierSpec],
+        name: Option<&Spanned<String>>,
+        field: impl Into<String>,
+    ) -> Tier {
+        let wanted = name.map_or(BASE_TIER, |n| n.value.as_str());
+        if let Some(i) = tiers.iter().position(|t| &*t.name == wanted) {
+            return Tier(i as u8);
+        }
+        let known: Vec<&str> = tiers.iter().map(|t| &*t.name).collect();
+        self.err(
+            name.map_or(Location::UNKNOWN, |n| n.referenced),
+            field,
+            format!("unknown QoS tier {wanted:?}; known: {}", known.join(", ")),
+        );
+        Tier::default()
+    }
+
+    pub(super) fn qos_profiles(
+        &mut self,
+        raw: &RawConfig,
+        tiers: &[TierSpec],
+    ) -> Vec<QosProfileSpec> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, p) in raw.qos_profiles.iter().enumerate() {
@@ -78,7 +184,7 @@ impl Builder<'_> {
             };
             out.push(QosProfileSpec {
                 name: p.name.value.clone(),
-                tier: p.tier,
+                tier: Tier::default(),
                 latency_p50_ms: num(&p.latency_p50_ms, "latency_p50_ms", f64::MAX),
                 latency_p99_ms: num(&p.latency_p99_ms, "latency_p99_ms", f64::MAX),
                 min_throughput_rps: num(&p.min_throughput_rps, "min_throughput_rps", f64::MAX),
@@ -87,6 +193,8 @@ impl Builder<'_> {
                 rate_limit_rps: num(&p.rate_limit_rps, "rate_limit_rps", f64::MAX),
                 deadline_ms: num(&p.deadline_ms, "deadline_ms", f64::MAX),
             });
+            let tier = self.tier_ref(tiers, p.tier.as_ref(), f("tier"));
+            out.last_mut().expect("just pushed").tier = tier;
         }
         out
     }
@@ -95,6 +203,7 @@ impl Builder<'_> {
         &mut self,
         raw: &RawConfig,
         profiles: &HashSet<&str>,
+        tiers: &[TierSpec],
     ) -> Vec<SubjectSpec> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -122,13 +231,25 @@ impl Builder<'_> {
                     "expected a profile or a tier, found neither",
                 );
             }
+            let tier = s
+                .tier
+                .as_ref()
+                .map(|t| self.tier_ref(tiers, Some(t), f("tier")));
             out.push(SubjectSpec {
                 id: s.id.value.clone(),
                 kind: s.kind,
                 profile: s.profile.as_ref().map(|p| p.value.clone()),
-                tier: s.tier,
+                tier,
             });
         }
         out
     }
+}
+
+/// A tier name: short, lowercase, usable as a metric label value and in a URL.
+fn valid_tier_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }

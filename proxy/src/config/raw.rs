@@ -43,18 +43,20 @@ pub struct RawConfig {
     #[serde(default)]
     pub subjects: Vec<RawSubject>,
     /// Tier of requests that resolve to no profile; default bronze.
-    pub default_tier: Option<super::Tier>,
+    pub default_tier: Option<Spanned<String>>,
     /// Tier settings the proxy uses (the control plane pushes its `QosTier`s here).
     #[serde(default)]
     pub qos_tiers: Vec<RawQosTier>,
 }
 
-/// A tier's admission share and bandwidth cap (the rest of a `QosTier` is for the planner).
+/// A tier's rank, admission share and bandwidth cap (the rest of a `QosTier` is for the
+/// planner). A default tier's fields may be left out; a new tier needs all but the cap.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQosTier {
-    pub name: super::Tier,
-    pub admission_share: Spanned<f64>,
+    pub name: Spanned<String>,
+    pub priority: Option<Spanned<i32>>,
+    pub admission_share: Option<Spanned<f64>>,
     /// Cap on each response stream of the tier, megabits per second (0: none).
     pub bandwidth_max_mbps: Option<Spanned<f64>>,
 }
@@ -64,8 +66,8 @@ pub struct RawQosTier {
 #[serde(deny_unknown_fields)]
 pub struct RawQosProfile {
     pub name: Spanned<String>,
-    #[serde(default)]
-    pub tier: super::Tier,
+    /// Default bronze.
+    pub tier: Option<Spanned<String>>,
     pub latency_p50_ms: Option<Spanned<f64>>,
     pub latency_p99_ms: Option<Spanned<f64>>,
     pub min_throughput_rps: Option<Spanned<f64>>,
@@ -83,7 +85,7 @@ pub struct RawSubject {
     #[serde(default)]
     pub kind: super::SubjectKind,
     pub profile: Option<Spanned<String>>,
-    pub tier: Option<super::Tier>,
+    pub tier: Option<Spanned<String>>,
 }
 
 /// Where the control plane is, and how this proxy talks to it.

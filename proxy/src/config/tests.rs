@@ -162,6 +162,62 @@ fn one_liner_round_trips_through_the_parser() {
 }
 
 #[test]
+fn tiers_can_be_changed_and_added_and_stay_ordered_by_priority() {
+    let yaml = format!(
+        "{GOOD}qos_tiers:
+  - {{name: diamond, priority: 10, admission_share: 1.0}}
+  - {{name: free, priority: 0, admission_share: 0.4, bandwidth_max_mbps: 8}}
+  - {{name: platinum, admission_share: 0.95}}
+qos_profiles:
+  - {{name: vip, tier: diamond}}
+  - {{name: plain}}
+subjects:
+  - {{id: trial, tier: free}}
+default_tier: free
+"
+    );
+    let c = parse(&yaml, "t.yaml", None).unwrap();
+    let names: Vec<&str> = c.tiers.iter().map(|t| &*t.name).collect();
+    assert_eq!(
+        names,
+        ["free", "bronze", "silver", "gold", "platinum", "diamond"]
+    );
+    assert_eq!(c.tier(c.default_tier).name.as_ref(), "free");
+    assert_eq!(c.tier(c.default_tier).bandwidth, 1_000_000.0);
+    assert_eq!(c.tier(c.qos_profiles[0].tier).name.as_ref(), "diamond");
+    assert_eq!(
+        c.tier(c.qos_profiles[1].tier).name.as_ref(),
+        "bronze",
+        "a profile without a tier is bronze"
+    );
+    assert_eq!(c.tier(c.subjects[0].tier.unwrap()).name.as_ref(), "free");
+    assert_eq!(c.tiers[4].admission_share, 0.95);
+}
+
+#[test]
+fn bad_tiers_and_tier_references_are_rejected_with_their_location() {
+    let e = errors(&format!(
+        "{GOOD}qos_tiers:
+  - {{name: diamond, admission_share: 1.0}}
+  - {{name: cheap, priority: 5, admission_share: 0.9}}
+  - {{name: Bad Name, priority: 7, admission_share: 1.0}}
+qos_profiles:
+  - {{name: vip, tier: titanium}}
+"
+    ));
+    let want = [
+        "t.yaml:11:12: qos_tiers[0].priority: the new tier \"diamond\" needs a priority and an admission_share",
+        "t.yaml:13:12: qos_tiers[2].name: expected 1-63 characters",
+        "t.yaml:12:12: qos_tiers[1].admission_share: platinum (1) would exceed cheap (0.9)",
+        "t.yaml:15:23: qos_profiles[0].tier: unknown QoS tier \"titanium\"; known: bronze, silver, gold, platinum, cheap",
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for w in want {
+        assert!(e.iter().any(|e| e.starts_with(w)), "{w}\nin {e:#?}");
+    }
+}
+
+#[test]
 fn shipped_examples_are_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
     let mut n = 0;
