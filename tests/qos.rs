@@ -1124,3 +1124,71 @@ async fn a_tier_added_through_the_api_is_enforced_and_deleted_only_when_unused()
     let (s, _) = cp.call(Method::GET, "/v1/qos/tiers/diamond", "").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// A profile that retries (99% or more) and has a p99 target hedges: a request the first
+/// instance has not answered within the target is sent to a second one too, and the first
+/// answer wins. A profile without a reliability target waits.
+#[tokio::test]
+async fn a_reliable_profile_hedges_a_request_past_its_latency_target() {
+    let (a, b) = (Upstream::spawn("a").await, Upstream::spawn("b").await);
+    let proxy = Proxy::start(&config(&format!(
+        "qos_profiles:
+  - {{name: hedged, tier: gold, reliability: 0.999, latency_p99_ms: 50}}
+  - {{name: patient, tier: gold, min_accuracy: 0.5}}
+routes:
+  - {{name: all, cluster: model}}
+clusters:
+  - name: model
+    endpoints:
+      - {{address: \"{}\", metadata: {{price: 0.1}}}}
+      - {{address: \"{}\", metadata: {{price: 0.5}}}}
+",
+        a.addr, b.addr
+    )))
+    .await;
+    let c = h1_client();
+    let hedges = || proxy.metric("presage_hedges_total", &[("cluster", "model")]);
+    // a is cheaper, so it is tried first; it answers this path after 2 s.
+    let t0 = Instant::now();
+    let r = send(
+        &c,
+        request(
+            &proxy.url("/slow-at/a/2000"),
+            &[("x-presage-qos", "hedged")],
+        ),
+    )
+    .await;
+    let took = t0.elapsed();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["service"], "b", "the hedged copy answered first");
+    assert!(
+        took < Duration::from_millis(1500),
+        "did not wait for a: {took:?}"
+    );
+    assert_eq!(a.hits(), 1, "a got the first copy");
+    assert_eq!(hedges().await, 1.0);
+    // a is now known to be slower than the target: the profile goes straight to b.
+    let r = send(
+        &c,
+        request(
+            &proxy.url("/slow-at/a/2000"),
+            &[("x-presage-qos", "hedged")],
+        ),
+    )
+    .await;
+    assert_eq!(r.json()["service"], "b");
+    assert_eq!(hedges().await, 1.0, "no hedge needed");
+    // No reliability target: no hedging, the request waits for a.
+    let t0 = Instant::now();
+    let r = send(
+        &c,
+        request(
+            &proxy.url("/slow-at/a/300"),
+            &[("x-presage-qos", "patient")],
+        ),
+    )
+    .await;
+    assert_eq!(r.json()["service"], "a");
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert_eq!(hedges().await, 1.0);
+}

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tower::retry::budget::Budget;
 
+use crate::attempt;
 use crate::balance::Needs;
 use crate::body::{Paced, RequestBody, ResponseBody};
 use crate::config::Protocol;
@@ -326,20 +327,45 @@ async fn proxy(
             );
         }
 
-        let t0 = Instant::now();
-        ep.pending.fetch_add(1, Relaxed);
-        let at_endpoint = qos.per_endpoint.then(|| ep.load.start());
-        let sent = tokio::time::timeout_at(deadline, cluster.client.request(up)).await;
-        ep.pending.fetch_sub(1, Relaxed);
-        let rtt = t0.elapsed();
-        // The attempt as the instance served it: its status, or a failure (502).
-        let code = match &sent {
-            Ok(Ok(res)) => res.status().as_u16(),
-            _ => 502,
+        // The first attempt of a hedging profile's replayable request may be hedged.
+        let hedge = qos
+            .retry
+            .and_then(|r| r.hedge_after)
+            .filter(|_| attempt == 0 && may_retry && idempotent && cluster.endpoints.len() > 1);
+        let tried = match hedge {
+            None => {
+                tokio::time::timeout_at(deadline, attempt::send(cluster, ep, up, qos.per_endpoint))
+                    .await
+            }
+            Some(delay) => {
+                let copy = || {
+                    let (other, _) =
+                        cluster
+                            .balancer
+                            .pick_for(&cluster.endpoints, Some(ep.index), qos.needs)?;
+                    if other.index == ep.index || !budget.withdraw() {
+                        return None;
+                    }
+                    let mut up = Request::new(RequestBody::Empty);
+                    *up.method_mut() = parts.method.clone();
+                    *up.uri_mut() = endpoint_uri(other, &path).ok()?;
+                    *up.version_mut() = version;
+                    *up.headers_mut() = parts.headers.clone();
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    up.headers_mut().insert(
+                        qos::X_PRESAGE_TIMEOUT_MS.clone(),
+                        HeaderValue::from(left.as_millis() as u64),
+                    );
+                    Some((other, up))
+                };
+                let hedged = attempt::hedged(cluster, ep, up, delay, copy, qos.per_endpoint);
+                tokio::time::timeout_at(deadline, hedged).await
+            }
         };
-        if let Some(f) = at_endpoint {
-            f.finish(code, rtt);
-        }
+        let (ep, rtt, sent) = match tried {
+            Ok(t) => (t.ep, t.rtt, Ok(t.res)),
+            Err(elapsed) => (ep, timeout, Err(elapsed)),
+        };
 
         let can_retry_now = |attempt: u32| may_retry && attempt < attempts && budget.withdraw();
         match sent {

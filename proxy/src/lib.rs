@@ -19,6 +19,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod attempt;
 pub mod balance;
 pub mod body;
 pub mod config;

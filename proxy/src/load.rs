@@ -74,6 +74,15 @@ impl InFlight<'_> {
     }
 }
 
+impl InFlight<'_> {
+    /// Leaves flight without counting: the attempt was cancelled because another copy
+    /// of it answered first.
+    pub fn abandon(mut self) {
+        self.done = true;
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {

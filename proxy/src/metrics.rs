@@ -70,6 +70,7 @@ pub struct ResultLabels {
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub retries: Family<ClusterLabels, Counter>,
+    pub hedges: Family<ClusterLabels, Counter>,
     pub ejections: Family<ClusterLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
@@ -116,6 +117,7 @@ impl Metrics {
         Metrics {
             requests: Family::default(),
             retries: Family::default(),
+            hedges: Family::default(),
             ejections: Family::default(),
             upstream_errors: Family::default(),
             reloads: Family::default(),
@@ -157,6 +159,11 @@ impl Metrics {
             "retries",
             "Retries sent to upstream clusters",
             self.retries.clone(),
+        );
+        r.register(
+            "hedges",
+            "Hedged requests: a copy sent to a second endpoint when the first had not answered within the profile's latency target",
+            self.hedges.clone(),
         );
         r.register(
             "outlier_ejections",

@@ -50,18 +50,25 @@ pub struct Profile {
     bucket: Option<TokenBucket>,
 }
 
-/// Retries for requests under a profile with a reliability target, from its own budget
-/// (so one profile's retries never spend another's).
+/// Retries and hedges for requests under a profile with a reliability target, from its
+/// own budget (so one profile's retries never spend another's).
 ///
 /// An endpoint meeting the profile fails at most `1 - target` of the time, so `k`
 /// attempts fail together at most `(1 - target)^k`: a target of `n` nines (0.99: 2) needs
 /// no more than `n - 1` retries to cover a chance failure with a margin, and a 90%
 /// target none. The budget grows by 10% extra load per nine (99% gets Linkerd's default
 /// 20%), capped at 50% so that retries can never double the load of an overloaded service.
+///
+/// A profile that may retry (99% or more) and has a p99 latency target also hedges: a
+/// request not answered within the p99 target is sent to a second endpoint as well,
+/// paid from the same budget. A healthy service answers ~1% of requests that late, so
+/// hedging costs about 1% extra load and cuts the tail a slow instance causes.
 #[derive(Debug)]
 pub struct ProfileRetry {
     /// Extra attempts after the first.
     pub attempts: u32,
+    /// When to send a hedged copy (None: never).
+    pub hedge_after: Option<Duration>,
     pub budget: TpsBudget,
 }
 
@@ -70,13 +77,16 @@ impl ProfileRetry {
     const PERCENT_PER_NINE: f32 = 10.0;
     const MAX_PERCENT: f32 = 50.0;
 
-    pub fn of(reliability: f64) -> Option<ProfileRetry> {
-        if reliability <= 0.0 {
+    pub fn of(spec: &QosProfileSpec) -> Option<ProfileRetry> {
+        if spec.reliability <= 0.0 {
             return None;
         }
-        let nines = Self::nines(reliability);
+        let nines = Self::nines(spec.reliability);
+        let attempts = nines.saturating_sub(1).min(Self::MAX_ATTEMPTS);
         Some(ProfileRetry {
-            attempts: nines.saturating_sub(1).min(Self::MAX_ATTEMPTS),
+            attempts,
+            hedge_after: (attempts > 0 && spec.latency_p99_ms > 0.0)
+                .then(|| Duration::from_secs_f64(spec.latency_p99_ms / 1000.0)),
             budget: crate::runtime::retry_budget(
                 (nines as f32 * Self::PERCENT_PER_NINE).min(Self::MAX_PERCENT),
             ),
@@ -139,7 +149,7 @@ impl Qos {
                 let p = kept.unwrap_or_else(|| {
                     Arc::new(Profile {
                         needs: Needs::of(spec),
-                        retry: ProfileRetry::of(spec.reliability),
+                        retry: ProfileRetry::of(spec),
                         bucket: (spec.rate_limit_rps > 0.0)
                             .then(|| TokenBucket::new(spec.rate_limit_rps)),
                         spec: spec.clone(),
@@ -422,10 +432,14 @@ mod tests {
 
     #[test]
     fn reliability_buys_retries_by_its_nines() {
-        assert!(
-            ProfileRetry::of(0.0).is_none(),
-            "no target: the route's policy"
-        );
+        let of = |reliability: f64, latency_p99_ms: f64| {
+            ProfileRetry::of(&QosProfileSpec {
+                reliability,
+                latency_p99_ms,
+                ..QosProfileSpec::default()
+            })
+        };
+        assert!(of(0.0, 50.0).is_none(), "no target: the route's policy");
         let cases = [
             (0.5, 0),
             (0.9, 0),
@@ -436,12 +450,18 @@ mod tests {
             (1.0, ProfileRetry::MAX_ATTEMPTS),
         ];
         for (target, attempts) in cases {
-            assert_eq!(
-                ProfileRetry::of(target).unwrap().attempts,
-                attempts,
-                "{target}"
-            );
+            assert_eq!(of(target, 0.0).unwrap().attempts, attempts, "{target}");
         }
+        assert_eq!(
+            of(0.999, 50.0).unwrap().hedge_after,
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            of(0.999, 0.0).unwrap().hedge_after,
+            None,
+            "no latency target"
+        );
+        assert_eq!(of(0.9, 50.0).unwrap().hedge_after, None, "no retries");
         assert_eq!(ProfileRetry::nines(0.999), 3);
         assert_eq!(ProfileRetry::nines(0.5), 0);
     }

@@ -60,6 +60,8 @@ pub struct Cluster {
     pub balancer: Balancer,
     pub client: UpstreamClient,
     pub retries: Counter,
+    /// Hedged attempts: a copy sent to a second endpoint (see `attempt::hedged`).
+    pub hedges: Counter,
     /// Requests admitted and not yet answered (see `qos::admit`).
     pub in_flight: AtomicUsize,
     ejections: Counter,
@@ -144,6 +146,7 @@ impl Cluster {
             client: build_client(&spec),
             endpoints,
             retries: Metrics::cluster_counter(&metrics.retries, &spec.name),
+            hedges: Metrics::cluster_counter(&metrics.hedges, &spec.name),
             in_flight: AtomicUsize::new(0),
             ejections: Metrics::cluster_counter(&metrics.ejections, &spec.name),
             connect_errors: err("connect"),

@@ -78,6 +78,7 @@ type UpBody = BoxBody<Bytes, hyper::Error>;
 /// An upstream server. Paths with behaviour:
 /// - `/slow?ms=N` answers after N ms; `/status/NNN` answers with that status;
 /// - `/fail-at/NAME` answers 500 from the upstream named NAME (others answer as usual);
+/// - `/slow-at/NAME/MS` answers after MS ms from the upstream named NAME (others at once);
 /// - `application/grpc` requests are echoed with gRPC trailers (`grpc-status: 0`);
 /// - an `Upgrade` request is switched (101) and then echoes raw bytes;
 /// - anything else answers JSON: service, method, path, headers, body.
@@ -196,6 +197,14 @@ async fn handle(
         .and_then(|v| v.parse().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some((at, ms)) = path
+        .strip_prefix("/slow-at/")
+        .and_then(|r| r.split_once('/'))
+    {
+        if at == name {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        }
     }
     if path.strip_prefix("/fail-at/") == Some(name.as_str()) {
         let mut res = Response::new(full(format!("{name} fails\n")));
