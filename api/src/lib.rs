@@ -28,9 +28,23 @@ pub mod types {
     pub const WARM_POOL: &str = "presage.mesh.v1.WarmPool";
     pub const SUBJECT: &str = "presage.mesh.v1.Subject";
     pub const QOS_TIER: &str = "presage.mesh.v1.QosTier";
-    /// Every type, in the order a proxy subscribes (clusters before the routes naming
-    /// them, profiles before the subjects naming them).
-    pub const ALL: [&str; 8] = [
+    pub const DEMAND_EVENT: &str = "presage.mesh.v1.DemandEvent";
+    /// Every type the control plane stores and serves: those it pushes to proxies, in
+    /// the order a proxy subscribes (clusters before the routes naming them, profiles
+    /// before the subjects naming them), then those only the control plane reads.
+    pub const ALL: [&str; 9] = [
+        CLUSTER,
+        ROUTE,
+        QOS_TIER,
+        QOS_PROFILE,
+        SUBJECT,
+        FORECAST,
+        BEHAVIOUR_PROFILE,
+        WARM_POOL,
+        DEMAND_EVENT,
+    ];
+    /// The types a proxy subscribes to.
+    pub const PUSHED: [&str; 8] = [
         CLUSTER,
         ROUTE,
         QOS_TIER,
@@ -58,6 +72,7 @@ impl resource::Body {
             WarmPool(_) => types::WARM_POOL,
             Subject(_) => types::SUBJECT,
             QosTier(_) => types::QOS_TIER,
+            DemandEvent(_) => types::DEMAND_EVENT,
         }
     }
 }

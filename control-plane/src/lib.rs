@@ -25,6 +25,7 @@ pub mod auth;
 pub mod behaviour;
 pub mod config;
 pub mod discovery;
+pub mod events;
 pub mod forecast;
 pub mod health;
 pub mod load;

@@ -1,5 +1,6 @@
 //! The control plane's own Prometheus metrics, served at `GET /metrics` of the REST API.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -22,8 +23,35 @@ pub struct ObjectiveLabels {
     pub objective: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CoverageLabels {
+    pub service: String,
+    pub level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SelectionLabels {
+    pub service: String,
+    pub reason: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Realised mean absolute error of each service's published forecasts (requests/s).
+    pub forecast_abs_error: Family<ServiceLabels, FloatGauge>,
+    /// Share of seconds that fell inside the 80% / 95% forecast interval.
+    pub forecast_coverage: Family<CoverageLabels, FloatGauge>,
+    /// The chosen model's backtest MASE.
+    pub forecast_backtest_mase: Family<ServiceLabels, FloatGauge>,
+    /// Model choices by reason (first, horizon, schedule, drift).
+    pub forecast_selections: Family<SelectionLabels, Counter>,
     /// SLA alerts raised, by objective.
     pub sla_breaches: Family<ObjectiveLabels, Counter>,
     pub alerts_firing: Gauge,
@@ -77,8 +105,62 @@ impl Metrics {
             "Alert deliveries to a webhook that failed",
             self.alert_webhook_failures.clone(),
         );
+        r.register(
+            "forecast_abs_error",
+            "Realised mean absolute error of the service's published forecasts, requests/s (about the last 300 s scored)",
+            self.forecast_abs_error.clone(),
+        );
+        r.register(
+            "forecast_coverage",
+            "Share of seconds that fell inside the forecast's 80% or 95% interval",
+            self.forecast_coverage.clone(),
+        );
+        r.register(
+            "forecast_backtest_mase",
+            "Backtest MASE of the service's chosen forecasting model",
+            self.forecast_backtest_mase.clone(),
+        );
+        r.register(
+            "forecast_model_selections",
+            "Forecasting model choices, by reason (first, horizon, schedule, drift)",
+            self.forecast_selections.clone(),
+        );
         r.register_collector(Box::new(ProxyGauges(proxies)));
         registry
+    }
+}
+
+impl Metrics {
+    /// Records one service's forecasting step.
+    pub fn forecast_step(&self, s: &crate::predict::Step) {
+        let service = s.forecast.service.clone();
+        if let Some(reason) = s.reselected {
+            self.forecast_selections
+                .get_or_create(&SelectionLabels {
+                    service: service.clone(),
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+        let labels = ServiceLabels {
+            service: service.clone(),
+        };
+        self.forecast_backtest_mase
+            .get_or_create(&labels)
+            .set(s.backtest_mase);
+        if s.realised.scored > 0 {
+            self.forecast_abs_error
+                .get_or_create(&labels)
+                .set(s.realised.abs_error);
+            for (level, v) in [("80", s.realised.coverage80), ("95", s.realised.coverage95)] {
+                self.forecast_coverage
+                    .get_or_create(&CoverageLabels {
+                        service: service.clone(),
+                        level,
+                    })
+                    .set(v);
+            }
+        }
     }
 }
 

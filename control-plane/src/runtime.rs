@@ -189,6 +189,7 @@ pub async fn run(
     tokio::spawn(crate::predict::run(
         load.clone(),
         resources.clone(),
+        metrics.clone(),
         cfg.forecast_interval,
     ));
     let api = Api {

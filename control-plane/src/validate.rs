@@ -5,7 +5,7 @@
 
 use std::net::ToSocketAddrs as _;
 
-use presage_api::{Cluster, QosProfile, QosTier, Route, Subject};
+use presage_api::{Cluster, DemandEvent, QosProfile, QosTier, Route, Subject};
 use serde::Serialize;
 
 /// One problem with one field.
@@ -314,6 +314,47 @@ pub fn qos_tier(t: &QosTier, stored: &[QosTier]) -> Vec<FieldError> {
                 ),
             );
         }
+    }
+    e
+}
+
+/// An events-calendar entry: a window that ends after it starts, and an effect that
+/// keeps rates finite (a multiplier of 0 is an outage window; `added_rps` may be
+/// negative).
+pub fn demand_event(ev: &DemandEvent) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    name(&mut e, "name", &ev.name);
+    if !ev.service.is_empty() {
+        name(&mut e, "service", &ev.service);
+    }
+    if ev.start_unix_ms <= 0 {
+        push(
+            &mut e,
+            "start_unix_ms",
+            "expected a Unix time in ms, found none",
+        );
+    }
+    if ev.end_unix_ms <= ev.start_unix_ms {
+        push(
+            &mut e,
+            "end_unix_ms",
+            format!(
+                "expected a time after start_unix_ms ({}), found {}",
+                ev.start_unix_ms, ev.end_unix_ms
+            ),
+        );
+    }
+    if let Some(m) = ev.multiplier {
+        if !(m.is_finite() && (0.0..=1000.0).contains(&m)) {
+            push(
+                &mut e,
+                "multiplier",
+                format!("expected 0..=1000, found {m}"),
+            );
+        }
+    }
+    if !ev.added_rps.is_finite() {
+        push(&mut e, "added_rps", "expected a finite number");
     }
     e
 }

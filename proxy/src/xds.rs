@@ -63,7 +63,7 @@ async fn session(
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let dynamic = shared.dynamic.lock().expect("dynamic lock poisoned");
-        for (i, t) in types::ALL.into_iter().enumerate() {
+        for (i, t) in types::PUSHED.into_iter().enumerate() {
             let req = DiscoveryRequest {
                 node: (i == 0).then(|| node.clone()),
                 type_url: t.to_string(),
@@ -108,7 +108,7 @@ async fn session(
 /// config may read TLS files.
 fn apply(shared: &Shared, response: DiscoveryResponse) -> Result<(), String> {
     use std::io::Write as _;
-    let Some(t) = types::ALL.into_iter().find(|t| *t == response.type_url) else {
+    let Some(t) = types::PUSHED.into_iter().find(|t| *t == response.type_url) else {
         return Err(format!(
             "type_url: unknown resource type {:?}",
             response.type_url

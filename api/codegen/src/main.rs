@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Subject",
         "QosTier",
         "RequestRecord",
+        "DemandEvent",
     ];
     let mut b = tonic_prost_build::configure()
         .out_dir(api.join("src/gen"))

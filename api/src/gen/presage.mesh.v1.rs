@@ -84,7 +84,7 @@ pub struct Resource {
     /// Opaque; changes whenever the resource's content changes.
     #[prost(string, tag = "2")]
     pub version: ::prost::alloc::string::String,
-    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub body: ::core::option::Option<resource::Body>,
 }
 /// Nested message and enum types in `Resource`.
@@ -108,6 +108,8 @@ pub mod resource {
         Subject(super::Subject),
         #[prost(message, tag = "10")]
         QosTier(super::QosTier),
+        #[prost(message, tag = "11")]
+        DemandEvent(super::DemandEvent),
     }
 }
 /// An upstream service and its instances (clusters and endpoints travel together: a change
@@ -352,6 +354,34 @@ pub struct ForecastPoint {
     pub lo95: f64,
     #[prost(double, tag = "5")]
     pub hi95: f64,
+}
+/// A known change in demand from the events calendar (a marketing campaign, a scheduled
+/// backup, a batch job): during \[start, end) a service's forecast rate is multiplied by
+/// `multiplier`, then raised by `added_rps`. Seconds of history inside a past event are
+/// divided back out before models are fitted, so an event does not become the baseline.
+#[allow(clippy::all)]
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DemandEvent {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The service it affects; empty: every service.
+    #[prost(string, tag = "2")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub start_unix_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub end_unix_ms: i64,
+    /// Factor on the rate; absent: 1 (unchanged). 0 means no traffic (an outage window).
+    #[prost(double, optional, tag = "5")]
+    pub multiplier: ::core::option::Option<f64>,
+    /// Requests per second added after the multiplier (negative: taken away).
+    #[prost(double, tag = "6")]
+    pub added_rps: f64,
+    #[prost(string, tag = "7")]
+    pub description: ::prost::alloc::string::String,
 }
 /// The services a caller of `service` is likely to call next, most likely first.
 #[allow(clippy::all)]

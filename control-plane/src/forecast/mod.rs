@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  series ─▶ candidates: seasonal naive · Holt (online level/trend) · MSTL + AutoETS
-//!        ─▶ rolling-origin backtest (last origins, h steps each) ─▶ pick lowest MAE
-//!        ─▶ refit on everything, forecast h ─▶ intervals from the backtest residuals
+//!        ─▶ rolling-origin backtest (last origins, h steps each) ─▶ pick lowest MAE  (select)
+//!        ─▶ refit on everything, forecast h ─▶ intervals from the backtest residuals (predict)
 //! ```
 //! Intervals are conformal: the chosen model's out-of-sample errors, normalised by
 //! `sqrt(step)`, give the quantile for each level, so their width reflects how the model
@@ -55,6 +55,20 @@ pub fn origins(h: usize) -> usize {
     (48 / h.max(1)).clamp(6, 24)
 }
 
+/// A model chosen by backtest for horizon `h`, with the out-of-sample residuals its
+/// intervals come from. Choosing is the costly part (every candidate fitted at every
+/// origin); a choice can be kept and refitted cheaply (`predict`) until it drifts.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub model: Model,
+    pub h: usize,
+    /// Mean absolute error of the model in the backtest, in the series' units.
+    pub mae: f64,
+    /// The MASE denominator (see `naive_scale`).
+    pub scale: f64,
+    residuals: Vec<Vec<f64>>,
+}
+
 /// Forecasts `h` steps of `y` with intervals at `levels` (percent).
 pub fn forecast(
     y: &[f64],
@@ -62,11 +76,22 @@ pub fn forecast(
     periods: &[usize],
     levels: &[f64],
 ) -> Result<Forecast, ForecastError> {
+    check_levels(levels)?;
+    let selected = select(y, h, periods)?;
+    predict(&selected, y, levels)
+}
+
+fn check_levels(levels: &[f64]) -> Result<(), ForecastError> {
+    match levels.iter().find(|l| !(**l > 0.0 && **l < 100.0)) {
+        Some(&l) => Err(ForecastError::BadLevel(l)),
+        None => Ok(()),
+    }
+}
+
+/// Chooses the model for `h` steps of `y` by rolling-origin backtest.
+pub fn select(y: &[f64], h: usize, periods: &[usize]) -> Result<Selected, ForecastError> {
     if h == 0 {
         return Err(ForecastError::ZeroHorizon);
-    }
-    if let Some(&l) = levels.iter().find(|l| !(**l > 0.0 && **l < 100.0)) {
-        return Err(ForecastError::BadLevel(l));
     }
     // Periods need two full cycles in the shortest backtest training window.
     let back = origins(h) * h;
@@ -91,7 +116,6 @@ pub fn forecast(
             periods: periods.clone(),
         });
     }
-    let scale = naive_scale(y, season);
     let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
     for m in candidates {
         let residuals = backtest(&m, y, h)?;
@@ -101,14 +125,27 @@ pub fn forecast(
         }
     }
     let (model, mae, residuals) = best.expect("at least two candidates");
-    let point = model.fit_predict(y, h)?;
+    Ok(Selected {
+        model,
+        h,
+        mae,
+        scale: naive_scale(y, season),
+        residuals,
+    })
+}
+
+/// Refits the selected model on `y` and forecasts its horizon, with intervals at
+/// `levels` (percent) from the selection's backtest residuals.
+pub fn predict(sel: &Selected, y: &[f64], levels: &[f64]) -> Result<Forecast, ForecastError> {
+    check_levels(levels)?;
+    let point = sel.model.fit_predict(y, sel.h)?;
     let intervals = levels
         .iter()
-        .map(|&l| interval(&point, &residuals, l))
+        .map(|&l| interval(&point, &sel.residuals, l))
         .collect();
     Ok(Forecast {
-        model: model.name(),
-        backtest_mase: mae / scale,
+        model: sel.model.name(),
+        backtest_mase: sel.mae / sel.scale,
         point,
         intervals,
     })
@@ -172,4 +209,4 @@ pub fn naive_scale(y: &[f64], season: usize) -> f64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,7 +1,7 @@
 use super::models::Model;
 use super::*;
 
-fn nasa() -> Vec<f64> {
+pub(crate) fn nasa() -> Vec<f64> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/traces/nasa_5min_14d.csv");
     series::load(&p).unwrap()

@@ -99,6 +99,10 @@ impl utoipa::Modify for BearerAuth {
         qos::get_subject,
         qos::put_subject,
         qos::delete_subject,
+        events::list_events,
+        events::get_event,
+        events::put_event,
+        events::delete_event,
         list_proxies,
         next_services
     ),
@@ -109,6 +113,7 @@ impl utoipa::Modify for BearerAuth {
         Subject,
         QosTier,
         presage_api::RequestRecord,
+        presage_api::DemandEvent,
         presage_api::RouteMatch,
         presage_api::HeaderMatch,
         QosProfile,
@@ -127,6 +132,7 @@ impl utoipa::Modify for BearerAuth {
 )]
 struct ApiDoc;
 
+mod events;
 mod qos;
 
 /// The API's router.
@@ -147,6 +153,13 @@ pub fn router(api: Api) -> Router {
             get(qos::service_qos_statistics),
         )
         .route("/v1/alerts", get(qos::list_alerts))
+        .route("/v1/events", get(events::list_events))
+        .route(
+            "/v1/events/{name}",
+            get(events::get_event)
+                .put(events::put_event)
+                .delete(events::delete_event),
+        )
         .route("/v1/requests/{id}", get(qos::get_request))
         .route("/v1/routes", get(list_routes))
         .route(

@@ -1,0 +1,210 @@
+//! Demand forecasting in a running control plane: real request counts (NASA HTTP, 1995,
+//! one 5-minute count per second) reported over the real telemetry stream, forecasts
+//! published and shaped by the events calendar, and their quality exported as metrics.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use presage_api::telemetry_client::TelemetryClient;
+use presage_api::{LoadReport, Node, ServiceLoad};
+use support::control_plane::ControlPlane;
+use support::*;
+
+/// The trace's counts from `offset`, scaled to requests per second.
+fn nasa(offset: usize, n: usize) -> Vec<u64> {
+    let text = std::fs::read_to_string(fixture("traces/nasa_5min_14d.csv")).unwrap();
+    text.lines()
+        .skip(1 + offset)
+        .take(n)
+        .map(|l| l.split(',').nth(1).unwrap().trim().parse::<u64>().unwrap() / 30)
+        .collect()
+}
+
+/// The forecast's points whose second falls in `[from_ms, to_ms)`, and the others.
+fn split(f: &serde_json::Value, from_ms: i64, to_ms: i64) -> (Vec<f64>, Vec<f64>) {
+    let start = f["start_unix_ms"].as_i64().unwrap();
+    let step = f["step_seconds"].as_i64().unwrap() * 1000;
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for (i, p) in f["points"].as_array().unwrap().iter().enumerate() {
+        let t = start + i as i64 * step;
+        let v = p["requests_per_second"].as_f64().unwrap();
+        if (from_ms..to_ms).contains(&t) {
+            inside.push(v);
+        } else {
+            outside.push(v);
+        }
+    }
+    (inside, outside)
+}
+
+async fn metrics(cp: &ControlPlane) -> String {
+    get(&h1_client(), &format!("http://{}/metrics", cp.api))
+        .await
+        .body
+}
+
+#[tokio::test]
+async fn forecasts_follow_telemetry_and_the_events_calendar() {
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(&cfg, "forecast_interval: 1s\n").unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+
+    // Ten minutes of history, up to now, as a proxy would have reported it.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let counts = nasa(2_000, 600);
+    let reports: Vec<LoadReport> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &requests)| LoadReport {
+            node: (i == 0).then(|| Node {
+                id: "replay".into(),
+                ..Default::default()
+            }),
+            unix_ms: (now_s - 600 + i as i64) * 1000,
+            interval_ms: 1000,
+            services: vec![ServiceLoad {
+                service: "web".into(),
+                requests,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    let mut client = TelemetryClient::connect(cp.url()).await.unwrap();
+    client
+        .report(tokio_stream::iter(reports))
+        .await
+        .expect("the control plane took the reports");
+    let first = wait_until(Duration::from_secs(10), || async {
+        let (s, v) = cp.call(Method::GET, "/v1/services/web/forecast", "").await;
+        (s == StatusCode::OK).then_some(v)
+    })
+    .await
+    .expect("a forecast from the reported history");
+    assert_eq!(first["points"].as_array().unwrap().len(), 60, "{first}");
+
+    // Bad events are refused, naming the field.
+    let start = first["start_unix_ms"].as_i64().unwrap() + 20_000;
+    let (s, v) = cp
+        .call(
+            Method::PUT,
+            "/v1/events/backwards",
+            &format!(
+                r#"{{"service": "web", "start_unix_ms": {start}, "end_unix_ms": {}}}"#,
+                start - 1
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("end_unix_ms")),
+        "{v}"
+    );
+    let (s, v) = cp
+        .call(
+            Method::PUT,
+            "/v1/events/negative",
+            &format!(
+                r#"{{"start_unix_ms": {start}, "end_unix_ms": {}, "multiplier": -1}}"#,
+                start + 1
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("multiplier")),
+        "{v}"
+    );
+
+    // A campaign adding 1,000 requests/s for 10 s, and a maintenance window after it.
+    let (campaign, maintenance) = ((start, start + 10_000), (start + 15_000, start + 20_000));
+    cp.put(
+        "/v1/events/launch",
+        &format!(
+            r#"{{"service": "web", "start_unix_ms": {}, "end_unix_ms": {}, "added_rps": 1000, "description": "product launch"}}"#,
+            campaign.0, campaign.1
+        ),
+    )
+    .await;
+    cp.put(
+        "/v1/events/maintenance",
+        &format!(
+            r#"{{"start_unix_ms": {}, "end_unix_ms": {}, "multiplier": 0}}"#,
+            maintenance.0, maintenance.1
+        ),
+    )
+    .await;
+    let listed = cp.get("/v1/events").await;
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["launch", "maintenance"]);
+
+    let shaped = wait_until(Duration::from_secs(10), || async {
+        let f = cp.get("/v1/services/web/forecast").await;
+        let (inside, _) = split(&f, campaign.0, campaign.1);
+        (!inside.is_empty() && inside.iter().all(|v| *v >= 1000.0)).then_some(f)
+    })
+    .await
+    .expect("the forecast takes the campaign");
+    let (inside, outside) = split(&shaped, campaign.0, campaign.1);
+    assert_eq!(inside.len(), 10, "{shaped}");
+    assert!(outside.iter().all(|v| *v < 1000.0), "{shaped}");
+    let (down, _) = split(&shaped, maintenance.0, maintenance.1);
+    assert!(
+        !down.is_empty() && down.iter().all(|v| *v == 0.0),
+        "{down:?}"
+    );
+
+    // Removed: the next forecasts no longer have it.
+    let (s, _) = cp.call(Method::DELETE, "/v1/events/launch", "").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    wait_until(Duration::from_secs(10), || async {
+        let f = cp.get("/v1/services/web/forecast").await;
+        let (inside, _) = split(&f, campaign.0, campaign.1);
+        inside.iter().all(|v| *v < 1000.0).then_some(())
+    })
+    .await
+    .expect("the campaign is gone from the forecast");
+
+    // The forecasts' quality, as metrics: the model choice, its backtest error, and the
+    // realised error and coverage of what was published.
+    let text = wait_until(Duration::from_secs(10), || async {
+        let m = metrics(&cp).await;
+        m.contains("presage_cp_forecast_abs_error{service=\"web\"}")
+            .then_some(m)
+    })
+    .await
+    .expect("realised forecast error is exported");
+    assert_eq!(
+        metric_sum(
+            &text,
+            "presage_cp_forecast_model_selections_total",
+            &[("service", "web"), ("reason", "first")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric_sum(
+            &text,
+            "presage_cp_forecast_backtest_mase",
+            &[("service", "web")]
+        ) > 0.0
+    );
+    let coverage = metric_sum(
+        &text,
+        "presage_cp_forecast_coverage",
+        &[("service", "web"), ("level", "95")],
+    );
+    assert!((0.0..=1.0).contains(&coverage), "{coverage}");
+}
