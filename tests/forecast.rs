@@ -180,7 +180,11 @@ async fn forecasts_follow_telemetry_and_the_events_calendar() {
     // realised error and coverage of what was published.
     let text = wait_until(Duration::from_secs(10), || async {
         let m = metrics(&cp).await;
-        m.contains("presage_cp_forecast_abs_error{service=\"web\"}")
+        m.lines()
+            .any(|l| {
+                l.starts_with("presage_cp_forecast_abs_error{")
+                    && l.contains("service=\"web\",resolution=\"1s\"")
+            })
             .then_some(m)
     })
     .await
@@ -207,4 +211,96 @@ async fn forecasts_follow_telemetry_and_the_events_calendar() {
         &[("service", "web"), ("level", "95")],
     );
     assert!((0.0..=1.0).contains(&coverage), "{coverage}");
+}
+
+/// The next hour in minutes, from hours of history: real counts (NASA HTTP, 5-minute
+/// buckets spread over their seconds), reported second by second over the telemetry
+/// stream, and forecast at 1-minute resolution once 6 hours of minutes are closed.
+#[tokio::test]
+async fn the_next_hour_is_forecast_in_minutes_from_hours_of_history() {
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(&cfg, "forecast_interval: 1s\n").unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let minutes = 380;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let buckets = nasa(2_000, minutes / 5);
+    let rate = |i: usize| buckets[i / 300] / 10;
+    let reports: Vec<LoadReport> = (0..minutes * 60)
+        .map(|i| LoadReport {
+            node: (i == 0).then(|| Node {
+                id: "replay".into(),
+                ..Default::default()
+            }),
+            unix_ms: (now_s - (minutes * 60) as i64 + i as i64) * 1000,
+            interval_ms: 1000,
+            services: vec![ServiceLoad {
+                service: "web".into(),
+                requests: rate(i),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    let max_rate = (0..minutes * 60).map(rate).max().unwrap() as f64;
+    let mut client = TelemetryClient::connect(cp.url()).await.unwrap();
+    client
+        .report(tokio_stream::iter(reports))
+        .await
+        .expect("the control plane took the reports");
+
+    let (s, v) = cp
+        .call(Method::GET, "/v1/services/web/forecast?resolution=1h", "")
+        .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("resolution"))
+    );
+    let f = wait_until(Duration::from_secs(20), || async {
+        let (s, v) = cp
+            .call(Method::GET, "/v1/services/web/forecast?resolution=1m", "")
+            .await;
+        (s == StatusCode::OK).then_some(v)
+    })
+    .await
+    .expect("an hour-ahead forecast from the minutes");
+    assert_eq!(f["step_seconds"], 60, "{f}");
+    assert_eq!(
+        f["start_unix_ms"].as_i64().unwrap() % 60_000,
+        0,
+        "starts on a minute"
+    );
+    let points = f["points"].as_array().unwrap();
+    assert_eq!(points.len(), 60, "{f}");
+    for p in points {
+        let v = |k: &str| p[k].as_f64().unwrap();
+        assert!(v("lo95") <= v("lo80") && v("lo80") <= v("requests_per_second") + 1e-9);
+        assert!(v("requests_per_second") <= v("hi80") + 1e-9 && v("hi80") <= v("hi95"));
+        assert!(
+            v("requests_per_second") <= 3.0 * max_rate,
+            "{p} vs {max_rate}"
+        );
+    }
+    // The minute-ahead one is there too, and the two are chosen and counted apart.
+    let secs = cp.get("/v1/services/web/forecast").await;
+    assert_eq!(secs["step_seconds"], 1);
+    let text = metrics(&cp).await;
+    for resolution in ["1s", "1m"] {
+        assert_eq!(
+            metric_sum(
+                &text,
+                "presage_cp_forecast_model_selections_total",
+                &[
+                    ("service", "web"),
+                    ("resolution", resolution),
+                    ("reason", "first")
+                ]
+            ),
+            1.0,
+            "{resolution}: {text}"
+        );
+    }
 }

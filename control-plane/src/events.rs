@@ -45,11 +45,18 @@ pub fn apply(f: &mut Forecast, events: &[DemandEvent]) -> bool {
     any
 }
 
-/// Divides the events back out of a per-second request series whose last value is the
-/// second before `end_s`: what the service would have seen without them. Seconds under
-/// a multiplier of 0 (no traffic by design) say nothing of the baseline and take the
+/// Divides the events back out of a request series of `step_s` steps whose last step
+/// ends at `end_s`: what the service would have seen without them (an event is taken
+/// as in effect for a whole step when it is at the step's start). Steps under a
+/// multiplier of 0 (no traffic by design) say nothing of the baseline and take the
 /// value before them.
-pub fn remove_from_history(y: &mut [f64], events: &[DemandEvent], service: &str, end_s: i64) {
+pub fn remove_from_history(
+    y: &mut [f64],
+    events: &[DemandEvent],
+    service: &str,
+    end_s: i64,
+    step_s: i64,
+) {
     let relevant: Vec<DemandEvent> = events
         .iter()
         .filter(|e| e.service.is_empty() || e.service == service)
@@ -59,9 +66,9 @@ pub fn remove_from_history(y: &mut [f64], events: &[DemandEvent], service: &str,
     if relevant.is_empty() {
         return;
     }
-    let first_s = end_s - y.len() as i64;
+    let first_s = end_s - y.len() as i64 * step_s;
     for i in 0..y.len() {
-        let (m, a) = effect(&relevant, service, (first_s + i as i64) * 1000);
+        let (m, a) = effect(&relevant, service, (first_s + i as i64 * step_s) * 1000);
         if (m, a) == (1.0, 0.0) {
             continue;
         }
@@ -151,10 +158,10 @@ mod tests {
             event("web", 103, 105, Some(2.0), 0.0),
             event("web", 107, 108, Some(0.0), 0.0),
         ];
-        remove_from_history(&mut y, &evs, "web", 110);
+        remove_from_history(&mut y, &evs, "web", 110, 1);
         assert_eq!(y, [5.0; 10]);
         let mut other = vec![10.0; 10];
-        remove_from_history(&mut other, &evs, "api", 110);
+        remove_from_history(&mut other, &evs, "api", 110, 1);
         assert_eq!(other, [10.0; 10], "another service's events do not apply");
     }
 }

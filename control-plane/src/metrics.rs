@@ -26,17 +26,21 @@ pub struct ObjectiveLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub service: String,
+    /// The forecast's step: `1s` (the next minute) or `1m` (the next hour).
+    pub resolution: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CoverageLabels {
     pub service: String,
+    pub resolution: &'static str,
     pub level: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SelectionLabels {
     pub service: String,
+    pub resolution: &'static str,
     pub reason: &'static str,
 }
 
@@ -138,12 +142,14 @@ impl Metrics {
             self.forecast_selections
                 .get_or_create(&SelectionLabels {
                     service: service.clone(),
+                    resolution: s.resolution,
                     reason: reason.as_str(),
                 })
                 .inc();
         }
         let labels = ServiceLabels {
             service: service.clone(),
+            resolution: s.resolution,
         };
         self.forecast_backtest_mase
             .get_or_create(&labels)
@@ -156,6 +162,7 @@ impl Metrics {
                 self.forecast_coverage
                     .get_or_create(&CoverageLabels {
                         service: service.clone(),
+                        resolution: s.resolution,
                         level,
                     })
                     .set(v);

@@ -29,11 +29,41 @@ use crate::resources::Resources;
 
 /// Forecast steps: one minute ahead at the history's 1-second resolution.
 pub const HORIZON_SECONDS: usize = 60;
-/// History used: the last 15 minutes (enough for the backtest at a 60-step horizon,
-/// short enough to follow a change in level within minutes).
-const WINDOW_SECONDS: usize = 900;
-/// A repeating pattern of one minute (cron-like jobs, client polling) is looked for.
-const PERIODS: [usize; 1] = [60];
+
+/// One forecast each service gets: its step, history window and known periods.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolution {
+    pub step_s: i64,
+    /// Appended to the service's name for the `Forecast` resource's name.
+    pub suffix: &'static str,
+    /// Steps of history used.
+    window: usize,
+    /// Repeating patterns looked for, in steps.
+    periods: &'static [usize],
+    /// The metrics' `resolution` label.
+    pub label: &'static str,
+}
+
+/// The next minute in 1 s steps from the last 15 minutes (enough for the backtest at a
+/// 60-step horizon, short enough to follow a change in level within minutes); a
+/// one-minute pattern (cron-like jobs, client polling) is looked for.
+pub const SECONDS: Resolution = Resolution {
+    step_s: 1,
+    suffix: "",
+    window: 900,
+    periods: &[60],
+    label: "1s",
+};
+/// The next hour in 1 min steps from the last 3 days; hourly and daily patterns are
+/// looked for (each once the history holds two cycles of it).
+pub const MINUTES: Resolution = Resolution {
+    step_s: 60,
+    suffix: "/1m",
+    window: 3 * 1440,
+    periods: &[60, 1440],
+    label: "1m",
+};
+
 /// The model is chosen again this often even when it still fits (seconds).
 const RESELECT_EVERY_S: i64 = 300;
 /// Realised error of the last ~30 s this many times that of the last ~5 min means the
@@ -50,18 +80,31 @@ const RECENT_WINDOW: f64 = 30.0;
 
 /// The per-second request series of `h` ending at `end_s` (exclusive), zero-filled.
 pub fn request_series(h: &History, end_s: i64) -> Vec<f64> {
-    let start = end_s - WINDOW_SECONDS as i64;
-    let mut y = vec![0.0; WINDOW_SECONDS];
+    series(h, &SECONDS, end_s).0
+}
+
+/// The request series of `h` at `res`, zero-filled, ending at the last step boundary at
+/// or before `end_s` (returned with it): only steps wholly before `end_s` count, the
+/// current minute's seconds are not a minute yet.
+pub fn series(h: &History, res: &Resolution, end_s: i64) -> (Vec<f64>, i64) {
+    let end = end_s - end_s.rem_euclid(res.step_s);
+    let start = end - res.window as i64 * res.step_s;
+    let mut y = vec![0.0; res.window];
     let mut first = None;
-    for p in h.seconds() {
-        if p.unix_s >= start && p.unix_s < end_s {
-            let i = (p.unix_s - start) as usize;
-            y[i] = p.requests as f64;
+    let points: Box<dyn Iterator<Item = &crate::load::Point>> = if res.step_s == 1 {
+        Box::new(h.seconds())
+    } else {
+        Box::new(h.minutes())
+    };
+    for p in points {
+        if p.unix_s >= start && p.unix_s + res.step_s <= end {
+            let i = ((p.unix_s - start) / res.step_s) as usize;
+            y[i] = p.requests as f64 / res.step_s as f64;
             first = Some(first.map_or(i, |f: usize| f.min(i)));
         }
     }
     // Before the service's first report there is no history, not zero traffic.
-    y.split_off(first.unwrap_or(WINDOW_SECONDS))
+    (y.split_off(first.unwrap_or(res.window)), end)
 }
 
 /// The longest horizon the history allows (shorter ones first become possible as
@@ -75,15 +118,16 @@ fn horizon_for(len: usize) -> Option<usize> {
 /// A forecast of `y` (requests per second), whose first step is the second `start_s`;
 /// None while the history is too short.
 pub fn forecast_service(service: &str, y: &[f64], start_s: i64) -> Option<Forecast> {
-    let sel = forecast::select(y, horizon_for(y.len())?, &PERIODS).ok()?;
+    let sel = forecast::select(y, horizon_for(y.len())?, SECONDS.periods).ok()?;
     to_wire(
         service,
         &forecast::predict(&sel, y, &[80.0, 95.0]).ok()?,
         start_s,
+        1,
     )
 }
 
-fn to_wire(service: &str, f: &forecast::Forecast, start_s: i64) -> Option<Forecast> {
+fn to_wire(service: &str, f: &forecast::Forecast, start_s: i64, step_s: i64) -> Option<Forecast> {
     let (lo80, hi80) = (&f.intervals.first()?.1, &f.intervals.first()?.2);
     let (lo95, hi95) = (&f.intervals.get(1)?.1, &f.intervals.get(1)?.2);
     let points = (0..f.point.len())
@@ -99,7 +143,7 @@ fn to_wire(service: &str, f: &forecast::Forecast, start_s: i64) -> Option<Foreca
     Some(Forecast {
         service: service.to_string(),
         start_unix_ms: start_s * 1000,
-        step_seconds: 1,
+        step_seconds: step_s as u32,
         points,
     })
 }
@@ -163,18 +207,20 @@ struct State {
 }
 
 impl State {
-    /// Scores the last forecast's seconds that have closed since the previous call.
-    fn score(&mut self, y: &[f64], end_s: i64) {
+    /// Scores the last forecast's steps that have closed since the previous call.
+    fn score(&mut self, y: &[f64], end_s: i64, step_s: i64) {
         let Some(last) = &self.last else {
             return;
         };
-        let first_s = end_s - y.len() as i64;
+        let first_s = end_s - y.len() as i64 * step_s;
         let start_s = last.start_unix_ms / 1000;
-        for s in self.scored_to_s.max(start_s).max(first_s)..end_s {
-            let Some(p) = last.points.get((s - start_s) as usize) else {
+        let mut t = self.scored_to_s.max(start_s).max(first_s);
+        while t < end_s {
+            let Some(p) = last.points.get(((t - start_s) / step_s) as usize) else {
                 break;
             };
-            self.realised.add(y[(s - first_s) as usize], p);
+            self.realised.add(y[((t - first_s) / step_s) as usize], p);
+            t += step_s;
         }
         self.scored_to_s = self.scored_to_s.max(end_s);
     }
@@ -191,6 +237,8 @@ impl State {
 #[derive(Debug)]
 pub struct Step {
     pub forecast: Forecast,
+    /// The metrics' `resolution` label.
+    pub resolution: &'static str,
     pub reselected: Option<Reason>,
     pub realised: Realised,
     /// The chosen model's backtest MASE.
@@ -205,22 +253,32 @@ pub struct Predictor {
 }
 
 impl Predictor {
-    /// Forecasts `service` from its per-second series `y` (as observed, events and all),
-    /// which ends at `end_s` (exclusive); None while the history is too short.
+    /// Forecasts `service` at `res` from its series `y` (as observed, events and all),
+    /// which ends at `end_s` (exclusive); None while the history is too short, or when
+    /// nothing closed since the last forecast.
     pub fn step(
         &mut self,
+        res: &Resolution,
         service: &str,
         y: &[f64],
         events: &[DemandEvent],
         end_s: i64,
     ) -> Option<Step> {
-        if let Some(st) = self.states.get_mut(service) {
-            st.score(y, end_s);
+        let key = format!("{service}{}", res.suffix);
+        if let Some(st) = self.states.get_mut(&key) {
+            if st
+                .last
+                .as_ref()
+                .is_some_and(|l| l.start_unix_ms == end_s * 1000)
+            {
+                return None;
+            }
+            st.score(y, end_s, res.step_s);
         }
         let mut clean = y.to_vec();
-        events::remove_from_history(&mut clean, events, service, end_s);
+        events::remove_from_history(&mut clean, events, service, end_s, res.step_s);
         let h = horizon_for(clean.len())?;
-        let reason = match self.states.get(service) {
+        let reason = match self.states.get(&key) {
             None => Some(Reason::First),
             Some(s) if s.selected.h != h => Some(Reason::Horizon),
             Some(s) if end_s - s.selected_at_s >= RESELECT_EVERY_S => Some(Reason::Schedule),
@@ -228,17 +286,14 @@ impl Predictor {
             Some(_) => None,
         };
         if let Some(reason) = reason {
-            let selected = forecast::select(&clean, h, &PERIODS).ok()?;
-            let st = self
-                .states
-                .entry(service.to_string())
-                .or_insert_with(|| State {
-                    selected: selected.clone(),
-                    selected_at_s: end_s,
-                    last: None,
-                    scored_to_s: end_s,
-                    realised: Realised::default(),
-                });
+            let selected = forecast::select(&clean, h, res.periods).ok()?;
+            let st = self.states.entry(key.clone()).or_insert_with(|| State {
+                selected: selected.clone(),
+                selected_at_s: end_s,
+                last: None,
+                scored_to_s: end_s,
+                realised: Realised::default(),
+            });
             if reason == Reason::Drift {
                 tracing::info!(service, model = %selected.model.name(), recent_error = st.realised.recent_abs_error, error = st.realised.abs_error, "forecast error drifted: model chosen again");
                 // The new model is judged on its own errors.
@@ -247,13 +302,14 @@ impl Predictor {
             st.selected = selected;
             st.selected_at_s = end_s;
         }
-        let st = self.states.get_mut(service)?;
+        let st = self.states.get_mut(&key)?;
         let f = forecast::predict(&st.selected, &clean, &[80.0, 95.0]).ok()?;
-        let mut wire = to_wire(service, &f, end_s)?;
+        let mut wire = to_wire(service, &f, end_s, res.step_s)?;
         events::apply(&mut wire, events);
         st.last = Some(wire.clone());
         Some(Step {
             forecast: wire,
+            resolution: res.label,
             reselected: reason,
             realised: st.realised,
             backtest_mase: f.backtest_mase,
@@ -263,7 +319,13 @@ impl Predictor {
 
     /// Forgets the services not in `live`.
     pub fn retain(&mut self, live: &HashSet<String>) {
-        self.states.retain(|s, _| live.contains(s));
+        self.states.retain(|key, _| {
+            let service = [SECONDS, MINUTES]
+                .iter()
+                .find_map(|r| key.strip_suffix(r.suffix).filter(|_| !r.suffix.is_empty()))
+                .unwrap_or(key);
+            live.contains(service)
+        });
     }
 }
 
@@ -283,16 +345,17 @@ pub async fn run(
         // The last few seconds are still open for late reports: forecast from the end of
         // the closed ones, or the open seconds would read as zero traffic.
         let end_s = now_s - crate::load::GRACE_SECONDS;
-        let series: Vec<(String, Vec<f64>)> = load
-            .services()
-            .into_iter()
-            .map(|s| {
-                let y = load.with(&s, now_s, |h| {
-                    h.map(|h| request_series(h, end_s)).unwrap_or_default()
+        let mut live = HashSet::new();
+        let mut all: Vec<(Resolution, String, Vec<f64>, i64)> = Vec::new();
+        for s in load.services() {
+            for res in [SECONDS, MINUTES] {
+                let (y, end) = load.with(&s, now_s, |h| {
+                    h.map(|h| series(h, &res, end_s)).unwrap_or_default()
                 });
-                (s, y)
-            })
-            .collect();
+                all.push((res, s.clone(), y, end));
+            }
+            live.insert(s);
+        }
         let events: Vec<DemandEvent> = resources
             .snapshot()
             .get(types::DEMAND_EVENT)
@@ -309,11 +372,10 @@ pub async fn run(
         // Model fitting is CPU work: keep it off the event loop.
         let mut p = predictor.take().unwrap_or_default();
         let (p, steps) = tokio::task::spawn_blocking(move || {
-            let live: HashSet<String> = series.iter().map(|(s, _)| s.clone()).collect();
             p.retain(&live);
-            let steps: Vec<Step> = series
+            let steps: Vec<Step> = all
                 .iter()
-                .filter_map(|(s, y)| p.step(s, y, &events, end_s))
+                .filter_map(|(res, s, y, end)| p.step(res, s, y, &events, *end))
                 .collect();
             (p, steps)
         })
@@ -325,7 +387,13 @@ pub async fn run(
         }
         let forecasts = steps
             .into_iter()
-            .map(|s| Resource::new(s.forecast.service.clone(), Body::Forecast(s.forecast)))
+            .map(|s| {
+                let name = match s.resolution {
+                    r if r == MINUTES.label => format!("{}{}", s.forecast.service, MINUTES.suffix),
+                    _ => s.forecast.service.clone(),
+                };
+                Resource::new(name, Body::Forecast(s.forecast))
+            })
             .collect();
         if let Err(e) = resources.put_many(forecasts).await {
             tracing::error!(error = %e, "storing forecasts failed");
@@ -377,6 +445,27 @@ mod tests {
     }
 
     #[test]
+    fn the_minute_series_holds_whole_minutes_only_as_rates() {
+        let load = Load::default();
+        // 6 requests every second from 12:00:00 to 12:02:30.
+        for t in 0..150 {
+            load.ingest(&presage_api::LoadReport {
+                unix_ms: (43_200 + t) * 1000,
+                services: vec![presage_api::ServiceLoad {
+                    service: "web".into(),
+                    requests: 6,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let now_s = 43_200 + 160;
+        let (y, end) = load.with("web", now_s, |h| series(h.unwrap(), &MINUTES, now_s - 3));
+        assert_eq!(end, 43_200 + 120, "the minute in progress is left out");
+        assert_eq!(y, [6.0, 6.0], "requests per second over each whole minute");
+    }
+
+    #[test]
     fn open_seconds_are_not_read_as_zero_traffic() {
         // Steady 5 rps reported up to now: the series must end at the last closed second.
         let load = Load::default();
@@ -419,12 +508,12 @@ mod tests {
     fn realised_error_and_coverage_are_scored_against_what_happened() {
         let mut p = Predictor::default();
         let mut y = vec![10.0; 600];
-        let first = p.step("web", &y, &[], 1_000).unwrap();
+        let first = p.step(&SECONDS, "web", &y, &[], 1_000).unwrap();
         assert_eq!(first.reselected, Some(Reason::First));
         assert_eq!(first.realised.scored, 0);
         // Five seconds as forecast, then five at twice the rate.
         y.extend([10.0; 5]);
-        let s = p.step("web", &y, &[], 1_005).unwrap();
+        let s = p.step(&SECONDS, "web", &y, &[], 1_005).unwrap();
         assert_eq!(s.reselected, None, "no reason to choose again");
         assert_eq!(
             (
@@ -435,7 +524,7 @@ mod tests {
             (5, 0.0, 1.0)
         );
         y.extend([20.0; 5]);
-        let s = p.step("web", &y, &[], 1_010).unwrap();
+        let s = p.step(&SECONDS, "web", &y, &[], 1_010).unwrap();
         assert_eq!(s.realised.scored, 10);
         assert!(
             (s.realised.abs_error - 5.0).abs() < 1e-9,
@@ -458,7 +547,7 @@ mod tests {
             *v = 20.0;
         }
         let events = [event(940, 1_000, 2.0), event(1_010, 1_020, 3.0)];
-        let s = p.step("web", &y, &events, 1_000).unwrap();
+        let s = p.step(&SECONDS, "web", &y, &events, 1_000).unwrap();
         let rates: Vec<f64> = s
             .forecast
             .points
@@ -474,7 +563,7 @@ mod tests {
             "the coming event: {rates:?}"
         );
         assert!((rates[20] - 10.0).abs() < 1e-6, "{rates:?}");
-        let other = p.step("api", &y, &events, 1_000).unwrap();
+        let other = p.step(&SECONDS, "api", &y, &events, 1_000).unwrap();
         assert!(
             (other.forecast.points[10].requests_per_second - 20.0).abs() < 1.0,
             "events of web do not touch api"
@@ -500,7 +589,7 @@ mod tests {
         let shift_at = 900 + 120;
         let end = |n: usize| start + n as i64;
         assert_eq!(
-            p.step("web", &series(n, shift_at), &[], end(n))
+            p.step(&SECONDS, "web", &series(n, shift_at), &[], end(n))
                 .unwrap()
                 .reselected,
             Some(Reason::First)
@@ -508,7 +597,9 @@ mod tests {
         let mut reasons = Vec::new();
         while n < shift_at + 200 {
             n += 5;
-            let s = p.step("web", &series(n, shift_at), &[], end(n)).unwrap();
+            let s = p
+                .step(&SECONDS, "web", &series(n, shift_at), &[], end(n))
+                .unwrap();
             if let Some(r) = s.reselected {
                 reasons.push((n, r));
             }

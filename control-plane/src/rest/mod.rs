@@ -555,8 +555,21 @@ async fn service_instances(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct LoadQuery {
-    /// `1s` (the last hour) or `1m` (the last week); default `1s`.
+    /// `1s` or `1m`; default `1s`. Load: the last hour or the last week. Forecast: the
+    /// next minute or the next hour.
     resolution: Option<String>,
+}
+
+/// Whether a `resolution` query asks for minutes.
+fn minutes(q: LoadQuery) -> Result<bool, ApiError> {
+    match q.resolution.as_deref() {
+        None | Some("1s") => Ok(false),
+        Some("1m") => Ok(true),
+        Some(other) => Err(ApiError::invalid(vec![FieldError {
+            field: "resolution".into(),
+            message: format!("expected 1s or 1m, found {other:?}"),
+        }])),
+    }
 }
 
 /// A service's load history.
@@ -576,17 +589,7 @@ async fn service_load(
     Path(name): Path<String>,
     q: Result<Query<LoadQuery>, QueryRejection>,
 ) -> Result<Json<LoadView>, ApiError> {
-    let q = query(q)?;
-    let minutes = match q.resolution.as_deref() {
-        None | Some("1s") => false,
-        Some("1m") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(vec![FieldError {
-                field: "resolution".into(),
-                message: format!("expected 1s or 1m, found {other:?}"),
-            }]))
-        }
-    };
+    let minutes = minutes(query(q)?)?;
     let now_s = crate::time::unix_ms() / 1000;
     let view = api.load.with(&name, now_s, |h| LoadView {
         service: name.clone(),
@@ -602,17 +605,26 @@ async fn service_load(
     Ok(Json(view))
 }
 
-#[utoipa::path(get, path = "/v1/services/{name}/forecast",
-    responses((status = 200, body = presage_api::Forecast), (status = 404, body = ApiError)))]
+#[utoipa::path(get, path = "/v1/services/{name}/forecast", params(LoadQuery),
+    responses((status = 200, body = presage_api::Forecast), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn service_forecast(
     State(api): State<Api>,
     Path(name): Path<String>,
+    q: Result<Query<LoadQuery>, QueryRejection>,
 ) -> Result<Json<presage_api::Forecast>, ApiError> {
-    item(&api, types::FORECAST, &name, forecast)
+    let (key, needs) = if minutes(query(q)?)? {
+        (
+            format!("{name}{}", crate::predict::MINUTES.suffix),
+            "half an hour to six hours",
+        )
+    } else {
+        (name.clone(), "about half a minute")
+    };
+    item(&api, types::FORECAST, &key, forecast)
         .map(Json)
         .ok_or_else(|| {
             ApiError::not_found(format!(
-                "no forecast for {name:?} yet (it needs about half a minute of telemetry)"
+                "no forecast for {name:?} at this resolution yet (it needs {needs} of telemetry)"
             ))
         })
 }
