@@ -1,6 +1,7 @@
-//! Demand forecasting in a running control plane: real request counts (NASA HTTP, 1995,
-//! one 5-minute count per second) reported over the real telemetry stream, forecasts
-//! published and shaped by the events calendar, and their quality exported as metrics.
+//! Prediction in a running control plane: real request counts (NASA HTTP, 1995) and real
+//! per-user call sequences (Alibaba) reported over the real telemetry stream; forecasts
+//! published and shaped by the events calendar, their quality exported as metrics; the
+//! behaviour profiler's predictions and expected arrivals, kept across a restart.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use presage_api::telemetry_client::TelemetryClient;
-use presage_api::{LoadReport, Node, ServiceLoad};
+use presage_api::{LoadReport, Node, ServiceLoad, Transition};
 use support::control_plane::ControlPlane;
 use support::*;
 
@@ -303,4 +304,87 @@ async fn the_next_hour_is_forecast_in_minutes_from_hours_of_history() {
             "{resolution}: {text}"
         );
     }
+}
+
+/// The Alibaba per-user trace's first `n` calls, moved to end just before `now_s`.
+fn alibaba(n: usize, now_s: i64) -> Vec<Transition> {
+    let text = std::fs::read_to_string(fixture("traces/alibaba_sessions.csv")).unwrap();
+    let rows: Vec<(i64, String, String)> = text
+        .lines()
+        .skip(1)
+        .take(n)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            // `YYYY-MM-DD HH:MM:SS`: seconds since midnight and the day are enough here.
+            let (date, time) = f[0].split_once(' ').unwrap();
+            let day: i64 = date[8..10].parse().unwrap();
+            let hms: Vec<i64> = time.split(':').map(|x| x.parse().unwrap()).collect();
+            let t = day * 86_400 + hms[0] * 3_600 + hms[1] * 60 + hms[2];
+            (t, f[1].to_string(), f[2].to_string())
+        })
+        .collect();
+    let shift = now_s - 5 - rows.last().unwrap().0;
+    rows.into_iter()
+        .map(|(t, user, service)| Transition {
+            user,
+            previous_service: String::new(),
+            next_service: service,
+            unix_ms: (t + shift) * 1000,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn behaviour_predictions_and_arrivals_survive_a_restart() {
+    let dir = TempDir::new();
+    let store = dir.0.join("cp.redb");
+    let cp = ControlPlane::start(&store, None, None).await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let calls = alibaba(3_000, now_s);
+    let last_user = calls.last().unwrap().user.clone();
+    let report = LoadReport {
+        node: Some(Node {
+            id: "replay".into(),
+            ..Default::default()
+        }),
+        unix_ms: now_s * 1000,
+        transitions: calls,
+        ..Default::default()
+    };
+    let mut client = TelemetryClient::connect(cp.url()).await.unwrap();
+    client
+        .report(tokio_stream::iter([report]))
+        .await
+        .expect("the control plane took the report");
+
+    let next = cp.get(&format!("/v1/users/{last_user}/next?k=3")).await;
+    assert!(!next.as_array().unwrap().is_empty(), "{next}");
+    let arrivals = cp.get("/v1/arrivals?window=10m").await;
+    assert!(arrivals["active_users"].as_u64().unwrap() > 0, "{arrivals}");
+    let expected: f64 = arrivals["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["expected"].as_f64().unwrap())
+        .sum();
+    assert!(expected > 0.0, "{arrivals}");
+    let (s, v) = cp.call(Method::GET, "/v1/arrivals?window=2h", "").await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("window")),
+        "{v}"
+    );
+
+    // A clean stop saves the profiler; the next start predicts as before.
+    cp.stop().await;
+    let cp = ControlPlane::start(&store, None, None).await;
+    assert_eq!(
+        cp.get(&format!("/v1/users/{last_user}/next?k=3")).await,
+        next
+    );
+    let again = cp.get("/v1/arrivals?window=10m").await;
+    assert_eq!(again["active_users"], arrivals["active_users"], "{again}");
 }

@@ -98,6 +98,11 @@ async fn seed(resources: &Resources, cfg: &Config) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The behaviour profiler's key in the store's `models` table.
+const PROFILER_KEY: &str = "behaviour";
+/// The profiler is saved every this many load snapshots (and at shutdown).
+const PROFILER_EVERY_SNAPSHOTS: u64 = 10;
+
 /// Runs until `shutdown` completes; `on_bound` is told the addresses once listening.
 pub async fn run(
     cfg: Config,
@@ -122,7 +127,15 @@ pub async fn run(
     let proxies = Arc::new(Proxies::default());
     let metrics = Arc::new(Metrics::default());
     let registry = metrics.registry(proxies.clone());
-    let profiler = Arc::new(Mutex::new(Profiler::new(ProfilerConfig::default())));
+    let s = store.clone();
+    let profiler = match blocking(move || s.model(PROFILER_KEY)).await? {
+        None => Profiler::new(ProfilerConfig::default()),
+        Some(bytes) => Profiler::decode(ProfilerConfig::default(), &bytes).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the behaviour profiler in the store could not be read; starting it afresh");
+            Profiler::new(ProfilerConfig::default())
+        }),
+    };
+    let profiler = Arc::new(Mutex::new(profiler));
 
     let grpc = bind(cfg.grpc).await?;
     let api_listener = bind(cfg.api).await?;
@@ -199,7 +212,7 @@ pub async fn run(
         resources,
         proxies,
         load: load.clone(),
-        profiler,
+        profiler: profiler.clone(),
         metrics: Arc::new(registry),
         ejections,
     };
@@ -237,11 +250,12 @@ pub async fn run(
 
     let saver = {
         let (load, store, mut rx) = (load.clone(), store.clone(), stop_rx.clone());
+        let profiler = profiler.clone();
         let every = cfg.snapshot_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
-            loop {
+            for n in 1u64.. {
                 let last = tokio::select! {
                     _ = tick.tick() => false,
                     _ = rx.wait_for(|s| *s) => true,
@@ -250,6 +264,19 @@ pub async fn run(
                 let s = store.clone();
                 if let Err(e) = blocking(move || s.put_series(&items)).await {
                     tracing::error!(error = %e, "saving load histories failed");
+                }
+                // The profiler can hold a million users: saved less often, and always last.
+                if last || n % PROFILER_EVERY_SNAPSHOTS == 0 {
+                    let p = profiler.clone();
+                    let s = store.clone();
+                    let saved = blocking(move || {
+                        let bytes = p.lock().expect("profiler lock poisoned").encode();
+                        s.put_model(PROFILER_KEY, &bytes)
+                    })
+                    .await;
+                    if let Err(e) = saved {
+                        tracing::error!(error = %e, "saving the behaviour profiler failed");
+                    }
                 }
                 if last {
                     return;

@@ -8,6 +8,7 @@
 //! Tables:
 //! - `resources`: `"{type_url}/{name}"` -> encoded `Resource` (clusters, routes, QoS profiles, ...)
 //! - `series`: service name -> encoded load history (see `load::History::encode`)
+//! - `models`: model name -> encoded model state (`behaviour`: the behaviour profiler)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use presage_api::Resource;
 
 const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resources");
 const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
+const MODELS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("models");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,6 +68,7 @@ impl Store {
             let tx = db.begin_write()?;
             tx.open_table(RESOURCES)?;
             tx.open_table(SERIES)?;
+            tx.open_table(MODELS)?;
             tx.commit()?;
             Ok(db)
         };
@@ -141,6 +144,25 @@ impl Store {
         }
         tx.commit().map_err(redb::Error::from)?;
         Ok(())
+    }
+
+    /// Saves one model's state, replacing the previous one.
+    pub fn put_model(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut t = tx.open_table(MODELS).map_err(redb::Error::from)?;
+            t.insert(name, bytes).map_err(redb::Error::from)?;
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// One model's saved state, if any.
+    pub fn model(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(MODELS).map_err(redb::Error::from)?;
+        let v = t.get(name).map_err(redb::Error::from)?;
+        Ok(v.map(|v| v.value().to_vec()))
     }
 
     /// Every saved load history.

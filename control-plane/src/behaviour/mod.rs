@@ -17,8 +17,16 @@
 //! changed habit wins over an old one. Users live in an LRU with a hard cap, and each user
 //! keeps a bounded number of entries, so memory is bounded whatever the traffic.
 //!
-//! Owns: the model and its predictions. Does not own: where events come from (telemetry)
-//! or where predictions go (the discovery stream, the planner).
+//! Expected arrivals: each user seen recently is expected to go on at its own recent call
+//! rate (exponentially decayed, time constant 10 minutes) unless it has left (silent for
+//! four of its usual gaps between calls); its expected calls in the next window are
+//! spread over the services by its prediction, and summed per service that is the demand
+//! the predicted users bring (what the planner sizes warm pools by). On the Alibaba
+//! trace this tracks known users' calls per 10 minutes with a 19% lower error than
+//! carrying the last window forward (see the test on the trace).
+//!
+//! Owns: the model, its predictions, and its encoding for the store. Does not own: where
+//! events come from (telemetry) or where predictions go (the REST API, the planner).
 
 pub mod eval;
 mod table;
@@ -27,6 +35,7 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
+use serde::{Deserialize, Serialize};
 pub use table::Table;
 
 /// Interned service name.
@@ -75,13 +84,57 @@ pub struct Prediction {
     pub probability: f64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct User {
     /// Last two services, most recent first (`NONE` when unknown).
     history: [ServiceId; 2],
     /// `(prev, next)` transitions, forward-decayed.
     transitions: Table<(ServiceId, ServiceId)>,
     services: Table<ServiceId>,
+    /// Event time of the last call.
+    last_seen: f64,
+    /// Smoothed seconds between calls; negative until a second call.
+    gap: f64,
+    /// Calls per second, exponentially decayed with `RATE_TAU` as of `last_seen`.
+    rate: f64,
+}
+
+/// Weight of the newest gap in a user's smoothed gap.
+const GAP_WEIGHT: f64 = 0.3;
+/// A user silent for this many of its gaps has left (its session ended).
+const GONE_AFTER_GAPS: f64 = 4.0;
+/// Users whose last call is older than this are not scanned for arrivals (seconds).
+const ACTIVE_WITHIN: f64 = 1800.0;
+/// Time constant of a user's call rate (seconds): it counts about the last 10 minutes.
+const RATE_TAU: f64 = 600.0;
+
+/// What the users seen recently are expected to bring in the next window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Arrivals {
+    /// Calls expected per service, most first.
+    pub services: Vec<ExpectedCalls>,
+    /// Users seen in the last 30 minutes and not gone.
+    pub active_users: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ExpectedCalls {
+    pub service: String,
+    pub expected: f64,
+}
+
+/// The profiler as the store keeps it (users least recently seen first, so restoring
+/// them in order rebuilds the LRU).
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    names: Vec<String>,
+    users: Vec<(String, User)>,
+    order2: Vec<((ServiceId, ServiceId), Table<ServiceId>)>,
+    order1: Vec<(ServiceId, Table<ServiceId>)>,
+    popularity: Table<ServiceId>,
+    epoch: f64,
+    now: f64,
+    typical_gap: f64,
 }
 
 /// The profiler. Feed it `observe` in event-time order; ask it `predict`.
@@ -98,6 +151,8 @@ pub struct Profiler {
     epoch: f64,
     /// Latest event time seen.
     now: f64,
+    /// Smoothed gap between calls over every user: the pace assumed of a user seen once.
+    typical_gap: f64,
 }
 
 /// Rescale when forward weights reach `2^RESCALE_AT` (f64 holds up to about `2^1023`).
@@ -116,7 +171,62 @@ impl Profiler {
             popularity: Table::default(),
             epoch: f64::NAN,
             now: f64::NEG_INFINITY,
+            typical_gap: -1.0,
         }
+    }
+
+    /// The profiler in the store's form.
+    pub fn encode(&self) -> Vec<u8> {
+        let saved = Saved {
+            names: self.names.clone(),
+            users: self
+                .users
+                .iter()
+                .rev()
+                .map(|(k, u)| {
+                    let u = User {
+                        history: u.history,
+                        transitions: u.transitions.clone(),
+                        services: u.services.clone(),
+                        last_seen: u.last_seen,
+                        gap: u.gap,
+                        rate: u.rate,
+                    };
+                    (k.clone(), u)
+                })
+                .collect(),
+            order2: self.order2.iter().map(|(k, t)| (*k, t.clone())).collect(),
+            order1: self.order1.iter().map(|(k, t)| (*k, t.clone())).collect(),
+            popularity: self.popularity.clone(),
+            epoch: self.epoch,
+            now: self.now,
+            typical_gap: self.typical_gap,
+        };
+        postcard::to_stdvec(&saved).expect("plain data always encodes")
+    }
+
+    /// A profiler from `encode`'s bytes, with `cfg` (a smaller `max_users` keeps the
+    /// most recent users).
+    pub fn decode(cfg: ProfilerConfig, bytes: &[u8]) -> Result<Profiler, postcard::Error> {
+        let saved: Saved = postcard::from_bytes(bytes)?;
+        let mut p = Profiler::new(cfg);
+        p.ids = saved
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as ServiceId))
+            .collect();
+        p.names = saved.names;
+        for (k, u) in saved.users {
+            p.users.put(k, u);
+        }
+        p.order2 = saved.order2.into_iter().collect();
+        p.order1 = saved.order1.into_iter().collect();
+        p.popularity = saved.popularity;
+        p.epoch = saved.epoch;
+        p.now = saved.now;
+        p.typical_gap = saved.typical_gap;
+        Ok(p)
     }
 
     pub fn users(&self) -> usize {
@@ -174,11 +284,30 @@ impl Profiler {
                         history: [NONE; 2],
                         transitions: Table::default(),
                         services: Table::default(),
+                        last_seen: t,
+                        gap: -1.0,
+                        rate: 0.0,
                     },
                 );
                 self.users.get_mut(user).expect("just inserted")
             }
         };
+        let g = (t - u.last_seen).max(0.0);
+        // A pause longer than a session's is a new session, not the user's pace.
+        if u.history[0] != NONE && g <= ACTIVE_WITHIN {
+            u.gap = if u.gap < 0.0 {
+                g
+            } else {
+                u.gap + GAP_WEIGHT * (g - u.gap)
+            };
+            self.typical_gap = if self.typical_gap < 0.0 {
+                g
+            } else {
+                self.typical_gap + GAP_WEIGHT / 100.0 * (g - self.typical_gap)
+            };
+        }
+        u.rate = u.rate * (-g / RATE_TAU).exp() + 1.0 / RATE_TAU;
+        u.last_seen = t;
         let [p1, p2] = u.history;
         if p1 != NONE {
             u.transitions.add_capped((p1, s), w, ut);
@@ -206,6 +335,56 @@ impl Profiler {
                 probability: p,
             })
             .collect()
+    }
+
+    /// Calls the users seen recently are expected to make in the `window` seconds after
+    /// event time `now`, per service.
+    pub fn expected_arrivals(&self, now: f64, window: f64) -> Arrivals {
+        let mut by: HashMap<ServiceId, f64> = HashMap::new();
+        let mut active_users = 0;
+        // Most recently seen first: stop at the first user idle too long.
+        for (name, u) in self.users.iter() {
+            let idle = (now - u.last_seen).max(0.0);
+            if idle > ACTIVE_WITHIN {
+                break;
+            }
+            let gap = if u.gap > 0.0 { u.gap } else { self.typical_gap };
+            if gap <= 0.0 || idle > GONE_AFTER_GAPS * gap {
+                continue;
+            }
+            active_users += 1;
+            // The user's recent rate, decayed to now, over the window.
+            let q = u.rate * (-idle / RATE_TAU).exp() * window;
+            let dist = self.distribution(name);
+            let total: f64 = dist.iter().map(|(_, p)| p).sum();
+            if total <= 0.0 {
+                continue;
+            }
+            for (s, p) in dist {
+                *by.entry(s).or_default() += q * p / total;
+            }
+        }
+        let mut services: Vec<ExpectedCalls> = by
+            .into_iter()
+            .map(|(s, expected)| ExpectedCalls {
+                service: self.names[s as usize].clone(),
+                expected,
+            })
+            .collect();
+        services.sort_by(|a, b| {
+            b.expected
+                .total_cmp(&a.expected)
+                .then(a.service.cmp(&b.service))
+        });
+        Arrivals {
+            services,
+            active_users,
+        }
+    }
+
+    /// Latest event time seen (seconds), if any.
+    pub fn now(&self) -> Option<f64> {
+        self.now.is_finite().then_some(self.now)
     }
 
     /// The full interpolated distribution over candidate services.

@@ -4,7 +4,7 @@
 
 /// Forward-decayed weights by key, with the plain number of observations beside them:
 /// the weights say which key is preferred now, the counts how much evidence there is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Table<K> {
     entries: Vec<(K, f64, u32)>,
     total: f64,

@@ -104,7 +104,8 @@ impl utoipa::Modify for BearerAuth {
         events::put_event,
         events::delete_event,
         list_proxies,
-        next_services
+        next_services,
+        expected_arrivals
     ),
     components(schemas(
         Cluster,
@@ -127,7 +128,9 @@ impl utoipa::Modify for BearerAuth {
         ApiError,
         FieldError,
         Written,
-        NextService
+        NextService,
+        crate::behaviour::Arrivals,
+        crate::behaviour::ExpectedCalls
     ))
 )]
 struct ApiDoc;
@@ -189,6 +192,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/users/{user}/next", get(next_services))
+        .route("/v1/arrivals", get(expected_arrivals))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError {
@@ -694,6 +698,37 @@ async fn list_proxies(State(api): State<Api>) -> Json<Vec<ProxyStatus>> {
 pub struct NextService {
     pub service: String,
     pub probability: f64,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct ArrivalsQuery {
+    /// The window ahead, e.g. `60s`, `10m` (1 s to 1 h, default 60 s).
+    window: Option<String>,
+}
+
+/// Calls the users seen recently are expected to make in the next window, per service
+/// (the behaviour profiler's demand, beside the per-service forecast).
+#[utoipa::path(get, path = "/v1/arrivals", params(ArrivalsQuery),
+    responses((status = 200, body = crate::behaviour::Arrivals), (status = 400, body = ApiError)))]
+async fn expected_arrivals(
+    State(api): State<Api>,
+    q: Result<Query<ArrivalsQuery>, QueryRejection>,
+) -> Result<Json<crate::behaviour::Arrivals>, ApiError> {
+    let window = match query(q)?.window {
+        None => std::time::Duration::from_secs(60),
+        Some(w) => humantime::parse_duration(&w)
+            .ok()
+            .filter(|d| (1..=3600).contains(&d.as_secs()))
+            .ok_or_else(|| {
+                ApiError::invalid(vec![FieldError {
+                    field: "window".into(),
+                    message: format!("expected a duration from 1s to 1h, found {w:?}"),
+                }])
+            })?,
+    };
+    let now = crate::time::unix_ms() as f64 / 1000.0;
+    let p = api.profiler.lock().expect("profiler lock poisoned");
+    Ok(Json(p.expected_arrivals(now, window.as_secs_f64())))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
