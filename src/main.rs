@@ -87,7 +87,7 @@ struct ForecastArgs {
     #[arg(long)]
     horizon: usize,
     /// A known seasonal period in buckets (e.g. 288 for a day of 5-minute buckets); repeat
-    /// for several.
+    /// for several. Without one, periods are detected from the series' periodogram.
     #[arg(long = "season")]
     seasons: Vec<usize>,
     /// Interval levels in percent, comma-separated.
@@ -165,7 +165,14 @@ fn forecast(a: ForecastArgs) -> ExitCode {
     let result = forecast::series::load(&a.input)
         .map_err(|e| e.to_string())
         .and_then(|y| {
-            forecast::forecast(&y, a.horizon, &a.seasons, &a.interval).map_err(|e| e.to_string())
+            let seasons = if a.seasons.is_empty() {
+                let found = forecast::detect_periods(&y);
+                eprintln!("no --season given; detected periods: {found:?}");
+                found
+            } else {
+                a.seasons.clone()
+            };
+            forecast::forecast(&y, a.horizon, &seasons, &a.interval).map_err(|e| e.to_string())
         });
     let f = match result {
         Ok(f) => f,

@@ -255,6 +255,27 @@ fn forecast_prints_points_and_intervals_and_rejects_bad_input() {
         );
     }
 
+    // Without --season, the daily cycle is found in the series.
+    let (code, out, err) = run(&[
+        "forecast",
+        "--input",
+        trace.to_str().unwrap(),
+        "--horizon",
+        "6",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let found = err
+        .lines()
+        .find_map(|l| l.strip_prefix("no --season given; detected periods: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let day = found
+        .trim_matches(['[', ']'])
+        .split(", ")
+        .filter_map(|p| p.parse::<f64>().ok())
+        .any(|p| (p / 288.0 - 1.0).abs() < 0.05);
+    assert!(day, "{found}");
+    assert_eq!(out.lines().count(), 7);
+
     let dir = TempDir::new();
     let bad = dir.0.join("bad.csv");
     std::fs::write(&bad, "timestamp,value\n1,5\n3,6\n2,7\n").unwrap();

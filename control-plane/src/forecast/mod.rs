@@ -48,6 +48,62 @@ pub struct Forecast {
     pub intervals: Vec<(f64, Vec<f64>, Vec<f64>)>,
 }
 
+/// Seasonal periods found in `y`, strongest first, at most two: the fallback when no
+/// period is known (known periods are better: a periodogram needs three cycles and sees
+/// periods up to 512 steps). Peaks of augurs' Welch periodogram are coarse (its periods
+/// are the FFT size over an integer: 341, 256, 205, ...), so each is refined to the lag
+/// with the highest autocorrelation between its neighbouring periods (288 for a day of
+/// 5-minute buckets, which the periodogram sees as 256 or 341).
+pub fn detect_periods(y: &[f64]) -> Vec<usize> {
+    use augurs::seasons::PeriodogramDetector;
+    if y.len() < 16 || y.iter().any(|v| !v.is_finite()) {
+        return Vec::new();
+    }
+    let peaks: Vec<_> = PeriodogramDetector::default()
+        .periodogram(y)
+        .peaks(0.9)
+        .collect();
+    let mut found: Vec<usize> = Vec::new();
+    // Strongest last in augurs' order.
+    for p in peaks.iter().rev() {
+        let neighbours = [p.prev_period, p.next_period, p.period];
+        let lo = neighbours
+            .iter()
+            .copied()
+            .filter(|&x| x > 0)
+            .min()
+            .unwrap_or(p.period);
+        let hi = neighbours.iter().copied().max().unwrap_or(p.period);
+        let best = (lo.max(2) as usize..=(hi as usize).min(y.len() / 2))
+            .max_by(|&a, &b| autocorrelation(y, a).total_cmp(&autocorrelation(y, b)))
+            .unwrap_or(p.period as usize);
+        if !found.contains(&best) {
+            found.push(best);
+        }
+        if found.len() == 2 {
+            break;
+        }
+    }
+    found
+}
+
+/// Sample autocorrelation of `y` at `lag`.
+fn autocorrelation(y: &[f64], lag: usize) -> f64 {
+    let n = y.len();
+    if lag >= n {
+        return 0.0;
+    }
+    let mean = y.iter().sum::<f64>() / n as f64;
+    let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
+    if var <= 0.0 {
+        return 0.0;
+    }
+    let cov: f64 = (0..n - lag)
+        .map(|i| (y[i] - mean) * (y[i + lag] - mean))
+        .sum();
+    cov / var
+}
+
 /// Backtest origins for horizon `h`: at least 48 residuals where that is cheap (short
 /// horizons, where 6 one-step errors would pick the model by chance), at least 6 origins
 /// always, at most 24 fits per model.

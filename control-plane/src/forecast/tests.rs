@@ -110,3 +110,16 @@ fn bad_csv_names_the_line() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_daily_cycle_of_real_traffic_is_detected_when_not_given() {
+    let y = nasa();
+    let periods = detect_periods(&y);
+    assert!(
+        periods
+            .iter()
+            .any(|&p| (p as f64 / DAY as f64 - 1.0).abs() < 0.05),
+        "a day is 288 five-minute buckets: {periods:?}"
+    );
+    assert!(detect_periods(&[1.0; 8]).is_empty(), "too short to say");
+}
