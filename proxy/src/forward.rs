@@ -44,6 +44,8 @@ use crate::upstream::{Cluster, Endpoint, Outcome};
 pub struct Conn {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// Where a connection redirected to a transparent listener was headed.
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// hyper's entry point for every downstream request.
@@ -69,6 +71,18 @@ pub async fn handle(
             headers: req.headers(),
         })
     };
+    // Redirected traffic no route claims goes where the client sent it.
+    if let (None, Some(dst)) = (route, conn.original_dst) {
+        let mut res = crate::transparent::http(&shared, req, dst)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, %dst, "passthrough failed");
+                e.into_response()
+            });
+        res.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        return Ok(res);
+    }
     let decision = route.map(|r| {
         rt.qos.resolve(
             req.headers(),

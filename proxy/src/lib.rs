@@ -39,6 +39,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod transparent;
 pub mod upstream;
 pub mod xds;
 

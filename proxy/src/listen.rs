@@ -4,6 +4,8 @@
 //!
 //! The TLS config is read from the live runtime at each accept, so a reload with new
 //! certificates applies to new connections while old ones finish on the old certificate.
+//! A transparent listener's connections carry their original destination, and those
+//! that are not HTTP are passed through as TCP (see `transparent`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,20 +50,26 @@ pub async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let tls = shared
+        let (tls, transparent) = shared
             .live
             .load()
             .config
             .listeners
             .iter()
             .find(|l| l.name == name)
-            .and_then(|l| l.tls.clone());
+            .map_or((None, false), |l| (l.tls.clone(), l.transparent));
+        let original_dst = if transparent {
+            crate::transparent::original_dst(&stream)
+        } else {
+            None
+        };
         tokio::spawn(serve(
             shared.clone(),
             stream,
             Conn {
                 peer,
                 tls: tls.is_some(),
+                original_dst,
             },
             tls,
             watcher(),
@@ -97,6 +105,12 @@ async fn serve(
     shared.metrics.connections.inc();
     shared.metrics.active_connections.inc();
     let _guard = ConnGuard(shared.clone());
+    if let Some(dst) = conn.original_dst {
+        if !crate::transparent::looks_like_http(&stream).await {
+            crate::transparent::tcp(&shared, stream, dst).await;
+            return;
+        }
+    }
     let limits = shared.live.load().config.limits;
     let b = builder(&limits);
     let svc_shared = shared.clone();

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub retries: Family<ClusterLabels, Counter>,
     pub hedges: Family<ClusterLabels, Counter>,
+    /// Redirected connections passed through as TCP, and requests that matched no route
+    /// passed to their original destination (transparent listeners).
+    pub passthrough_connections: Counter,
+    pub passthrough_requests: Counter,
     pub ejections: Family<ClusterLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
@@ -118,6 +122,8 @@ impl Metrics {
             requests: Family::default(),
             retries: Family::default(),
             hedges: Family::default(),
+            passthrough_connections: Counter::default(),
+            passthrough_requests: Counter::default(),
             ejections: Family::default(),
             upstream_errors: Family::default(),
             reloads: Family::default(),
@@ -159,6 +165,16 @@ impl Metrics {
             "retries",
             "Retries sent to upstream clusters",
             self.retries.clone(),
+        );
+        r.register(
+            "passthrough_connections",
+            "Redirected non-HTTP connections spliced to their original destination",
+            self.passthrough_connections.clone(),
+        );
+        r.register(
+            "passthrough_requests",
+            "Redirected HTTP requests that matched no route, sent to their original destination",
+            self.passthrough_requests.clone(),
         );
         r.register(
             "hedges",

@@ -174,6 +174,9 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Loaded from PEM files at build time; rebuilt (and so re-read) on every reload.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections arrive redirected by iptables; their original destination is where
+    /// unrouted traffic goes (see `transparent`).
+    pub transparent: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -626,10 +629,23 @@ impl Builder<'_> {
                     }
                 }
             });
+            let transparent = l.transparent.as_ref().is_some_and(|t| t.value);
+            if transparent && l.tls.is_some() {
+                let at = l
+                    .transparent
+                    .as_ref()
+                    .map_or(Location::UNKNOWN, |t| t.referenced);
+                self.err(
+                    at,
+                    format!("listeners[{i}].transparent"),
+                    "a transparent listener takes the pod's own plain traffic; it cannot terminate TLS",
+                );
+            }
             out.push(Listener {
                 name,
                 address: l.address,
                 tls,
+                transparent,
             });
         }
         out

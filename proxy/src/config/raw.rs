@@ -115,6 +115,8 @@ pub struct RawListener {
     pub name: Option<String>,
     pub address: SocketAddr,
     pub tls: Option<RawServerTls>,
+    /// Takes connections redirected by iptables (sidecar outbound capture).
+    pub transparent: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

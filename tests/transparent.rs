@@ -1,0 +1,249 @@
+//! Transparent interception, end to end inside a network namespace the test creates
+//! (`ip netns`, `iptables` from Debian; needs root, as CI runs). An unmodified client
+//! (curl, a raw TCP client) running as another user has its outbound TCP redirected by an
+//! iptables REDIRECT rule to the proxy's transparent listener, as a sidecar's init step
+//! would set up: HTTP is routed by Host to mesh services or passed to where it was
+//! headed, and other protocols are spliced through as TCP.
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{TempDir, BIN};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A network namespace with its loopback up, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "presage-t{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add (the test needs root)");
+        let ns = Netns(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).args(args);
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// Runs to completion; panics on failure.
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a long-running process and returns it with the first stdout line that
+    /// `ready` accepts (and everything before it).
+    async fn spawn(&self, args: &[&str], ready: impl Fn(&str) -> bool) -> (Child, Vec<String>) {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(l) = lines.next_line().await.unwrap() {
+                let done = ready(&l);
+                seen.push(l);
+                if done {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "{args:?} did not start: {seen:?}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (child, seen)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The address a sample service printed (`sample-service NAME on ADDR`).
+async fn sample(ns: &Netns, name: &str) -> (Child, String) {
+    let (child, lines) = ns
+        .spawn(
+            &[
+                BIN,
+                "sample-service",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+            ],
+            |l| l.starts_with("sample-service "),
+        )
+        .await;
+    let addr = lines
+        .last()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    (child, addr)
+}
+
+/// A TCP echo server (not HTTP: it speaks whatever it is sent back).
+const ECHO: &str = "
+import socket, threading
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+print('echo on 127.0.0.1:%d' % s.getsockname()[1], flush=True)
+def serve(c):
+    while True:
+        d = c.recv(4096)
+        if not d: break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+";
+
+/// Connects to the echo server, sends binary bytes, prints what came back.
+const ECHO_CLIENT: &str = "
+import socket, sys
+host, port = sys.argv[1].rsplit(':', 1)
+c = socket.create_connection((host, int(port)))
+c.sendall(b'\\x00\\x01binary')
+print(c.recv(64).hex(), flush=True)
+";
+
+#[tokio::test]
+async fn redirected_traffic_is_routed_by_host_passed_through_or_spliced() {
+    let ns = Netns::new();
+    let (_orders, orders) = sample(&ns, "orders").await;
+    let (_billing, billing) = sample(&ns, "billing").await;
+    let (_echo, echo_lines) = ns
+        .spawn(&["python3", "-c", ECHO], |l| l.starts_with("echo on "))
+        .await;
+    let echo = echo_lines
+        .last()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let dir = TempDir::new();
+    let cfg = dir.0.join("sidecar.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listeners:
+  - {{name: outbound, address: \"127.0.0.1:15001\", transparent: true}}
+admin: {{address: \"127.0.0.1:15000\"}}
+routes:
+  - {{name: billing, match: {{host: billing.mesh}}, cluster: billing}}
+clusters:
+  - {{name: billing, endpoints: [{{address: \"{billing}\"}}]}}
+"
+        ),
+    )
+    .unwrap();
+    let (_proxy, _) = ns
+        .spawn(&[BIN, "proxy", "--config", cfg.to_str().unwrap()], |l| {
+            l == "presage: ready"
+        })
+        .await;
+    // The init step: every TCP connection of the application's user (nobody) goes to
+    // the proxy; the proxy's own (root's) do not.
+    ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "owner",
+        "--uid-owner",
+        "65534",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ]);
+    let as_app = |args: &[&str]| {
+        let mut all = vec!["runuser", "-u", "nobody", "--"];
+        all.extend_from_slice(args);
+        ns.run(&all)
+    };
+    let json = |s: String| -> serde_json::Value {
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s}"))
+    };
+
+    // HTTP to an address no route claims: to where it was headed, through the proxy
+    // (which gave it a request id on the way).
+    let r = json(as_app(&["curl", "-sS", &format!("http://{orders}/hello")]));
+    assert_eq!(r["service"], "orders", "{r}");
+    assert!(r["request_id"].is_string(), "passed through the proxy: {r}");
+    // Not redirected (root): straight there, no request id.
+    let direct = json(ns.run(&["curl", "-sS", &format!("http://{orders}/hello")]));
+    assert!(direct["request_id"].is_null(), "{direct}");
+
+    // HTTP whose Host is a mesh service: routed there, whatever address it was sent to
+    // (nothing listens on 127.0.0.9:80).
+    let r = json(as_app(&[
+        "curl",
+        "-sS",
+        "--resolve",
+        "billing.mesh:80:127.0.0.9",
+        "http://billing.mesh/pay",
+    ]));
+    assert_eq!(r["service"], "billing", "{r}");
+    assert_eq!(r["path"], "/pay", "{r}");
+
+    // Not HTTP: spliced through as TCP.
+    let back = as_app(&["python3", "-c", ECHO_CLIENT, &echo]);
+    assert_eq!(back.trim(), "000162696e617279", "echoed byte for byte");
+
+    let metrics = ns.run(&["curl", "-sS", "http://127.0.0.1:15000/metrics"]);
+    let count = |name: &str| support::metric_sum(&metrics, name, &[]);
+    assert_eq!(
+        count("presage_passthrough_requests_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count("presage_passthrough_connections_total"),
+        1.0,
+        "{metrics}"
+    );
+}
