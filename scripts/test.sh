@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh Debian machine it first installs what the build
 # and the tests need: protoc (etcd-client's build), and the real clients and servers the
-# tests talk to (curl, h2load, openssl, etcd; ip, iptables, runuser and python3 for the
+# tests talk to (curl, h2load, openssl, etcd; ip, iptables, runuser, setpriv and python3 for the
 # network-namespace test of transparent interception). Everything else comes from Cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/need.sh
 need protoc:protobuf-compiler curl:curl h2load:nghttp2-client openssl:openssl etcd:etcd-server kill:procps \
-  ip:iproute2 iptables:iptables runuser:util-linux python3:python3
+  ip:iproute2 iptables:iptables runuser:util-linux setpriv:util-linux python3:python3
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
 exec cargo nextest run --workspace --profile ci "$@"

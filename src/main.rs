@@ -60,6 +60,28 @@ enum Command {
     /// Forecast a series: reads `timestamp,value` rows (the history) and prints CSV rows
     /// `step,point,lo80,hi80,...` (the model and its backtest error go to stderr).
     Forecast(ForecastArgs),
+    /// Add the Presage sidecar to Kubernetes workloads: reads manifests (multi-document
+    /// YAML: Deployments, StatefulSets, DaemonSets, Jobs, CronJobs, Pods) and writes them
+    /// with the proxy container, its iptables init container and its config volume.
+    /// Idempotent; `presage.io/inject: disabled` on a workload or pod template opts out;
+    /// other documents are copied unchanged.
+    Inject(InjectArgs),
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// Manifest file, or `-` for standard input.
+    #[arg(long, short = 'f', default_value = "-")]
+    filename: PathBuf,
+    /// The sidecar's image (the presage binary, with iptables for the init step).
+    #[arg(long, default_value_t = presage_control_plane::inject::Options::default().image)]
+    image: String,
+    /// User the proxy runs as; the init step's iptables rules exempt its traffic.
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// ConfigMap holding the sidecar's `sidecar.yaml` (see deploy/).
+    #[arg(long, default_value = "presage-sidecar")]
+    config_map: String,
 }
 
 #[derive(Args)]
@@ -148,6 +170,45 @@ fn main() -> ExitCode {
         Command::SampleService(args) => sample::run(args),
         Command::ProfileEval(args) => profile_eval(args),
         Command::Forecast(args) => forecast(args),
+        Command::Inject(args) => inject(args),
+    }
+}
+
+fn inject(a: InjectArgs) -> ExitCode {
+    use presage_control_plane::inject;
+    use std::io::Read as _;
+    let (text, name) = if a.filename.as_os_str() == "-" {
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            eprintln!("stdin: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+        (s, "stdin".to_string())
+    } else {
+        match std::fs::read_to_string(&a.filename) {
+            Ok(s) => (s, a.filename.display().to_string()),
+            Err(e) => {
+                eprintln!("{}: {e}", a.filename.display());
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    };
+    let opts = inject::Options {
+        image: a.image,
+        proxy_uid: a.proxy_uid,
+        config_map: a.config_map,
+        ..Default::default()
+    };
+    match inject::inject_stream(&text, &name, &opts) {
+        Ok((out, n)) => {
+            print!("{out}");
+            eprintln!("injected {n} workload(s)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EX_USAGE)
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! Transparent interception, end to end inside a network namespace the test creates
 //! (`ip netns`, `iptables` from Debian; needs root, as CI runs). An unmodified client
-//! (curl, a raw TCP client) running as another user has its outbound TCP redirected by an
-//! iptables REDIRECT rule to the proxy's transparent listener, as a sidecar's init step
-//! would set up: HTTP is routed by Host to mesh services or passed to where it was
-//! headed, and other protocols are spliced through as TCP.
+//! (curl, a raw TCP client) has its outbound TCP redirected to the proxy's transparent
+//! listener by the very iptables rules `presage inject` puts in a pod's init step (the
+//! proxy runs as their exempt user, 1337): HTTP is routed by Host to mesh services or
+//! passed to where it was headed, and other protocols are spliced through as TCP.
 
 mod support;
 
@@ -176,29 +176,28 @@ clusters:
         ),
     )
     .unwrap();
+    let o = presage_control_plane::inject::Options::default();
+    let uid = format!("{}", o.proxy_uid);
     let (_proxy, _) = ns
-        .spawn(&[BIN, "proxy", "--config", cfg.to_str().unwrap()], |l| {
-            l == "presage: ready"
-        })
+        .spawn(
+            &[
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                BIN,
+                "proxy",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            |l| l == "presage: ready",
+        )
         .await;
-    // The init step: every TCP connection of the application's user (nobody) goes to
-    // the proxy; the proxy's own (root's) do not.
+    // The init step: every TCP connection but the proxy's own goes to the proxy.
     ns.run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-m",
-        "owner",
-        "--uid-owner",
-        "65534",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
+        "sh",
+        "-c",
+        &presage_control_plane::inject::iptables_script(&o),
     ]);
     let as_app = |args: &[&str]| {
         let mut all = vec!["runuser", "-u", "nobody", "--"];
@@ -214,8 +213,16 @@ clusters:
     let r = json(as_app(&["curl", "-sS", &format!("http://{orders}/hello")]));
     assert_eq!(r["service"], "orders", "{r}");
     assert!(r["request_id"].is_string(), "passed through the proxy: {r}");
-    // Not redirected (root): straight there, no request id.
-    let direct = json(ns.run(&["curl", "-sS", &format!("http://{orders}/hello")]));
+    // The proxy's own user is not redirected: straight there, no request id.
+    let direct = json(ns.run(&[
+        "setpriv",
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+        "curl",
+        "-sS",
+        &format!("http://{orders}/hello"),
+    ]));
     assert!(direct["request_id"].is_null(), "{direct}");
 
     // HTTP whose Host is a mesh service: routed there, whatever address it was sent to
@@ -234,6 +241,7 @@ clusters:
     let back = as_app(&["python3", "-c", ECHO_CLIENT, &echo]);
     assert_eq!(back.trim(), "000162696e617279", "echoed byte for byte");
 
+    // The admin port is exempt too.
     let metrics = ns.run(&["curl", "-sS", "http://127.0.0.1:15000/metrics"]);
     let count = |name: &str| support::metric_sum(&metrics, name, &[]);
     assert_eq!(
