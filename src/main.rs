@@ -7,6 +7,7 @@
 mod sample;
 
 mod up;
+mod webhook;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -16,8 +17,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use presage_proxy::config;
 
-const EX_USAGE: u8 = 64;
-const EX_UNAVAILABLE: u8 = 69;
+pub(crate) const EX_USAGE: u8 = 64;
+pub(crate) const EX_UNAVAILABLE: u8 = 69;
 
 /// Presage: a service mesh that acts before load arrives.
 #[derive(Parser)]
@@ -66,6 +67,9 @@ enum Command {
     /// Idempotent; `presage.io/inject: disabled` on a workload or pod template opts out;
     /// other documents are copied unchanged.
     Inject(InjectArgs),
+    /// Serve the mutating admission webhook (HTTPS): answers each AdmissionReview of a Pod
+    /// being created with a JSON Patch that adds the sidecar, as `inject` would.
+    InjectWebhook(webhook::WebhookArgs),
 }
 
 #[derive(Args)]
@@ -73,6 +77,13 @@ struct InjectArgs {
     /// Manifest file, or `-` for standard input.
     #[arg(long, short = 'f', default_value = "-")]
     filename: PathBuf,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+}
+
+/// What `inject` and `inject-webhook` put into pods.
+#[derive(Args)]
+pub struct SidecarArgs {
     /// The sidecar's image (the presage binary, with iptables for the init step).
     #[arg(long, default_value_t = presage_control_plane::inject::Options::default().image)]
     image: String,
@@ -82,6 +93,17 @@ struct InjectArgs {
     /// ConfigMap holding the sidecar's `sidecar.yaml` (see deploy/).
     #[arg(long, default_value = "presage-sidecar")]
     config_map: String,
+}
+
+impl SidecarArgs {
+    fn options(&self) -> presage_control_plane::inject::Options {
+        presage_control_plane::inject::Options {
+            image: self.image.clone(),
+            proxy_uid: self.proxy_uid,
+            config_map: self.config_map.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -171,6 +193,7 @@ fn main() -> ExitCode {
         Command::ProfileEval(args) => profile_eval(args),
         Command::Forecast(args) => forecast(args),
         Command::Inject(args) => inject(args),
+        Command::InjectWebhook(args) => webhook::run(args),
     }
 }
 
@@ -193,12 +216,7 @@ fn inject(a: InjectArgs) -> ExitCode {
             }
         }
     };
-    let opts = inject::Options {
-        image: a.image,
-        proxy_uid: a.proxy_uid,
-        config_map: a.config_map,
-        ..Default::default()
-    };
+    let opts = a.sidecar.options();
     match inject::inject_stream(&text, &name, &opts) {
         Ok((out, n)) => {
             print!("{out}");

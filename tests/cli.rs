@@ -4,7 +4,9 @@
 mod support;
 
 use std::process::Command;
+
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt as _;
 
 use http::StatusCode;
 
@@ -358,4 +360,127 @@ fn the_sidecar_config_validates_and_builds_into_its_config_map() {
             "{line:?} in {built}"
         );
     }
+}
+
+/// The admission webhook over real HTTPS (curl, HTTP/1.1 and HTTP/2): the API
+/// reference's AdmissionReview gets a response for its uid with a JSON Patch that, applied
+/// to the pod, adds the sidecar; an opted-out pod is allowed unchanged; bad requests get
+/// 4xx with a message.
+#[tokio::test]
+async fn the_admission_webhook_patches_pods_over_https() {
+    use base64::Engine as _;
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "inject-webhook",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            fixture("tls/server.pem").to_str().unwrap(),
+            "--key",
+            fixture("tls/server.key").to_str().unwrap(),
+            "--image",
+            "presage:golden",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let l = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the webhook started");
+            if let Some(a) = l.strip_prefix("presage: webhook on ") {
+                return a.parse().unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let ca = fixture("tls/ca.pem").display().to_string();
+    let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+    let url = format!("https://localhost:{}/inject", addr.port());
+    let post = |body: String, http2: bool| {
+        let (ca, resolve, url) = (ca.clone(), resolve.clone(), url.clone());
+        async move {
+            let version = if http2 { "--http2" } else { "--http1.1" };
+            let out = curl(&[
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve,
+                version,
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ])
+            .await;
+            let (body, code) = out.rsplit_once('\n').unwrap();
+            (
+                code.to_string(),
+                serde_json::from_str::<serde_json::Value>(body).unwrap(),
+            )
+        }
+    };
+    let request = std::fs::read_to_string(fixture("inject/admission-review.json")).unwrap();
+    let review: serde_json::Value = serde_json::from_str(&request).unwrap();
+    for http2 in [false, true] {
+        let (code, answer) = post(request.clone(), http2).await;
+        assert_eq!(code, "200", "{answer}");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        let r = &answer["response"];
+        assert_eq!(r["uid"], review["request"]["uid"]);
+        assert_eq!(r["allowed"], true);
+        assert_eq!(r["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(r["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let mut pod = review["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        let names = |list: &serde_json::Value| -> Vec<String> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(&pod["spec"]["containers"]),
+            ["nginx", "presage-proxy"]
+        );
+        assert_eq!(names(&pod["spec"]["initContainers"]), ["presage-init"]);
+        assert_eq!(names(&pod["spec"]["volumes"]), ["presage-config"]);
+        assert_eq!(pod["spec"]["containers"][1]["image"], "presage:golden");
+        assert_eq!(
+            pod["metadata"]["annotations"]["presage.io/injected"],
+            "true"
+        );
+    }
+    // Opted out: allowed, nothing to patch.
+    let mut quiet = review.clone();
+    quiet["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"presage.io/inject": "disabled"});
+    let (code, answer) = post(quiet.to_string(), false).await;
+    assert_eq!(code, "200");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none(), "{answer}");
+    // Not a review: 400, said why.
+    let (code, answer) = post("{\"kind\": \"Pod\"}".into(), false).await;
+    assert_eq!(code, "400");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("AdmissionReview"),
+        "{answer}"
+    );
 }

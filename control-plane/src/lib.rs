@@ -43,4 +43,5 @@ pub mod telemetry;
 pub mod tiers;
 pub mod time;
 pub mod validate;
+pub mod webhook;
 pub mod xds;
