@@ -6,11 +6,17 @@ need() {
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
   done
   ((${#missing[@]})) || return 0
+  need_package "${missing[@]}"
+}
+
+# `need_package PACKAGE ...`: installs packages (also those whose presence no command
+# shows, such as python3-venv).
+need_package() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
   else
-    echo "missing: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})" >&2
+    echo "missing: $* (install them, e.g. apt-get install $*)" >&2
     exit 1
   fi
 }
