@@ -110,14 +110,25 @@ async fn sample(ns: &Netns, name: &str) -> (Child, String) {
             |l| l.starts_with("sample-service "),
         )
         .await;
-    let addr = lines
-        .last()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    (child, addr)
+    (child, last_word(&lines))
+}
+
+/// The address at the end of a process's ready line.
+fn last_word(lines: &[String]) -> String {
+    let line = lines.last().expect("a ready line");
+    line.rsplit(' ').next().unwrap_or_default().to_string()
+}
+
+/// `args` run as `uid` (setpriv, util-linux): how the proxy and its exempt traffic run.
+fn as_user(uid: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec![
+        "setpriv".to_string(),
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all
 }
 
 /// A TCP echo server (not HTTP: it speaks whatever it is sent back).
@@ -152,13 +163,7 @@ async fn redirected_traffic_is_routed_by_host_passed_through_or_spliced() {
     let (_echo, echo_lines) = ns
         .spawn(&["python3", "-c", ECHO], |l| l.starts_with("echo on "))
         .await;
-    let echo = echo_lines
-        .last()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let echo = last_word(&echo_lines);
 
     let dir = TempDir::new();
     let cfg = dir.0.join("sidecar.yaml");
@@ -178,21 +183,9 @@ clusters:
     .unwrap();
     let o = presage_control_plane::inject::Options::default();
     let uid = format!("{}", o.proxy_uid);
-    let (_proxy, _) = ns
-        .spawn(
-            &[
-                "setpriv",
-                &format!("--reuid={uid}"),
-                &format!("--regid={uid}"),
-                "--clear-groups",
-                BIN,
-                "proxy",
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-            |l| l == "presage: ready",
-        )
-        .await;
+    let proxy_cmd = as_user(&uid, &[BIN, "proxy", "--config", cfg.to_str().unwrap()]);
+    let proxy_args: Vec<&str> = proxy_cmd.iter().map(String::as_str).collect();
+    let (_proxy, _) = ns.spawn(&proxy_args, |l| l == "presage: ready").await;
     // The init step: every TCP connection but the proxy's own goes to the proxy.
     ns.run(&[
         "sh",
@@ -214,15 +207,10 @@ clusters:
     assert_eq!(r["service"], "orders", "{r}");
     assert!(r["request_id"].is_string(), "passed through the proxy: {r}");
     // The proxy's own user is not redirected: straight there, no request id.
-    let direct = json(ns.run(&[
-        "setpriv",
-        &format!("--reuid={uid}"),
-        &format!("--regid={uid}"),
-        "--clear-groups",
-        "curl",
-        "-sS",
-        &format!("http://{orders}/hello"),
-    ]));
+    let url = format!("http://{orders}/hello");
+    let direct_cmd = as_user(&uid, &["curl", "-sS", &url]);
+    let direct_args: Vec<&str> = direct_cmd.iter().map(String::as_str).collect();
+    let direct = json(ns.run(&direct_args));
     assert!(direct["request_id"].is_null(), "{direct}");
 
     // HTTP whose Host is a mesh service: routed there, whatever address it was sent to

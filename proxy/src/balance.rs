@@ -19,7 +19,9 @@ use crate::outlier::now_ms;
 use crate::upstream::Endpoint;
 
 /// Latency estimate that jumps to a slower sample at once and decays toward faster ones,
-/// as in Finagle and linkerd2-proxy.
+/// as in Finagle and linkerd2-proxy. Without samples it decays toward zero (read time
+/// applies the decay), so an endpoint nobody has sent to for a while looks cheap again
+/// and is re-tried: a slow spell is not held against it forever.
 #[derive(Debug)]
 pub struct PeakEwma {
     rtt_ns: AtomicU64,
@@ -42,21 +44,32 @@ impl Default for PeakEwma {
 
 impl PeakEwma {
     pub fn observe(&self, rtt: Duration) {
-        let now = now_ms();
+        self.observe_at(now_ms(), rtt);
+    }
+
+    fn observe_at(&self, now: u64, rtt: Duration) {
         let elapsed = now.saturating_sub(self.stamp_ms.swap(now, Relaxed)) as f64;
-        let prev = self.rtt_ns.load(Relaxed) as f64;
+        let w = (-elapsed / DECAY.as_millis() as f64).exp();
+        let prev = self.rtt_ns.load(Relaxed) as f64 * w;
         let sample = rtt.as_nanos() as f64;
+        // Peak: a slower sample wins at once; a faster one is blended in by how long
+        // it has been since the last one.
         let next = if sample > prev {
             sample
         } else {
-            let w = (-elapsed / DECAY.as_millis() as f64).exp();
             prev * w + sample * (1.0 - w)
         };
         self.rtt_ns.store(next as u64, Relaxed);
     }
 
     pub fn estimate_ns(&self) -> f64 {
-        self.rtt_ns.load(Relaxed) as f64
+        self.estimate_at(now_ms())
+    }
+
+    /// The last estimate, decayed by the time since it was made.
+    fn estimate_at(&self, now: u64) -> f64 {
+        let elapsed = now.saturating_sub(self.stamp_ms.load(Relaxed)) as f64;
+        self.rtt_ns.load(Relaxed) as f64 * (-elapsed / DECAY.as_millis() as f64).exp()
     }
 }
 
@@ -352,12 +365,31 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_estimate_decays_so_the_endpoint_is_tried_again() {
+        let e = PeakEwma::default();
+        let t0 = e.stamp_ms.load(Relaxed);
+        e.observe_at(t0, Duration::from_millis(100));
+        assert_eq!(e.estimate_at(t0), 100e6);
+        // One decay period later: down by e.
+        let later = e.estimate_at(t0 + DECAY.as_millis() as u64);
+        assert!((later - 100e6 / std::f64::consts::E).abs() < 1e3, "{later}");
+        // A fast sample after a long idle spell counts for a lot.
+        e.observe_at(t0 + 60_000, Duration::from_millis(2));
+        assert!(
+            e.estimate_at(t0 + 60_000) < 2.2e6,
+            "{}",
+            e.estimate_at(t0 + 60_000)
+        );
+    }
+
+    #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
         let e = PeakEwma::default();
-        e.observe(Duration::from_millis(50));
-        assert_eq!(e.estimate_ns(), 50e6);
-        e.observe(Duration::from_millis(1));
+        let t0 = e.stamp_ms.load(Relaxed);
+        e.observe_at(t0, Duration::from_millis(50));
+        assert_eq!(e.estimate_at(t0), 50e6);
+        e.observe_at(t0, Duration::from_millis(1));
         // Immediately after, the peak still dominates.
-        assert!(e.estimate_ns() > 40e6);
+        assert!(e.estimate_at(t0) > 40e6);
     }
 }
