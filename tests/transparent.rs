@@ -2,8 +2,9 @@
 //! (`ip netns`, `iptables` from Debian; needs root, as CI runs). An unmodified client
 //! (curl, a raw TCP client) has its outbound TCP redirected to the proxy's transparent
 //! listener by the very iptables rules `presage inject` puts in a pod's init step (the
-//! proxy runs as their exempt user, 1337): HTTP is routed by Host to mesh services or
-//! passed to where it was headed, and other protocols are spliced through as TCP.
+//! proxy runs as their exempt user, 1337): HTTP is routed by Host, or by its original
+//! destination, to mesh services, or passed to where it was headed; other protocols are
+//! spliced through as TCP.
 
 mod support;
 
@@ -160,6 +161,7 @@ async fn redirected_traffic_is_routed_by_host_passed_through_or_spliced() {
     let ns = Netns::new();
     let (_orders, orders) = sample(&ns, "orders").await;
     let (_billing, billing) = sample(&ns, "billing").await;
+    let (_legacy, legacy) = sample(&ns, "legacy").await;
     let (_echo, echo_lines) = ns
         .spawn(&["python3", "-c", ECHO], |l| l.starts_with("echo on "))
         .await;
@@ -177,6 +179,7 @@ routes:
   - {{name: billing, match: {{host: billing.mesh}}, cluster: billing}}
 clusters:
   - {{name: billing, endpoints: [{{address: \"{billing}\"}}]}}
+  - {{name: orders, endpoints: [{{address: \"{orders}\"}}]}}
 "
         ),
     )
@@ -201,13 +204,17 @@ clusters:
         serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s}"))
     };
 
-    // HTTP to an address no route claims: to where it was headed, through the proxy
+    // HTTP to an address outside the mesh: to where it was headed, through the proxy
     // (which gave it a request id on the way).
+    let r = json(as_app(&["curl", "-sS", &format!("http://{legacy}/hello")]));
+    assert_eq!(r["service"], "legacy", "{r}");
+    assert!(r["request_id"].is_string(), "passed through the proxy: {r}");
+    // HTTP to an instance of a mesh service: routed as that service.
     let r = json(as_app(&["curl", "-sS", &format!("http://{orders}/hello")]));
     assert_eq!(r["service"], "orders", "{r}");
-    assert!(r["request_id"].is_string(), "passed through the proxy: {r}");
+    assert!(r["request_id"].is_string(), "{r}");
     // The proxy's own user is not redirected: straight there, no request id.
-    let url = format!("http://{orders}/hello");
+    let url = format!("http://{legacy}/hello");
     let direct_cmd = as_user(&uid, &["curl", "-sS", &url]);
     let direct_args: Vec<&str> = direct_cmd.iter().map(String::as_str).collect();
     let direct = json(ns.run(&direct_args));

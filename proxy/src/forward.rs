@@ -70,7 +70,9 @@ pub async fn handle(
             method: req.method(),
             headers: req.headers(),
         })
-    };
+    }
+    // Redirected to an instance of a mesh service: that service, balanced.
+    .or_else(|| conn.original_dst.and_then(|d| rt.route_to_destination(d)));
     // Redirected traffic no route claims goes where the client sent it.
     if let (None, Some(dst)) = (route, conn.original_dst) {
         let mut res = crate::transparent::http(&shared, req, dst)

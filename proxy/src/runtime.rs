@@ -47,6 +47,11 @@ pub struct Runtime {
     pub qos: crate::qos::Qos,
     /// `qos_requests` handles of each of `config.tiers`, by outcome.
     pub tier_counters: Vec<[prometheus_client::metrics::counter::Counter; 4]>,
+    /// With a transparent listener: a route to each cluster, for redirected requests no
+    /// route claims but that were addressed to one of the cluster's instances.
+    pub destination_routes: Vec<Route>,
+    /// Instance address -> index in `destination_routes`.
+    pub by_destination: HashMap<std::net::SocketAddr, usize>,
 }
 
 impl Runtime {
@@ -60,28 +65,46 @@ impl Runtime {
             let cluster = reused.unwrap_or_else(|| Arc::new(Cluster::new(spec.clone(), metrics)));
             clusters.insert(spec.name, cluster);
         }
+        let bind = |spec: RouteSpec| {
+            // Validation guarantees the cluster exists.
+            let cluster = clusters.get(&spec.cluster)?.clone();
+            Some(Route {
+                stats: metrics.route_stats(&spec.name, &spec.cluster),
+                load: metrics.service_load.get(&spec.cluster),
+                profile_loads: config
+                    .qos_profiles
+                    .iter()
+                    .map(|p| {
+                        let l = metrics.service_load.get_for(&spec.cluster, &p.name);
+                        (p.name.clone(), l)
+                    })
+                    .collect(),
+                budget: retry_budget(spec.retry.budget_percent),
+                cluster,
+                spec,
+            })
+        };
         let routes = std::mem::take(&mut config.routes)
             .into_iter()
-            .filter_map(|spec| {
-                // Validation guarantees the cluster exists.
-                let cluster = clusters.get(&spec.cluster)?.clone();
-                Some(Route {
-                    stats: metrics.route_stats(&spec.name, &spec.cluster),
-                    load: metrics.service_load.get(&spec.cluster),
-                    profile_loads: config
-                        .qos_profiles
-                        .iter()
-                        .map(|p| {
-                            let l = metrics.service_load.get_for(&spec.cluster, &p.name);
-                            (p.name.clone(), l)
-                        })
-                        .collect(),
-                    budget: retry_budget(spec.retry.budget_percent),
-                    cluster,
-                    spec,
-                })
-            })
+            .filter_map(bind)
             .collect();
+        let mut destination_routes = Vec::new();
+        let mut by_destination = HashMap::new();
+        if config.listeners.iter().any(|l| l.transparent) {
+            let mut names: Vec<&String> = clusters.keys().collect();
+            names.sort();
+            for name in names {
+                let Some(route) = bind(RouteSpec::to_cluster(name)) else {
+                    continue;
+                };
+                for e in &route.cluster.spec.endpoints {
+                    if let Ok(addr) = e.authority.as_str().parse() {
+                        by_destination.insert(addr, destination_routes.len());
+                    }
+                }
+                destination_routes.push(route);
+            }
+        }
         let qos = crate::qos::Qos::build(
             &config.qos_profiles,
             &config.subjects,
@@ -95,6 +118,8 @@ impl Runtime {
         Runtime {
             qos,
             tier_counters,
+            destination_routes,
+            by_destination,
             config,
             generation: previous.map_or(1, |p| p.generation + 1),
             routes,
@@ -105,5 +130,12 @@ impl Runtime {
     /// First route whose match holds.
     pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
         self.routes.iter().find(|r| r.spec.matcher.matches(req))
+    }
+
+    /// The route to the cluster `dst` is an instance of (redirected traffic).
+    pub fn route_to_destination(&self, dst: std::net::SocketAddr) -> Option<&Route> {
+        self.by_destination
+            .get(&dst)
+            .map(|&i| &self.destination_routes[i])
     }
 }

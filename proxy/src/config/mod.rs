@@ -202,6 +202,29 @@ pub struct RouteSpec {
     pub qos_profile: Option<String>,
 }
 
+impl RouteSpec {
+    /// A route to `cluster` with the default timeout and retries, for redirected traffic
+    /// addressed to one of its instances (named `original-dst:CLUSTER` in metrics).
+    pub fn to_cluster(cluster: &str) -> RouteSpec {
+        RouteSpec {
+            name: format!("original-dst:{cluster}"),
+            matcher: RouteMatch::default(),
+            cluster: cluster.to_string(),
+            rewrite_prefix: None,
+            timeout: defaults::REQUEST_TIMEOUT,
+            retry: RetryPolicy {
+                attempts: defaults::RETRY_ATTEMPTS,
+                budget_percent: defaults::RETRY_BUDGET_PERCENT,
+                backoff: defaults::RETRY_BACKOFF,
+                max_backoff: defaults::RETRY_MAX_BACKOFF,
+            },
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            qos_profile: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Extra attempts after the first; 0 disables retries.
@@ -803,12 +826,7 @@ impl Builder<'_> {
                 }
             });
             let retry = match &r.retries {
-                None => RetryPolicy {
-                    attempts: defaults::RETRY_ATTEMPTS,
-                    budget_percent: defaults::RETRY_BUDGET_PERCENT,
-                    backoff: defaults::RETRY_BACKOFF,
-                    max_backoff: defaults::RETRY_MAX_BACKOFF,
-                },
+                None => RouteSpec::to_cluster("").retry,
                 Some(rt) => {
                     let budget =
                         rt.budget_percent
