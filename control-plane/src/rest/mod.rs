@@ -78,8 +78,8 @@ impl utoipa::Modify for BearerAuth {
         put_service,
         delete_service,
         service_instances,
-        service_load,
-        service_forecast,
+        demand::service_load,
+        demand::service_forecast,
         list_routes,
         get_route,
         put_route,
@@ -104,8 +104,8 @@ impl utoipa::Modify for BearerAuth {
         events::put_event,
         events::delete_event,
         list_proxies,
-        next_services,
-        expected_arrivals
+        demand::next_services,
+        demand::expected_arrivals
     ),
     components(schemas(
         Cluster,
@@ -122,19 +122,20 @@ impl utoipa::Modify for BearerAuth {
         InstanceView,
         presage_api::Forecast,
         presage_api::ForecastPoint,
-        LoadView,
+        demand::LoadView,
         Point,
         ProxyStatus,
         ApiError,
         FieldError,
         Written,
-        NextService,
+        demand::NextService,
         crate::behaviour::Arrivals,
         crate::behaviour::ExpectedCalls
     ))
 )]
 struct ApiDoc;
 
+mod demand;
 mod events;
 mod qos;
 
@@ -149,8 +150,11 @@ pub fn router(api: Api) -> Router {
             get(get_service).put(put_service).delete(delete_service),
         )
         .route("/v1/services/{name}/instances", get(service_instances))
-        .route("/v1/services/{name}/load", get(service_load))
-        .route("/v1/services/{name}/forecast", get(service_forecast))
+        .route("/v1/services/{name}/load", get(demand::service_load))
+        .route(
+            "/v1/services/{name}/forecast",
+            get(demand::service_forecast),
+        )
         .route(
             "/v1/services/{name}/qos-statistics",
             get(qos::service_qos_statistics),
@@ -191,8 +195,8 @@ pub fn router(api: Api) -> Router {
                 .delete(qos::delete_subject),
         )
         .route("/v1/proxies", get(list_proxies))
-        .route("/v1/users/{user}/next", get(next_services))
-        .route("/v1/arrivals", get(expected_arrivals))
+        .route("/v1/users/{user}/next", get(demand::next_services))
+        .route("/v1/arrivals", get(demand::expected_arrivals))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError {
@@ -557,82 +561,6 @@ async fn service_instances(
     Ok(Json(views))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-struct LoadQuery {
-    /// `1s` or `1m`; default `1s`. Load: the last hour or the last week. Forecast: the
-    /// next minute or the next hour.
-    resolution: Option<String>,
-}
-
-/// Whether a `resolution` query asks for minutes.
-fn minutes(q: LoadQuery) -> Result<bool, ApiError> {
-    match q.resolution.as_deref() {
-        None | Some("1s") => Ok(false),
-        Some("1m") => Ok(true),
-        Some(other) => Err(ApiError::invalid(vec![FieldError {
-            field: "resolution".into(),
-            message: format!("expected 1s or 1m, found {other:?}"),
-        }])),
-    }
-}
-
-/// A service's load history.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct LoadView {
-    pub service: String,
-    pub resolution_seconds: u32,
-    pub requests_total: u64,
-    pub errors_total: u64,
-    pub points: Vec<Point>,
-}
-
-#[utoipa::path(get, path = "/v1/services/{name}/load", params(LoadQuery),
-    responses((status = 200, body = LoadView), (status = 400, body = ApiError)))]
-async fn service_load(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    q: Result<Query<LoadQuery>, QueryRejection>,
-) -> Result<Json<LoadView>, ApiError> {
-    let minutes = minutes(query(q)?)?;
-    let now_s = crate::time::unix_ms() / 1000;
-    let view = api.load.with(&name, now_s, |h| LoadView {
-        service: name.clone(),
-        resolution_seconds: if minutes { 60 } else { 1 },
-        requests_total: h.map_or(0, |h| h.requests_total),
-        errors_total: h.map_or(0, |h| h.errors_total),
-        points: match h {
-            None => Vec::new(),
-            Some(h) if minutes => h.minutes().copied().collect(),
-            Some(h) => h.seconds().copied().collect(),
-        },
-    });
-    Ok(Json(view))
-}
-
-#[utoipa::path(get, path = "/v1/services/{name}/forecast", params(LoadQuery),
-    responses((status = 200, body = presage_api::Forecast), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
-async fn service_forecast(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    q: Result<Query<LoadQuery>, QueryRejection>,
-) -> Result<Json<presage_api::Forecast>, ApiError> {
-    let (key, needs) = if minutes(query(q)?)? {
-        (
-            format!("{name}{}", crate::predict::MINUTES.suffix),
-            "half an hour to six hours",
-        )
-    } else {
-        (name.clone(), "about half a minute")
-    };
-    item(&api, types::FORECAST, &key, forecast)
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no forecast for {name:?} at this resolution yet (it needs {needs} of telemetry)"
-            ))
-        })
-}
-
 // === routes ===
 
 #[utoipa::path(get, path = "/v1/routes", responses((status = 200, body = [Route])))]
@@ -691,74 +619,4 @@ async fn delete_route(
 #[utoipa::path(get, path = "/v1/proxies", responses((status = 200, body = [ProxyStatus])))]
 async fn list_proxies(State(api): State<Api>) -> Json<Vec<ProxyStatus>> {
     Json(api.proxies.list())
-}
-
-/// A predicted next service.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct NextService {
-    pub service: String,
-    pub probability: f64,
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-struct ArrivalsQuery {
-    /// The window ahead, e.g. `60s`, `10m` (1 s to 1 h, default 60 s).
-    window: Option<String>,
-}
-
-/// Calls the users seen recently are expected to make in the next window, per service
-/// (the behaviour profiler's demand, beside the per-service forecast).
-#[utoipa::path(get, path = "/v1/arrivals", params(ArrivalsQuery),
-    responses((status = 200, body = crate::behaviour::Arrivals), (status = 400, body = ApiError)))]
-async fn expected_arrivals(
-    State(api): State<Api>,
-    q: Result<Query<ArrivalsQuery>, QueryRejection>,
-) -> Result<Json<crate::behaviour::Arrivals>, ApiError> {
-    let window = match query(q)?.window {
-        None => std::time::Duration::from_secs(60),
-        Some(w) => humantime::parse_duration(&w)
-            .ok()
-            .filter(|d| (1..=3600).contains(&d.as_secs()))
-            .ok_or_else(|| {
-                ApiError::invalid(vec![FieldError {
-                    field: "window".into(),
-                    message: format!("expected a duration from 1s to 1h, found {w:?}"),
-                }])
-            })?,
-    };
-    let now = crate::time::unix_ms() as f64 / 1000.0;
-    let p = api.profiler.lock().expect("profiler lock poisoned");
-    Ok(Json(p.expected_arrivals(now, window.as_secs_f64())))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-struct NextQuery {
-    /// How many services to return (1-20, default 3).
-    k: Option<usize>,
-}
-
-#[utoipa::path(get, path = "/v1/users/{user}/next", params(NextQuery),
-    responses((status = 200, body = [NextService]), (status = 400, body = ApiError)))]
-async fn next_services(
-    State(api): State<Api>,
-    Path(user): Path<String>,
-    q: Result<Query<NextQuery>, QueryRejection>,
-) -> Result<Json<Vec<NextService>>, ApiError> {
-    let k = query(q)?.k.unwrap_or(3);
-    if !(1..=20).contains(&k) {
-        return Err(ApiError::invalid(vec![FieldError {
-            field: "k".into(),
-            message: format!("expected 1..=20, found {k}"),
-        }]));
-    }
-    let p = api.profiler.lock().expect("profiler lock poisoned");
-    Ok(Json(
-        p.predict(&user, k)
-            .into_iter()
-            .map(|p| NextService {
-                service: p.service,
-                probability: p.probability,
-            })
-            .collect(),
-    ))
 }

@@ -13,6 +13,10 @@ mod control_plane;
 pub mod dynamic;
 mod one_liner;
 mod qos;
+mod routes;
+pub use qos::{
+    QosProfileSpec, SubjectKind, SubjectSpec, Tier, TierSpec, BASE_TIER, DEFAULT_TIERS, MAX_TIERS,
+};
 pub mod raw;
 
 pub use control_plane::default_node_id;
@@ -25,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use crate::routing::{HeaderMatch, HostMatch, PathMatch, RouteMatch};
@@ -88,71 +91,10 @@ pub struct Config {
     pub tiers: Vec<TierSpec>,
 }
 
-/// A QoS tier, as its index in `Config::tiers` (ordered lowest priority first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Tier(pub u8);
-
-/// A QoS tier as the proxy enforces it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TierSpec {
-    pub name: Arc<str>,
-    /// Rank: a higher priority is admitted longer (the order of `Config::tiers`).
-    pub priority: i32,
-    /// Share of a cluster's `max_in_flight` this tier may fill.
-    pub admission_share: f64,
-    /// Cap on each response stream, bytes per second (0: none).
-    pub bandwidth: f64,
-}
-
-/// The default tiers, lowest first, with their admission shares (priorities 1 to 4).
-pub const DEFAULT_TIERS: [(&str, f64); 4] = [
-    ("bronze", 0.60),
-    ("silver", 0.75),
-    ("gold", 0.90),
-    ("platinum", 1.0),
-];
-/// The tier of a profile that names none, and of unclassified requests by default.
-pub const BASE_TIER: &str = "bronze";
-/// More tiers than this are refused (each is a label on the QoS metrics).
-pub const MAX_TIERS: usize = 32;
-
 impl Config {
     pub fn tier(&self, t: Tier) -> &TierSpec {
         &self.tiers[t.0 as usize]
     }
-}
-
-/// A QoS profile: targets, and the rate the proxy admits under it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QosProfileSpec {
-    pub name: String,
-    pub tier: Tier,
-    pub latency_p50_ms: f64,
-    pub latency_p99_ms: f64,
-    pub min_throughput_rps: f64,
-    pub min_accuracy: f64,
-    pub reliability: f64,
-    /// Requests per second this proxy admits under the profile; 0: no limit.
-    pub rate_limit_rps: f64,
-    /// Deadline of a request under the profile, ms; 0: none.
-    pub deadline_ms: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SubjectKind {
-    #[default]
-    User,
-    Tenant,
-}
-
-/// A user's or tenant's assignment: a profile (which carries its tier) or just a tier.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubjectSpec {
-    pub id: String,
-    pub kind: SubjectKind,
-    pub profile: Option<String>,
-    pub tier: Option<Tier>,
 }
 
 /// Connection to the control plane (discovery and telemetry streams).
@@ -200,29 +142,6 @@ pub struct RouteSpec {
     pub response_headers: HeaderOps,
     /// Profile of requests that name none and whose subject has none.
     pub qos_profile: Option<String>,
-}
-
-impl RouteSpec {
-    /// A route to `cluster` with the default timeout and retries, for redirected traffic
-    /// addressed to one of its instances (named `original-dst:CLUSTER` in metrics).
-    pub fn to_cluster(cluster: &str) -> RouteSpec {
-        RouteSpec {
-            name: format!("original-dst:{cluster}"),
-            matcher: RouteMatch::default(),
-            cluster: cluster.to_string(),
-            rewrite_prefix: None,
-            timeout: defaults::REQUEST_TIMEOUT,
-            retry: RetryPolicy {
-                attempts: defaults::RETRY_ATTEMPTS,
-                budget_percent: defaults::RETRY_BUDGET_PERCENT,
-                backoff: defaults::RETRY_BACKOFF,
-                max_backoff: defaults::RETRY_MAX_BACKOFF,
-            },
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-            qos_profile: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -762,131 +681,6 @@ impl Builder<'_> {
                     })
                     .collect(),
                 max_in_flight: c.max_in_flight,
-            });
-        }
-        out
-    }
-
-    fn routes(
-        &mut self,
-        raw: &RawConfig,
-        clusters: &HashSet<&str>,
-        profiles: &HashSet<&str>,
-    ) -> Vec<RouteSpec> {
-        let mut out = Vec::new();
-        for (i, r) in raw.routes.iter().enumerate() {
-            let f = |s: &str| format!("routes[{i}].{s}");
-            if !clusters.contains(r.cluster.value.as_str()) {
-                let known: Vec<&str> = clusters.iter().copied().collect();
-                self.err(
-                    r.cluster.referenced,
-                    f("cluster"),
-                    format!(
-                        "no cluster named {:?} (defined: {})",
-                        r.cluster.value,
-                        known.join(", ")
-                    ),
-                );
-            }
-            let host = r
-                .matcher
-                .host
-                .as_ref()
-                .and_then(|h| match HostMatch::parse(&h.value) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        self.err(h.referenced, f("match.host"), e);
-                        None
-                    }
-                });
-            let path = r.matcher.path.as_ref().map(|p| match p {
-                raw::RawPathMatch::Exact(s) => PathMatch::Exact(s.clone()),
-                raw::RawPathMatch::Prefix(s) => PathMatch::Prefix(s.clone()),
-                raw::RawPathMatch::Regex(re) => PathMatch::Regex(re.0.clone()),
-            });
-            let headers = r
-                .matcher
-                .headers
-                .iter()
-                .map(|h| HeaderMatch {
-                    name: h.name.0.clone(),
-                    value: h.value.clone(),
-                    regex: h.regex.as_ref().map(|p| p.0.clone()),
-                })
-                .collect();
-            let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| match &path {
-                Some(PathMatch::Prefix(p)) => Some((p.clone(), rw.prefix.value.clone())),
-                _ => {
-                    self.err(
-                        rw.prefix.referenced,
-                        f("rewrite.prefix"),
-                        "a prefix rewrite needs `match.path.prefix`",
-                    );
-                    None
-                }
-            });
-            let retry = match &r.retries {
-                None => RouteSpec::to_cluster("").retry,
-                Some(rt) => {
-                    let budget =
-                        rt.budget_percent
-                            .as_ref()
-                            .map_or(defaults::RETRY_BUDGET_PERCENT, |b| {
-                                if !(0.0..=1000.0).contains(&b.value) {
-                                    self.err(
-                                        b.referenced,
-                                        f("retries.budget_percent"),
-                                        format!("expected 0..=1000, found {}", b.value),
-                                    );
-                                }
-                                b.value.clamp(0.0, 1000.0)
-                            });
-                    RetryPolicy {
-                        attempts: rt.attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
-                        budget_percent: budget,
-                        backoff: rt.backoff.as_ref().map_or(defaults::RETRY_BACKOFF, |d| d.0),
-                        max_backoff: rt
-                            .max_backoff
-                            .as_ref()
-                            .map_or(defaults::RETRY_MAX_BACKOFF, |d| d.0),
-                    }
-                }
-            };
-            let ops = |o: &raw::RawHeaderOps| HeaderOps {
-                add: o
-                    .add
-                    .iter()
-                    .map(|(k, v)| (k.0.clone(), v.0.clone()))
-                    .collect(),
-                remove: o.remove.iter().map(|k| k.0.clone()).collect(),
-            };
-            out.push(RouteSpec {
-                name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
-                matcher: RouteMatch {
-                    host,
-                    path,
-                    methods: r.matcher.methods.iter().map(|m| m.0.clone()).collect(),
-                    headers,
-                },
-                cluster: r.cluster.value.clone(),
-                rewrite_prefix,
-                timeout: r
-                    .timeout
-                    .as_ref()
-                    .map_or(defaults::REQUEST_TIMEOUT, |d| d.0),
-                retry,
-                request_headers: ops(&r.request_headers),
-                response_headers: ops(&r.response_headers),
-                qos_profile: r.qos_profile.as_ref().map(|p| {
-                    if !profiles.contains(p.value.as_str()) {
-                        self.err(
-                            p.referenced,
-                            f("qos_profile"),
-                            format!("unknown QoS profile {:?}", p.value),
-                        );
-                    }
-                    p.value.clone()
-                }),
             });
         }
         out

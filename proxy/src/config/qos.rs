@@ -1,14 +1,76 @@
-//! Building the QoS parts of a config: tiers (the default four, changed or added to),
-//! profiles, and subjects (their references to tiers and profiles checked).
+//! The QoS parts of a config: tiers (the default four, changed or added to), profiles
+//! and subjects, their types and how they are built (references to tiers and profiles
+//! checked).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::RawConfig;
-use super::{
-    Builder, QosProfileSpec, SubjectSpec, Tier, TierSpec, BASE_TIER, DEFAULT_TIERS, MAX_TIERS,
-};
+use super::Builder;
+
+/// A QoS tier, as its index in `Config::tiers` (ordered lowest priority first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Tier(pub u8);
+
+/// A QoS tier as the proxy enforces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierSpec {
+    pub name: Arc<str>,
+    /// Rank: a higher priority is admitted longer (the order of `Config::tiers`).
+    pub priority: i32,
+    /// Share of a cluster's `max_in_flight` this tier may fill.
+    pub admission_share: f64,
+    /// Cap on each response stream, bytes per second (0: none).
+    pub bandwidth: f64,
+}
+
+/// The default tiers, lowest first, with their admission shares (priorities 1 to 4).
+pub const DEFAULT_TIERS: [(&str, f64); 4] = [
+    ("bronze", 0.60),
+    ("silver", 0.75),
+    ("gold", 0.90),
+    ("platinum", 1.0),
+];
+/// The tier of a profile that names none, and of unclassified requests by default.
+pub const BASE_TIER: &str = "bronze";
+/// More tiers than this are refused (each is a label on the QoS metrics).
+pub const MAX_TIERS: usize = 32;
+
+/// A QoS profile: targets, and the rate the proxy admits under it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QosProfileSpec {
+    pub name: String,
+    pub tier: Tier,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub min_throughput_rps: f64,
+    pub min_accuracy: f64,
+    pub reliability: f64,
+    /// Requests per second this proxy admits under the profile; 0: no limit.
+    pub rate_limit_rps: f64,
+    /// Deadline of a request under the profile, ms; 0: none.
+    pub deadline_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectKind {
+    #[default]
+    User,
+    Tenant,
+}
+
+/// A user's or tenant's assignment: a profile (which carries its tier) or just a tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectSpec {
+    pub id: String,
+    pub kind: SubjectKind,
+    pub profile: Option<String>,
+    pub tier: Option<Tier>,
+}
 
 impl Builder<'_> {
     /// The default tiers with the config's changes, and its own tiers, lowest first.
