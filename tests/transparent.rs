@@ -250,3 +250,87 @@ clusters:
         "{metrics}"
     );
 }
+
+/// Inbound: a client in another namespace (over a veth pair, as another pod would be)
+/// calls the application's port; the init step's PREROUTING rule sends the connection
+/// to the proxy's inbound listener, which passes it to the application untouched by the
+/// routes (a catch-all outbound route to a decoy must not apply).
+#[tokio::test]
+async fn inbound_traffic_reaches_the_application_through_the_proxy() {
+    let (client, pod) = (Netns::new(), Netns::new());
+    // The two ends of a veth pair, one in each namespace.
+    let k = std::process::id() % 200 + 10;
+    let (a, b) = (format!("pva{k}"), format!("pvb{k}"));
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+    ip(&["link", "set", &a, "netns", &client.0]);
+    ip(&["link", "set", &b, "netns", &pod.0]);
+    let (client_ip, pod_ip) = (format!("10.199.{k}.1"), format!("10.199.{k}.2"));
+    client.run(&["ip", "addr", "add", &format!("{client_ip}/24"), "dev", &a]);
+    pod.run(&["ip", "addr", "add", &format!("{pod_ip}/24"), "dev", &b]);
+    client.run(&["ip", "link", "set", &a, "up"]);
+    pod.run(&["ip", "link", "set", &b, "up"]);
+
+    let (_app, _) = pod
+        .spawn(
+            &[
+                BIN,
+                "sample-service",
+                "--listen",
+                "0.0.0.0:8080",
+                "--name",
+                "app",
+            ],
+            |l| l.starts_with("sample-service "),
+        )
+        .await;
+    let (_decoy, decoy) = sample(&pod, "decoy").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("sidecar.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listeners:
+  - {{name: outbound, address: \"127.0.0.1:15001\", transparent: true}}
+  - {{name: inbound, address: \"0.0.0.0:15006\", transparent: true, inbound: true}}
+admin: {{address: \"127.0.0.1:15000\"}}
+routes:
+  - {{name: everything, cluster: decoy}}
+clusters:
+  - {{name: decoy, endpoints: [{{address: \"{decoy}\"}}]}}
+"
+        ),
+    )
+    .unwrap();
+    let o = presage_control_plane::inject::Options::default();
+    let uid = o.proxy_uid.to_string();
+    let proxy_cmd = as_user(&uid, &[BIN, "proxy", "--config", cfg.to_str().unwrap()]);
+    let proxy_args: Vec<&str> = proxy_cmd.iter().map(String::as_str).collect();
+    let (_proxy, _) = pod.spawn(&proxy_args, |l| l == "presage: ready").await;
+    pod.run(&[
+        "sh",
+        "-c",
+        &presage_control_plane::inject::iptables_script(&o),
+    ]);
+
+    let out = client.run(&["curl", "-sS", &format!("http://{pod_ip}:8080/hello")]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        r["service"], "app",
+        "the application, not a route's cluster: {r}"
+    );
+    assert!(r["request_id"].is_string(), "through the proxy: {r}");
+    let metrics = pod.run(&["curl", "-sS", "http://127.0.0.1:15000/metrics"]);
+    assert_eq!(
+        support::metric_sum(&metrics, "presage_passthrough_requests_total", &[]),
+        1.0,
+        "{metrics}"
+    );
+}

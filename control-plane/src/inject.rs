@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! pod ─┬─ init: presage-init    iptables: the pod's outbound TCP ─▶ 127.0.0.1:15001,
-//!      │                        except the proxy's own user (uid 1337) and its admin port
+//!      │                        except the proxy's own user (uid 1337) and its admin port;
+//!      │                        inbound TCP ─▶ :15006, except to the admin port
 //!      ├─ the application's containers (unchanged)
 //!      └─ presage-proxy         `presage proxy --config /etc/presage/sidecar.yaml`
-//!                               (a transparent listener on 15001, admin on 15000)
+//!                               (transparent listeners on 15001 and 15006, admin 15000)
 //! ```
 //! Idempotent: a pod that already has the sidecar is left as it is. A workload or pod
 //! template annotated `presage.io/inject: disabled` is left as it is. Documents that are
@@ -36,6 +37,8 @@ pub struct Options {
     pub proxy_uid: u32,
     /// The transparent listener the pod's outbound TCP is redirected to.
     pub outbound_port: u16,
+    /// The transparent listener the pod's inbound TCP is redirected to.
+    pub inbound_port: u16,
     pub admin_port: u16,
     /// The ConfigMap holding `sidecar.yaml`.
     pub config_map: String,
@@ -47,6 +50,7 @@ impl Default for Options {
             image: format!("presage:{}", env!("CARGO_PKG_VERSION")),
             proxy_uid: 1337,
             outbound_port: 15001,
+            inbound_port: 15006,
             admin_port: 15000,
             config_map: "presage-sidecar".into(),
         }
@@ -71,9 +75,21 @@ pub enum InjectError {
 }
 
 /// The iptables commands of the init step: every TCP connection the pod opens goes to
-/// the proxy's transparent listener, except the proxy's own and those to its admin port.
+/// the proxy's outbound listener, except the proxy's own and those to its admin port;
+/// every TCP connection to the pod goes to its inbound listener, except to the admin
+/// port (the kubelet's probes).
 pub fn iptables_script(o: &Options) -> String {
     [
+        "iptables -t nat -N PRESAGE_INBOUND".to_string(),
+        format!(
+            "iptables -t nat -A PRESAGE_INBOUND -p tcp --dport {} -j RETURN",
+            o.admin_port
+        ),
+        format!(
+            "iptables -t nat -A PRESAGE_INBOUND -p tcp -j REDIRECT --to-ports {}",
+            o.inbound_port
+        ),
+        "iptables -t nat -A PREROUTING -p tcp -j PRESAGE_INBOUND".to_string(),
         "iptables -t nat -N PRESAGE_OUTPUT".to_string(),
         format!(
             "iptables -t nat -A PRESAGE_OUTPUT -m owner --uid-owner {} -j RETURN",

@@ -46,6 +46,8 @@ pub struct Conn {
     pub tls: bool,
     /// Where a connection redirected to a transparent listener was headed.
     pub original_dst: Option<SocketAddr>,
+    /// Redirected inbound traffic: not routed, passed to the local application.
+    pub inbound: bool,
 }
 
 /// hyper's entry point for every downstream request.
@@ -62,7 +64,9 @@ pub async fn handle(
         .access_log
         .then(|| AccessEntry::new(&req, conn.peer));
 
-    let route = {
+    let route = if conn.inbound {
+        None
+    } else {
         let host = routing::request_host(req.uri(), req.headers());
         rt.route(&RequestView {
             host: host.as_deref(),
@@ -70,9 +74,9 @@ pub async fn handle(
             method: req.method(),
             headers: req.headers(),
         })
-    }
-    // Redirected to an instance of a mesh service: that service, balanced.
-    .or_else(|| conn.original_dst.and_then(|d| rt.route_to_destination(d)));
+        // Redirected to an instance of a mesh service: that service, balanced.
+        .or_else(|| conn.original_dst.and_then(|d| rt.route_to_destination(d)))
+    };
     // Redirected traffic no route claims goes where the client sent it.
     if let (None, Some(dst)) = (route, conn.original_dst) {
         let mut res = crate::transparent::http(&shared, req, dst)

@@ -50,14 +50,16 @@ pub async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (tls, transparent) = shared
+        let (tls, transparent, inbound) = shared
             .live
             .load()
             .config
             .listeners
             .iter()
             .find(|l| l.name == name)
-            .map_or((None, false), |l| (l.tls.clone(), l.transparent));
+            .map_or((None, false, false), |l| {
+                (l.tls.clone(), l.transparent, l.inbound)
+            });
         let original_dst = if transparent {
             crate::transparent::original_dst(&stream)
         } else {
@@ -70,6 +72,7 @@ pub async fn accept_loop(
                 peer,
                 tls: tls.is_some(),
                 original_dst,
+                inbound,
             },
             tls,
             watcher(),

@@ -119,6 +119,8 @@ pub struct Listener {
     /// Connections arrive redirected by iptables; their original destination is where
     /// unrouted traffic goes (see `transparent`).
     pub transparent: bool,
+    /// Redirected inbound traffic: never routed, always to its original destination.
+    pub inbound: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -583,11 +585,19 @@ impl Builder<'_> {
                     "a transparent listener takes the pod's own plain traffic; it cannot terminate TLS",
                 );
             }
+            if l.inbound && !transparent {
+                self.err(
+                    Location::UNKNOWN,
+                    format!("listeners[{i}].inbound"),
+                    "an inbound listener takes redirected traffic: it needs `transparent: true`",
+                );
+            }
             out.push(Listener {
                 name,
                 address: l.address,
                 tls,
                 transparent,
+                inbound: l.inbound,
             });
         }
         out

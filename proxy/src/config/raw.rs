@@ -115,8 +115,12 @@ pub struct RawListener {
     pub name: Option<String>,
     pub address: SocketAddr,
     pub tls: Option<RawServerTls>,
-    /// Takes connections redirected by iptables (sidecar outbound capture).
+    /// Takes connections redirected by iptables (sidecar capture).
     pub transparent: Option<Spanned<bool>>,
+    /// With `transparent`: the pod's inbound traffic, always passed to the local
+    /// application (routes are for outbound traffic).
+    #[serde(default)]
+    pub inbound: bool,
 }
 
 #[derive(Debug, Deserialize)]
