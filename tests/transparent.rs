@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -85,6 +86,25 @@ impl Netns {
         assert_eq!(found, Ok(true), "{args:?} did not start: {seen:?}");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         (child, seen)
+    }
+}
+
+impl Netns {
+    /// A pod's sidecar, as `presage inject` sets it up: the proxy on `cfg` as its own
+    /// user, then the init step's iptables rules. Returns the proxy and its uid.
+    async fn sidecar(&self, cfg: &Path) -> (Child, String) {
+        let o = presage_control_plane::inject::Options::default();
+        let uid = o.proxy_uid.to_string();
+        let cmd = as_user(&uid, &[BIN, "proxy", "--config", cfg.to_str().unwrap()]);
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let (proxy, _) = self.spawn(&args, |l| l == "presage: ready").await;
+        // Every TCP connection but the proxy's own goes to the proxy.
+        self.run(&[
+            "sh",
+            "-c",
+            &presage_control_plane::inject::iptables_script(&o),
+        ]);
+        (proxy, uid)
     }
 }
 
@@ -184,17 +204,7 @@ clusters:
         ),
     )
     .unwrap();
-    let o = presage_control_plane::inject::Options::default();
-    let uid = format!("{}", o.proxy_uid);
-    let proxy_cmd = as_user(&uid, &[BIN, "proxy", "--config", cfg.to_str().unwrap()]);
-    let proxy_args: Vec<&str> = proxy_cmd.iter().map(String::as_str).collect();
-    let (_proxy, _) = ns.spawn(&proxy_args, |l| l == "presage: ready").await;
-    // The init step: every TCP connection but the proxy's own goes to the proxy.
-    ns.run(&[
-        "sh",
-        "-c",
-        &presage_control_plane::inject::iptables_script(&o),
-    ]);
+    let (_proxy, uid) = ns.sidecar(&cfg).await;
     let as_app = |args: &[&str]| {
         let mut all = vec!["runuser", "-u", "nobody", "--"];
         all.extend_from_slice(args);
@@ -309,16 +319,7 @@ clusters:
         ),
     )
     .unwrap();
-    let o = presage_control_plane::inject::Options::default();
-    let uid = o.proxy_uid.to_string();
-    let proxy_cmd = as_user(&uid, &[BIN, "proxy", "--config", cfg.to_str().unwrap()]);
-    let proxy_args: Vec<&str> = proxy_cmd.iter().map(String::as_str).collect();
-    let (_proxy, _) = pod.spawn(&proxy_args, |l| l == "presage: ready").await;
-    pod.run(&[
-        "sh",
-        "-c",
-        &presage_control_plane::inject::iptables_script(&o),
-    ]);
+    let (_proxy, _) = pod.sidecar(&cfg).await;
 
     let out = client.run(&["curl", "-sS", &format!("http://{pod_ip}:8080/hello")]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));

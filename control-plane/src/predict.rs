@@ -236,6 +236,8 @@ impl State {
 /// One service's result of a tick.
 #[derive(Debug)]
 pub struct Step {
+    /// The `Forecast` resource's name: the service's, with the resolution's suffix.
+    pub name: String,
     pub forecast: Forecast,
     /// The metrics' `resolution` label.
     pub resolution: &'static str,
@@ -249,7 +251,8 @@ pub struct Step {
 /// The forecasting loop's memory: each service's chosen model and how its forecasts did.
 #[derive(Default)]
 pub struct Predictor {
-    states: HashMap<String, State>,
+    /// By service and step (seconds).
+    states: HashMap<(String, i64), State>,
 }
 
 impl Predictor {
@@ -264,7 +267,7 @@ impl Predictor {
         events: &[DemandEvent],
         end_s: i64,
     ) -> Option<Step> {
-        let key = format!("{service}{}", res.suffix);
+        let key = (service.to_string(), res.step_s);
         if let Some(st) = self.states.get_mut(&key) {
             if st
                 .last
@@ -308,6 +311,7 @@ impl Predictor {
         events::apply(&mut wire, events);
         st.last = Some(wire.clone());
         Some(Step {
+            name: format!("{service}{}", res.suffix),
             forecast: wire,
             resolution: res.label,
             reselected: reason,
@@ -319,13 +323,7 @@ impl Predictor {
 
     /// Forgets the services not in `live`.
     pub fn retain(&mut self, live: &HashSet<String>) {
-        self.states.retain(|key, _| {
-            let service = [SECONDS, MINUTES]
-                .iter()
-                .find_map(|r| key.strip_suffix(r.suffix).filter(|_| !r.suffix.is_empty()))
-                .unwrap_or(key);
-            live.contains(service)
-        });
+        self.states.retain(|(service, _), _| live.contains(service));
     }
 }
 
@@ -387,13 +385,7 @@ pub async fn run(
         }
         let forecasts = steps
             .into_iter()
-            .map(|s| {
-                let name = match s.resolution {
-                    r if r == MINUTES.label => format!("{}{}", s.forecast.service, MINUTES.suffix),
-                    _ => s.forecast.service.clone(),
-                };
-                Resource::new(name, Body::Forecast(s.forecast))
-            })
+            .map(|s| Resource::new(s.name, Body::Forecast(s.forecast)))
             .collect();
         if let Err(e) = resources.put_many(forecasts).await {
             tracing::error!(error = %e, "storing forecasts failed");

@@ -47,7 +47,7 @@ impl PeakEwma {
         self.observe_at(now_ms(), rtt);
     }
 
-    fn observe_at(&self, now: u64, rtt: Duration) {
+    pub fn observe_at(&self, now: u64, rtt: Duration) {
         let elapsed = now.saturating_sub(self.stamp_ms.swap(now, Relaxed)) as f64;
         let w = (-elapsed / DECAY.as_millis() as f64).exp();
         let prev = self.rtt_ns.load(Relaxed) as f64 * w;
@@ -62,12 +62,8 @@ impl PeakEwma {
         self.rtt_ns.store(next as u64, Relaxed);
     }
 
-    pub fn estimate_ns(&self) -> f64 {
-        self.estimate_at(now_ms())
-    }
-
     /// The last estimate, decayed by the time since it was made.
-    fn estimate_at(&self, now: u64) -> f64 {
+    pub fn estimate_at(&self, now: u64) -> f64 {
         let elapsed = now.saturating_sub(self.stamp_ms.load(Relaxed)) as f64;
         self.rtt_ns.load(Relaxed) as f64 * (-elapsed / DECAY.as_millis() as f64).exp()
     }
@@ -99,11 +95,7 @@ impl Default for FailureRate {
 }
 
 impl FailureRate {
-    pub fn observe(&self, failed: bool) {
-        self.observe_at(now_ms(), failed);
-    }
-
-    fn observe_at(&self, now: u64, failed: bool) {
+    pub fn observe_at(&self, now: u64, failed: bool) {
         let stamp = self.stamp_ms.load(Relaxed);
         let halvings = now.saturating_sub(stamp) / HALF_LIFE_MS;
         // One thread ages the counts; a sample racing with it may land before or after.
@@ -124,12 +116,8 @@ impl FailureRate {
         }
     }
 
-    /// Failed share of recent attempts, 0..1 (0 while too few are known).
-    pub fn rate(&self) -> f64 {
-        self.rate_at(now_ms())
-    }
-
-    fn rate_at(&self, now: u64) -> f64 {
+    /// Failed share of recent attempts as of `now`, 0..1 (0 while too few are known).
+    pub fn rate_at(&self, now: u64) -> f64 {
         let shift = (now.saturating_sub(self.stamp_ms.load(Relaxed)) / HALF_LIFE_MS).min(63);
         let attempts = self.attempts.load(Relaxed) >> shift;
         if attempts < MIN_ATTEMPTS {
@@ -226,7 +214,7 @@ impl Balancer {
                     .map(|k| self.wrr[(start + k) % self.wrr.len()])
                     .find(|&i| usable(i))
             }
-            LoadBalancer::PeakEwma => self.p2c(eps, usable),
+            LoadBalancer::PeakEwma => self.p2c(eps, now, usable),
         };
         // Panic mode: everything is ejected or avoided.
         let i = chosen.unwrap_or_else(|| {
@@ -256,8 +244,9 @@ impl Balancer {
             Some(i) != avoid
                 && !e.outlier.is_ejected(now)
                 && e.accuracy >= needs.min_accuracy
-                && e.ewma.estimate_ns() <= needs.max_latency_ns
-                && (needs.max_failure_rate >= 1.0 || e.failures.rate() <= needs.max_failure_rate)
+                && e.ewma.estimate_at(now) <= needs.max_latency_ns
+                && (needs.max_failure_rate >= 1.0
+                    || e.failures.rate_at(now) <= needs.max_failure_rate)
         };
         let cheapest = (0..eps.len())
             .filter(|&i| meets(i))
@@ -265,14 +254,14 @@ impl Balancer {
             .min_by(f64::total_cmp);
         match cheapest {
             Some(price) => {
-                let chosen = self.p2c(eps, |i| meets(i) && eps[i].price <= price)?;
+                let chosen = self.p2c(eps, now, |i| meets(i) && eps[i].price <= price)?;
                 Some((&eps[chosen], true))
             }
             None => self.pick(eps, avoid).map(|e| (e, false)),
         }
     }
 
-    fn p2c(&self, eps: &[Endpoint], usable: impl Fn(usize) -> bool) -> Option<usize> {
+    fn p2c(&self, eps: &[Endpoint], now: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = eps.len();
         if n < 2 {
             return (n == 1 && usable(0)).then_some(0);
@@ -294,7 +283,7 @@ impl Balancer {
                 }
             }
         };
-        Some(if eps[a].load_cost() <= eps[b].load_cost() {
+        Some(if eps[a].load_cost(now) <= eps[b].load_cost(now) {
             a
         } else {
             b
@@ -336,16 +325,17 @@ mod tests {
     #[test]
     fn failure_rate_is_unknown_until_enough_attempts_then_their_failed_share() {
         let f = FailureRate::default();
+        let t0 = f.stamp_ms.load(Relaxed);
         for _ in 0..MIN_ATTEMPTS - 1 {
-            f.observe(true);
+            f.observe_at(t0, true);
         }
-        assert_eq!(f.rate(), 0.0, "too few attempts to judge");
-        f.observe(true);
-        assert_eq!(f.rate(), 1.0);
+        assert_eq!(f.rate_at(t0), 0.0, "too few attempts to judge");
+        f.observe_at(t0, true);
+        assert_eq!(f.rate_at(t0), 1.0);
         for _ in 0..60 {
-            f.observe(false);
+            f.observe_at(t0, false);
         }
-        assert_eq!(f.rate(), 0.25);
+        assert_eq!(f.rate_at(t0), 0.25);
     }
 
     #[test]

@@ -47,9 +47,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Lower is better: expected latency times queue depth, divided by weight.
-    pub fn load_cost(&self) -> f64 {
-        self.ewma.estimate_ns() * (self.pending.load(Relaxed) + 1) as f64 / self.spec.weight as f64
+    /// Lower is better: expected latency (as of `now`, `outlier::now_ms`) times queue
+    /// depth, divided by weight.
+    pub fn load_cost(&self, now: u64) -> f64 {
+        self.ewma.estimate_at(now) * (self.pending.load(Relaxed) + 1) as f64
+            / self.spec.weight as f64
     }
 }
 
@@ -157,15 +159,18 @@ impl Cluster {
     }
 
     pub fn record(&self, ep: &Endpoint, outcome: Outcome) {
-        ep.failures.observe(!matches!(outcome, Outcome::Success(_)));
+        // One clock read for every estimate the outcome updates.
+        let now = now_ms();
+        ep.failures
+            .observe_at(now, !matches!(outcome, Outcome::Success(_)));
         let failed = match outcome {
             Outcome::Success(rtt) => {
-                ep.ewma.observe(rtt);
+                ep.ewma.observe_at(now, rtt);
                 ep.outlier.on_success();
                 return;
             }
             Outcome::ServerError(rtt) => {
-                ep.ewma.observe(rtt);
+                ep.ewma.observe_at(now, rtt);
                 self.status_5xx.inc();
                 true
             }
@@ -179,7 +184,7 @@ impl Cluster {
             }
         };
         if failed {
-            if let Some(d) = ep.outlier.on_failure(&self.spec.outlier, now_ms()) {
+            if let Some(d) = ep.outlier.on_failure(&self.spec.outlier, now) {
                 self.ejections.inc();
                 tracing::warn!(cluster = %self.spec.name, endpoint = %ep.spec.authority, ejected_for = ?d, "endpoint ejected");
             }

@@ -91,12 +91,6 @@ pub struct Config {
     pub tiers: Vec<TierSpec>,
 }
 
-impl Config {
-    pub fn tier(&self, t: Tier) -> &TierSpec {
-        &self.tiers[t.0 as usize]
-    }
-}
-
 /// Connection to the control plane (discovery and telemetry streams).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlPlaneSpec {

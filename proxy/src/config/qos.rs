@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::RawConfig;
-use super::Builder;
+use super::{Builder, Config};
 
 /// A QoS tier, as its index in `Config::tiers` (ordered lowest priority first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -70,6 +70,12 @@ pub struct SubjectSpec {
     pub kind: SubjectKind,
     pub profile: Option<String>,
     pub tier: Option<Tier>,
+}
+
+impl Config {
+    pub fn tier(&self, t: Tier) -> &TierSpec {
+        &self.tiers[t.0 as usize]
+    }
 }
 
 impl Builder<'_> {
