@@ -181,6 +181,12 @@ async fn answer(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // The caller's mesh identity, as an inbound sidecar verified it.
+    let client_cert = req
+        .headers()
+        .get("x-forwarded-client-cert")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = req.into_body().collect().await?.to_bytes();
     let json = serde_json::json!({
         "service": name,
@@ -188,6 +194,7 @@ async fn answer(
         "method": method,
         "path": path,
         "request_id": request_id,
+        "client_cert": client_cert,
         "body": String::from_utf8_lossy(&body),
     });
     let mut res = Response::new(Full::new(Bytes::from(json.to_string() + "\n")));

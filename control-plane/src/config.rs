@@ -49,6 +49,8 @@ struct Raw {
     alerting: crate::sla::alerts::AlertingConfig,
     #[serde(default)]
     auth: crate::auth::AuthConfig,
+    #[serde(default)]
+    identity: crate::identity::IdentityConfig,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -81,6 +83,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// One more admin token, from `PRESAGE_API_TOKEN` (set by the caller, not the file).
     pub admin_token: Option<String>,
+    /// The mesh CA that signs workload certificates.
+    pub identity: crate::identity::IdentityConfig,
 }
 
 impl Default for Config {
@@ -99,6 +103,7 @@ impl Default for Config {
             alerting: Default::default(),
             auth: Default::default(),
             admin_token: None,
+            identity: Default::default(),
         }
     }
 }
@@ -263,6 +268,9 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    for (field, message) in raw.identity.check() {
+        errors.push(format!("{source}: identity.{field}: {message}"));
+    }
     if !errors.is_empty() {
         return Err(ConfigError(errors));
     }
@@ -284,6 +292,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         alerting: raw.alerting,
         auth: raw.auth,
         admin_token: None,
+        identity: raw.identity,
     })
 }
 

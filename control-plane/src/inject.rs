@@ -278,6 +278,8 @@ fn sidecar(o: &Options) -> Value {
         "env": [
             {"name": "POD_NAME", "valueFrom": field("metadata.name")},
             {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+            // With POD_NAMESPACE, the workload identity the proxy asks the CA for.
+            {"name": "POD_SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
         ],
         "ports": [{"name": "presage-admin", "containerPort": o.admin_port}],
         "readinessProbe": {"httpGet": {"path": "/ready", "port": o.admin_port}},

@@ -28,6 +28,7 @@ pub mod discovery;
 pub mod events;
 pub mod forecast;
 pub mod health;
+pub mod identity;
 pub mod inject;
 pub mod load;
 pub mod metrics;

@@ -46,6 +46,11 @@ pub struct SelectionLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Realised mean absolute error of each service's published forecasts (requests/s).
@@ -67,6 +72,8 @@ pub struct Metrics {
     pub discovery_skipped: Family<RegistryLabels, Counter>,
     /// Service updates applied from the registry.
     pub discovery_updates: Family<RegistryLabels, Counter>,
+    /// Workload certificate requests, by result (signed, rejected).
+    pub certificates: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -129,12 +136,23 @@ impl Metrics {
             "Forecasting model choices, by reason (first, horizon, schedule, drift)",
             self.forecast_selections.clone(),
         );
+        r.register(
+            "certificates",
+            "Workload certificate requests from proxies, by result (signed, rejected)",
+            self.certificates.clone(),
+        );
         r.register_collector(Box::new(ProxyGauges(proxies)));
         registry
     }
 }
 
 impl Metrics {
+    pub fn certificates_signed(&self, result: &'static str) {
+        self.certificates
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     /// Records one service's forecasting step.
     pub fn forecast_step(&self, s: &crate::predict::Step) {
         let service = s.forecast.service.clone();

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use presage_api::discovery_server::DiscoveryServer;
+use presage_api::identity_server::IdentityServer;
 use presage_api::resource::Body;
 use presage_api::telemetry_server::TelemetryServer;
 use presage_api::Resource;
@@ -46,6 +47,8 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("api server: {0}")]
     Api(std::io::Error),
+    #[error(transparent)]
+    Ca(#[from] crate::identity::CaError),
 }
 
 /// The addresses actually bound (ports may have been 0).
@@ -136,6 +139,13 @@ pub async fn run(
         }),
     };
     let profiler = Arc::new(Mutex::new(profiler));
+
+    let (c, s) = (cfg.identity.clone(), store.clone());
+    let ca = Arc::new(
+        tokio::task::spawn_blocking(move || crate::identity::Ca::load(&c, &s))
+            .await
+            .expect("loading the CA panicked")?,
+    );
 
     let grpc = bind(cfg.grpc).await?;
     let api_listener = bind(cfg.api).await?;
@@ -233,6 +243,10 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(DiscoveryServer::new(discovery))
         .add_service(TelemetryServer::new(telemetry))
+        .add_service(IdentityServer::new(crate::identity::IdentityService {
+            ca,
+            metrics: metrics.clone(),
+        }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             stopped(stop_rx.clone()),

@@ -9,6 +9,7 @@
 //! - `resources`: `"{type_url}/{name}"` -> encoded `Resource` (clusters, routes, QoS profiles, ...)
 //! - `series`: service name -> encoded load history (see `load::History::encode`)
 //! - `models`: model name -> encoded model state (`behaviour`: the behaviour profiler)
+//! - `secrets`: name -> bytes (`identity-ca`: a generated mesh CA's certificate and key)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use presage_api::Resource;
 const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resources");
 const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
 const MODELS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("models");
+const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +71,7 @@ impl Store {
             tx.open_table(RESOURCES)?;
             tx.open_table(SERIES)?;
             tx.open_table(MODELS)?;
+            tx.open_table(SECRETS)?;
             tx.commit()?;
             Ok(db)
         };
@@ -148,19 +151,45 @@ impl Store {
 
     /// Saves one model's state, replacing the previous one.
     pub fn put_model(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_bytes(MODELS, name, bytes)
+    }
+
+    /// One model's saved state, if any.
+    pub fn model(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(MODELS, name)
+    }
+
+    /// Saves a secret (the file is the store's: readable by whoever can read the store).
+    pub fn put_secret(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_bytes(SECRETS, name, bytes)
+    }
+
+    fn put_bytes(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(redb::Error::from)?;
         {
-            let mut t = tx.open_table(MODELS).map_err(redb::Error::from)?;
+            let mut t = tx.open_table(table).map_err(redb::Error::from)?;
             t.insert(name, bytes).map_err(redb::Error::from)?;
         }
         tx.commit().map_err(redb::Error::from)?;
         Ok(())
     }
 
-    /// One model's saved state, if any.
-    pub fn model(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(SECRETS, name)
+    }
+
+    fn get(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = tx.open_table(MODELS).map_err(redb::Error::from)?;
+        let t = tx.open_table(table).map_err(redb::Error::from)?;
         let v = t.get(name).map_err(redb::Error::from)?;
         Ok(v.map(|v| v.value().to_vec()))
     }

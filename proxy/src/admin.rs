@@ -66,6 +66,22 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "text/plain",
                     "waiting for the control plane's first resources\n".into(),
                 )
+            } else if shared
+                .live
+                .load()
+                .config
+                .control_plane
+                .as_ref()
+                .is_some_and(|c| c.identity.is_some())
+                && crate::identity::own_id().is_none()
+            {
+                // Without its certificate a sidecar can neither call nor be called in
+                // the mesh.
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "waiting for the workload certificate\n".into(),
+                )
             } else {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             }

@@ -31,6 +31,8 @@ pub enum ProxyError {
     Throttled(String, std::time::Duration),
     #[error("overloaded: {0} requests are shed to keep higher tiers within target")]
     Shed(std::sync::Arc<str>),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl ProxyError {
@@ -77,6 +79,7 @@ impl ProxyError {
                     | ProxyError::UnknownQosProfile(_)
                     | ProxyError::Throttled(..)
                     | ProxyError::Shed(_)
+                    | ProxyError::Forbidden(_)
             )
     }
 
@@ -94,6 +97,7 @@ impl ProxyError {
             ProxyError::UnknownQosProfile(_) => "unknown-qos-profile",
             ProxyError::Throttled(..) => "rate-limited",
             ProxyError::Shed(_) => "shed",
+            ProxyError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -107,6 +111,7 @@ impl ProxyError {
             }
             ProxyError::Throttled(..) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Upgrade(_) => {
                 StatusCode::BAD_GATEWAY

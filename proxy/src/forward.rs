@@ -40,7 +40,7 @@ use crate::state::Shared;
 use crate::upstream::{Cluster, Endpoint, Outcome};
 
 /// Per-connection facts the request path needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     pub tls: bool,
@@ -48,6 +48,45 @@ pub struct Conn {
     pub original_dst: Option<SocketAddr>,
     /// Redirected inbound traffic: not routed, passed to the local application.
     pub inbound: bool,
+    /// The SPIFFE ID of a mesh peer (verified client certificate); checked against the
+    /// listener's authorization rules.
+    pub peer_id: Option<Arc<str>>,
+    /// The listener the connection came in on.
+    pub listener: Arc<str>,
+}
+
+/// The listener's authorization rules on the caller's mesh identity.
+fn authorize(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &Conn,
+    req: &Request<Incoming>,
+) -> Result<(), ProxyError> {
+    let Some(l) = rt
+        .config
+        .listeners
+        .iter()
+        .find(|l| *l.name == *conn.listener)
+        .filter(|l| !l.authorization.is_empty())
+    else {
+        return Ok(());
+    };
+    let host = routing::request_host(req.uri(), req.headers());
+    let view = RequestView {
+        host: host.as_deref(),
+        path: req.uri().path(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    crate::authz::check(&l.authorization, &view, conn.peer_id.as_deref()).map_err(|d| {
+        shared.metrics.authz_denied.inc();
+        let who = conn.peer_id.as_deref().unwrap_or("(no identity)");
+        tracing::debug!(listener = %l.name, rule = d.rule, caller = who, "request denied");
+        ProxyError::Forbidden(format!(
+            "{} ({who}; listener {} rule {})",
+            d.reason, l.name, d.rule
+        ))
+    })
 }
 
 /// hyper's entry point for every downstream request.
@@ -64,6 +103,12 @@ pub async fn handle(
         .access_log
         .then(|| AccessEntry::new(&req, conn.peer));
 
+    if let Err(e) = authorize(&shared, &rt, &conn, &req) {
+        let mut res = e.into_response();
+        res.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        return Ok(res);
+    }
     let route = if conn.inbound {
         None
     } else {
@@ -79,6 +124,9 @@ pub async fn handle(
     };
     // Redirected traffic no route claims goes where the client sent it.
     if let (None, Some(dst)) = (route, conn.original_dst) {
+        if conn.inbound {
+            headers::set_client_cert(req.headers_mut(), conn.peer_id.as_deref());
+        }
         let mut res = crate::transparent::http(&shared, req, dst)
             .await
             .unwrap_or_else(|e| {
@@ -136,7 +184,7 @@ pub async fn handle(
                     bandwidth: rt.config.tier(decision.tier).bandwidth,
                     per_endpoint: shared.telemetry.is_some(),
                 };
-                proxy(&rt, route, conn, req, qos).await
+                proxy(&rt, route, &conn, req, qos).await
             }
             Err(e) => Err(e),
         },
@@ -265,7 +313,7 @@ fn admit<'a>(
 async fn proxy(
     rt: &Runtime,
     route: &Route,
-    conn: Conn,
+    conn: &Conn,
     req: Request<Incoming>,
     qos: Qos<'_>,
 ) -> Result<Answer, ProxyError> {
@@ -500,7 +548,7 @@ fn endpoint_uri(ep: &Endpoint, path: &PathAndQuery) -> Result<Uri, ProxyError> {
         .map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))
 }
 
-fn prepare_headers(h: &mut HeaderMap, uri: &Uri, route: &Route, conn: Conn, upgrade: bool) {
+fn prepare_headers(h: &mut HeaderMap, uri: &Uri, route: &Route, conn: &Conn, upgrade: bool) {
     // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
     if !h.contains_key(header::HOST) {
         if let Some(v) = uri
@@ -528,7 +576,7 @@ fn response(route: &Route, res: Response<Incoming>, rate: f64) -> Response<Respo
 /// upgraded connections until either side closes.
 async fn upgrade(
     route: &Route,
-    conn: Conn,
+    conn: &Conn,
     mut req: Request<Incoming>,
 ) -> Result<Answer, ProxyError> {
     let cluster = &route.cluster;

@@ -95,6 +95,24 @@ pub fn add_forwarded(h: &mut HeaderMap, peer: std::net::IpAddr, tls: bool) {
     }
 }
 
+/// `x-forwarded-client-cert` (Envoy's format): who called, as the inbound sidecar
+/// verified it, for the application to read. Always replaced: a caller cannot forge it.
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Sets `x-forwarded-client-cert` to `By=<own ID>;URI=<peer ID>`, or removes it when the
+/// peer has no verified identity.
+pub fn set_client_cert(h: &mut HeaderMap, peer: Option<&str>) {
+    h.remove(&X_FORWARDED_CLIENT_CERT);
+    let Some(peer) = peer else { return };
+    let v = match crate::identity::own_id() {
+        Some(own) => format!("By={own};URI={peer}"),
+        None => format!("URI={peer}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod attempt;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod control_plane;
 pub mod errors;
 pub mod forward;
 pub mod headers;
+pub mod identity;
 pub mod listen;
 pub mod load;
 pub mod metrics;

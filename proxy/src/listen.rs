@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::config::Limits;
 use crate::forward::{self, Conn};
 use crate::state::Shared;
+use crate::transparent::Sniffed;
 
 /// Decrements the active-connection gauge however the connection ends.
 struct ConnGuard(Arc<Shared>);
@@ -36,6 +37,7 @@ pub async fn accept_loop(
     watcher: impl Fn() -> Watcher,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener: Arc<str> = Arc::from(name.as_str());
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -73,6 +75,8 @@ pub async fn accept_loop(
                 tls: tls.is_some(),
                 original_dst,
                 inbound,
+                peer_id: None,
+                listener: listener.clone(),
             },
             tls,
             watcher(),
@@ -101,23 +105,39 @@ fn builder(limits: &Limits) -> Builder<TokioExecutor> {
 async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
-    conn: Conn,
+    mut conn: Conn,
     tls: Option<Arc<rustls::ServerConfig>>,
     watcher: Watcher,
 ) {
     shared.metrics.connections.inc();
     shared.metrics.active_connections.inc();
     let _guard = ConnGuard(shared.clone());
+    let mut tls = tls;
     if let Some(dst) = conn.original_dst {
-        if !crate::transparent::looks_like_http(&stream).await {
-            crate::transparent::tcp(&shared, stream, dst).await;
-            return;
+        let mesh = conn.inbound
+            && shared
+                .live
+                .load()
+                .config
+                .control_plane
+                .as_ref()
+                .is_some_and(|c| c.identity.is_some());
+        match crate::transparent::sniff(&stream, mesh).await {
+            Sniffed::Http => {}
+            Sniffed::Mesh => tls = Some(crate::identity::server_config()),
+            Sniffed::Other => {
+                crate::transparent::tcp(&shared, stream, dst).await;
+                return;
+            }
         }
     }
     let limits = shared.live.load().config.limits;
     let b = builder(&limits);
-    let svc_shared = shared.clone();
-    let svc = hyper::service::service_fn(move |req| forward::handle(svc_shared.clone(), conn, req));
+    let service = |conn: Conn| {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn.clone(), req))
+    };
+    let peer = conn.peer;
     let result = match tls {
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -128,14 +148,19 @@ async fn serve(
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(error)) => {
-                        tracing::debug!(%error, peer = %conn.peer, "TLS handshake failed");
+                        tracing::debug!(%error, %peer, "TLS handshake failed");
                         return;
                     }
                     Err(_) => return,
                 };
+            if conn.original_dst.is_some() {
+                // Only mesh TLS is terminated on a transparent listener: a verified peer.
+                conn.peer_id = crate::identity::peer_id(stream.get_ref().1);
+                shared.metrics.mtls_connections.inc();
+            }
             watcher
                 .watch(
-                    b.serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    b.serve_connection_with_upgrades(TokioIo::new(stream), service(conn))
                         .into_owned(),
                 )
                 .await
@@ -143,13 +168,13 @@ async fn serve(
         None => {
             watcher
                 .watch(
-                    b.serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    b.serve_connection_with_upgrades(TokioIo::new(stream), service(conn))
                         .into_owned(),
                 )
                 .await
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%error, peer = %conn.peer, "connection ended with an error");
+        tracing::debug!(%error, %peer, "connection ended with an error");
     }
 }

@@ -75,6 +75,14 @@ pub struct Metrics {
     /// passed to their original destination (transparent listeners).
     pub passthrough_connections: Counter,
     pub passthrough_requests: Counter,
+    /// Workload certificate renewals by result (`ok`, `error`).
+    pub identity_renewals: Family<ResultLabels, Counter>,
+    /// When the current workload certificate expires (Unix seconds; 0: none yet).
+    pub identity_expiry: Gauge,
+    /// Inbound mutual-TLS connections accepted from mesh peers.
+    pub mtls_connections: Counter,
+    /// Requests refused by a listener's authorization rules.
+    pub authz_denied: Counter,
     pub ejections: Family<ClusterLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
@@ -124,6 +132,10 @@ impl Metrics {
             hedges: Family::default(),
             passthrough_connections: Counter::default(),
             passthrough_requests: Counter::default(),
+            identity_renewals: Family::default(),
+            identity_expiry: Gauge::default(),
+            mtls_connections: Counter::default(),
+            authz_denied: Counter::default(),
             ejections: Family::default(),
             upstream_errors: Family::default(),
             reloads: Family::default(),
@@ -138,6 +150,20 @@ impl Metrics {
             telemetry_transitions_dropped: Counter::default(),
             service_load: Default::default(),
             qos_requests,
+        }
+    }
+
+    /// Records a certificate renewal; `expires` is kept only when it succeeded.
+    pub fn identity_renewed(&self, ok: bool, expires: std::time::SystemTime) {
+        let result = if ok { "ok" } else { "error" };
+        self.identity_renewals
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if ok {
+            let secs = expires
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.identity_expiry.set(secs as i64);
         }
     }
 
@@ -175,6 +201,26 @@ impl Metrics {
             "passthrough_requests",
             "Redirected HTTP requests that matched no route, sent to their original destination",
             self.passthrough_requests.clone(),
+        );
+        r.register(
+            "identity_renewals",
+            "Workload certificate renewals from the control plane's CA, by result",
+            self.identity_renewals.clone(),
+        );
+        r.register(
+            "identity_expiry_timestamp_seconds",
+            "When the current workload certificate expires (Unix seconds; 0 before the first)",
+            self.identity_expiry.clone(),
+        );
+        r.register(
+            "mtls_connections",
+            "Inbound mutual-TLS connections accepted from mesh peers",
+            self.mtls_connections.clone(),
+        );
+        r.register(
+            "authorization_denied",
+            "Requests refused (403) by a listener's authorization rules",
+            self.authz_denied.clone(),
         );
         r.register(
             "hedges",

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::state::Shared;
-use crate::{admin, listen, reload, telemetry, xds};
+use crate::{admin, identity, listen, reload, telemetry, xds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -53,6 +53,11 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     let control_plane = config.control_plane.clone();
     let shared = Shared::new(config).map_err(ServeError::Start)?;
     let _watcher = path.map(|p| reload::watch(shared.clone(), p)).transpose()?;
+    if let Some(spec) = &control_plane {
+        if let Some(id) = spec.identity.clone() {
+            tokio::spawn(identity::run(spec.clone(), id, shared.metrics.clone()));
+        }
+    }
     if let (Some(spec), Some(t)) = (control_plane, shared.telemetry.clone()) {
         tokio::spawn(xds::run(shared.clone(), spec, t.node.clone()));
         let live = shared.live.clone();

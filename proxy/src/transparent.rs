@@ -6,6 +6,8 @@
 //! accept ─▶ SO_ORIGINAL_DST (where the client meant to go)
 //!        ─▶ peek: HTTP? ── yes ─▶ routes by Host as usual; no route ─▶ the original
 //!                │                destination, request by request (passthrough)
+//!                ├─ a mesh ClientHello (inbound, with an identity) ─▶ mutual TLS, then
+//!                │    HTTP as above, the peer's identity checked and passed on
 //!                └─ no (or silent for SNIFF_WAIT: a server-first protocol)
 //!                     ─▶ TCP to the original destination, bytes spliced both ways
 //! ```
@@ -47,23 +49,49 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     (dst != local).then_some(dst)
 }
 
-/// Whether the connection's first bytes are an HTTP/1.x request line or the HTTP/2
-/// preface. Waits up to `SNIFF_WAIT` for them.
-pub async fn looks_like_http(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; 8];
-    let peeked = tokio::time::timeout(SNIFF_WAIT, async {
+/// What a redirected connection carries, told from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// An HTTP/1.x request line or the HTTP/2 preface.
+    Http,
+    /// A TLS ClientHello for the mesh (a peer sidecar's mutual TLS; see `identity`).
+    Mesh,
+    /// Anything else, or silence for `SNIFF_WAIT`: passed through as TCP.
+    Other,
+}
+
+/// Peeks (consumes nothing) at the first bytes; `mesh`: TLS may be a peer sidecar's.
+/// Waits up to `SNIFF_WAIT` for enough of them.
+pub async fn sniff(stream: &TcpStream, mesh: bool) -> Sniffed {
+    // A ClientHello with post-quantum key shares is about 1.5 KB.
+    let mut buf = vec![0u8; if mesh { 8192 } else { 8 }];
+    let found = tokio::time::timeout(SNIFF_WAIT, async {
         loop {
-            match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return 0,
-                Ok(n) if n >= buf.len() => return n,
-                // Fewer bytes than a method and a space: wait for more.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return Sniffed::Other,
+                Ok(n) => n,
+            };
+            let b = &buf[..n];
+            if mesh && b[0] == 0x16 {
+                match crate::identity::is_mesh_hello(b) {
+                    Some(true) => return Sniffed::Mesh,
+                    Some(false) => return Sniffed::Other,
+                    None if n == buf.len() => return Sniffed::Other,
+                    None => {}
+                }
+            } else if n >= 8 {
+                return if is_http_start(&b[..8]) {
+                    Sniffed::Http
+                } else {
+                    Sniffed::Other
+                };
             }
+            // Not enough bytes yet: wait for more.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
-    .await
-    .unwrap_or(0);
-    is_http_start(&buf[..peeked])
+    .await;
+    found.unwrap_or(Sniffed::Other)
 }
 
 fn is_http_start(b: &[u8]) -> bool {

@@ -1,9 +1,12 @@
 //! The `control_plane:` section: where the control plane is and how this proxy talks to
-//! it (checked like every other section, errors located in the file).
+//! it, and the workload identity it asks for (checked like every other section, errors
+//! located in the file).
 
 use std::time::Duration;
 
-use super::{defaults, raw, Builder, ControlPlaneSpec};
+use serde_saphyr::{Location, Spanned};
+
+use super::{defaults, raw, Builder, ControlPlaneSpec, IdentitySpec};
 
 /// `hostname-pid`: unique per proxy process on a machine and readable in `/v1/proxies`.
 pub fn default_node_id() -> String {
@@ -56,8 +59,10 @@ impl Builder<'_> {
                     }
                     b.value.max(1)
                 });
+        let identity = c.identity.as_ref().map(|id| self.identity(id));
         Some(ControlPlaneSpec {
             address,
+            identity,
             node_id: c.node_id.clone().unwrap_or_else(default_node_id),
             service: c.service.clone().unwrap_or_default(),
             report_interval: c
@@ -77,5 +82,43 @@ impl Builder<'_> {
                 .as_ref()
                 .map_or(defaults::INITIAL_FETCH_TIMEOUT, |d| d.0),
         })
+    }
+
+    /// The workload's namespace and service account: from the file, else the pod's
+    /// environment (`presage inject` sets both from the downward API), else `default`.
+    fn identity(&mut self, id: &raw::RawIdentity) -> IdentitySpec {
+        let mut field = |v: &Option<Spanned<String>>, env: &str, name: &str| {
+            let (value, at) = match v {
+                Some(s) => (s.value.clone(), s.referenced),
+                None => (
+                    std::env::var(env)
+                        .ok()
+                        .filter(|e| !e.is_empty())
+                        .unwrap_or_else(|| "default".into()),
+                    Location::UNKNOWN,
+                ),
+            };
+            let ok = !value.is_empty()
+                && value.len() <= 253
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+            if !ok {
+                self.err(
+                    at,
+                    format!("control_plane.identity.{name}"),
+                    format!("expected a Kubernetes name (lowercase letters, digits, '-', '.'), found {value:?}"),
+                );
+            }
+            value
+        };
+        IdentitySpec {
+            namespace: field(&id.namespace, "POD_NAMESPACE", "namespace"),
+            service_account: field(
+                &id.service_account,
+                "POD_SERVICE_ACCOUNT",
+                "service_account",
+            ),
+        }
     }
 }

@@ -123,6 +123,9 @@ pub(super) fn cluster_doc(c: &Cluster) -> String {
     if c.max_in_flight > 0 {
         o.insert("max_in_flight".into(), json!(c.max_in_flight));
     }
+    if c.mesh_tls {
+        o.insert("tls".into(), json!({ "mesh": true }));
+    }
     let eps: Vec<Value> = c
         .endpoints
         .iter()

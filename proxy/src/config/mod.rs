@@ -11,6 +11,7 @@
 
 mod control_plane;
 pub mod dynamic;
+mod listeners;
 mod one_liner;
 mod qos;
 mod routes;
@@ -102,6 +103,15 @@ pub struct ControlPlaneSpec {
     pub transition_sample_rate: f64,
     pub max_buffered_reports: usize,
     pub initial_fetch_timeout: Duration,
+    /// Set: get a workload certificate from the control plane (mutual TLS in the mesh).
+    pub identity: Option<IdentitySpec>,
+}
+
+/// The workload a sidecar's certificate names (see `identity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySpec {
+    pub namespace: String,
+    pub service_account: String,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +125,8 @@ pub struct Listener {
     pub transparent: bool,
     /// Redirected inbound traffic: never routed, always to its original destination.
     pub inbound: bool,
+    /// Rules on callers' mesh identities (see `authz`).
+    pub authorization: Vec<crate::authz::AuthzRule>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,11 +201,13 @@ pub struct ClientTlsSpec {
     pub ca_pem: Option<Vec<u8>>,
     pub server_name: Option<String>,
     pub config: Arc<rustls::ClientConfig>,
+    /// Mutual TLS to mesh sidecars with the workload certificate (`identity`).
+    pub mesh: bool,
 }
 
 impl PartialEq for ClientTlsSpec {
     fn eq(&self, o: &Self) -> bool {
-        self.ca_pem == o.ca_pem && self.server_name == o.server_name
+        self.ca_pem == o.ca_pem && self.server_name == o.server_name && self.mesh == o.mesh
     }
 }
 
@@ -540,63 +554,6 @@ impl Builder<'_> {
         }
     }
 
-    fn listeners(&mut self, raw: &RawConfig) -> Vec<Listener> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for (i, l) in raw.listeners.iter().enumerate() {
-            let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
-            if !seen.insert(name.clone()) {
-                self.err(
-                    Location::UNKNOWN,
-                    format!("listeners[{i}].name"),
-                    format!("duplicate listener name {name:?}"),
-                );
-            }
-            let tls = l.tls.as_ref().and_then(|t| {
-                let cert = self.read(&t.cert, format!("listeners[{i}].tls.cert"))?;
-                let key = self.read(&t.key, format!("listeners[{i}].tls.key"))?;
-                match tls::server_config(&cert, &key) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        self.err(
-                            t.cert.referenced,
-                            format!("listeners[{i}].tls"),
-                            e.to_string(),
-                        );
-                        None
-                    }
-                }
-            });
-            let transparent = l.transparent.as_ref().is_some_and(|t| t.value);
-            if transparent && l.tls.is_some() {
-                let at = l
-                    .transparent
-                    .as_ref()
-                    .map_or(Location::UNKNOWN, |t| t.referenced);
-                self.err(
-                    at,
-                    format!("listeners[{i}].transparent"),
-                    "a transparent listener takes the pod's own plain traffic; it cannot terminate TLS",
-                );
-            }
-            if l.inbound && !transparent {
-                self.err(
-                    Location::UNKNOWN,
-                    format!("listeners[{i}].inbound"),
-                    "an inbound listener takes redirected traffic: it needs `transparent: true`",
-                );
-            }
-            out.push(Listener {
-                name,
-                address: l.address,
-                tls,
-                transparent,
-                inbound: l.inbound,
-            });
-        }
-        out
-    }
-
     fn clusters(&mut self, raw: &RawConfig) -> Vec<ClusterSpec> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -626,6 +583,9 @@ impl Builder<'_> {
                 }
             }
             let tls = c.tls.as_ref().and_then(|t| {
+                if t.mesh {
+                    return self.mesh_tls(raw, t, &f);
+                }
                 let ca_pem = match &t.ca {
                     Some(ca) => Some(self.read(ca, f("tls.ca"))?),
                     None => None,
@@ -645,6 +605,7 @@ impl Builder<'_> {
                         ca_pem,
                         server_name: t.server_name.clone(),
                         config,
+                        mesh: false,
                     }),
                     Err(e) => {
                         self.err(loc, f("tls.ca"), e.to_string());

@@ -107,6 +107,18 @@ pub struct RawControlPlane {
     pub max_buffered_reports: Option<Spanned<usize>>,
     /// How long `/ready` waits for the first resources before the proxy serves what it has.
     pub initial_fetch_timeout: Option<Dur>,
+    /// Get a workload certificate from the control plane's CA (mutual TLS in the mesh).
+    pub identity: Option<RawIdentity>,
+}
+
+/// The workload the certificate is for: `spiffe://<trust domain>/ns/NAMESPACE/sa/ACCOUNT`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Default: `$POD_NAMESPACE`, else `default`.
+    pub namespace: Option<Spanned<String>>,
+    /// Default: `$POD_SERVICE_ACCOUNT`, else `default`.
+    pub service_account: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +133,24 @@ pub struct RawListener {
     /// application (routes are for outbound traffic).
     #[serde(default)]
     pub inbound: bool,
+    /// Rules on the peer's mesh identity, first match decides (none matching: allowed).
+    #[serde(default)]
+    pub authorization: Vec<RawAuthzRule>,
+}
+
+/// Allow or deny requests that match, by the calling workload's SPIFFE ID. Patterns
+/// are exact IDs or end in `*` (a prefix: `spiffe://presage.local/ns/shop/*`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthzRule {
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    /// When not empty, only these may call (plain or unauthenticated callers may not).
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// These may not call; checked before `allow`.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +316,10 @@ pub struct RawClientTls {
     pub ca: Option<Spanned<PathBuf>>,
     /// SNI and certificate name; default: the endpoint's host.
     pub server_name: Option<String>,
+    /// The endpoints are mesh sidecars: mutual TLS with this proxy's workload
+    /// certificate, theirs checked against the mesh CA (needs `control_plane.identity`).
+    #[serde(default)]
+    pub mesh: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,6 +30,40 @@ impl RouteSpec {
 }
 
 impl Builder<'_> {
+    /// A request match (routes', authorization rules'); `at` names it in errors.
+    pub(super) fn matcher(&mut self, m: &raw::RawMatch, at: &str) -> RouteMatch {
+        let host = m
+            .host
+            .as_ref()
+            .and_then(|h| match HostMatch::parse(&h.value) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.err(h.referenced, format!("{at}.host"), e);
+                    None
+                }
+            });
+        let path = m.path.as_ref().map(|p| match p {
+            raw::RawPathMatch::Exact(s) => PathMatch::Exact(s.clone()),
+            raw::RawPathMatch::Prefix(s) => PathMatch::Prefix(s.clone()),
+            raw::RawPathMatch::Regex(re) => PathMatch::Regex(re.0.clone()),
+        });
+        let headers = m
+            .headers
+            .iter()
+            .map(|h| HeaderMatch {
+                name: h.name.0.clone(),
+                value: h.value.clone(),
+                regex: h.regex.as_ref().map(|p| p.0.clone()),
+            })
+            .collect();
+        RouteMatch {
+            host,
+            path,
+            methods: m.methods.iter().map(|m| m.0.clone()).collect(),
+            headers,
+        }
+    }
+
     pub(super) fn routes(
         &mut self,
         raw: &RawConfig,
@@ -51,33 +85,8 @@ impl Builder<'_> {
                     ),
                 );
             }
-            let host = r
-                .matcher
-                .host
-                .as_ref()
-                .and_then(|h| match HostMatch::parse(&h.value) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        self.err(h.referenced, f("match.host"), e);
-                        None
-                    }
-                });
-            let path = r.matcher.path.as_ref().map(|p| match p {
-                raw::RawPathMatch::Exact(s) => PathMatch::Exact(s.clone()),
-                raw::RawPathMatch::Prefix(s) => PathMatch::Prefix(s.clone()),
-                raw::RawPathMatch::Regex(re) => PathMatch::Regex(re.0.clone()),
-            });
-            let headers = r
-                .matcher
-                .headers
-                .iter()
-                .map(|h| HeaderMatch {
-                    name: h.name.0.clone(),
-                    value: h.value.clone(),
-                    regex: h.regex.as_ref().map(|p| p.0.clone()),
-                })
-                .collect();
-            let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| match &path {
+            let matcher = self.matcher(&r.matcher, &f("match"));
+            let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| match &matcher.path {
                 Some(PathMatch::Prefix(p)) => Some((p.clone(), rw.prefix.value.clone())),
                 _ => {
                     self.err(
@@ -125,12 +134,7 @@ impl Builder<'_> {
             };
             out.push(RouteSpec {
                 name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
-                matcher: RouteMatch {
-                    host,
-                    path,
-                    methods: r.matcher.methods.iter().map(|m| m.0.clone()).collect(),
-                    headers,
-                },
+                matcher,
                 cluster: r.cluster.value.clone(),
                 rewrite_prefix,
                 timeout: r

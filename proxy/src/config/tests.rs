@@ -346,3 +346,52 @@ mod dynamic_resources {
         );
     }
 }
+
+#[test]
+fn mesh_tls_needs_an_identity_and_no_ca_of_its_own() {
+    let mesh = GOOD.replace("  - name: a\n", "  - name: a\n    tls: {mesh: true}\n");
+    let e = errors(&mesh);
+    assert!(
+        e[0].contains("clusters[0].tls.mesh: mesh TLS needs a workload certificate"),
+        "{e:?}"
+    );
+    let with_identity = format!(
+        "{mesh}control_plane:\n  address: http://127.0.0.1:9902\n  identity: {{namespace: shop, service_account: web}}\n"
+    );
+    let c = parse(&with_identity, "t.yaml", None).unwrap();
+    let tls = c.clusters[0].tls.as_ref().unwrap();
+    assert!(tls.mesh);
+    assert_eq!(tls.server_name.as_deref(), Some(crate::identity::MESH_SNI));
+    let id = c.control_plane.unwrap().identity.unwrap();
+    assert_eq!(
+        (id.namespace.as_str(), id.service_account.as_str()),
+        ("shop", "web")
+    );
+    let e = errors(&with_identity.replace("namespace: shop", "namespace: Shop"));
+    assert!(
+        e[0].starts_with(
+            "t.yaml:13:25: control_plane.identity.namespace: expected a Kubernetes name"
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn authorization_rules_are_checked_with_their_location() {
+    let yaml = GOOD.replace(
+        "  - address: 127.0.0.1:0\n",
+        "  - address: 127.0.0.1:0\n    authorization:\n      - match: {path: {prefix: /admin}}\n        allow: [\"spiffe://td/ns/ops/*\", \"ops\"]\n      - match: {methods: [GET]}\n",
+    );
+    let e = errors(&yaml);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "t.yaml:6:41: listeners[0].authorization[0].allow[1]: expected a SPIFFE ID"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("listeners[0].authorization[1]: a rule needs `allow` or `deny`"),
+        "{e:?}"
+    );
+}
