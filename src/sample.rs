@@ -130,6 +130,7 @@ async fn register(args: &SampleArgs, addr: SocketAddr) -> Result<Option<Registra
         version: env!("CARGO_PKG_VERSION").into(),
         weight: None,
         labels: Default::default(),
+        mesh: false,
     };
     if let Some(address) = &args.register_consul {
         let cfg = consul::ConsulConfig {

@@ -388,6 +388,29 @@ mod tests {
     }
 
     #[test]
+    fn a_generated_ca_is_kept_in_the_store_and_a_configured_one_is_used() {
+        let dir = std::env::temp_dir().join(format!("presage-ca-{}", std::process::id()));
+        let store = Store::open(&dir.join("s.redb")).unwrap();
+        let cfg = IdentityConfig::default();
+        let first = Ca::load(&cfg, &store).unwrap();
+        let again = Ca::load(&cfg, &store).unwrap();
+        assert_eq!(first.cert_pem, again.cert_pem, "a restart keeps the CA");
+        let (cert, key) = generate("example.org").unwrap();
+        std::fs::write(dir.join("ca.pem"), &cert).unwrap();
+        std::fs::write(dir.join("ca.key"), &key).unwrap();
+        let own = IdentityConfig {
+            ca: Some(CaFiles {
+                cert: dir.join("ca.pem"),
+                key: dir.join("ca.key"),
+            }),
+            ..IdentityConfig::default()
+        };
+        assert!(own.check().is_empty());
+        assert_eq!(Ca::load(&own, &store).unwrap().cert_pem, cert);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn config_errors_name_the_field() {
         let cfg = IdentityConfig {
             trust_domain: "Bad Domain".into(),

@@ -11,7 +11,9 @@
 //! the API reference), at its first address and the slice's port named `port_name`
 //! (default: the port named `http`, else the first). Pod labels become labels; pod
 //! annotations `presage.io/{zone,price,capacity,version,weight}` fill the rest (zone
-//! defaults to the endpoint's zone, version to the `app.kubernetes.io/version` label).
+//! defaults to the endpoint's zone, version to the `app.kubernetes.io/version` label);
+//! `presage.io/injected: "true"` (set by `presage inject`) marks a sidecar to call over
+//! mutual TLS.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -531,7 +533,7 @@ mod tests {
             )],
             vec![pod(
                 "web-1",
-                json!({"presage.io/price": "0.5", "presage.io/capacity": "300"}),
+                json!({"presage.io/price": "0.5", "presage.io/capacity": "300", "presage.io/injected": "true"}),
             )],
         );
         assert!(matches!(out[0], Update::Status { up: true, .. }));
@@ -547,6 +549,8 @@ mod tests {
         let Some(Update::Service { instances, .. }) = out.last() else {
             panic!()
         };
+        assert!(instances[0].record.mesh, "an injected pod has a sidecar");
+        assert!(!instances[1].record.mesh);
         let e = instances[0].endpoint();
         assert_eq!(e.metadata["price"], "0.5");
         assert_eq!(e.metadata["capacity"], "300");

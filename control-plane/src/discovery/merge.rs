@@ -97,6 +97,11 @@ impl Merger {
                 ..Default::default()
             });
             cluster.endpoints = instances.iter().map(|i| i.endpoint()).collect();
+            // Mutual TLS when every instance has a sidecar to answer it (the registry
+            // knows; a mixed service is called in plain until all are meshed).
+            if !instances.is_empty() {
+                cluster.mesh_tls = instances.iter().all(|i| i.record.mesh);
+            }
             if let Some(e) = validate::cluster(&cluster).first() {
                 tracing::warn!(registry, service = %service, field = %e.field, message = %e.message, "discovered service skipped");
                 self.metrics
@@ -136,6 +141,7 @@ mod tests {
                 version: String::new(),
                 weight: None,
                 labels: Default::default(),
+                mesh: false,
             },
         }
     }
@@ -178,6 +184,18 @@ mod tests {
         assert_eq!(c.load_balancer, "weighted_round_robin");
         let addrs: Vec<&str> = c.endpoints.iter().map(|e| e.address.as_str()).collect();
         assert_eq!(addrs, ["10.0.0.1:1", "10.0.0.1:2"], "sorted by instance id");
+        assert!(!c.mesh_tls);
+        // All behind sidecars: called over mutual TLS; one without: plain again.
+        let meshed = |id, port| {
+            let mut i = instance(id, port);
+            i.record.mesh = true;
+            i
+        };
+        m.apply(update(vec![meshed("a", 1), meshed("b", 2)])).await;
+        assert!(cluster(&m, "web").unwrap().mesh_tls);
+        m.apply(update(vec![meshed("a", 1), instance("b", 2)]))
+            .await;
+        assert!(!cluster(&m, "web").unwrap().mesh_tls);
         // Every instance gone: the cluster stays, empty (the proxy answers 503).
         m.apply(update(vec![])).await;
         assert!(cluster(&m, "web").unwrap().endpoints.is_empty());

@@ -29,6 +29,10 @@ pub struct Record {
     pub weight: Option<u32>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The instance runs behind a Presage sidecar (Kubernetes: its pod was injected):
+    /// a service whose instances all do is called over mutual TLS.
+    #[serde(default)]
+    pub mesh: bool,
 }
 
 impl Record {
@@ -43,6 +47,7 @@ impl Record {
             version: String::new(),
             weight: None,
             labels: BTreeMap::new(),
+            mesh: false,
         }
     }
 
@@ -61,6 +66,8 @@ impl Record {
             "price" => self.price = Some(number(field, value)?),
             "capacity" => self.capacity = Some(number(field, value)?),
             "weight" => self.weight = Some(number(field, value)?),
+            // `presage.io/injected`, which `presage inject` puts on the pod.
+            "injected" => self.mesh = value == "true",
             _ => return Ok(false),
         }
         Ok(true)
