@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod replay;
 mod sample;
 
 mod up;
@@ -70,6 +71,10 @@ enum Command {
     /// Serve the mutating admission webhook (HTTPS): answers each AdmissionReview of a Pod
     /// being created with a JSON Patch that adds the sidecar, as `inject` would.
     InjectWebhook(webhook::WebhookArgs),
+    /// Replay a request trace against one autoscaling policy (Presage's planner, HPA, KPA
+    /// or an oracle) with simulated instances that take a cold start to become ready;
+    /// prints requests over capacity (SLO violations), instance-seconds and scaling actions.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Args)]
@@ -194,6 +199,7 @@ fn main() -> ExitCode {
         Command::Forecast(args) => forecast(args),
         Command::Inject(args) => inject(args),
         Command::InjectWebhook(args) => webhook::run(args),
+        Command::Replay(args) => replay::run(args),
     }
 }
 

@@ -32,6 +32,7 @@ pub mod identity;
 pub mod inject;
 pub mod load;
 pub mod metrics;
+pub mod planner;
 pub mod predict;
 pub mod proxies;
 pub mod requests;

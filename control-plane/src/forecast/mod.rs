@@ -146,6 +146,23 @@ fn check_levels(levels: &[f64]) -> Result<(), ForecastError> {
 
 /// Chooses the model for `h` steps of `y` by rolling-origin backtest.
 pub fn select(y: &[f64], h: usize, periods: &[usize]) -> Result<Selected, ForecastError> {
+    choose(y, h, periods, false)
+}
+
+/// MSTL + AutoETS on the `periods` that `y` holds two cycles of (others as `select`
+/// when none does), with its backtest residuals for the intervals. For planning across
+/// a pattern's turns: the backtest's origins (the last few horizons) may all lie in a
+/// flat stretch, where a naive model wins the backtest and then misses the next ramp.
+pub fn select_seasonal(y: &[f64], h: usize, periods: &[usize]) -> Result<Selected, ForecastError> {
+    choose(y, h, periods, true)
+}
+
+fn choose(
+    y: &[f64],
+    h: usize,
+    periods: &[usize],
+    seasonal: bool,
+) -> Result<Selected, ForecastError> {
     if h == 0 {
         return Err(ForecastError::ZeroHorizon);
     }
@@ -168,9 +185,13 @@ pub fn select(y: &[f64], h: usize, periods: &[usize]) -> Result<Selected, Foreca
     let season = periods.first().copied().unwrap_or(1);
     let mut candidates = vec![Model::SeasonalNaive { period: season }, Model::Holt];
     if !periods.is_empty() {
-        candidates.push(Model::MstlEts {
+        let mstl = Model::MstlEts {
             periods: periods.clone(),
-        });
+        };
+        if seasonal {
+            candidates.clear();
+        }
+        candidates.push(mstl);
     }
     let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
     for m in candidates {
@@ -180,7 +201,7 @@ pub fn select(y: &[f64], h: usize, periods: &[usize]) -> Result<Selected, Foreca
             best = Some((m, mae, residuals));
         }
     }
-    let (model, mae, residuals) = best.expect("at least two candidates");
+    let (model, mae, residuals) = best.expect("at least one candidate");
     Ok(Selected {
         model,
         h,

@@ -24,6 +24,11 @@ pub enum SeriesError {
 
 /// Values in file order; timestamps (seconds or `YYYY-MM-DD HH:MM:SS`) must increase.
 pub fn load(path: &Path) -> Result<Vec<f64>, SeriesError> {
+    load_timed(path).map(|rows| rows.into_iter().map(|(_, v)| v).collect())
+}
+
+/// `(timestamp in Unix seconds, value)` rows in file order, checked as `load` checks them.
+pub fn load_timed(path: &Path) -> Result<Vec<(f64, f64)>, SeriesError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| SeriesError::Io {
         path: p.clone(),
@@ -62,7 +67,7 @@ pub fn load(path: &Path) -> Result<Vec<f64>, SeriesError> {
             }
         }
         prev = Some(t);
-        out.push(v);
+        out.push((t, v));
     }
     if out.is_empty() {
         return Err(SeriesError::Empty { path: p });

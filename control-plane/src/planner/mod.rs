@@ -1,0 +1,298 @@
+//! The planner: how many instances a service needs, decided one cold start before the
+//! demand arrives, with the reason for every decision.
+//!
+//! ```text
+//!  every control interval, per service:
+//!   history ─▶ forecast from now to one cold start + one interval ahead, at the
+//!              interval level the service's highest active tier asks for
+//!           ─▶ predictive need = peak upper bound / per-instance capacity
+//!   recent rate ─▶ reactive floor = rate / (capacity × floor utilisation)
+//!   target = max(predictive, floor) within [min, max]; a lower target waits until it
+//!            has held for `scale_down_delay` (no flapping on a forecast's wiggles)
+//! ```
+//! The floor is what keeps a spike nobody forecast from being met worse than a reactive
+//! autoscaler meets it. The model is the forecasting engine's: MSTL + AutoETS on the
+//! hourly, daily and weekly patterns once the history holds two cycles of one
+//! (`forecast::select_seasonal`; before that, the best by backtest), chosen again on a
+//! schedule and refitted as history arrives; a decision only ever sees
+//! the history it is given, so replaying a truncated trace gives the same decisions up
+//! to the cut.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::forecast::{self, Forecast, Selected};
+
+#[derive(Debug, Clone)]
+pub struct PlannerConfig {
+    /// Requests per second one instance serves within its latency target.
+    pub capacity_rps: f64,
+    /// From an instance's launch to its first request served.
+    pub cold_start: Duration,
+    /// How often a decision is made.
+    pub interval: Duration,
+    /// The history's resolution (one value per step: requests in that step).
+    pub step: Duration,
+    /// Interval level (percent) whose upper bound is provisioned for: 95 for Gold.
+    pub level: f64,
+    /// Share of capacity the reactive floor plans to use (HPA's default target: 0.8).
+    pub floor_utilisation: f64,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    /// A lower target is applied only once it has held this long.
+    pub scale_down_delay: Duration,
+}
+
+impl PlannerConfig {
+    /// Defaults for a service of `capacity_rps` per instance and `cold_start`, with a
+    /// history at `step` resolution.
+    pub fn new(capacity_rps: f64, cold_start: Duration, step: Duration) -> PlannerConfig {
+        PlannerConfig {
+            capacity_rps,
+            cold_start,
+            interval: Duration::from_secs(5),
+            step,
+            level: 95.0,
+            floor_utilisation: 0.8,
+            min_instances: 1,
+            max_instances: 10_000,
+            scale_down_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One decision and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Instances wanted from now on.
+    pub target: u32,
+    /// Instances the forecast asks for (none: no forecast yet, too little history).
+    pub predictive: Option<u32>,
+    /// Instances the recent rate asks for.
+    pub reactive: u32,
+    /// The forecast's peak upper bound over the lead time, requests/s.
+    pub forecast_upper_rps: Option<f64>,
+    /// Its point forecast at the same step, requests/s.
+    pub forecast_point_rps: Option<f64>,
+    pub level: f64,
+    pub model: Option<String>,
+    pub observed_rps: f64,
+    /// The target is above the wanted count because a scale-down is waiting out its delay.
+    pub held: bool,
+    /// `min` or `max` when the target was clamped.
+    pub clamped: Option<&'static str>,
+}
+
+/// Decides for one service; keeps its model and recent targets between decisions.
+#[derive(Debug)]
+pub struct Planner {
+    cfg: PlannerConfig,
+    selected: Option<Selected>,
+    /// History length when the model was chosen / the forecast was made.
+    selected_at: usize,
+    forecast: Option<(usize, Forecast)>,
+    /// Wanted targets of the last `scale_down_delay`: (time s, wanted).
+    recent: VecDeque<(f64, u32)>,
+}
+
+/// Repeating patterns looked for: an hour, a day, a week.
+const PERIODS_S: [u64; 3] = [3600, 86_400, 604_800];
+/// History used: two cycles of the longest pattern that fits, plus room for the
+/// backtest, at most this many steps (a seasonal fit costs about linear time in it).
+const WINDOW: usize = 4320;
+/// The model is chosen again (and its interval residuals renewed) after this much new
+/// history; refitted after this much; in between, the forecast made at the last fit is
+/// shifted by its mean error on the steps seen since (cheap, and it follows a change
+/// of level within a few steps).
+const RESELECT_S: u64 = 6 * 3600;
+const REFIT_S: u64 = 900;
+
+impl Planner {
+    pub fn new(cfg: PlannerConfig) -> Planner {
+        Planner {
+            cfg,
+            selected: None,
+            selected_at: 0,
+            forecast: None,
+            recent: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &PlannerConfig {
+        &self.cfg
+    }
+
+    fn steps(&self, d: Duration) -> usize {
+        (d.as_secs_f64() / self.cfg.step.as_secs_f64()).ceil() as usize
+    }
+
+    /// Forecast steps needed: from the end of history to one cold start and one interval
+    /// past the next refit.
+    fn horizon(&self) -> usize {
+        self.steps(self.cfg.cold_start + self.cfg.interval + Duration::from_secs(REFIT_S)) + 1
+    }
+
+    /// The forecast for `history` from its end on: `(point, upper)` per step, requests
+    /// per step. Refitted (and the model chosen again) when due; else the last fit's,
+    /// shifted by its mean error on the steps that arrived since it was made.
+    fn forecast(&mut self, history: &[f64]) -> Option<(Vec<f64>, Vec<f64>, String)> {
+        let n = history.len();
+        let step_s = self.cfg.step.as_secs().max(1);
+        let refit = (REFIT_S / step_s).max(1) as usize;
+        let reselect = (RESELECT_S / step_s).max(1) as usize;
+        if self.forecast.as_ref().is_none_or(|(at, _)| n >= at + refit) {
+            let periods: Vec<usize> = PERIODS_S
+                .iter()
+                .filter(|p| *p % step_s == 0)
+                .map(|p| (p / step_s) as usize)
+                .collect();
+            let h = self.horizon();
+            // Two cycles of the longest pattern the history can show, and the backtest.
+            let longest = periods
+                .iter()
+                .copied()
+                .filter(|p| 2 * p + forecast::origins(h) * h + h <= n)
+                .max()
+                .unwrap_or(0);
+            let window = (2 * longest + 2 * forecast::origins(h) * h).clamp(256, WINDOW);
+            let y = &history[n.saturating_sub(window)..];
+            if self.selected.is_none() || n >= self.selected_at + reselect {
+                // Too little history yet: the reactive floor decides alone.
+                let s = forecast::select_seasonal(y, h, &periods).ok()?;
+                self.selected = Some(s);
+                self.selected_at = n;
+            }
+            let f = forecast::predict(self.selected.as_ref()?, y, &[self.cfg.level]).ok()?;
+            self.forecast = Some((n, f));
+        }
+        let (at, f) = self.forecast.as_ref()?;
+        let seen = n - at;
+        let bias = if seen == 0 {
+            0.0
+        } else {
+            (0..seen)
+                .map(|k| history[at + k] - f.point[k.min(f.point.len() - 1)])
+                .sum::<f64>()
+                / seen as f64
+        };
+        let shift =
+            |v: &[f64]| -> Vec<f64> { v.iter().skip(seen).map(|x| (x + bias).max(0.0)).collect() };
+        let (_, _, hi) = &f.intervals[0];
+        Some((shift(&f.point), shift(hi), f.model.clone()))
+    }
+
+    /// Decides at `now` (seconds, on the history's clock: step `i` covers
+    /// `[i·step, (i+1)·step)`) from the complete steps of `history` (requests per step)
+    /// and the rate observed over the last minute.
+    pub fn decide(&mut self, now: f64, history: &[f64], observed_rps: f64) -> Decision {
+        let cfg = self.cfg.clone();
+        let step_s = cfg.step.as_secs_f64();
+        let reactive = (observed_rps / (cfg.capacity_rps * cfg.floor_utilisation))
+            .ceil()
+            .max(0.0) as u32;
+        let end = history.len() as f64 * step_s;
+        let lead = cfg.cold_start.as_secs_f64() + cfg.interval.as_secs_f64();
+        let peak = self.forecast(history).and_then(|(point, hi, model)| {
+            // Steps from now to one lead time ahead, on the forecast's clock.
+            let first = (((now - end) / step_s).floor().max(0.0)) as usize;
+            let last = (((now + lead - end) / step_s).ceil() as usize).max(first + 1);
+            let last = last.min(hi.len());
+            let first = first.min(last.checked_sub(1)?);
+            let j = (first..last).max_by(|a, b| hi[*a].total_cmp(&hi[*b]))?;
+            Some((hi[j] / step_s, point[j] / step_s, model))
+        });
+        let predictive = peak
+            .as_ref()
+            .map(|(hi, _, _)| (hi / cfg.capacity_rps).ceil() as u32);
+        let wanted = predictive.unwrap_or(0).max(reactive);
+        let (mut target, clamped) = if wanted < cfg.min_instances {
+            (cfg.min_instances, Some("min"))
+        } else if wanted > cfg.max_instances {
+            (cfg.max_instances, Some("max"))
+        } else {
+            (wanted, None)
+        };
+        // Scale down only to the highest target wanted during the delay.
+        let delay = cfg.scale_down_delay.as_secs_f64();
+        while self.recent.front().is_some_and(|(t, _)| *t <= now - delay) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, target));
+        let held_at = self.recent.iter().map(|(_, w)| *w).max().unwrap_or(target);
+        let held = held_at > target;
+        target = held_at;
+        let (forecast_upper_rps, forecast_point_rps, model) = match peak {
+            Some((hi, p, m)) => (Some(hi), Some(p), Some(m)),
+            None => (None, None, None),
+        };
+        Decision {
+            target,
+            predictive,
+            reactive,
+            forecast_upper_rps,
+            forecast_point_rps,
+            level: cfg.level,
+            model,
+            observed_rps,
+            held,
+            clamped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daily cycle at 1-minute steps: night 10 req/s, day 100 req/s, with a ramp.
+    fn day(days: usize) -> Vec<f64> {
+        (0..days * 1440)
+            .map(|i| {
+                let m = (i % 1440) as f64;
+                let rps = if m < 480.0 {
+                    10.0
+                } else if m < 540.0 {
+                    10.0 + 90.0 * (m - 480.0) / 60.0
+                } else if m < 1200.0 {
+                    100.0
+                } else {
+                    10.0
+                };
+                rps * 60.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capacity_is_planned_before_a_forecast_ramp() {
+        let y = day(4);
+        let cfg = PlannerConfig::new(10.0, Duration::from_secs(1800), Duration::from_secs(60));
+        let mut p = Planner::new(cfg);
+        // Day 4, 07:55: the ramp starts at 08:00 and reaches 100 req/s at 09:00. The
+        // floor (the last minute: 10 req/s) asks for 2 instances; the forecast plans for
+        // 08:25 (47.5 req/s), when instances launched now are up.
+        let t = 3 * 1440 + 475;
+        let d = p.decide(t as f64 * 60.0, &y[..t], y[t - 1] / 60.0);
+        assert_eq!(d.reactive, 2, "{d:?}");
+        let pred = d.predictive.expect("a forecast after three days");
+        assert!((5..=6).contains(&pred), "the ramp foreseen: {d:?}");
+        assert_eq!(d.target, pred);
+    }
+
+    #[test]
+    fn the_reactive_floor_decides_without_history_and_scale_down_waits() {
+        let cfg = PlannerConfig::new(10.0, Duration::from_secs(30), Duration::from_secs(60));
+        let mut p = Planner::new(cfg);
+        let d = p.decide(0.0, &[], 50.0);
+        assert_eq!((d.predictive, d.reactive, d.target), (None, 7, 7), "{d:?}");
+        // The load drops: the target stays up for the scale-down delay, then follows.
+        let d = p.decide(30.0, &[], 5.0);
+        assert_eq!((d.target, d.held), (7, true));
+        let d = p.decide(61.0, &[], 5.0);
+        assert_eq!((d.target, d.held), (1, false));
+        let d = p.decide(70.0, &[], 0.0);
+        assert_eq!((d.target, d.clamped), (1, Some("min")));
+    }
+}
