@@ -95,6 +95,10 @@ pub struct Planner {
     forecast: Option<(usize, Forecast)>,
     /// Wanted targets of the last `scale_down_delay`: (time s, wanted).
     recent: VecDeque<(f64, u32)>,
+    /// The history summed into planning steps (see `plan_step`), and how many of the
+    /// history's steps that took.
+    plan: Vec<f64>,
+    planned: usize,
 }
 
 /// Repeating patterns looked for: an hour, a day, a week.
@@ -108,6 +112,8 @@ const WINDOW: usize = 4320;
 /// of level within a few steps).
 const RESELECT_S: u64 = 6 * 3600;
 const REFIT_S: u64 = 900;
+/// The coarsest planning step finer histories are summed into (seconds).
+const PLAN_STEP_S: u64 = 300;
 
 impl Planner {
     pub fn new(cfg: PlannerConfig) -> Planner {
@@ -117,6 +123,41 @@ impl Planner {
             selected_at: 0,
             forecast: None,
             recent: VecDeque::new(),
+            plan: Vec::new(),
+            planned: 0,
+        }
+    }
+
+    /// Steps of history per planning step: patterns of hours and days are forecast at
+    /// no finer than five minutes (a seasonal fit costs about linear time in its window,
+    /// and the reactive floor follows what happens within the step).
+    fn per_plan(&self) -> usize {
+        let s = self.cfg.step.as_secs().max(1);
+        if s < PLAN_STEP_S && PLAN_STEP_S.is_multiple_of(s) {
+            (PLAN_STEP_S / s) as usize
+        } else {
+            1
+        }
+    }
+
+    fn plan_step_s(&self) -> u64 {
+        self.cfg.step.as_secs().max(1) * self.per_plan() as u64
+    }
+
+    /// Brings `plan` up to date with `history` (which only grows between decisions; a
+    /// history that did not is summed afresh).
+    fn sum_into_plan(&mut self, history: &[f64]) {
+        let k = self.per_plan();
+        if history.len() < self.planned {
+            self.plan.clear();
+            self.planned = 0;
+            self.forecast = None;
+            self.selected = None;
+        }
+        while self.planned + k <= history.len() {
+            self.plan
+                .push(history[self.planned..self.planned + k].iter().sum());
+            self.planned += k;
         }
     }
 
@@ -124,8 +165,9 @@ impl Planner {
         &self.cfg
     }
 
+    /// Planning steps in `d`.
     fn steps(&self, d: Duration) -> usize {
-        (d.as_secs_f64() / self.cfg.step.as_secs_f64()).ceil() as usize
+        (d.as_secs_f64() / self.plan_step_s() as f64).ceil() as usize
     }
 
     /// Forecast steps needed: from the end of history to one cold start and one interval
@@ -137,9 +179,10 @@ impl Planner {
     /// The forecast for `history` from its end on: `(point, upper)` per step, requests
     /// per step. Refitted (and the model chosen again) when due; else the last fit's,
     /// shifted by its mean error on the steps that arrived since it was made.
-    fn forecast(&mut self, history: &[f64]) -> Option<(Vec<f64>, Vec<f64>, String)> {
+    fn forecast(&mut self) -> Option<(Vec<f64>, Vec<f64>, String)> {
+        let history = &self.plan;
         let n = history.len();
-        let step_s = self.cfg.step.as_secs().max(1);
+        let step_s = self.plan_step_s();
         let refit = (REFIT_S / step_s).max(1) as usize;
         let reselect = (RESELECT_S / step_s).max(1) as usize;
         if self.forecast.as_ref().is_none_or(|(at, _)| n >= at + refit) {
@@ -188,13 +231,14 @@ impl Planner {
     /// and the rate observed over the last minute.
     pub fn decide(&mut self, now: f64, history: &[f64], observed_rps: f64) -> Decision {
         let cfg = self.cfg.clone();
-        let step_s = cfg.step.as_secs_f64();
+        self.sum_into_plan(history);
+        let step_s = self.plan_step_s() as f64;
         let reactive = (observed_rps / (cfg.capacity_rps * cfg.floor_utilisation))
             .ceil()
             .max(0.0) as u32;
-        let end = history.len() as f64 * step_s;
+        let end = self.plan.len() as f64 * step_s;
         let lead = cfg.cold_start.as_secs_f64() + cfg.interval.as_secs_f64();
-        let peak = self.forecast(history).and_then(|(point, hi, model)| {
+        let peak = self.forecast().and_then(|(point, hi, model)| {
             // Steps from now to one lead time ahead, on the forecast's clock.
             let first = (((now - end) / step_s).floor().max(0.0)) as usize;
             let last = (((now + lead - end) / step_s).ceil() as usize).max(first + 1);

@@ -1,0 +1,80 @@
+"""Autoscaling on real traces: Presage's planner vs the Kubernetes HPA, Knative KPA and an
+oracle, each through `presage replay` (simulated clock, instances with a cold start).
+
+Per trace and cold start: requests over ready capacity (SLO violations) and their share,
+instance-seconds, scaling actions, and the violations in the first cold start after a
+sudden jump; ratios to HPA and to the oracle. Capacity per instance is set per trace so
+that its 95th-percentile rate needs 10 instances.
+
+usage: python3 bench/autoscale/bench.py [TRACE ...]   (default: the traces below)
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRACES = os.path.join(ROOT, "..", "shared", "traces")
+PRESAGE = os.path.join(ROOT, "target", "release", "presage")
+DEFAULT = [
+    "nab/elb_request_count_8c0756.csv",
+    "nab/nyc_taxi.csv",
+    "nab/Twitter_volume_AAPL.csv",
+    "twitter-stream-2021-08/twitter_stream_per_minute.csv",
+    "nasa-http-1995/nasa_1995_per_minute.csv",
+]
+COLD_STARTS = (30, 120)
+# Presage at the 95% bound (Gold), 80% (Silver) and the point forecast (50%).
+POLICIES = ("presage", "presage@80", "presage@50", "hpa", "kpa", "oracle")
+
+
+def capacity(path):
+    with open(path) as f:
+        r = csv.reader(f)
+        next(r)
+        rows = [(float(t) if t.replace(".", "").isdigit() else t, float(v)) for t, v in r]
+    # The step from the first two rows' timestamps (seconds or 'YYYY-MM-DD HH:MM:SS').
+    def secs(t):
+        if isinstance(t, float):
+            return t
+        return time.mktime(time.strptime(t, "%Y-%m-%d %H:%M:%S"))
+    step = secs(rows[1][0]) - secs(rows[0][0])
+    rates = sorted(v / step for _, v in rows)
+    return rates[int(0.95 * (len(rates) - 1))] / 10.0
+
+
+def main():
+    traces = sys.argv[1:] or DEFAULT
+    print("| trace | cold start | policy | violations % | instance-s | vs HPA (viol, cost) | cost / oracle | actions | after jumps % | run s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for t in traces:
+        path = os.path.join(TRACES, t)
+        cap = capacity(path)
+        for cold in COLD_STARTS:
+            res = {}
+            for p in POLICIES:
+                start = time.time()
+                policy, _, level = p.partition("@")
+                out = subprocess.run(
+                    [PRESAGE, "replay", "--trace", path, "--capacity", f"{cap:.6g}",
+                     "--cold-start", str(cold), "--policy", policy, "--json"]
+                    + (["--level", level] if level else []),
+                    check=True, capture_output=True, text=True).stdout
+                res[p] = json.loads(out)
+                res[p]["secs"] = time.time() - start
+            hpa, oracle = res["hpa"], res["oracle"]
+            for p in POLICIES:
+                r = res[p]
+                vh = r["slo_violations"] / max(hpa["slo_violations"], 1e-9)
+                ch = r["instance_seconds"] / hpa["instance_seconds"]
+                co = r["instance_seconds"] / oracle["instance_seconds"]
+                aj = 100 * r["violations_after_jumps"] / max(r["slo_violations"], 1e-9)
+                print(f"| {t} | {cold} s | {p} | {100 * r['slo_violation_ratio']:.3f} | {r['instance_seconds']:.0f} "
+                      f"| {vh:.2f}, {ch:.2f} | {co:.2f} | {r['scaling_actions']} | {aj:.0f} | {r['secs']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
