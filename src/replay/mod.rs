@@ -42,6 +42,9 @@ pub struct ReplayArgs {
     /// Silver; 50: the point forecast).
     #[arg(long, default_value_t = 95.0)]
     level: f64,
+    /// Presage: the share of capacity the reactive floor plans to use.
+    #[arg(long, default_value_t = 0.8)]
+    floor_utilisation: f64,
     /// Write Presage's decisions with their reasons, one JSON object per line.
     #[arg(long)]
     decisions_out: Option<PathBuf>,
@@ -111,6 +114,13 @@ pub fn run(a: ReplayArgs) -> ExitCode {
         );
         return ExitCode::from(EX_USAGE);
     }
+    if !(a.floor_utilisation > 0.0 && a.floor_utilisation <= 1.0) {
+        eprintln!(
+            "--floor-utilisation: expected a share in (0, 1], found {}",
+            a.floor_utilisation
+        );
+        return ExitCode::from(EX_USAGE);
+    }
     if !(a.capacity.is_finite() && a.capacity > 0.0) {
         eprintln!(
             "--capacity: expected a positive number of requests/s, found {}",
@@ -128,7 +138,13 @@ pub fn run(a: ReplayArgs) -> ExitCode {
     let mut presage = None;
     let outcome = match a.policy {
         PolicyName::Presage => {
-            let mut p = policies::Presage::new(a.capacity, a.cold_start, step_s, a.level);
+            let mut p = policies::Presage::new(
+                a.capacity,
+                a.cold_start,
+                step_s,
+                a.level,
+                a.floor_utilisation,
+            );
             let out = sim::run(&steps, step_s, a.capacity, a.cold_start, &mut p);
             presage = Some(p);
             out

@@ -16,13 +16,14 @@ pub struct Presage {
 }
 
 impl Presage {
-    pub fn new(capacity: f64, cold_start: u64, step_s: u64, level: f64) -> Presage {
+    pub fn new(capacity: f64, cold_start: u64, step_s: u64, level: f64, floor: f64) -> Presage {
         let mut cfg = PlannerConfig::new(
             capacity,
             Duration::from_secs(cold_start),
             Duration::from_secs(step_s),
         );
         cfg.level = level;
+        cfg.floor_utilisation = floor;
         Presage {
             planner: Planner::new(cfg),
             decisions: Vec::new(),

@@ -184,11 +184,13 @@ impl Planner {
         let n = history.len();
         let step_s = self.plan_step_s();
         let refit = (REFIT_S / step_s).max(1) as usize;
-        let reselect = (RESELECT_S / step_s).max(1) as usize;
+        // At least a dozen steps apart: choosing costs a backtest of several fits.
+        let reselect = (RESELECT_S / step_s).max(12) as usize;
         if self.forecast.as_ref().is_none_or(|(at, _)| n >= at + refit) {
+            // Patterns of fewer than four steps are noise to a seasonal fit.
             let periods: Vec<usize> = PERIODS_S
                 .iter()
-                .filter(|p| *p % step_s == 0)
+                .filter(|p| *p % step_s == 0 && *p / step_s >= 4)
                 .map(|p| (p / step_s) as usize)
                 .collect();
             let h = self.horizon();
