@@ -123,36 +123,19 @@ fn bad_input_is_named() {
     let dir = TempDir::new();
     let trace = dir.0.join("t.csv");
     std::fs::write(&trace, "timestamp,count\n0,5\n60,7\n30,1\n").unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "replay",
-            "--trace",
-            trace.to_str().unwrap(),
-            "--capacity",
-            "1",
-            "--cold-start",
-            "30",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let fails = |capacity: &str| {
+        let out = Command::new(BIN)
+            .args(["replay", "--trace", trace.to_str().unwrap()])
+            .args(["--capacity", capacity, "--cold-start", "30"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fails("1");
     assert!(
         err.contains("t.csv:4:") && err.contains("sort the file"),
         "{err}"
     );
-    let out = Command::new(BIN)
-        .args([
-            "replay",
-            "--trace",
-            trace.to_str().unwrap(),
-            "--capacity",
-            "0",
-            "--cold-start",
-            "30",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--capacity"));
+    assert!(fails("0").contains("--capacity"));
 }
