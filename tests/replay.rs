@@ -9,32 +9,13 @@ use std::process::Command;
 
 use support::{TempDir, BIN};
 
-/// The first `days` of NASA's per-minute trace, summed into 5-minute steps.
+/// The first `days` of NASA's trace in 5-minute steps (the checked-in fixture cut from
+/// `../shared/traces/nasa-http-1995/`; see tests/fixtures/README.md).
 fn nasa_5min(days: usize, to: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/traces/nasa-http-1995/nasa_1995_per_minute.csv");
-    let text = std::fs::read_to_string(src).unwrap();
-    let rows: Vec<(i64, f64)> = text
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let (t, v) = l.split_once(',').unwrap();
-            (t.parse().unwrap(), v.parse().unwrap())
-        })
-        .collect();
-    let t0 = rows[0].0;
-    let mut steps = vec![0.0; days * 288];
-    for (t, v) in rows {
-        let k = ((t - t0) / 300) as usize;
-        if k < steps.len() {
-            steps[k] += v;
-        }
-    }
-    let mut csv = String::from("timestamp,count\n");
-    for (k, v) in steps.iter().enumerate() {
-        csv.push_str(&format!("{},{v}\n", t0 + 300 * k as i64));
-    }
-    std::fs::write(to, csv).unwrap();
+    let text = std::fs::read_to_string(support::fixture("traces/nasa_5min_14d.csv")).unwrap();
+    let rows: Vec<&str> = text.lines().take(1 + days * 288).collect();
+    assert_eq!(rows.len(), 1 + days * 288);
+    std::fs::write(to, rows.join("\n") + "\n").unwrap();
 }
 
 fn replay(trace: &Path, policy: &str, schedule: Option<&Path>) -> serde_json::Value {
