@@ -23,6 +23,10 @@ pub struct SampleArgs {
     /// Added delay per request in milliseconds (to simulate work).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Wait this long before listening (a start-up such as loading a model: what the
+    /// autoscaler's cold start measures).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    startup_delay: Duration,
     /// Register in etcd (comma-separated host:port of members) under
     /// /presage/services/NAME/INSTANCE with a lease; deregister on SIGTERM/SIGINT.
     #[arg(long, value_delimiter = ',')]
@@ -53,6 +57,7 @@ pub fn run(args: SampleArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
+        tokio::time::sleep(args.startup_delay).await;
         let tcp = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(t) => t,
             Err(e) => {

@@ -51,6 +51,8 @@ struct Raw {
     auth: crate::auth::AuthConfig,
     #[serde(default)]
     identity: crate::identity::IdentityConfig,
+    #[serde(default)]
+    autoscaling: crate::autoscale::AutoscalingConfig,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -85,6 +87,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The mesh CA that signs workload certificates.
     pub identity: crate::identity::IdentityConfig,
+    /// Services the planner scales, and their actuators.
+    pub autoscaling: crate::autoscale::AutoscalingConfig,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             auth: Default::default(),
             admin_token: None,
             identity: Default::default(),
+            autoscaling: Default::default(),
         }
     }
 }
@@ -268,6 +273,9 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    for e in raw.autoscaling.check() {
+        errors.push(format!("{source}: {e}"));
+    }
     for (field, message) in raw.identity.check() {
         errors.push(format!("{source}: identity.{field}: {message}"));
     }
@@ -293,6 +301,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         auth: raw.auth,
         admin_token: None,
         identity: raw.identity,
+        autoscaling: raw.autoscaling,
     })
 }
 

@@ -13,6 +13,8 @@
 //! - `predict`: forecasts each service's request rate from its load history and
 //!   publishes them as `Forecast` resources.
 //! - `discovery`: instances from registries (etcd, static), merged into clusters.
+//! - `planner`: instance counts from forecasts; `autoscale`: the live loop that applies
+//!   them through `actuate` (local processes, dry run) and records every decision.
 //! - `runtime::run` starts the gRPC server (discovery and telemetry streams, see
 //!   `api/README.md`), the REST API with `/openapi.json`, and the periodic store save.
 //!
@@ -21,7 +23,9 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod actuate;
 pub mod auth;
+pub mod autoscale;
 pub mod behaviour;
 pub mod config;
 pub mod discovery;

@@ -74,6 +74,31 @@ pub struct Metrics {
     pub discovery_updates: Family<RegistryLabels, Counter>,
     /// Workload certificate requests, by result (signed, rejected).
     pub certificates: Family<ResultLabels, Counter>,
+    /// The autoscaler's target per scaled service.
+    pub scaling_target: Family<ScaledLabels, Gauge>,
+    /// Instances per scaled service, by state (ready, starting).
+    pub scaling_instances: Family<InstanceLabels, Gauge>,
+    /// Measured launch-to-ready time per scaled service.
+    pub cold_start_seconds: Family<ScaledLabels, FloatGauge>,
+    /// Changes of target, by direction (up, down, first).
+    pub scaling_actions: Family<ActionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaledLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub service: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub service: String,
+    pub direction: &'static str,
 }
 
 impl Metrics {
@@ -141,12 +166,69 @@ impl Metrics {
             "Workload certificate requests from proxies, by result (signed, rejected)",
             self.certificates.clone(),
         );
+        r.register(
+            "scaling_target",
+            "Instances the autoscaler wants for the service",
+            self.scaling_target.clone(),
+        );
+        r.register(
+            "scaling_instances",
+            "Instances of the scaled service, by state (ready, starting)",
+            self.scaling_instances.clone(),
+        );
+        r.register(
+            "cold_start_seconds",
+            "Measured launch-to-ready time of the service's instances (smoothed)",
+            self.cold_start_seconds.clone(),
+        );
+        r.register(
+            "scaling_actions",
+            "Changes of the autoscaler's target, by direction (first, up, down)",
+            self.scaling_actions.clone(),
+        );
         r.register_collector(Box::new(ProxyGauges(proxies)));
         registry
     }
 }
 
 impl Metrics {
+    /// Records one autoscaling step of `service`.
+    pub fn scaling(&self, service: &str, target: u32, status: &crate::actuate::Status) {
+        let labels = ScaledLabels {
+            service: service.to_string(),
+        };
+        self.scaling_target
+            .get_or_create(&labels)
+            .set(i64::from(target));
+        if let Some(c) = status.cold_start {
+            self.cold_start_seconds
+                .get_or_create(&labels)
+                .set(c.as_secs_f64());
+        }
+        for (state, n) in [("ready", status.ready), ("starting", status.starting)] {
+            self.scaling_instances
+                .get_or_create(&InstanceLabels {
+                    service: service.to_string(),
+                    state,
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    pub fn scaling_action(&self, service: &str, previous: Option<u32>, target: u32) {
+        let direction = match previous {
+            None => "first",
+            Some(p) if target > p => "up",
+            Some(_) => "down",
+        };
+        self.scaling_actions
+            .get_or_create(&ActionLabels {
+                service: service.to_string(),
+                direction,
+            })
+            .inc();
+    }
+
     pub fn certificates_signed(&self, result: &'static str) {
         self.certificates
             .get_or_create(&ResultLabels { result })

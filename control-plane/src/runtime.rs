@@ -8,6 +8,7 @@
 //!                              ▼
 //!   proxies ◀──delta── Discovery sessions          Telemetry ──▶ Load ──every 30 s──▶ Store
 //!   proxies ──reports──────────────────────────────▶   └──transitions──▶ Profiler
+//!   Load + Forecasts ──▶ autoscale (planner) ──▶ actuators ──instances──▶ Merger
 //! ```
 
 use std::future::Future;
@@ -208,6 +209,8 @@ pub async fn run(
             updates.clone(),
         ));
     }
+    // Instances the actuators start are registered through the same merger.
+    let actuated = updates.clone();
     drop(updates);
     tokio::spawn(crate::predict::run(
         load.clone(),
@@ -215,8 +218,23 @@ pub async fn run(
         metrics.clone(),
         cfg.forecast_interval,
     ));
+    let autoscaling = Arc::new(
+        blocking({
+            let s = store.clone();
+            move || crate::autoscale::Autoscaling::new(s)
+        })
+        .await?,
+    );
+    let scaler_inputs = crate::autoscale::Inputs {
+        load: load.clone(),
+        sla: sla.clone(),
+        resources: resources.clone(),
+        metrics: metrics.clone(),
+        registry: actuated,
+    };
     let api = Api {
         requests,
+        autoscaling: autoscaling.clone(),
         sla,
         alerts,
         resources,
@@ -235,6 +253,13 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+
+    let scaler = tokio::spawn(crate::autoscale::run(
+        cfg.autoscaling.clone(),
+        autoscaling,
+        scaler_inputs,
+        stop_rx.clone(),
+    ));
 
     let grpc_server = tonic::transport::Server::builder()
         // Proxies hold their streams for hours; keep NATs and load balancers from
@@ -303,7 +328,7 @@ pub async fn run(
     let (g, a) = tokio::join!(grpc_server, api_server);
     g?;
     a.map_err(RunError::Api)?;
-    // The final save of the load histories.
-    let _ = saver.await;
+    // The final save of the load histories; the instances the actuators started stopped.
+    let _ = tokio::join!(saver, scaler);
     Ok(())
 }

@@ -23,6 +23,9 @@ const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resour
 const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
 const MODELS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("models");
 const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
+/// Scaling decisions by sequence number (JSON), the newest `DECISIONS_KEPT`.
+const DECISIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("decisions");
+const DECISIONS_KEPT: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -72,6 +75,7 @@ impl Store {
             tx.open_table(SERIES)?;
             tx.open_table(MODELS)?;
             tx.open_table(SECRETS)?;
+            tx.open_table(DECISIONS)?;
             tx.commit()?;
             Ok(db)
         };
@@ -202,6 +206,54 @@ impl Store {
         for item in t.iter().map_err(redb::Error::from)? {
             let (k, v) = item.map_err(redb::Error::from)?;
             out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Appends a decision record under `seq` (above every earlier one) and forgets the
+    /// oldest beyond the kept number.
+    pub fn put_decision(&self, seq: u64, json: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut t = tx.open_table(DECISIONS).map_err(redb::Error::from)?;
+            t.insert(seq, json).map_err(redb::Error::from)?;
+            if seq >= DECISIONS_KEPT {
+                t.retain_in(..seq - DECISIONS_KEPT, |_, _| false)
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// The highest decision sequence number stored (0: none).
+    pub fn last_decision(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(DECISIONS).map_err(redb::Error::from)?;
+        let last = t
+            .last()
+            .map_err(redb::Error::from)?
+            .map_or(0, |(k, _)| k.value());
+        Ok(last)
+    }
+
+    /// Decision records, newest first, for which `keep` is true, at most `limit`.
+    pub fn decisions(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let t = tx.open_table(DECISIONS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(redb::Error::from)?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.map_err(redb::Error::from)?;
+            if keep(v.value()) {
+                out.push(v.value().to_vec());
+            }
         }
         Ok(out)
     }

@@ -78,11 +78,21 @@ pub struct Decision {
     pub forecast_point_rps: Option<f64>,
     pub level: f64,
     pub model: Option<String>,
+    /// How far ahead the forecast was read: one cold start and one interval (seconds).
+    pub lead_s: f64,
     pub observed_rps: f64,
     /// The target is above the wanted count because a scale-down is waiting out its delay.
     pub held: bool,
     /// `min` or `max` when the target was clamped.
     pub clamped: Option<&'static str>,
+}
+
+/// A forecast's highest upper bound over the lead time, and its point forecast there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peak {
+    pub upper_rps: f64,
+    pub point_rps: f64,
+    pub model: String,
 }
 
 /// Decides for one service; keeps its model and recent targets between decisions.
@@ -232,26 +242,56 @@ impl Planner {
     /// `[i·step, (i+1)·step)`) from the complete steps of `history` (requests per step)
     /// and the rate observed over the last minute.
     pub fn decide(&mut self, now: f64, history: &[f64], observed_rps: f64) -> Decision {
-        let cfg = self.cfg.clone();
         self.sum_into_plan(history);
+        let peak = self.peak(now);
+        self.decide_with(now, peak, observed_rps)
+    }
+
+    /// The own forecast's highest upper bound from `now` to one lead time ahead.
+    fn peak(&mut self, now: f64) -> Option<Peak> {
         let step_s = self.plan_step_s() as f64;
+        let end = self.plan.len() as f64 * step_s;
+        let lead = self.lead().as_secs_f64();
+        let (point, hi, model) = self.forecast()?;
+        // Steps from now to one lead time ahead, on the forecast's clock.
+        let first = (((now - end) / step_s).floor().max(0.0)) as usize;
+        let last = (((now + lead - end) / step_s).ceil() as usize).max(first + 1);
+        let last = last.min(hi.len());
+        let first = first.min(last.checked_sub(1)?);
+        let j = (first..last).max_by(|a, b| hi[*a].total_cmp(&hi[*b]))?;
+        Some(Peak {
+            upper_rps: hi[j] / step_s,
+            point_rps: point[j] / step_s,
+            model,
+        })
+    }
+
+    /// How far ahead a decision must look: one cold start and one control interval.
+    pub fn lead(&self) -> Duration {
+        self.cfg.cold_start + self.cfg.interval
+    }
+
+    /// The interval level provisioned for, from now on (the live planner takes it from
+    /// the highest active QoS tier).
+    pub fn set_level(&mut self, level: f64) {
+        self.cfg.level = level;
+    }
+
+    /// The cold start measured by the actuator replaces the configured estimate.
+    pub fn set_cold_start(&mut self, d: Duration) {
+        self.cfg.cold_start = d;
+    }
+
+    /// Decides from a forecast made elsewhere (the live control plane's, with its events
+    /// calendar applied): `peak` is its highest upper bound over the next lead time.
+    pub fn decide_with(&mut self, now: f64, peak: Option<Peak>, observed_rps: f64) -> Decision {
+        let cfg = self.cfg.clone();
         let reactive = (observed_rps / (cfg.capacity_rps * cfg.floor_utilisation))
             .ceil()
             .max(0.0) as u32;
-        let end = self.plan.len() as f64 * step_s;
-        let lead = cfg.cold_start.as_secs_f64() + cfg.interval.as_secs_f64();
-        let peak = self.forecast().and_then(|(point, hi, model)| {
-            // Steps from now to one lead time ahead, on the forecast's clock.
-            let first = (((now - end) / step_s).floor().max(0.0)) as usize;
-            let last = (((now + lead - end) / step_s).ceil() as usize).max(first + 1);
-            let last = last.min(hi.len());
-            let first = first.min(last.checked_sub(1)?);
-            let j = (first..last).max_by(|a, b| hi[*a].total_cmp(&hi[*b]))?;
-            Some((hi[j] / step_s, point[j] / step_s, model))
-        });
         let predictive = peak
             .as_ref()
-            .map(|(hi, _, _)| (hi / cfg.capacity_rps).ceil() as u32);
+            .map(|p| (p.upper_rps / cfg.capacity_rps).ceil() as u32);
         let wanted = predictive.unwrap_or(0).max(reactive);
         let (mut target, clamped) = if wanted < cfg.min_instances {
             (cfg.min_instances, Some("min"))
@@ -270,7 +310,7 @@ impl Planner {
         let held = held_at > target;
         target = held_at;
         let (forecast_upper_rps, forecast_point_rps, model) = match peak {
-            Some((hi, p, m)) => (Some(hi), Some(p), Some(m)),
+            Some(p) => (Some(p.upper_rps), Some(p.point_rps), Some(p.model)),
             None => (None, None, None),
         };
         Decision {
@@ -281,6 +321,7 @@ impl Planner {
             forecast_point_rps,
             level: cfg.level,
             model,
+            lead_s: (cfg.cold_start + cfg.interval).as_secs_f64(),
             observed_rps,
             held,
             clamped,

@@ -42,6 +42,7 @@ pub struct Api {
     /// The control plane's Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<prometheus_client::registry::Registry>,
     pub ejections: Arc<crate::health::Ejections>,
+    pub autoscaling: Arc<crate::autoscale::Autoscaling>,
 }
 
 /// Declares the bearer-token scheme (see `auth`) and requires it everywhere; `/metrics`
@@ -105,7 +106,9 @@ impl utoipa::Modify for BearerAuth {
         events::delete_event,
         list_proxies,
         demand::next_services,
-        demand::expected_arrivals
+        demand::expected_arrivals,
+        scaling::list_decisions,
+        scaling::list_scaled
     ),
     components(schemas(
         Cluster,
@@ -130,7 +133,10 @@ impl utoipa::Modify for BearerAuth {
         Written,
         demand::NextService,
         crate::behaviour::Arrivals,
-        crate::behaviour::ExpectedCalls
+        crate::behaviour::ExpectedCalls,
+        crate::autoscale::DecisionRecord,
+        crate::autoscale::ServiceState,
+        crate::actuate::Status
     ))
 )]
 struct ApiDoc;
@@ -138,6 +144,7 @@ struct ApiDoc;
 mod demand;
 mod events;
 mod qos;
+mod scaling;
 
 /// The API's router.
 pub fn router(api: Api) -> Router {
@@ -197,6 +204,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/users/{user}/next", get(demand::next_services))
         .route("/v1/arrivals", get(demand::expected_arrivals))
+        .route("/v1/decisions", get(scaling::list_decisions))
+        .route("/v1/autoscaling", get(scaling::list_scaled))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError {

@@ -1,0 +1,460 @@
+//! The local-process actuator: instances are processes on this machine, started from a
+//! command template, registered (as the `local` registry) once they answer, and stopped
+//! with SIGTERM after being deregistered.
+//!
+//! ```text
+//!  scale(n) ─▶ launch: free port ─▶ spawn ─▶ cgroup limits ─▶ probe until ready
+//!                                                 └─▶ registered ─▶ endpoints pushed
+//!          ─▶ retire: deregistered ─▶ drain ─▶ SIGTERM ─▶ (stop timeout) SIGKILL
+//! ```
+//! An instance that exits on its own is deregistered and forgotten; the next decision
+//! starts a replacement. Instances are started under `setpriv --pdeathsig TERM` where
+//! util-linux has it, so a control plane that crashes does not leave them behind. The launch-to-ready time of each instance is the measured
+//! cold start the planner plans its lead time with.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::cgroup::{Group, Limits};
+use super::{ActuateError, Actuator, BoxFuture, Status};
+use crate::config::humantime_opt;
+use crate::discovery::record::Record;
+use crate::discovery::{Instance, Update};
+
+pub const REGISTRY: &str = "local";
+
+/// `actuator: {local: ...}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Program and arguments. `{port}` is the port the instance must listen on (chosen
+    /// free by the actuator), `{index}` its number, `{service}` the service name and
+    /// `{presage}` this executable.
+    pub command: Vec<String>,
+    /// Environment variables (same placeholders).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Address instances listen on and are registered with (default 127.0.0.1).
+    pub host: Option<IpAddr>,
+    /// Readiness: an HTTP GET of this path answering below 500; absent, a TCP connect.
+    pub ready_path: Option<String>,
+    /// How long an instance may take to become ready before it is killed (default 60s).
+    #[serde(default, with = "humantime_opt")]
+    pub start_timeout: Option<Duration>,
+    /// Between deregistration and SIGTERM, so proxies stop sending first (default 1s).
+    #[serde(default, with = "humantime_opt")]
+    pub drain: Option<Duration>,
+    /// SIGTERM to SIGKILL (default 10s).
+    #[serde(default, with = "humantime_opt")]
+    pub stop_timeout: Option<Duration>,
+    /// CPU limit per instance, in cores (cgroup v2 `cpu.max`).
+    pub cpu: Option<f64>,
+    /// Memory limit per instance (cgroup v2 `memory.max`).
+    pub memory_mb: Option<u64>,
+}
+
+impl LocalConfig {
+    pub fn check(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.command.first().is_none_or(|p| p.trim().is_empty()) {
+            errors.push("command: expected a program and its arguments".to_string());
+        }
+        let mentions_port = self
+            .command
+            .iter()
+            .chain(self.env.values())
+            .any(|a| a.contains("{port}"));
+        if !mentions_port {
+            errors.push(
+                "command: expected {port} in an argument or env value (where the instance listens)"
+                    .to_string(),
+            );
+        }
+        if self.cpu.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            errors.push("cpu: expected a number of cores above 0".to_string());
+        }
+        if self.memory_mb == Some(0) {
+            errors.push("memory_mb: expected at least 1".to_string());
+        }
+        if let Some(p) = &self.ready_path {
+            if !p.starts_with('/') {
+                errors.push(format!(
+                    "ready_path: expected a path starting with /, found {p:?}"
+                ));
+            }
+        }
+        errors
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            cpu: self.cpu,
+            memory_mb: self.memory_mb,
+        }
+    }
+}
+
+/// Smoothing of the measured cold start (weight of the newest launch).
+const COLD_START_WEIGHT: f64 = 0.3;
+/// Readiness is probed this often.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+struct Slot {
+    port: u16,
+    ready: bool,
+    /// Taken when the instance is asked to stop.
+    stop: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: BTreeMap<u32, Slot>,
+    next: u32,
+    cold_start: Option<Duration>,
+    limits_unavailable: Option<String>,
+}
+
+struct Inner {
+    service: String,
+    cfg: LocalConfig,
+    registry: mpsc::Sender<Update>,
+    state: Mutex<State>,
+    /// Instance tasks still running.
+    tasks: watch::Sender<usize>,
+}
+
+pub struct Local {
+    inner: Arc<Inner>,
+}
+
+impl Local {
+    pub fn new(service: &str, cfg: LocalConfig, registry: mpsc::Sender<Update>) -> Local {
+        Local {
+            inner: Arc::new(Inner {
+                service: service.to_string(),
+                cfg,
+                registry,
+                state: Mutex::new(State::default()),
+                tasks: watch::channel(0).0,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn host(&self) -> IpAddr {
+        self.cfg.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("actuator lock poisoned")
+    }
+
+    /// Sends the ready instances to the merger.
+    async fn publish(&self) {
+        let host = self.host().to_string();
+        let instances = self
+            .lock()
+            .slots
+            .iter()
+            .filter(|(_, s)| s.ready)
+            .map(|(i, s)| {
+                let mut record = Record::at(host.clone(), s.port);
+                record
+                    .labels
+                    .insert("presage.io/actuator".into(), REGISTRY.into());
+                Instance {
+                    id: format!("{}-{i}", self.service),
+                    record,
+                }
+            })
+            .collect();
+        let _ = self
+            .registry
+            .send(Update::Service {
+                registry: REGISTRY,
+                service: self.service.clone(),
+                instances,
+            })
+            .await;
+    }
+
+    fn expand(&self, s: &str, index: u32, port: u16) -> String {
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "presage".into());
+        s.replace("{port}", &port.to_string())
+            .replace("{index}", &index.to_string())
+            .replace("{service}", &self.service)
+            .replace("{presage}", &exe)
+    }
+
+    /// Whether the instance answers yet.
+    async fn ready(&self, addr: SocketAddr) -> bool {
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+            return false;
+        };
+        let Some(path) = &self.cfg.ready_path else {
+            return true;
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        if tcp.write_all(req.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        if tcp.read_exact(&mut head).await.is_err() {
+            return false;
+        }
+        // `HTTP/1.1 200`
+        std::str::from_utf8(&head[9..12])
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .is_some_and(|code| code < 500)
+    }
+
+    fn forget(&self, index: u32) {
+        self.lock().slots.remove(&index);
+    }
+
+    /// Runs one instance from launch to exit.
+    async fn instance(self: Arc<Self>, index: u32, port: u16, mut stop: oneshot::Receiver<()>) {
+        let service = self.service.clone();
+        let argv: Vec<String> = self
+            .cfg
+            .command
+            .iter()
+            .map(|a| self.expand(a, index, port))
+            .collect();
+        let launched = Instant::now();
+        // The instance gets SIGTERM if the control plane dies without stopping it
+        // (util-linux's setpriv sets the parent-death signal, kept across exec; this
+        // crate forbids the unsafe `pre_exec` that would do it in-process).
+        let argv = match setpriv() {
+            Some(setpriv) => [setpriv, "--pdeathsig".into(), "TERM".into(), "--".into()]
+                .into_iter()
+                .chain(argv)
+                .collect(),
+            None => argv,
+        };
+        let mut child = match Command::new(&argv[0])
+            .args(&argv[1..])
+            .envs(
+                self.cfg
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k, self.expand(v, index, port))),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%service, program = %argv[0], error = %e, "cannot start an instance");
+                self.forget(index);
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let limits = self.cfg.limits();
+        let _group = if limits.any() {
+            match Group::create(&format!("{service}-{index}"), &limits)
+                .and_then(|g| g.add(pid).map(|()| g))
+            {
+                Ok(g) => Some(g),
+                Err(why) => {
+                    let mut st = self.lock();
+                    if st.limits_unavailable.is_none() {
+                        tracing::warn!(%service, reason = %why, "CPU/memory limits not applied");
+                    }
+                    st.limits_unavailable = Some(why);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let addr = SocketAddr::new(self.host(), port);
+        let timeout = self.cfg.start_timeout.unwrap_or(Duration::from_secs(60));
+        let became_ready = async {
+            while !self.ready(addr).await {
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                tracing::warn!(%service, index, ?status, "instance exited before it was ready");
+                self.forget(index);
+                return;
+            }
+            _ = &mut stop => {
+                let _ = child.kill().await;
+                self.forget(index);
+                return;
+            }
+            r = tokio::time::timeout(timeout, became_ready) => {
+                if r.is_err() {
+                    tracing::warn!(%service, index, ?timeout, "instance not ready in time; killed");
+                    let _ = child.kill().await;
+                    self.forget(index);
+                    return;
+                }
+            }
+        }
+        let took = launched.elapsed();
+        {
+            let mut st = self.lock();
+            st.cold_start = Some(match st.cold_start {
+                None => took,
+                Some(c) => c.mul_f64(1.0 - COLD_START_WEIGHT) + took.mul_f64(COLD_START_WEIGHT),
+            });
+            if let Some(s) = st.slots.get_mut(&index) {
+                s.ready = true;
+            }
+        }
+        tracing::info!(%service, index, %addr, cold_start = ?took, "instance ready");
+        self.publish().await;
+        tokio::select! {
+            status = child.wait() => {
+                tracing::warn!(%service, index, ?status, "instance exited; deregistered");
+                self.forget(index);
+                self.publish().await;
+            }
+            _ = &mut stop => {
+                if let Some(s) = self.lock().slots.get_mut(&index) {
+                    s.ready = false;
+                }
+                self.publish().await;
+                tokio::time::sleep(self.cfg.drain.unwrap_or(Duration::from_secs(1))).await;
+                let stop_timeout = self.cfg.stop_timeout.unwrap_or(Duration::from_secs(10));
+                let term = rustix::process::Pid::from_raw(pid as i32)
+                    .map(|p| rustix::process::kill_process(p, rustix::process::Signal::TERM));
+                if !matches!(term, Some(Ok(()))) || tokio::time::timeout(stop_timeout, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                tracing::info!(%service, index, "instance stopped");
+                self.forget(index);
+            }
+        }
+    }
+}
+
+/// util-linux's `setpriv`, if on the PATH.
+fn setpriv() -> Option<String> {
+    static FOUND: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .map(|d| d.join("setpriv"))
+                .find(|p| p.is_file())
+                .map(|p| p.display().to_string())
+        })
+        .clone()
+}
+
+/// A port free right now on `host`.
+fn free_port(host: IpAddr) -> Result<u16, ActuateError> {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ActuateError::Failed(format!("no free port on {host}: {e}")))
+}
+
+impl Actuator for Local {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn scale(&self, target: u32) -> BoxFuture<'_, Result<(), ActuateError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let mut launch = Vec::new();
+            {
+                let mut st = inner.lock();
+                let live: Vec<u32> = st
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| s.stop.is_some())
+                    .map(|(i, _)| *i)
+                    .collect();
+                let n = live.len() as u32;
+                if n > target {
+                    // Retire those not ready yet first, then the newest.
+                    let mut order = live.clone();
+                    order.sort_by_key(|i| (st.slots[i].ready, std::cmp::Reverse(*i)));
+                    for i in order.into_iter().take((n - target) as usize) {
+                        if let Some(tx) = st.slots.get_mut(&i).and_then(|s| s.stop.take()) {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                for _ in n..target {
+                    let port = free_port(inner.host())?;
+                    let index = st.next;
+                    st.next += 1;
+                    let (tx, rx) = oneshot::channel();
+                    st.slots.insert(
+                        index,
+                        Slot {
+                            port,
+                            ready: false,
+                            stop: Some(tx),
+                        },
+                    );
+                    launch.push((index, port, rx));
+                }
+            }
+            for (index, port, rx) in launch {
+                let inner = inner.clone();
+                inner.tasks.send_modify(|n| *n += 1);
+                tokio::spawn(async move {
+                    inner.clone().instance(index, port, rx).await;
+                    inner.tasks.send_modify(|n| *n -= 1);
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn status(&self) -> Status {
+        let st = self.inner.lock();
+        let live = st.slots.values().filter(|s| s.stop.is_some());
+        let (ready, starting) = live.fold(
+            (0, 0),
+            |(r, s), slot| {
+                if slot.ready {
+                    (r + 1, s)
+                } else {
+                    (r, s + 1)
+                }
+            },
+        );
+        Status {
+            ready,
+            starting,
+            cold_start: st.cold_start,
+            limits_unavailable: st.limits_unavailable.clone(),
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for s in self.inner.lock().slots.values_mut() {
+                if let Some(tx) = s.stop.take() {
+                    let _ = tx.send(());
+                }
+            }
+            let mut rx = self.inner.tasks.subscribe();
+            let _ = rx.wait_for(|n| *n == 0).await;
+        })
+    }
+}

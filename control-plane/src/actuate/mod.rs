@@ -1,0 +1,126 @@
+//! Actuators: what turns a planner's target into running instances. One trait; the
+//! local-process actuator (the embedded default `presage up` uses) and a dry run that
+//! only records what it was asked.
+//!
+//! ```text
+//!  autoscale loop ──scale(target)──▶ Actuator ──▶ instances (processes, pods, nothing)
+//!                 ◀──status()─────── ready / starting / measured cold start / limits
+//! ```
+//! `scale` returns once the change is under way: instances start in the background and
+//! become endpoints only when ready, so the measured cold start (launch to ready) is what
+//! the planner's lead time uses.
+
+pub mod cgroup;
+pub mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::discovery::Update;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What an actuator has right now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// Instances serving.
+    pub ready: u32,
+    /// Launched, not ready yet.
+    pub starting: u32,
+    /// Launch-to-ready time, smoothed over the instances started so far.
+    #[serde(with = "secs_opt")]
+    #[schema(value_type = Option<f64>)]
+    pub cold_start: Option<Duration>,
+    /// Why resource limits are not applied (the machine does not allow it), if so.
+    pub limits_unavailable: Option<String>,
+}
+
+mod secs_opt {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActuateError {
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Turns targets into instances of one service.
+pub trait Actuator: Send + Sync {
+    /// `local`, `dry_run`, ...
+    fn kind(&self) -> &'static str;
+    /// Asks for `target` instances; returns once the change is under way.
+    fn scale(&self, target: u32) -> BoxFuture<'_, Result<(), ActuateError>>;
+    fn status(&self) -> Status;
+    /// Stops what it started (at shutdown); instances it does not own are left alone.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Which actuator a service scales with (`autoscaling.services[].actuator`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActuatorConfig {
+    /// Real processes on this machine, from a command template.
+    Local(local::LocalConfig),
+    /// Decisions are recorded, nothing is started.
+    DryRun {},
+}
+
+impl ActuatorConfig {
+    /// Field errors of the config (`path: message`).
+    pub fn check(&self) -> Vec<String> {
+        match self {
+            ActuatorConfig::Local(l) => l.check(),
+            ActuatorConfig::DryRun {} => Vec::new(),
+        }
+    }
+
+    /// Builds the actuator of `service`; `registry` receives the instances it starts.
+    pub fn build(&self, service: &str, registry: mpsc::Sender<Update>) -> Box<dyn Actuator> {
+        match self {
+            ActuatorConfig::Local(c) => Box::new(local::Local::new(service, c.clone(), registry)),
+            ActuatorConfig::DryRun {} => Box::new(DryRun::default()),
+        }
+    }
+}
+
+/// Records targets; reports them as ready at once.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    target: std::sync::atomic::AtomicU32,
+}
+
+impl Actuator for DryRun {
+    fn kind(&self) -> &'static str {
+        "dry_run"
+    }
+
+    fn scale(&self, target: u32) -> BoxFuture<'_, Result<(), ActuateError>> {
+        self.target
+            .store(target, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            ready: self.target.load(std::sync::atomic::Ordering::Relaxed),
+            ..Status::default()
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}

@@ -1,0 +1,165 @@
+//! `autoscaling:` in the control plane's YAML: which services the planner scales, how
+//! much one instance serves, the bounds and delays, and the actuator.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::actuate::ActuatorConfig;
+use crate::config::humantime_opt;
+use crate::planner::PlannerConfig;
+
+/// Defaults.
+pub const INTERVAL: Duration = Duration::from_secs(5);
+const COLD_START: Duration = Duration::from_secs(5);
+const MAX_INSTANCES: u32 = 10;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalingConfig {
+    /// How often every scaled service is decided (default 5s).
+    #[serde(default, with = "humantime_opt")]
+    pub interval: Option<Duration>,
+    #[serde(default)]
+    pub services: Vec<ScaledService>,
+}
+
+/// One scaled service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaledService {
+    pub service: String,
+    /// Requests per second one instance serves within its latency target.
+    pub capacity_rps: f64,
+    /// Bounds on the instance count (defaults 1 and 10).
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    /// Interval level (50, 80 or 95) provisioned for. Absent: the one the highest QoS
+    /// tier seen in the service's last minute of traffic asks for (Bronze: the point
+    /// forecast, Silver: 80%, Gold and above: 95%).
+    pub level: Option<f64>,
+    /// The cold start assumed until the actuator has measured one (default 5s).
+    #[serde(default, with = "humantime_opt")]
+    pub cold_start: Option<Duration>,
+    /// A lower target is applied once it has held this long (default 60s).
+    #[serde(default, with = "humantime_opt")]
+    pub scale_down_delay: Option<Duration>,
+    /// Share of capacity the reactive floor plans to use (default 0.8).
+    pub floor_utilisation: Option<f64>,
+    pub actuator: ActuatorConfig,
+}
+
+impl ScaledService {
+    /// The planner's settings (the level is chosen per decision).
+    pub fn planner(&self, interval: Duration) -> PlannerConfig {
+        let mut p = PlannerConfig::new(
+            self.capacity_rps,
+            self.cold_start.unwrap_or(COLD_START),
+            Duration::from_secs(60),
+        );
+        p.interval = interval;
+        p.min_instances = self.min.unwrap_or(1);
+        p.max_instances = self.max.unwrap_or(MAX_INSTANCES);
+        if let Some(d) = self.scale_down_delay {
+            p.scale_down_delay = d;
+        }
+        if let Some(f) = self.floor_utilisation {
+            p.floor_utilisation = f;
+        }
+        p
+    }
+}
+
+impl AutoscalingConfig {
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(INTERVAL)
+    }
+
+    /// Field errors, as `autoscaling.services[i].field: message`.
+    pub fn check(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self
+            .interval
+            .is_some_and(|d| d < Duration::from_millis(100))
+        {
+            errors.push("autoscaling.interval: expected at least 100ms".to_string());
+        }
+        let mut seen = BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let mut err = |field: &str, msg: String| {
+                errors.push(format!("autoscaling.services[{i}].{field}: {msg}"));
+            };
+            if s.service.is_empty() {
+                err("service", "expected a service name".into());
+            } else if !seen.insert(&s.service) {
+                err("service", format!("{:?} is scaled twice", s.service));
+            }
+            if !(s.capacity_rps.is_finite() && s.capacity_rps > 0.0) {
+                err(
+                    "capacity_rps",
+                    format!("expected a rate above 0, found {}", s.capacity_rps),
+                );
+            }
+            let (min, max) = (s.min.unwrap_or(1), s.max.unwrap_or(MAX_INSTANCES));
+            if max == 0 || min > max {
+                err(
+                    "max",
+                    format!("expected at least 1 and at least min ({min}), found {max}"),
+                );
+            }
+            if s.level.is_some_and(|l| !(l > 0.0 && l < 100.0)) {
+                err("level", "expected a percentage between 0 and 100".into());
+            }
+            if s.floor_utilisation.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
+                err("floor_utilisation", "expected a share in (0, 1]".into());
+            }
+            for e in s.actuator.check() {
+                err("actuator", e);
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bad_autoscaling_settings_are_rejected_with_the_field_named() {
+        let yaml = r#"
+autoscaling:
+  services:
+    - service: api
+      capacity_rps: 0
+      min: 3
+      max: 2
+      actuator: { local: { command: ["sample"], cpu: -1 } }
+    - service: api
+      capacity_rps: 5
+      level: 100
+      actuator: { dry_run: {} }
+"#;
+        let err = crate::config::parse(yaml, "cp.yaml")
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "cp.yaml: autoscaling.services[0].capacity_rps: expected a rate above 0",
+            "autoscaling.services[0].max: expected at least 1 and at least min (3), found 2",
+            "autoscaling.services[0].actuator: command: expected {port}",
+            "autoscaling.services[0].actuator: cpu: expected a number of cores above 0",
+            "autoscaling.services[1].service: \"api\" is scaled twice",
+            "autoscaling.services[1].level: expected a percentage between 0 and 100",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+        // An unknown actuator is a parse error with its line and column.
+        let err = crate::config::parse(
+            "autoscaling:\n  services:\n    - service: api\n      capacity_rps: 5\n      actuator: { docker: {} }\n",
+            "cp.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("cp.yaml:5:"), "{err}");
+        assert!(err.contains("autoscaling.services[0].actuator"), "{err}");
+    }
+}

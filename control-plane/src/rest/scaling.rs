@@ -1,0 +1,39 @@
+//! The autoscaler over REST: each scaled service's state now, and the recorded
+//! decisions with their reasons.
+
+use super::*;
+use crate::autoscale::{DecisionRecord, ServiceState};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(super) struct DecisionsQuery {
+    /// Only this service's decisions.
+    service: Option<String>,
+    /// How many, newest first (1-1000, default 100).
+    limit: Option<usize>,
+}
+
+/// Every scaling decision that changed a target, newest first: the target before and
+/// after, the reason in words, and the planner's numbers.
+#[utoipa::path(get, path = "/v1/decisions", params(DecisionsQuery),
+    responses((status = 200, body = [DecisionRecord]), (status = 400, body = ApiError)))]
+pub(super) async fn list_decisions(
+    State(api): State<Api>,
+    q: Result<Query<DecisionsQuery>, QueryRejection>,
+) -> Result<Json<Vec<DecisionRecord>>, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: "limit".into(),
+            message: format!("expected 1 to 1000, found {limit}"),
+        }]));
+    }
+    Ok(Json(api.autoscaling.decisions(q.service, limit).await?))
+}
+
+/// The scaled services: actuator, target, instances ready and starting, the measured
+/// cold start and the latest decision.
+#[utoipa::path(get, path = "/v1/autoscaling", responses((status = 200, body = [ServiceState])))]
+pub(super) async fn list_scaled(State(api): State<Api>) -> Json<Vec<ServiceState>> {
+    Json(api.autoscaling.services())
+}

@@ -1,0 +1,274 @@
+//! The live autoscaler: a real control plane process whose planner scales a service
+//! through the local-process actuator (real `presage sample-service` processes with a
+//! real start-up delay) while a real proxy carries h2load's traffic to them, and a
+//! second service through the dry-run actuator. Decisions are read back from
+//! `/v1/decisions` with their reasons.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::control_plane::ControlPlane;
+use support::*;
+
+const CONFIG: &str = r#"
+services:
+  - name: api
+  - name: catalog
+    endpoints: [{ address: "CATALOG" }]
+routes:
+  - { name: catalog, order: 10, match: { path_prefix: /catalog }, cluster: catalog }
+  - { name: api, order: 20, cluster: api }
+autoscaling:
+  interval: 500ms
+  services:
+    - service: api
+      capacity_rps: 20
+      min: 1
+      max: 4
+      cold_start: 1s
+      scale_down_delay: 3s
+      actuator:
+        local:
+          command: ["{presage}", "sample-service", "--listen", "127.0.0.1:{port}",
+                    "--name", "api-{index}", "--startup-delay", "300ms"]
+          ready_path: /
+          drain: 200ms
+          cpu: 0.5
+          memory_mb: 64
+    - service: catalog
+      capacity_rps: 10
+      max: 50
+      level: 95
+      actuator: { dry_run: {} }
+"#;
+
+async fn scaled(cp: &ControlPlane, service: &str) -> serde_json::Value {
+    let list = cp.get("/v1/autoscaling").await;
+    list.as_array()
+        .and_then(|l| l.iter().find(|s| s["service"] == service).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The api service's endpoints (none before the first instance made the cluster).
+async fn endpoints(cp: &ControlPlane) -> BTreeSet<String> {
+    cp.call(http::Method::GET, "/v1/services/api", "").await.1["endpoints"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["address"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn refused(addr: &str) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
+/// h2load over HTTP/1.1 at `rps` for `seconds`; returns its "requests:" line.
+async fn load(url: String, rps: u32, seconds: u32) -> String {
+    let out = tokio::process::Command::new("h2load")
+        .args(["--h1", "-c", "4", "--rps", &(rps / 4).to_string(), "-D"])
+        .arg(seconds.to_string())
+        .arg(url)
+        .output()
+        .await
+        .expect("h2load runs");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    out.lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("h2load printed no requests line: {out}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
+    let dir = TempDir::new();
+    let catalog = Upstream::spawn("catalog").await;
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(&cfg, CONFIG.replace("CATALOG", &catalog.addr.to_string())).unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+
+    // The minimum: one instance, started as a process and registered once ready.
+    let first = wait_until(Duration::from_secs(15), || async {
+        let s = scaled(&cp, "api").await;
+        (s["status"]["ready"] == 1).then_some(s)
+    })
+    .await
+    .expect("the first instance became ready");
+    let cold = first["status"]["cold_start"]
+        .as_f64()
+        .expect("a measured cold start");
+    assert!(
+        cold >= 0.3,
+        "launch to ready includes the 300 ms start-up: {cold}"
+    );
+    // CPU and memory limits: applied through cgroup v2, or the reason they cannot be.
+    match first["status"]["limits_unavailable"].as_str() {
+        Some(why) => assert!(why.contains("cgroup"), "{why}"),
+        None => {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let root = presage_control_plane::actuate::cgroup::mount_point(&mountinfo).unwrap();
+            let cpu = std::fs::read_to_string(root.join("presage/api-0/cpu.max")).unwrap();
+            assert_eq!(cpu.trim(), "50000 100000");
+        }
+    }
+    let answer = wait_until(Duration::from_secs(10), || async {
+        let a = get(&h1_client(), &proxy.url("/")).await;
+        (a.status == 200).then_some(a)
+    })
+    .await
+    .expect("the proxy reaches the instance");
+    assert_eq!(answer.json()["service"], "api-0");
+    let decisions = cp.get("/v1/decisions?service=api").await;
+    let d0 = &decisions[0];
+    assert_eq!(
+        (d0["previous"].clone(), d0["target"].clone()),
+        (serde_json::Value::Null, 1.into())
+    );
+    assert_eq!(d0["actuator"], "local");
+    assert!(
+        d0["reason"].as_str().unwrap().contains("clamped to min"),
+        "{d0}"
+    );
+
+    // 120 req/s needs 120 / (20 × 0.8) = 8 instances (clamped to the maximum of 4) once
+    // the 15 s window of the observed rate has filled.
+    let before = endpoints(&cp).await;
+    let traffic = tokio::spawn(load(proxy.url("/"), 120, 6));
+    let up = wait_until(Duration::from_secs(15), || async {
+        let s = scaled(&cp, "api").await;
+        (s["status"]["ready"] == 4).then_some(s)
+    })
+    .await
+    .expect("scaled up to four ready instances under load");
+    assert_eq!(up["target"], 4, "{up}");
+    let requests = traffic.await.unwrap();
+    assert!(
+        requests.contains(" 0 failed, 0 errored, 0 timeout"),
+        "no request failed while instances joined: {requests}"
+    );
+    let during = endpoints(&cp).await;
+    assert_eq!(during.len(), 4, "{during:?}");
+    assert!(before.is_subset(&during));
+    let names: BTreeSet<String> = {
+        let mut n = BTreeSet::new();
+        for _ in 0..40 {
+            let a = get(&h1_client(), &proxy.url("/")).await;
+            n.insert(a.json()["service"].as_str().unwrap().to_string());
+        }
+        n
+    };
+    assert!(
+        names.len() >= 2,
+        "requests spread over the new processes: {names:?}"
+    );
+    let decisions = cp.get("/v1/decisions?service=api").await;
+    let scale_up = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == 4)
+        .expect("the scale-up was recorded");
+    let reason = scale_up["reason"].as_str().unwrap();
+    assert!(reason.contains("observed"), "{reason}");
+    assert!(scale_up["decision"]["observed_rps"].as_f64().unwrap() > 20.0);
+
+    // The load is gone: after the scale-down delay, back to one; the others stop.
+    let down = wait_until(Duration::from_secs(20), || async {
+        let s = scaled(&cp, "api").await;
+        (s["status"]["ready"] == 1 && s["status"]["starting"] == 0).then_some(s)
+    })
+    .await
+    .expect("scaled back down");
+    assert_eq!(down["target"], 1);
+    let after = endpoints(&cp).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    for gone in during.difference(&after) {
+        let stopped = wait_until(Duration::from_secs(15), || async {
+            refused(gone).await.then_some(())
+        })
+        .await;
+        assert!(stopped.is_some(), "the retired process on {gone} exited");
+    }
+
+    // The dry run records decisions and starts nothing: the catalog keeps its endpoint.
+    let dry = scaled(&cp, "catalog").await;
+    assert_eq!(dry["actuator"], "dry_run");
+    let rec = cp.get("/v1/decisions?service=catalog&limit=5").await;
+    assert!(rec
+        .as_array()
+        .is_some_and(|r| !r.is_empty() && r.iter().all(|d| d["actuator"] == "dry_run")));
+    let cat = cp.get("/v1/services/catalog").await;
+    assert_eq!(cat["endpoints"].as_array().unwrap().len(), 1);
+    // Bad query parameters are a 400 naming the field.
+    let (status, body) = cp
+        .call(http::Method::GET, "/v1/decisions?limit=0", "")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "limit");
+
+    // A clean stop of the control plane stops the instances it started.
+    drop(proxy);
+    cp.stop().await;
+    for addr in &after {
+        let stopped = wait_until(Duration::from_secs(15), || async {
+            refused(addr).await.then_some(())
+        })
+        .await;
+        assert!(
+            stopped.is_some(),
+            "the last instance on {addr} exited with the control plane"
+        );
+    }
+}
+
+#[tokio::test]
+async fn instances_do_not_outlive_a_crashed_control_plane() {
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+autoscaling:
+  interval: 200ms
+  services:
+    - service: api
+      capacity_rps: 20
+      min: 2
+      actuator:
+        local:
+          command: ["{presage}", "sample-service", "--listen", "127.0.0.1:{port}"]
+"#,
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let ready = wait_until(Duration::from_secs(15), || async {
+        let e = endpoints(&cp).await;
+        (e.len() == 2).then_some(e)
+    })
+    .await
+    .expect("two instances registered");
+    for addr in &ready {
+        assert!(!refused(addr).await, "{addr} serves");
+    }
+    // SIGKILL: the control plane cannot stop anything; the parent-death signal does.
+    cp.kill().await;
+    for addr in &ready {
+        let stopped = wait_until(Duration::from_secs(15), || async {
+            refused(addr).await.then_some(())
+        })
+        .await;
+        assert!(
+            stopped.is_some(),
+            "the instance on {addr} exited with its control plane"
+        );
+    }
+}
