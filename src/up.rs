@@ -1,6 +1,7 @@
 //! `presage up`: the local mesh, as one process tree. Starts the control plane (with its
 //! embedded store) from the demo config, a sample service for every loopback endpoint of
-//! its services, and a proxy that takes its routes and clusters from the control plane;
+//! its services (the autoscaled ones get theirs from the control plane's local-process
+//! actuator), and a proxy that takes its routes and clusters from the control plane;
 //! prints `name: URL` per endpoint once the proxy has synced; stops everything on
 //! Ctrl-C/SIGTERM (or when any part exits) and waits for each child.
 
@@ -222,6 +223,12 @@ async fn start(path: &Path, cfg: &cp_config::Config, parts: &mut Vec<Part>) -> R
     println!("token: {token}");
     for (name, addr) in samples {
         println!("{name}: http://{addr}");
+    }
+    for s in &cfg.autoscaling.services {
+        println!(
+            "{}: scaled by the planner (instances: http://{api}/v1/autoscaling, why: http://{api}/v1/decisions)",
+            s.service
+        );
     }
     println!("presage up: running; Ctrl-C stops everything");
     Ok(())

@@ -120,7 +120,9 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
         format!(
             "grpc: 127.0.0.1:0\napi: 127.0.0.1:0\nstore: state/cp.redb\nlocal_proxy: {{listen: 127.0.0.1:0, admin: 127.0.0.1:0}}\n\
              services:\n  - name: demo\n    load_balancer: weighted_round_robin\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n\
-             routes:\n  - {{name: all, cluster: demo}}\n",
+             \x20 - name: scaled\n\
+             routes:\n  - {{name: scaled, order: 1, match: {{path_prefix: /scaled}}, cluster: scaled}}\n  - {{name: all, order: 2, cluster: demo}}\n\
+             autoscaling:\n  interval: 200ms\n  services:\n    - service: scaled\n      capacity_rps: 10\n      actuator: {{local: {{command: [\"{{presage}}\", sample-service, --listen, \"127.0.0.1:{{port}}\", --name, scaled]}}}}\n",
             ports[0], ports[1]
         ),
     )
@@ -164,6 +166,15 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
         instances.insert(a.json()["instance"].as_str().unwrap().to_string());
     }
     assert_eq!(instances.len(), 2, "{instances:?}");
+    // The autoscaled service's instance is a process the control plane started.
+    let scaled = wait_until(Duration::from_secs(20), || async {
+        let a = get(&c, &format!("{}/scaled", urls["proxy"])).await;
+        (a.status == StatusCode::OK).then_some(a)
+    })
+    .await
+    .expect("the autoscaled service answers through the proxy");
+    assert_eq!(scaled.json()["service"], "scaled");
+    let scaled_addr = scaled.json()["instance"].as_str().unwrap().to_string();
     // The REST API wants the printed token.
     let proxies_url = urls["api"].replace("/v1/services", "/v1/proxies");
     assert_eq!(get(&c, &proxies_url).await.status, StatusCode::UNAUTHORIZED);
@@ -186,7 +197,11 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
     assert!(status.success(), "{status}");
     // Every part went with it.
     let proxy_addr = urls["proxy"].trim_start_matches("http://").to_string();
-    for addr in ports.iter().map(|p| p.to_string()).chain([proxy_addr]) {
+    for addr in ports
+        .iter()
+        .map(|p| p.to_string())
+        .chain([proxy_addr, scaled_addr])
+    {
         assert!(
             tokio::net::TcpStream::connect(&addr).await.is_err(),
             "{addr} still served"
