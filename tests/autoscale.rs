@@ -38,9 +38,10 @@ autoscaling:
           cpu: 0.5
           memory_mb: 64
     - service: catalog
-      capacity_rps: 10
+      capacity_rps: 2
       max: 50
       level: 95
+      policy: { price_per_hour: 0.5, max_cost_per_hour: 1.0 }
       actuator: { dry_run: {} }
 "#;
 
@@ -143,6 +144,7 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     // the 15 s window of the observed rate has filled.
     let before = endpoints(&cp).await;
     let traffic = tokio::spawn(load(proxy.url("/"), 120, 6));
+    let catalog_traffic = tokio::spawn(load(proxy.url("/catalog"), 40, 6));
     let up = wait_until(Duration::from_secs(15), || async {
         let s = scaled(&cp, "api").await;
         (s["status"]["ready"] == 4).then_some(s)
@@ -151,6 +153,7 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     .expect("scaled up to four ready instances under load");
     assert_eq!(up["target"], 4, "{up}");
     let requests = traffic.await.unwrap();
+    catalog_traffic.await.unwrap();
     assert!(
         requests.contains(" 0 failed, 0 errored, 0 timeout"),
         "no request failed while instances joined: {requests}"
@@ -202,12 +205,26 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     // The dry run records decisions and starts nothing: the catalog keeps its endpoint.
     let dry = scaled(&cp, "catalog").await;
     assert_eq!(dry["actuator"], "dry_run");
-    let rec = cp.get("/v1/decisions?service=catalog&limit=5").await;
+    let rec = cp.get("/v1/decisions?service=catalog&limit=50").await;
     assert!(rec
         .as_array()
         .is_some_and(|r| !r.is_empty() && r.iter().all(|d| d["actuator"] == "dry_run")));
     let cat = cp.get("/v1/services/catalog").await;
     assert_eq!(cat["endpoints"].as_array().unwrap().len(), 1);
+    // Its cost ceiling (1.0/h at 0.5/h each) held it at two though the load asked more.
+    let capped = rec
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == 2 && d["decision"]["target"].as_u64().unwrap() > 2)
+        .unwrap_or_else(|| panic!("no decision capped at the ceiling: {rec}"));
+    assert!(
+        capped["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cost ceiling 1/h at 0.5/h each caps"),
+        "{capped}"
+    );
     // Bad query parameters are a 400 naming the field.
     let (status, body) = cp
         .call(http::Method::GET, "/v1/decisions?limit=0", "")
@@ -259,7 +276,28 @@ autoscaling:
     for addr in &ready {
         assert!(!refused(addr).await, "{addr} serves");
     }
+    // A policy set through the API: bad fields are named, a good one is kept.
+    let (status, body) = cp
+        .call(
+            http::Method::PUT,
+            "/v1/autoscaling/api/policy",
+            r#"{"rules":[{"if_predicted_utilisation_above":0.8,"add":0}]}"#,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["field"].as_str()),
+        (400, Some("rules[0].add")),
+        "{body}"
+    );
+    let (status, _) = cp
+        .call(http::Method::PUT, "/v1/autoscaling/nope/policy", "{}")
+        .await;
+    assert_eq!(status, 404);
+    let policy = r#"{"rules":[{"if_predicted_utilisation_above":0.8,"add":2}],"cooldown_s":30.0}"#;
+    cp.put("/v1/autoscaling/api/policy", policy).await;
+
     // SIGKILL: the control plane cannot stop anything; the parent-death signal does.
+    let store = cp.store.clone();
     cp.kill().await;
     for addr in &ready {
         let stopped = wait_until(Duration::from_secs(15), || async {
@@ -271,4 +309,10 @@ autoscaling:
             "the instance on {addr} exited with its control plane"
         );
     }
+    // The policy outlives the crash: the store has it.
+    let cp = ControlPlane::start(&store, None, Some(&cfg)).await;
+    let kept = cp.get("/v1/autoscaling/api/policy").await;
+    assert_eq!(kept["rules"][0]["add"], 2, "{kept}");
+    assert_eq!(kept["cooldown_s"], 30.0);
+    cp.stop().await;
 }

@@ -221,7 +221,8 @@ pub async fn run(
     let autoscaling = Arc::new(
         blocking({
             let s = store.clone();
-            move || crate::autoscale::Autoscaling::new(s)
+            let c = cfg.autoscaling.clone();
+            move || crate::autoscale::Autoscaling::new(s, &c)
         })
         .await?,
     );

@@ -1,7 +1,7 @@
 //! `autoscaling:` in the control plane's YAML: which services the planner scales, how
 //! much one instance serves, the bounds and delays, and the actuator.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -9,6 +9,8 @@ use serde::Deserialize;
 use crate::actuate::ActuatorConfig;
 use crate::config::humantime_opt;
 use crate::planner::PlannerConfig;
+
+use super::policy::{Policy, TenantCeiling};
 
 /// Defaults.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -23,6 +25,9 @@ pub struct AutoscalingConfig {
     pub interval: Option<Duration>,
     #[serde(default)]
     pub services: Vec<ScaledService>,
+    /// Cost ceilings shared by the services that name the tenant in their policy.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantCeiling>,
 }
 
 /// One scaled service.
@@ -47,6 +52,13 @@ pub struct ScaledService {
     pub scale_down_delay: Option<Duration>,
     /// Share of capacity the reactive floor plans to use (default 0.8).
     pub floor_utilisation: Option<f64>,
+    /// Learn the per-instance capacity from telemetry (default true; needs a QoS
+    /// profile's latency target in the traffic).
+    pub learn_capacity: Option<bool>,
+    /// Rules, cooldown and cost ceilings on top of the planner (also `PUT
+    /// /v1/autoscaling/{service}/policy`).
+    #[serde(default)]
+    pub policy: Policy,
     pub actuator: ActuatorConfig,
 }
 
@@ -85,6 +97,13 @@ impl AutoscalingConfig {
         {
             errors.push("autoscaling.interval: expected at least 100ms".to_string());
         }
+        for (name, t) in &self.tenants {
+            if !(t.max_cost_per_hour.is_finite() && t.max_cost_per_hour > 0.0) {
+                errors.push(format!(
+                    "autoscaling.tenants.{name}.max_cost_per_hour: expected a cost above 0"
+                ));
+            }
+        }
         let mut seen = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let mut err = |field: &str, msg: String| {
@@ -117,6 +136,20 @@ impl AutoscalingConfig {
             for e in s.actuator.check() {
                 err("actuator", e);
             }
+            for (field, msg) in s.policy.check(min) {
+                err(&format!("policy.{field}"), msg);
+            }
+            if let Some(t) = s
+                .policy
+                .tenant
+                .as_ref()
+                .filter(|t| !self.tenants.contains_key(*t))
+            {
+                err(
+                    "policy.tenant",
+                    format!("{t:?} is not in autoscaling.tenants"),
+                );
+            }
         }
         errors
     }
@@ -137,6 +170,7 @@ autoscaling:
     - service: api
       capacity_rps: 5
       level: 100
+      policy: { tenant: acme, price_per_hour: 1, max_cost_per_hour: 0.5 }
       actuator: { dry_run: {} }
 "#;
         let err = crate::config::parse(yaml, "cp.yaml")
@@ -149,6 +183,8 @@ autoscaling:
             "autoscaling.services[0].actuator: cpu: expected a number of cores above 0",
             "autoscaling.services[1].service: \"api\" is scaled twice",
             "autoscaling.services[1].level: expected a percentage between 0 and 100",
+            "autoscaling.services[1].policy.tenant: \"acme\" is not in autoscaling.tenants",
+            "autoscaling.services[1].policy.max_cost_per_hour: expected at least min × price_per_hour (1)",
         ] {
             assert!(err.contains(want), "missing {want:?} in:\n{err}");
         }

@@ -1,6 +1,7 @@
 //! The live autoscaler: every control interval, for each service in `autoscaling:`,
 //! the planner decides an instance count from the control plane's own forecast and the
-//! observed rate, and the service's actuator makes it so. Every change of target is a
+//! observed rate, and the service's actuator makes it so. Every change of target (or of
+//! the planner's own target, which a policy or a ceiling may have overridden) is a
 //! decision record with its reason, in the store and at `GET /v1/decisions`.
 //!
 //! ```text
@@ -14,8 +15,10 @@
 //!                                        └─ changed? ─▶ record (store, /v1/decisions, metrics)
 //! ```
 
+pub mod capacity;
 pub mod config;
 pub mod peak;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use capacity::Capacity;
 pub use config::{AutoscalingConfig, ScaledService};
+use policy::{Claim, Ledger, Policy, TenantCeiling};
 
 use crate::actuate::{Actuator, Status};
 use crate::discovery::Update;
@@ -56,6 +61,10 @@ pub struct DecisionRecord {
     /// The planner's numbers (forecast, level, lead time, observed rate, ...).
     #[schema(value_type = Object)]
     pub decision: serde_json::Value,
+    /// What moved the planner's target: policy rules, cooldown, cost ceilings, learned
+    /// capacity.
+    #[serde(default)]
+    pub adjustments: Vec<String>,
     /// Instances before the change.
     #[schema(value_type = Object)]
     pub status: serde_json::Value,
@@ -69,8 +78,11 @@ pub struct ServiceState {
     pub service: String,
     pub actuator: String,
     pub target: u32,
+    /// Per-instance capacity the planner uses now (configured, then learned).
+    pub capacity_rps: f64,
     pub status: Status,
-    /// The latest decision (made every interval, recorded only when it changes the target).
+    pub adjustments: Vec<String>,
+    /// The latest decision (made every interval; recorded when a target changes).
     #[schema(value_type = Object)]
     pub decision: serde_json::Value,
 }
@@ -81,15 +93,76 @@ pub struct Autoscaling {
     store: Store,
     seq: AtomicU64,
     now: Mutex<BTreeMap<String, ServiceState>>,
+    /// Each scaled service's policy: the config's, replaced by `PUT` (kept in the store).
+    policies: Mutex<BTreeMap<String, (Policy, u32)>>,
+}
+
+/// The store's `models` key of a service's policy set through the API.
+fn policy_key(service: &str) -> String {
+    format!("autoscaling-policy/{service}")
 }
 
 impl Autoscaling {
-    pub fn new(store: Store) -> Result<Autoscaling, crate::store::StoreError> {
+    /// Reads the decision sequence and the policies set through the API from the store.
+    pub fn new(
+        store: Store,
+        cfg: &AutoscalingConfig,
+    ) -> Result<Autoscaling, crate::store::StoreError> {
+        let mut policies = BTreeMap::new();
+        for s in &cfg.services {
+            let mut policy = s.policy.clone();
+            if let Some(bytes) = store.model(&policy_key(&s.service))? {
+                match serde_json::from_slice(&bytes) {
+                    Ok(p) => policy = p,
+                    Err(e) => {
+                        tracing::warn!(service = %s.service, error = %e, "the stored autoscaling policy could not be read; using the config's")
+                    }
+                }
+            }
+            let min = s.min.unwrap_or(1);
+            policies.insert(s.service.clone(), (policy, min));
+        }
         Ok(Autoscaling {
             seq: AtomicU64::new(store.last_decision()?),
             store,
             now: Mutex::default(),
+            policies: Mutex::new(policies),
         })
+    }
+
+    /// The policy in force for `service` (None: not scaled).
+    pub fn policy(&self, service: &str) -> Option<Policy> {
+        let p = self.policies.lock().expect("autoscaling lock poisoned");
+        p.get(service).map(|(p, _)| p.clone())
+    }
+
+    /// Replaces a scaled service's policy, durably; field errors when it is invalid.
+    pub async fn put_policy(
+        &self,
+        service: &str,
+        policy: Policy,
+    ) -> Result<Option<()>, PolicyError> {
+        let Some(min) = self
+            .policies
+            .lock()
+            .expect("autoscaling lock poisoned")
+            .get(service)
+            .map(|(_, m)| *m)
+        else {
+            return Ok(None);
+        };
+        let errors = policy.check(min);
+        if !errors.is_empty() {
+            return Err(PolicyError::Invalid(errors));
+        }
+        let json = serde_json::to_vec(&policy).expect("a policy serializes");
+        let (store, key) = (self.store.clone(), policy_key(service));
+        blocking(move || store.put_model(&key, &json)).await?;
+        self.policies
+            .lock()
+            .expect("autoscaling lock poisoned")
+            .insert(service.to_string(), (policy, min));
+        Ok(Some(()))
     }
 
     pub fn services(&self) -> Vec<ServiceState> {
@@ -133,11 +206,23 @@ impl Autoscaling {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid policy")]
+    Invalid(Vec<(String, String)>),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 struct Scaled {
     cfg: ScaledService,
     planner: Planner,
     actuator: Box<dyn Actuator>,
+    capacity: Capacity,
+    ledger: Ledger,
     target: Option<u32>,
+    /// The planner's own target at the last decision (before policy and ceilings).
+    wanted: Option<u32>,
 }
 
 /// What the loop reads and writes.
@@ -165,10 +250,12 @@ pub async fn run(
             cfg: s.clone(),
             planner: Planner::new(s.planner(interval)),
             actuator: s.actuator.build(&s.service, inputs.registry.clone()),
+            capacity: Capacity::new(s.capacity_rps),
+            ledger: Ledger::default(),
             target: None,
+            wanted: None,
         })
         .collect();
-    drop(inputs.registry);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -176,16 +263,16 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        for s in &mut scaled {
-            step(
-                s,
-                &shared,
-                &inputs.load,
-                &inputs.sla,
-                &inputs.resources,
-                &inputs.metrics,
-            )
-            .await;
+        let now_ms = crate::time::unix_ms();
+        let mut planned: Vec<Planned> = scaled
+            .iter_mut()
+            .map(|s| plan(s, &shared, &inputs, now_ms, interval))
+            .collect();
+        for (tenant, ceiling) in &cfg.tenants {
+            contend(tenant, ceiling, &scaled, &mut planned);
+        }
+        for (s, p) in scaled.iter_mut().zip(planned) {
+            apply(s, p, &shared, &inputs.metrics, now_ms).await;
         }
     }
     for s in &scaled {
@@ -193,60 +280,128 @@ pub async fn run(
     }
 }
 
-/// The mean rate of the last `OBSERVED_WINDOW_S` closed seconds.
-fn observed_rps(load: &Load, service: &str, now_s: i64) -> f64 {
+/// Requests and the highest p99 latency of the last `OBSERVED_WINDOW_S` closed seconds.
+fn observed(load: &Load, service: &str, now_s: i64) -> (f64, f64) {
     let end = now_s - crate::load::GRACE_SECONDS;
     let start = end - OBSERVED_WINDOW_S;
-    let requests: u64 = load.with(service, now_s, |h| {
-        h.map_or(0, |h| {
+    let (requests, p99) = load.with(service, now_s, |h| {
+        h.map_or((0, 0.0), |h| {
             h.seconds()
                 .filter(|p| p.unix_s >= start && p.unix_s < end)
-                .map(|p| p.requests)
-                .sum()
+                .fold((0, 0.0f64), |(r, l), p| (r + p.requests, l.max(p.p99_ms)))
         })
     });
-    requests as f64 / OBSERVED_WINDOW_S as f64
+    (requests as f64 / OBSERVED_WINDOW_S as f64, p99)
 }
 
-async fn step(
+/// One service's decision before it is applied.
+struct Planned {
+    decision: Decision,
+    target: u32,
+    current: u32,
+    status: Status,
+    active: Option<peak::Active>,
+    adjustments: Vec<String>,
+}
+
+/// Decides one service: planner, then its policy.
+fn plan(
     s: &mut Scaled,
     shared: &Autoscaling,
-    load: &Load,
-    sla: &Sla,
-    resources: &Resources,
-    metrics: &Metrics,
-) {
+    inputs: &Inputs,
+    now_ms: i64,
+    interval: std::time::Duration,
+) -> Planned {
     let service = s.cfg.service.clone();
-    let now_ms = crate::time::unix_ms();
     let now_s = now_ms / 1000;
     let status = s.actuator.status();
     if let Some(c) = status.cold_start {
         s.planner.set_cold_start(c);
     }
-    let snap = resources.snapshot();
-    let (level, tier) = match s.cfg.level {
-        Some(l) => (l, None),
-        None => {
-            let (l, t) = peak::tier_level(&snap, sla, &service, now_s);
-            (l, Some(t))
+    let snap = inputs.resources.snapshot();
+    let active = peak::active_qos(&snap, &inputs.sla, &service, now_s);
+    let mut adjustments = Vec::new();
+    let (rps, p99) = observed(&inputs.load, &service, now_s);
+    if s.cfg.learn_capacity.unwrap_or(true) && status.ready > 0 {
+        if let Some(target) = active.latency_target_ms {
+            let per = rps / f64::from(status.ready);
+            if s.capacity.observe(per, p99, target) {
+                adjustments.push(format!(
+                    "capacity learned: {:.1} req/s per instance ({per:.1} served at p99 {p99:.0} ms against {target:.0} ms)",
+                    s.capacity.rps()
+                ));
+            }
         }
-    };
-    s.planner.set_level(level);
-    let lead = s.planner.lead();
-    let peak = peak::from_forecasts(&snap, &service, now_ms, lead, level);
-    let observed = observed_rps(load, &service, now_s);
-    let d = s.planner.decide_with(now_s as f64, peak, observed);
-    let error = s
-        .actuator
-        .scale(d.target)
-        .await
-        .err()
-        .map(|e| e.to_string());
-    if let Some(e) = &error {
-        tracing::warn!(%service, target = d.target, error = %e, "scaling failed");
     }
-    metrics.scaling(&service, d.target, &status);
-    let decision = serde_json::to_value(&d).expect("a decision serializes");
+    s.planner.set_capacity(s.capacity.rps());
+    let level = s.cfg.level.unwrap_or(active.level);
+    s.planner.set_level(level);
+    let peak = peak::from_forecasts(&snap, &service, now_ms, s.planner.lead(), level);
+    let decision = s.planner.decide_with(now_s as f64, peak, rps);
+    let current = s.target.unwrap_or(status.ready + status.starting);
+    let policy = shared
+        .policy(&service)
+        .unwrap_or_else(|| s.cfg.policy.clone());
+    let (target, why) = policy::apply(
+        &policy,
+        &s.ledger,
+        now_s as f64,
+        decision.target,
+        current,
+        decision.forecast_upper_rps,
+        s.capacity.rps(),
+        interval,
+    );
+    adjustments.extend(why);
+    Planned {
+        decision,
+        target,
+        current,
+        status,
+        active: s.cfg.level.is_none().then_some(active),
+        adjustments,
+    }
+}
+
+/// Shares `tenant`'s ceiling among its services, highest tier first.
+fn contend(tenant: &str, ceiling: &TenantCeiling, scaled: &[Scaled], planned: &mut [Planned]) {
+    let members: Vec<usize> = (0..scaled.len())
+        .filter(|i| scaled[*i].cfg.policy.tenant.as_deref() == Some(tenant))
+        .collect();
+    let claims: Vec<Claim> = members
+        .iter()
+        .map(|&i| Claim {
+            service: scaled[i].cfg.service.clone(),
+            priority: planned[i].active.as_ref().map_or(1, |a| a.priority),
+            min: scaled[i].planner.config().min_instances,
+            target: planned[i].target,
+            price_per_hour: scaled[i].cfg.policy.price_per_hour,
+        })
+        .collect();
+    let granted = policy::share(ceiling.max_cost_per_hour, &claims);
+    for (k, &i) in members.iter().enumerate() {
+        if granted[k] < planned[i].target {
+            planned[i].adjustments.push(format!(
+                "tenant {tenant} ceiling {}/h grants {} of {} (higher tiers first; the proxies shed the rest from the lowest tier)",
+                ceiling.max_cost_per_hour, granted[k], planned[i].target
+            ));
+            planned[i].target = granted[k];
+        }
+    }
+}
+
+/// Applies one service's decision; records it when the target changed.
+async fn apply(s: &mut Scaled, p: Planned, shared: &Autoscaling, metrics: &Metrics, now_ms: i64) {
+    let service = s.cfg.service.clone();
+    let target = p.target;
+    s.ledger
+        .record((now_ms / 1000) as f64, target, target > p.current);
+    let error = s.actuator.scale(target).await.err().map(|e| e.to_string());
+    if let Some(e) = &error {
+        tracing::warn!(%service, target, error = %e, "scaling failed");
+    }
+    metrics.scaling(&service, target, &p.status);
+    let decision = serde_json::to_value(&p.decision).expect("a decision serializes");
     shared
         .now
         .lock()
@@ -256,19 +411,29 @@ async fn step(
             ServiceState {
                 service: service.clone(),
                 actuator: s.actuator.kind().into(),
-                target: d.target,
-                status: status.clone(),
+                target,
+                capacity_rps: s.capacity.rps(),
+                status: p.status.clone(),
                 decision: decision.clone(),
+                adjustments: p.adjustments.clone(),
             },
         );
-    if s.target == Some(d.target) && error.is_none() {
+    let wanted = Some(p.decision.target);
+    if s.target == Some(target) && s.wanted == wanted && error.is_none() {
         return;
     }
     let previous = s.target;
-    s.target = Some(d.target);
-    metrics.scaling_action(&service, previous, d.target);
-    let reason = reason(&d, s.planner.config().capacity_rps);
-    tracing::info!(%service, ?previous, target = d.target, %reason, "scaling decision");
+    s.wanted = wanted;
+    if previous != Some(target) {
+        metrics.scaling_action(&service, previous, target);
+    }
+    s.target = Some(target);
+    let mut reason = reason(&p.decision, s.capacity.rps());
+    for a in &p.adjustments {
+        reason.push_str("; ");
+        reason.push_str(a);
+    }
+    tracing::info!(%service, ?previous, target, %reason, "scaling decision");
     shared
         .record(DecisionRecord {
             seq: 0,
@@ -276,11 +441,12 @@ async fn step(
             service,
             actuator: s.actuator.kind().into(),
             previous,
-            target: d.target,
+            target,
             reason,
-            tier,
+            tier: p.active.map(|a| a.tier),
             decision,
-            status: serde_json::to_value(&status).expect("a status serializes"),
+            adjustments: p.adjustments,
+            status: serde_json::to_value(&p.status).expect("a status serializes"),
             error,
         })
         .await;

@@ -22,15 +22,25 @@ pub fn level_of_priority(priority: i32) -> f64 {
     }
 }
 
-/// The level and name of the highest tier among the QoS profiles seen in the
-/// service's last minute of traffic; Bronze when none was (unclassified traffic).
-pub fn tier_level(snap: &Snapshot, sla: &Sla, service: &str, now_s: i64) -> (f64, String) {
+/// What the service's traffic of the last minute asks for: its highest QoS tier (name,
+/// priority, interval level) and the strictest p99 latency target of its profiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Active {
+    pub tier: String,
+    pub priority: i32,
+    pub level: f64,
+    pub latency_target_ms: Option<f64>,
+}
+
+/// The service's active QoS; Bronze, with no latency target, when no profile was seen
+/// (unclassified traffic).
+pub fn active_qos(snap: &Snapshot, sla: &Sla, service: &str, now_s: i64) -> Active {
     let profile = |name: &str| match snap
         .get(types::QOS_PROFILE)
         .and_then(|t| t.items.get(name))
         .and_then(|r| r.body.as_ref())
     {
-        Some(Body::QosProfile(p)) => Some(p.tier.clone()),
+        Some(Body::QosProfile(p)) => Some(p.clone()),
         _ => None,
     };
     let priority = |tier: &str| match snap
@@ -41,14 +51,29 @@ pub fn tier_level(snap: &Snapshot, sla: &Sla, service: &str, now_s: i64) -> (f64
         Some(Body::QosTier(t)) => t.priority,
         _ => 1,
     };
-    sla.pairs()
+    let profiles: Vec<_> = sla
+        .pairs()
         .into_iter()
         .filter(|(s, _)| s == service)
         .filter(|(s, p)| sla.recent(s, p, now_s, 60).is_some_and(|r| r.requests > 0))
         .filter_map(|(_, p)| profile(&p))
-        .map(|tier| (priority(&tier), tier))
+        .collect();
+    let latency_target_ms = profiles
+        .iter()
+        .map(|p| p.latency_p99_ms)
+        .filter(|l| *l > 0.0)
+        .min_by(f64::total_cmp);
+    let (priority, tier) = profiles
+        .iter()
+        .map(|p| (priority(&p.tier), p.tier.clone()))
         .max()
-        .map_or((50.0, "bronze".into()), |(p, t)| (level_of_priority(p), t))
+        .unwrap_or((1, "bronze".into()));
+    Active {
+        level: level_of_priority(priority),
+        tier,
+        priority,
+        latency_target_ms,
+    }
 }
 
 fn upper(p: &ForecastPoint, level: f64) -> f64 {

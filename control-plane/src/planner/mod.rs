@@ -277,6 +277,11 @@ impl Planner {
         self.cfg.level = level;
     }
 
+    /// The per-instance capacity from now on (learned from telemetry).
+    pub fn set_capacity(&mut self, rps: f64) {
+        self.cfg.capacity_rps = rps;
+    }
+
     /// The cold start measured by the actuator replaces the configured estimate.
     pub fn set_cold_start(&mut self, d: Duration) {
         self.cfg.cold_start = d;

@@ -108,7 +108,9 @@ impl utoipa::Modify for BearerAuth {
         demand::next_services,
         demand::expected_arrivals,
         scaling::list_decisions,
-        scaling::list_scaled
+        scaling::list_scaled,
+        scaling::get_policy,
+        scaling::put_policy
     ),
     components(schemas(
         Cluster,
@@ -136,7 +138,9 @@ impl utoipa::Modify for BearerAuth {
         crate::behaviour::ExpectedCalls,
         crate::autoscale::DecisionRecord,
         crate::autoscale::ServiceState,
-        crate::actuate::Status
+        crate::actuate::Status,
+        crate::autoscale::policy::Policy,
+        crate::autoscale::policy::Rule
     ))
 )]
 struct ApiDoc;
@@ -206,6 +210,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/arrivals", get(demand::expected_arrivals))
         .route("/v1/decisions", get(scaling::list_decisions))
         .route("/v1/autoscaling", get(scaling::list_scaled))
+        .route(
+            "/v1/autoscaling/{service}/policy",
+            get(scaling::get_policy).put(scaling::put_policy),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError {

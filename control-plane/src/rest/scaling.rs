@@ -2,7 +2,8 @@
 //! decisions with their reasons.
 
 use super::*;
-use crate::autoscale::{DecisionRecord, ServiceState};
+use crate::autoscale::policy::Policy;
+use crate::autoscale::{DecisionRecord, PolicyError, ServiceState};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(super) struct DecisionsQuery {
@@ -36,4 +37,41 @@ pub(super) async fn list_decisions(
 #[utoipa::path(get, path = "/v1/autoscaling", responses((status = 200, body = [ServiceState])))]
 pub(super) async fn list_scaled(State(api): State<Api>) -> Json<Vec<ServiceState>> {
     Json(api.autoscaling.services())
+}
+
+/// The policy in force for a scaled service: rules, cooldown, cost ceilings, tenant.
+#[utoipa::path(get, path = "/v1/autoscaling/{service}/policy",
+    responses((status = 200, body = Policy), (status = 404, body = ApiError)))]
+pub(super) async fn get_policy(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+) -> Result<Json<Policy>, ApiError> {
+    api.autoscaling.policy(&service).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!("{service:?} is not scaled (autoscaling.services)"))
+    })
+}
+
+/// Replaces a scaled service's policy; kept in the store (it outlives the config's
+/// until the next `PUT`) and applied from the next decision on.
+#[utoipa::path(put, path = "/v1/autoscaling/{service}/policy", request_body = Policy,
+    responses((status = 200, body = Policy), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub(super) async fn put_policy(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Policy>, ApiError> {
+    let policy: Policy = body(&bytes)?;
+    match api.autoscaling.put_policy(&service, policy.clone()).await {
+        Ok(Some(())) => Ok(Json(policy)),
+        Ok(None) => Err(ApiError::not_found(format!(
+            "{service:?} is not scaled (autoscaling.services)"
+        ))),
+        Err(PolicyError::Invalid(errors)) => Err(ApiError::invalid(
+            errors
+                .into_iter()
+                .map(|(field, message)| FieldError { field, message })
+                .collect(),
+        )),
+        Err(PolicyError::Store(e)) => Err(e.into()),
+    }
 }
