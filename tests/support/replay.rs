@@ -10,7 +10,8 @@
 //!   stream of the JSON lines the test pushes with [`Replay::push`].
 //!
 //! PUT and POST are answered 200 (what the Consul agent says to register, pass and
-//! deregister) and kept with their bodies. Every request's path and query is logged so
+//! deregister) and kept with their bodies; PATCH (Kubernetes) is kept too and answered
+//! with the path's canned reply, the patched object. Every request's path and query is logged so
 //! tests can check what the client asked.
 
 use std::collections::HashMap;
@@ -52,6 +53,7 @@ struct State {
 pub struct Write {
     pub method: String,
     pub path: String,
+    pub content_type: String,
     pub body: String,
 }
 
@@ -178,6 +180,27 @@ fn duration(v: &str) -> Option<Duration> {
         .map(|m: u64| Duration::from_secs(m * 60))
 }
 
+/// The canned reply of `path` (404 without one, the failure status during an outage).
+async fn reply(state: &Mutex<State>, path: &str) -> Result<Response<Body>, Infallible> {
+    let (reply, failing) = {
+        let s = state.lock().unwrap();
+        (s.replies.get(path).cloned(), s.failing)
+    };
+    let (status, body) = match (failing, reply) {
+        (Some(status), _) => (status, "{}".to_string()),
+        (None, Some(r)) => (StatusCode::OK, r.body),
+        (None, None) => (
+            StatusCode::NOT_FOUND,
+            r#"{"kind":"Status","code":404}"#.to_string(),
+        ),
+    };
+    let mut res = Response::new(full(body));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(res)
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
     mut changed: watch::Receiver<u64>,
@@ -186,8 +209,17 @@ async fn handle(
     let path = req.uri().path().to_string();
     let q = req.uri().query().unwrap_or("").to_string();
     state.lock().unwrap().log.push(format!("{path}?{q}"));
-    if matches!(*req.method(), http::Method::PUT | http::Method::POST) {
-        let method = req.method().to_string();
+    let method = req.method().clone();
+    if matches!(
+        method,
+        http::Method::PUT | http::Method::POST | http::Method::PATCH
+    ) {
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = req
             .into_body()
             .collect()
@@ -195,11 +227,16 @@ async fn handle(
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let write = Write {
-            method,
+            method: method.to_string(),
             path: path.clone(),
+            content_type,
             body: String::from_utf8_lossy(&body).into_owned(),
         };
         state.lock().unwrap().writes.push(write);
+        // A Kubernetes PATCH answers the patched object: the path's canned reply.
+        if method == http::Method::PATCH {
+            return reply(&state, &path).await;
+        }
         // What the Consul agent answers to register, pass and deregister.
         let status = state.lock().unwrap().failing.unwrap_or(StatusCode::OK);
         let mut res = Response::new(full(""));

@@ -1,6 +1,6 @@
 //! Actuators: what turns a planner's target into running instances. One trait; the
-//! local-process actuator (the embedded default `presage up` uses) and a dry run that
-//! only records what it was asked.
+//! local-process actuator (the embedded default `presage up` uses), Kubernetes
+//! Deployments, and a dry run that only records what it was asked.
 //!
 //! ```text
 //!  autoscale loop ──scale(target)──▶ Actuator ──▶ instances (processes, pods, nothing)
@@ -11,6 +11,7 @@
 //! the planner's lead time uses.
 
 pub mod cgroup;
+pub mod kubernetes;
 pub mod local;
 
 use std::future::Future;
@@ -74,6 +75,8 @@ pub trait Actuator: Send + Sync {
 pub enum ActuatorConfig {
     /// Real processes on this machine, from a command template.
     Local(local::LocalConfig),
+    /// A Deployment's replicas, through the scale subresource.
+    Kubernetes(kubernetes::KubernetesActuatorConfig),
     /// Decisions are recorded, nothing is started.
     DryRun {},
 }
@@ -83,6 +86,7 @@ impl ActuatorConfig {
     pub fn check(&self) -> Vec<String> {
         match self {
             ActuatorConfig::Local(l) => l.check(),
+            ActuatorConfig::Kubernetes(k) => k.check(),
             ActuatorConfig::DryRun {} => Vec::new(),
         }
     }
@@ -91,6 +95,7 @@ impl ActuatorConfig {
     pub fn build(&self, service: &str, registry: mpsc::Sender<Update>) -> Box<dyn Actuator> {
         match self {
             ActuatorConfig::Local(c) => Box::new(local::Local::new(service, c.clone(), registry)),
+            ActuatorConfig::Kubernetes(c) => Box::new(kubernetes::Kubernetes::new(c.clone())),
             ActuatorConfig::DryRun {} => Box::new(DryRun::default()),
         }
     }

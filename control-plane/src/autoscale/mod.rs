@@ -40,6 +40,8 @@ use crate::resources::{blocking, Resources};
 use crate::sla::Sla;
 use crate::store::Store;
 
+/// An actuator's call may take at least this long (or one interval, if longer).
+const ACTUATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The observed rate is averaged over this many closed seconds.
 const OBSERVED_WINDOW_S: i64 = 15;
 
@@ -223,6 +225,8 @@ struct Scaled {
     target: Option<u32>,
     /// The planner's own target at the last decision (before policy and ceilings).
     wanted: Option<u32>,
+    /// The actuator's error at the last decision.
+    error: Option<String>,
 }
 
 /// What the loop reads and writes.
@@ -254,6 +258,7 @@ pub async fn run(
             ledger: Ledger::default(),
             target: None,
             wanted: None,
+            error: None,
         })
         .collect();
     let mut tick = tokio::time::interval(interval);
@@ -271,9 +276,16 @@ pub async fn run(
         for (tenant, ceiling) in &cfg.tenants {
             contend(tenant, ceiling, &scaled, &mut planned);
         }
-        for (s, p) in scaled.iter_mut().zip(planned) {
-            apply(s, p, &shared, &inputs.metrics, now_ms).await;
-        }
+        // Concurrently, each bounded: a slow actuator (an API server retrying) must not
+        // hold back the other services' scaling.
+        let limit = interval.max(ACTUATOR_TIMEOUT);
+        futures_util::future::join_all(
+            scaled
+                .iter_mut()
+                .zip(planned)
+                .map(|(s, p)| apply(s, p, &shared, &inputs.metrics, now_ms, limit)),
+        )
+        .await;
     }
     for s in &scaled {
         s.actuator.shutdown().await;
@@ -391,12 +403,25 @@ fn contend(tenant: &str, ceiling: &TenantCeiling, scaled: &[Scaled], planned: &m
 }
 
 /// Applies one service's decision; records it when the target changed.
-async fn apply(s: &mut Scaled, p: Planned, shared: &Autoscaling, metrics: &Metrics, now_ms: i64) {
+async fn apply(
+    s: &mut Scaled,
+    p: Planned,
+    shared: &Autoscaling,
+    metrics: &Metrics,
+    now_ms: i64,
+    limit: std::time::Duration,
+) {
     let service = s.cfg.service.clone();
     let target = p.target;
     s.ledger
         .record((now_ms / 1000) as f64, target, target > p.current);
-    let error = s.actuator.scale(target).await.err().map(|e| e.to_string());
+    let error = match tokio::time::timeout(limit, s.actuator.scale(target)).await {
+        Ok(r) => r.err().map(|e| e.to_string()),
+        Err(_) => Some(format!(
+            "the {} actuator did not answer within {limit:?}",
+            s.actuator.kind()
+        )),
+    };
     if let Some(e) = &error {
         tracing::warn!(%service, target, error = %e, "scaling failed");
     }
@@ -419,9 +444,10 @@ async fn apply(s: &mut Scaled, p: Planned, shared: &Autoscaling, metrics: &Metri
             },
         );
     let wanted = Some(p.decision.target);
-    if s.target == Some(target) && s.wanted == wanted && error.is_none() {
+    if s.target == Some(target) && s.wanted == wanted && s.error == error {
         return;
     }
+    s.error = error.clone();
     let previous = s.target;
     s.wanted = wanted;
     if previous != Some(target) {

@@ -62,7 +62,7 @@ fn default_namespace() -> String {
     "default".into()
 }
 
-async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
+pub(crate) async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
     let options = KubeConfigOptions {
         context: cfg.context.clone(),
         ..Default::default()
