@@ -7,6 +7,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::control_plane::ControlPlane;
@@ -425,5 +427,152 @@ async fn the_kubernetes_actuator_patches_the_deployment_scale_and_reads_readines
         "one record per failure, not per interval: {d}"
     );
     replay.fail(None);
+    cp.stop().await;
+}
+
+/// Requests as `user` through the proxy every 200 ms until `stop`; returns the
+/// instances that answered.
+fn requests_as(
+    url: String,
+    user: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let c = h1_client();
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let req = http::Request::get(&url)
+                .header("x-presage-user", user)
+                .body(http_body_util::Full::default())
+                .unwrap();
+            let a = send(&c, req).await;
+            if a.status == 200 {
+                seen.push(a.json()["instance"].as_str().unwrap().to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    })
+}
+
+#[tokio::test]
+async fn predicted_platinum_users_get_a_warm_instance_that_only_they_reach() {
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+services:
+  - name: api
+routes:
+  - { name: api, cluster: api }
+qos_profiles:
+  - { name: premium, tier: platinum, latency_p99_ms: 2000, reliability: 0.9 }
+autoscaling:
+  interval: 300ms
+  services:
+    - service: api
+      capacity_rps: 100
+      warm_pool: { tiers: { platinum: 1.0 }, window: 3s, max: 1, min_calls: 0.05 }
+      actuator:
+        local:
+          command: ["{presage}", "sample-service", "--listen", "127.0.0.1:{port}", "--name", "api-{index}"]
+          drain: 100ms
+"#,
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    cp.put("/v1/subjects/alice", r#"{"profile":"premium"}"#)
+        .await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+    wait_until(Duration::from_secs(15), || async {
+        (get(&h1_client(), &proxy.url("/")).await.status == 200).then_some(())
+    })
+    .await
+    .expect("the standard instance serves");
+    wait_until(Duration::from_secs(10), || async {
+        let p = cp.proxy("p1").await?;
+        p["acked"].get(presage_api::types::SUBJECT).map(|_| ())
+    })
+    .await
+    .expect("the proxy has alice's profile");
+
+    // Alice (platinum) and bob (unclassified: bronze) call; the profiler predicts both.
+    let stop = Arc::new(AtomicBool::new(false));
+    let alice = requests_as(proxy.url("/"), "alice", stop.clone());
+    let bob = requests_as(proxy.url("/"), "bob", stop.clone());
+    let warm = wait_until(Duration::from_secs(20), || async {
+        let s = scaled(&cp, "api").await;
+        (s["status"]["warm_ready"] == 1).then_some(s)
+    })
+    .await
+    .expect("a warm instance for the predicted platinum user");
+    assert_eq!(warm["warm"], serde_json::json!({"platinum": 1}), "{warm}");
+    let warm_addr = wait_until(Duration::from_secs(5), || async {
+        let cluster = cp.get("/v1/services/api").await;
+        cluster["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["metadata"]["pool"] == "warm")
+            .map(|e| {
+                assert_eq!(e["metadata"]["reserved_for"], "tier:platinum");
+                e["address"].as_str().unwrap().to_string()
+            })
+    })
+    .await;
+    let cluster = cp.get("/v1/services/api").await;
+    let warm_addr = warm_addr.unwrap_or_else(|| panic!("no warm endpoint: {cluster}"));
+    // Both keep calling once the proxy has the warm endpoint.
+    wait_until(Duration::from_secs(5), || async {
+        (proxy
+            .metric(
+                "presage_qos_requests_total",
+                &[("tier", "platinum"), ("outcome", "warm_hit")],
+            )
+            .await
+            >= 5.0)
+            .then_some(())
+    })
+    .await
+    .expect("alice's requests hit the warm instance");
+    let record = cp.get("/v1/decisions?service=api").await;
+    let with_warm = record
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["warm"]["platinum"] == 1)
+        .expect("the warm pool was a recorded decision");
+    assert!(
+        with_warm["reason"]
+            .as_str()
+            .unwrap()
+            .contains("warm platinum: 1 for"),
+        "{with_warm}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    assert!(
+        !bob.contains(&warm_addr),
+        "bob never reached the warm instance: {bob:?}"
+    );
+    assert!(alice.contains(&warm_addr), "{alice:?}");
+
+    // Nobody predicted any more: after its window the warm instance is released.
+    wait_until(Duration::from_secs(15), || async {
+        let s = scaled(&cp, "api").await;
+        (s["status"]["warm_ready"] == 0 && s["warm"] == serde_json::json!({})).then_some(())
+    })
+    .await
+    .expect("the warm pool released after its window");
+    let gone = wait_until(Duration::from_secs(10), || async {
+        refused(&warm_addr).await.then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the warm process exited");
+    drop(proxy);
     cp.stop().await;
 }

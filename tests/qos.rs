@@ -1192,3 +1192,67 @@ clusters:
     assert!(t0.elapsed() >= Duration::from_millis(300));
     assert_eq!(hedges().await, 1.0);
 }
+
+#[tokio::test]
+async fn a_warm_instance_serves_only_the_tier_it_was_reserved_for() {
+    let (std_a, std_b, warm) = (
+        Upstream::spawn("standard-a").await,
+        Upstream::spawn("standard-b").await,
+        Upstream::spawn("warm").await,
+    );
+    let proxy = Proxy::start(&config(&format!(
+        "{PROFILES}routes:\n  - name: all\n    cluster: up\nclusters:\n  - name: up\n    outlier_detection: {{consecutive_failures: 1, base_ejection: 30s}}\n    endpoints:\n      - address: \"{}\"\n      - address: \"{}\"\n      - address: \"{}\"\n        metadata: {{pool: warm, reserved_for: \"tier:platinum\"}}\n",
+        std_a.addr, std_b.addr, warm.addr
+    )))
+    .await;
+    let c = h1_client();
+    let url = proxy.url("/");
+    // Unclassified and bronze requests stay in the standard pool...
+    for h in [&[][..], &[("x-presage-qos", "basic")][..]] {
+        for _ in 0..20 {
+            let a = send(&c, request(&url, h)).await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_ne!(a.json()["service"], "warm");
+        }
+    }
+    assert_eq!(
+        warm.hits(),
+        0,
+        "the warm instance is out of general rotation"
+    );
+    // ...platinum ones (alice's profile) go to the instance warmed for them.
+    for _ in 0..10 {
+        let a = send(&c, request(&url, &[("x-presage-user", "alice")])).await;
+        assert_eq!(a.json()["service"], "warm");
+    }
+    let hits = |outcome: &str| {
+        let proxy = &proxy;
+        let outcome = outcome.to_string();
+        async move {
+            proxy
+                .metric(
+                    "presage_qos_requests_total",
+                    &[("tier", "platinum"), ("outcome", &outcome)],
+                )
+                .await
+        }
+    };
+    assert_eq!(hits("warm_hit").await, 10.0);
+    assert_eq!(hits("warm_miss").await, 0.0);
+    // The warm instance fails: ejected, so platinum requests miss the warm pool and are
+    // served by the standard one instead of failing.
+    warm.kill();
+    let mut served = 0;
+    for _ in 0..10 {
+        let a = send(&c, request(&url, &[("x-presage-user", "alice")])).await;
+        if a.status == StatusCode::OK {
+            assert_ne!(a.json()["service"], "warm");
+            served += 1;
+        }
+    }
+    assert!(
+        served >= 9,
+        "at most the attempt that found it dead fails: {served}"
+    );
+    assert!(hits("warm_miss").await >= 9.0, "misses counted");
+}

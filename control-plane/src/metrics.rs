@@ -76,7 +76,7 @@ pub struct Metrics {
     pub certificates: Family<ResultLabels, Counter>,
     /// The autoscaler's target per scaled service.
     pub scaling_target: Family<ScaledLabels, Gauge>,
-    /// Instances per scaled service, by state (ready, starting).
+    /// Instances per scaled service, by state (ready, starting, warm).
     pub scaling_instances: Family<InstanceLabels, Gauge>,
     /// Measured launch-to-ready time per scaled service.
     pub cold_start_seconds: Family<ScaledLabels, FloatGauge>,
@@ -173,7 +173,7 @@ impl Metrics {
         );
         r.register(
             "scaling_instances",
-            "Instances of the scaled service, by state (ready, starting)",
+            "Instances of the scaled service, by state (ready, starting, warm: ready and reserved for a tier)",
             self.scaling_instances.clone(),
         );
         r.register(
@@ -205,7 +205,11 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(c.as_secs_f64());
         }
-        for (state, n) in [("ready", status.ready), ("starting", status.starting)] {
+        for (state, n) in [
+            ("ready", status.ready),
+            ("starting", status.starting),
+            ("warm", status.warm_ready),
+        ] {
             self.scaling_instances
                 .get_or_create(&InstanceLabels {
                     service: service.to_string(),

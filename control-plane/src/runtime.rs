@@ -231,6 +231,7 @@ pub async fn run(
         sla: sla.clone(),
         resources: resources.clone(),
         metrics: metrics.clone(),
+        profiler: profiler.clone(),
         registry: actuated,
     };
     let api = Api {

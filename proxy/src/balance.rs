@@ -9,6 +9,10 @@
 //! over latency x load. When none meets the profile, the request
 //! goes to the best available endpoint by the ordinary policy and is counted as a miss.
 //!
+//! Warm-pool endpoints (reserved for a QoS tier) are out of general rotation:
+//! `pick_warm` serves their tier's requests; the others never reach them unless every
+//! endpoint is (panic mode).
+//!
 //! The balancer reads endpoint state; `upstream` records outcomes into it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -206,7 +210,9 @@ impl Balancer {
             _ => {}
         }
         let now = now_ms();
-        let usable = |i: usize| Some(i) != avoid && !eps[i].outlier.is_ejected(now);
+        let usable = |i: usize| {
+            Some(i) != avoid && !eps[i].outlier.is_ejected(now) && eps[i].reserved_for.is_none()
+        };
         let chosen = match self.policy {
             LoadBalancer::WeightedRoundRobin => {
                 let start = self.next.fetch_add(1, Relaxed);
@@ -243,6 +249,7 @@ impl Balancer {
             let e = &eps[i];
             Some(i) != avoid
                 && !e.outlier.is_ejected(now)
+                && e.reserved_for.is_none()
                 && e.accuracy >= needs.min_accuracy
                 && e.ewma.estimate_at(now) <= needs.max_latency_ns
                 && (needs.max_failure_rate >= 1.0
@@ -259,6 +266,24 @@ impl Balancer {
             }
             None => self.pick(eps, avoid).map(|e| (e, false)),
         }
+    }
+
+    /// A warm-pool endpoint reserved for `tier` (not ejected, not `avoid`), by P2C over
+    /// load; None when the tier has none usable (the request then goes to the standard
+    /// pool: a warm miss).
+    pub fn pick_warm<'a>(
+        &self,
+        eps: &'a [Endpoint],
+        avoid: Option<usize>,
+        tier: &str,
+    ) -> Option<&'a Endpoint> {
+        let now = now_ms();
+        let i = self.p2c(eps, now, |i| {
+            Some(i) != avoid
+                && eps[i].reserved_for.as_deref() == Some(tier)
+                && !eps[i].outlier.is_ejected(now)
+        })?;
+        Some(&eps[i])
     }
 
     fn p2c(&self, eps: &[Endpoint], now: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {

@@ -183,6 +183,8 @@ pub async fn handle(
                     selection: &selection,
                     bandwidth: rt.config.tier(decision.tier).bandwidth,
                     per_endpoint: shared.telemetry.is_some(),
+                    tier: &rt.config.tier(decision.tier).name,
+                    counters: &rt.tier_counters[decision.tier.0 as usize],
                 };
                 proxy(&rt, route, &conn, req, qos).await
             }
@@ -218,6 +220,7 @@ pub async fn handle(
             _ if !error_code.is_empty() => error_code,
             SELECTION_MEETS => "meets-profile",
             SELECTION_BEST_AVAILABLE => "best-available",
+            SELECTION_WARM => "warm-pool",
             _ => "balanced",
         };
         let status = res.status();
@@ -271,12 +274,17 @@ struct Qos<'a> {
     bandwidth: f64,
     /// Count attempts per endpoint (only the control plane reads them).
     per_endpoint: bool,
+    /// The request's tier (its warm pool, if the cluster has one) and that tier's
+    /// counters (`metrics::QOS_OUTCOMES`).
+    tier: &'a str,
+    counters: &'a [Counter; metrics::QOS_OUTCOMES.len()],
 }
 
 const SELECTION_NONE: u8 = 0;
 const SELECTION_BALANCED: u8 = 1;
 const SELECTION_MEETS: u8 = 2;
 const SELECTION_BEST_AVAILABLE: u8 = 3;
+const SELECTION_WARM: u8 = 4;
 
 /// The request's QoS: its profile's rate limit, then its cluster's admission by tier.
 /// The returned guard holds the request's in-flight slot until the answer is ready.
@@ -308,6 +316,35 @@ fn admit<'a>(
             Err(ProxyError::Shed(tier.name.clone()))
         }
     }
+}
+
+/// A warm-pool endpoint reserved for the request's tier, if the cluster has one usable;
+/// the first attempt counts a warm hit, or a miss when the tier has warm endpoints but
+/// none usable (all ejected). Tiers without a warm pool are not counted.
+fn warm_pick<'a>(
+    cluster: &'a crate::upstream::Cluster,
+    avoid: Option<usize>,
+    qos: &Qos<'_>,
+    count: bool,
+) -> Option<&'a crate::upstream::Endpoint> {
+    if !cluster.has_warm {
+        return None;
+    }
+    let picked = cluster
+        .balancer
+        .pick_warm(&cluster.endpoints, avoid, qos.tier);
+    if count {
+        if picked.is_some() {
+            qos.counters[metrics::WARM_HIT].inc();
+        } else if cluster
+            .endpoints
+            .iter()
+            .any(|e| e.reserved_for.as_deref() == Some(qos.tier))
+        {
+            qos.counters[metrics::WARM_MISS].inc();
+        }
+    }
+    picked
 }
 
 async fn proxy(
@@ -362,12 +399,18 @@ async fn proxy(
     let mut avoid = None;
     let mut attempt = 0u32;
     loop {
-        let (ep, met) = cluster
-            .balancer
-            .pick_for(&cluster.endpoints, avoid, qos.needs)
-            .ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
+        // The interceptor: a warm instance reserved for the request's tier first.
+        let warm = warm_pick(cluster, avoid, &qos, attempt == 0);
+        let (ep, met) = match warm {
+            Some(ep) => (ep, true),
+            None => cluster
+                .balancer
+                .pick_for(&cluster.endpoints, avoid, qos.needs)
+                .ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?,
+        };
         if attempt == 0 {
             let how = match (qos.needs, met) {
+                _ if warm.is_some() => SELECTION_WARM,
                 (None, _) => SELECTION_BALANCED,
                 (Some(_), true) => SELECTION_MEETS,
                 (Some(_), false) => SELECTION_BEST_AVAILABLE,

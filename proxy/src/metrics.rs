@@ -52,13 +52,24 @@ pub struct QosLabels {
     pub outcome: &'static str,
 }
 
-/// QoS admission outcomes, in the order of `Metrics::qos_counters` handles.
-pub const QOS_OUTCOMES: [&str; 4] = ["admitted", "shed", "throttled", "missed"];
+/// QoS admission outcomes, in the order of `Metrics::qos_counters` handles; `warm_hit`
+/// and `warm_miss`: a request of a tier with a warm pool in its cluster served by it, or
+/// not (none usable).
+pub const QOS_OUTCOMES: [&str; 6] = [
+    "admitted",
+    "shed",
+    "throttled",
+    "missed",
+    "warm_hit",
+    "warm_miss",
+];
 /// Indexes into `QOS_OUTCOMES` and each tier's `Metrics::qos_counters` handles.
 pub const ADMITTED: usize = 0;
 pub const SHED: usize = 1;
 pub const THROTTLED: usize = 2;
 pub const MISSED: usize = 3;
+pub const WARM_HIT: usize = 4;
+pub const WARM_MISS: usize = 5;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -168,7 +179,7 @@ impl Metrics {
     }
 
     /// A tier's `qos_requests` handles, by outcome (`QOS_OUTCOMES`).
-    pub fn qos_counters(&self, tier: &str) -> [Counter; 4] {
+    pub fn qos_counters(&self, tier: &str) -> [Counter; QOS_OUTCOMES.len()] {
         QOS_OUTCOMES.map(|outcome| {
             self.qos_requests
                 .get_or_create(&QosLabels {

@@ -46,7 +46,8 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub qos: crate::qos::Qos,
     /// `qos_requests` handles of each of `config.tiers`, by outcome.
-    pub tier_counters: Vec<[prometheus_client::metrics::counter::Counter; 4]>,
+    pub tier_counters:
+        Vec<[prometheus_client::metrics::counter::Counter; crate::metrics::QOS_OUTCOMES.len()]>,
     /// With a transparent listener: a route to each cluster, for redirected requests no
     /// route claims but that were addressed to one of the cluster's instances.
     pub destination_routes: Vec<Route>,

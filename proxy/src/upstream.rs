@@ -42,6 +42,9 @@ pub struct Endpoint {
     pub accuracy: f64,
     /// `price` metadata (per hour; 0 when absent), for QoS selection.
     pub price: f64,
+    /// A warm-pool instance (`pool: warm`) held out of general rotation for requests of
+    /// this QoS tier (`reserved_for: tier:<name>`).
+    pub reserved_for: Option<Arc<str>>,
     /// Attempts sent here, for the control plane's per-instance QoS.
     pub load: Arc<crate::load::ServiceLoad>,
 }
@@ -59,6 +62,8 @@ impl Endpoint {
 pub struct Cluster {
     pub spec: ClusterSpec,
     pub endpoints: Vec<Endpoint>,
+    /// Some endpoints are a warm pool (see `Endpoint::reserved_for`).
+    pub has_warm: bool,
     pub balancer: Balancer,
     pub client: UpstreamClient,
     pub retries: Counter,
@@ -84,6 +89,21 @@ fn metadata_number(
         _ => None,
     }
     .filter(|v: &f64| v.is_finite())
+}
+
+/// The tier a warm-pool endpoint is reserved for: metadata `pool: warm` and
+/// `reserved_for: tier:<name>`. A warm endpoint without a tier it could serve is
+/// reserved for a tier named `""`, which no request has: it stays out of rotation.
+fn reservation(m: &std::collections::BTreeMap<String, serde_json::Value>) -> Option<Arc<str>> {
+    if m.get("pool").and_then(|v| v.as_str()) != Some("warm") {
+        return None;
+    }
+    let tier = m
+        .get("reserved_for")
+        .and_then(|v| v.as_str())
+        .and_then(|r| r.strip_prefix("tier:"))
+        .unwrap_or("");
+    Some(tier.into())
 }
 
 /// What happened to one attempt, for outlier detection and the latency estimate.
@@ -114,7 +134,7 @@ impl Cluster {
         } else {
             Scheme::HTTP
         };
-        let endpoints = spec
+        let endpoints: Vec<Endpoint> = spec
             .endpoints
             .iter()
             .enumerate()
@@ -128,6 +148,7 @@ impl Cluster {
                 index,
                 accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),
                 price: metadata_number(&e.metadata, "price").unwrap_or(0.0),
+                reserved_for: reservation(&e.metadata),
                 load: metrics
                     .service_load
                     .get_endpoint(&spec.name, e.authority.as_ref()),
@@ -143,7 +164,9 @@ impl Cluster {
                 })
                 .clone()
         };
+        let has_warm = endpoints.iter().any(|e| e.reserved_for.is_some());
         Cluster {
+            has_warm,
             balancer: Balancer::new(spec.load_balancer, &weights),
             client: build_client(&spec),
             endpoints,

@@ -16,7 +16,7 @@ use kube::Api;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{ActuateError, Actuator, BoxFuture, Status};
+use super::{ActuateError, Actuator, BoxFuture, Status, Want};
 use crate::discovery::kubernetes::KubernetesConfig;
 
 /// `actuator: {kubernetes: ...}`.
@@ -115,7 +115,10 @@ impl Actuator for Kubernetes {
         "kubernetes"
     }
 
-    fn scale(&self, target: u32) -> BoxFuture<'_, Result<(), ActuateError>> {
+    /// Warm instances are replicas like the others: pods of one Deployment cannot be
+    /// told apart through the scale subresource, so they join the general pool.
+    fn scale<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<(), ActuateError>> {
+        let target = want.total();
         Box::pin(async move {
             let api = self.api().await?;
             let name = &self.cfg.deployment;
@@ -166,6 +169,7 @@ impl Actuator for Kubernetes {
         Status {
             ready: st.ready,
             starting: st.replicas.saturating_sub(st.ready),
+            warm_ready: 0,
             cold_start: st.cold_start,
             limits_unavailable: None,
         }

@@ -1,6 +1,7 @@
 //! The local-process actuator: instances are processes on this machine, started from a
 //! command template, registered (as the `local` registry) once they answer, and stopped
-//! with SIGTERM after being deregistered.
+//! with SIGTERM after being deregistered. Warm instances are registered with
+//! `pool: warm` and `reserved_for: tier:<name>`, which the proxies' interceptor reads.
 //!
 //! ```text
 //!  scale(n) ─▶ launch: free port ─▶ spawn ─▶ cgroup limits ─▶ probe until ready
@@ -23,7 +24,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cgroup::{Group, Limits};
-use super::{ActuateError, Actuator, BoxFuture, Status};
+use super::{ActuateError, Actuator, BoxFuture, Status, Want};
 use crate::config::humantime_opt;
 use crate::discovery::record::Record;
 use crate::discovery::{Instance, Update};
@@ -109,6 +110,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 struct Slot {
     port: u16,
     ready: bool,
+    /// The tier a warm instance is reserved for (None: general rotation).
+    pool: Option<String>,
     /// Taken when the instance is asked to stop.
     stop: Option<oneshot::Sender<()>>,
 }
@@ -170,6 +173,13 @@ impl Inner {
                 record
                     .labels
                     .insert("presage.io/actuator".into(), REGISTRY.into());
+                if let Some(tier) = &s.pool {
+                    // What the proxies' interceptor reads (`upstream::reservation`).
+                    record.labels.insert("pool".into(), "warm".into());
+                    record
+                        .labels
+                        .insert("reserved_for".into(), format!("tier:{tier}"));
+                }
                 Instance {
                     id: format!("{}-{i}", self.service),
                     record,
@@ -374,43 +384,53 @@ impl Actuator for Local {
         "local"
     }
 
-    fn scale(&self, target: u32) -> BoxFuture<'_, Result<(), ActuateError>> {
+    fn scale<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<(), ActuateError>> {
         Box::pin(async move {
             let inner = &self.inner;
             let mut launch = Vec::new();
             {
                 let mut st = inner.lock();
-                let live: Vec<u32> = st
-                    .slots
-                    .iter()
-                    .filter(|(_, s)| s.stop.is_some())
-                    .map(|(i, _)| *i)
-                    .collect();
-                let n = live.len() as u32;
-                if n > target {
-                    // Retire those not ready yet first, then the newest.
-                    let mut order = live.clone();
-                    order.sort_by_key(|i| (st.slots[i].ready, std::cmp::Reverse(*i)));
-                    for i in order.into_iter().take((n - target) as usize) {
-                        if let Some(tx) = st.slots.get_mut(&i).and_then(|s| s.stop.take()) {
-                            let _ = tx.send(());
+                // Every pool asked for, and every pool running (retired when not asked).
+                let mut pools: BTreeMap<Option<String>, u32> =
+                    st.slots.values().map(|s| (s.pool.clone(), 0)).collect();
+                pools.insert(None, want.standard);
+                for (tier, n) in &want.warm {
+                    pools.insert(Some(tier.clone()), *n);
+                }
+                for (pool, target) in pools {
+                    let live: Vec<u32> = st
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| s.stop.is_some() && s.pool == pool)
+                        .map(|(i, _)| *i)
+                        .collect();
+                    let n = live.len() as u32;
+                    if n > target {
+                        // Retire those not ready yet first, then the newest.
+                        let mut order = live;
+                        order.sort_by_key(|i| (st.slots[i].ready, std::cmp::Reverse(*i)));
+                        for i in order.into_iter().take((n - target) as usize) {
+                            if let Some(tx) = st.slots.get_mut(&i).and_then(|s| s.stop.take()) {
+                                let _ = tx.send(());
+                            }
                         }
                     }
-                }
-                for _ in n..target {
-                    let port = free_port(inner.host())?;
-                    let index = st.next;
-                    st.next += 1;
-                    let (tx, rx) = oneshot::channel();
-                    st.slots.insert(
-                        index,
-                        Slot {
-                            port,
-                            ready: false,
-                            stop: Some(tx),
-                        },
-                    );
-                    launch.push((index, port, rx));
+                    for _ in n..target {
+                        let port = free_port(inner.host())?;
+                        let index = st.next;
+                        st.next += 1;
+                        let (tx, rx) = oneshot::channel();
+                        st.slots.insert(
+                            index,
+                            Slot {
+                                port,
+                                ready: false,
+                                stop: Some(tx),
+                                pool: pool.clone(),
+                            },
+                        );
+                        launch.push((index, port, rx));
+                    }
                 }
             }
             for (index, port, rx) in launch {
@@ -428,19 +448,17 @@ impl Actuator for Local {
     fn status(&self) -> Status {
         let st = self.inner.lock();
         let live = st.slots.values().filter(|s| s.stop.is_some());
-        let (ready, starting) = live.fold(
-            (0, 0),
-            |(r, s), slot| {
-                if slot.ready {
-                    (r + 1, s)
-                } else {
-                    (r, s + 1)
-                }
-            },
-        );
+        let (ready, starting, warm_ready) = live.fold((0, 0, 0), |(r, s, w), slot| {
+            match (slot.ready, &slot.pool) {
+                (true, None) => (r + 1, s, w),
+                (true, Some(_)) => (r, s, w + 1),
+                (false, _) => (r, s + 1, w),
+            }
+        });
         Status {
             ready,
             starting,
+            warm_ready,
             cold_start: st.cold_start,
             limits_unavailable: st.limits_unavailable.clone(),
         }

@@ -25,13 +25,29 @@ use crate::discovery::Update;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What an actuator is asked for: instances in general rotation, and warm instances
+/// reserved per QoS tier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Want {
+    pub standard: u32,
+    pub warm: std::collections::BTreeMap<String, u32>,
+}
+
+impl Want {
+    pub fn total(&self) -> u32 {
+        self.standard + self.warm.values().sum::<u32>()
+    }
+}
+
 /// What an actuator has right now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Status {
-    /// Instances serving.
+    /// Instances serving in general rotation.
     pub ready: u32,
     /// Launched, not ready yet.
     pub starting: u32,
+    /// Warm instances ready (reserved for a tier's predicted users).
+    pub warm_ready: u32,
     /// Launch-to-ready time, smoothed over the instances started so far.
     #[serde(with = "secs_opt")]
     #[schema(value_type = Option<f64>)]
@@ -62,8 +78,8 @@ pub enum ActuateError {
 pub trait Actuator: Send + Sync {
     /// `local`, `dry_run`, ...
     fn kind(&self) -> &'static str;
-    /// Asks for `target` instances; returns once the change is under way.
-    fn scale(&self, target: u32) -> BoxFuture<'_, Result<(), ActuateError>>;
+    /// Asks for `want`; returns once the change is under way.
+    fn scale<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<(), ActuateError>>;
     fn status(&self) -> Status;
     /// Stops what it started (at shutdown); instances it does not own are left alone.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
@@ -104,7 +120,7 @@ impl ActuatorConfig {
 /// Records targets; reports them as ready at once.
 #[derive(Debug, Default)]
 pub struct DryRun {
-    target: std::sync::atomic::AtomicU32,
+    want: std::sync::Mutex<Want>,
 }
 
 impl Actuator for DryRun {
@@ -112,15 +128,16 @@ impl Actuator for DryRun {
         "dry_run"
     }
 
-    fn scale(&self, target: u32) -> BoxFuture<'_, Result<(), ActuateError>> {
-        self.target
-            .store(target, std::sync::atomic::Ordering::Relaxed);
+    fn scale<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<(), ActuateError>> {
+        *self.want.lock().expect("dry run lock poisoned") = want.clone();
         Box::pin(async { Ok(()) })
     }
 
     fn status(&self) -> Status {
+        let want = self.want.lock().expect("dry run lock poisoned");
         Status {
-            ready: self.target.load(std::sync::atomic::Ordering::Relaxed),
+            ready: want.standard,
+            warm_ready: want.warm.values().sum(),
             ..Status::default()
         }
     }

@@ -11,6 +11,7 @@ use crate::config::humantime_opt;
 use crate::planner::PlannerConfig;
 
 use super::policy::{Policy, TenantCeiling};
+use super::warm::WarmPoolConfig;
 
 /// Defaults.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -59,6 +60,8 @@ pub struct ScaledService {
     /// /v1/autoscaling/{service}/policy`).
     #[serde(default)]
     pub policy: Policy,
+    /// Warm instances for the users the behaviour profiler predicts, by tier.
+    pub warm_pool: Option<WarmPoolConfig>,
     pub actuator: ActuatorConfig,
 }
 
@@ -135,6 +138,9 @@ impl AutoscalingConfig {
             }
             for e in s.actuator.check() {
                 err("actuator", e);
+            }
+            for e in s.warm_pool.iter().flat_map(|w| w.check()) {
+                err("warm_pool", e);
             }
             for (field, msg) in s.policy.check(min) {
                 err(&format!("policy.{field}"), msg);

@@ -19,6 +19,7 @@ pub mod capacity;
 pub mod config;
 pub mod peak;
 pub mod policy;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use capacity::Capacity;
 pub use config::{AutoscalingConfig, ScaledService};
 use policy::{Claim, Ledger, Policy, TenantCeiling};
 
-use crate::actuate::{Actuator, Status};
+use crate::actuate::{Actuator, Status, Want};
 use crate::discovery::Update;
 use crate::load::Load;
 use crate::metrics::Metrics;
@@ -67,6 +68,9 @@ pub struct DecisionRecord {
     /// capacity.
     #[serde(default)]
     pub adjustments: Vec<String>,
+    /// Warm instances per QoS tier, beside `target` (held for predicted users).
+    #[serde(default)]
+    pub warm: BTreeMap<String, u32>,
     /// Instances before the change.
     #[schema(value_type = Object)]
     pub status: serde_json::Value,
@@ -82,6 +86,8 @@ pub struct ServiceState {
     pub target: u32,
     /// Per-instance capacity the planner uses now (configured, then learned).
     pub capacity_rps: f64,
+    /// Warm instances wanted per QoS tier.
+    pub warm: BTreeMap<String, u32>,
     pub status: Status,
     pub adjustments: Vec<String>,
     /// The latest decision (made every interval; recorded when a target changes).
@@ -227,6 +233,9 @@ struct Scaled {
     wanted: Option<u32>,
     /// The actuator's error at the last decision.
     error: Option<String>,
+    warm_pool: warm::WarmPool,
+    /// Warm instances per tier at the last decision.
+    warm: BTreeMap<String, u32>,
 }
 
 /// What the loop reads and writes.
@@ -235,6 +244,8 @@ pub struct Inputs {
     pub sla: Arc<Sla>,
     pub resources: Arc<Resources>,
     pub metrics: Arc<Metrics>,
+    /// Predicted calls of active users, for warm pools.
+    pub profiler: Arc<Mutex<crate::behaviour::Profiler>>,
     /// Instances the actuators start are registered here.
     pub registry: mpsc::Sender<Update>,
 }
@@ -259,6 +270,8 @@ pub async fn run(
             target: None,
             wanted: None,
             error: None,
+            warm_pool: warm::WarmPool::default(),
+            warm: BTreeMap::new(),
         })
         .collect();
     let mut tick = tokio::time::interval(interval);
@@ -314,6 +327,7 @@ struct Planned {
     status: Status,
     active: Option<peak::Active>,
     adjustments: Vec<String>,
+    warm: BTreeMap<String, u32>,
 }
 
 /// Decides one service: planner, then its policy.
@@ -365,6 +379,17 @@ fn plan(
         interval,
     );
     adjustments.extend(why);
+    let warm = match &s.cfg.warm_pool {
+        None => BTreeMap::new(),
+        Some(cfg) => {
+            let calls = predicted_calls(&snap, inputs, &service, now_ms, cfg.window());
+            let (pool, why) = s
+                .warm_pool
+                .size(cfg, now_s as f64, &calls, s.capacity.rps());
+            adjustments.extend(why);
+            pool
+        }
+    };
     Planned {
         decision,
         target,
@@ -372,7 +397,48 @@ fn plan(
         status,
         active: s.cfg.level.is_none().then_some(active),
         adjustments,
+        warm,
     }
+}
+
+/// Calls the profiler predicts for `service` over `window`, per QoS tier of the users
+/// (a subject's own tier, else its profile's); users without one are Bronze.
+fn predicted_calls(
+    snap: &crate::resources::Snapshot,
+    inputs: &Inputs,
+    service: &str,
+    now_ms: i64,
+    window: std::time::Duration,
+) -> BTreeMap<String, f64> {
+    use presage_api::resource::Body;
+    use presage_api::types;
+    let item = |t: &str, name: &str| {
+        snap.get(t)
+            .and_then(|s| s.items.get(name))
+            .and_then(|r| r.body.clone())
+    };
+    let tier_of = |user: &str| -> Option<String> {
+        let Some(Body::Subject(sub)) = item(types::SUBJECT, user) else {
+            return Some("bronze".into());
+        };
+        if !sub.tier.is_empty() {
+            return Some(sub.tier);
+        }
+        match item(types::QOS_PROFILE, &sub.profile) {
+            Some(Body::QosProfile(p)) if !p.tier.is_empty() => Some(p.tier),
+            _ => Some("bronze".into()),
+        }
+    };
+    let grouped = inputs
+        .profiler
+        .lock()
+        .expect("profiler lock poisoned")
+        .expected_arrivals_grouped(now_ms as f64 / 1000.0, window.as_secs_f64(), tier_of);
+    grouped
+        .into_iter()
+        .filter(|((s, _), _)| s == service)
+        .map(|((_, tier), calls)| (tier, calls))
+        .collect()
 }
 
 /// Shares `tenant`'s ceiling among its services, highest tier first.
@@ -415,7 +481,11 @@ async fn apply(
     let target = p.target;
     s.ledger
         .record((now_ms / 1000) as f64, target, target > p.current);
-    let error = match tokio::time::timeout(limit, s.actuator.scale(target)).await {
+    let want = Want {
+        standard: target,
+        warm: p.warm.clone(),
+    };
+    let error = match tokio::time::timeout(limit, s.actuator.scale(&want)).await {
         Ok(r) => r.err().map(|e| e.to_string()),
         Err(_) => Some(format!(
             "the {} actuator did not answer within {limit:?}",
@@ -438,15 +508,17 @@ async fn apply(
                 actuator: s.actuator.kind().into(),
                 target,
                 capacity_rps: s.capacity.rps(),
+                warm: p.warm.clone(),
                 status: p.status.clone(),
                 decision: decision.clone(),
                 adjustments: p.adjustments.clone(),
             },
         );
     let wanted = Some(p.decision.target);
-    if s.target == Some(target) && s.wanted == wanted && s.error == error {
+    if s.target == Some(target) && s.wanted == wanted && s.error == error && s.warm == p.warm {
         return;
     }
+    s.warm = p.warm.clone();
     s.error = error.clone();
     let previous = s.target;
     s.wanted = wanted;
@@ -472,6 +544,7 @@ async fn apply(
             tier: p.active.map(|a| a.tier),
             decision,
             adjustments: p.adjustments,
+            warm: p.warm,
             status: serde_json::to_value(&p.status).expect("a status serializes"),
             error,
         })

@@ -341,29 +341,9 @@ impl Profiler {
     /// event time `now`, per service.
     pub fn expected_arrivals(&self, now: f64, window: f64) -> Arrivals {
         let mut by: HashMap<ServiceId, f64> = HashMap::new();
-        let mut active_users = 0;
-        // Most recently seen first: stop at the first user idle too long.
-        for (name, u) in self.users.iter() {
-            let idle = (now - u.last_seen).max(0.0);
-            if idle > ACTIVE_WITHIN {
-                break;
-            }
-            let gap = if u.gap > 0.0 { u.gap } else { self.typical_gap };
-            if gap <= 0.0 || idle > GONE_AFTER_GAPS * gap {
-                continue;
-            }
-            active_users += 1;
-            // The user's recent rate, decayed to now, over the window.
-            let q = u.rate * (-idle / RATE_TAU).exp() * window;
-            let dist = self.distribution(name);
-            let total: f64 = dist.iter().map(|(_, p)| p).sum();
-            if total <= 0.0 {
-                continue;
-            }
-            for (s, p) in dist {
-                *by.entry(s).or_default() += q * p / total;
-            }
-        }
+        let active_users = self.each_expected(now, window, |_, s, calls| {
+            *by.entry(s).or_default() += calls;
+        });
         let mut services: Vec<ExpectedCalls> = by
             .into_iter()
             .map(|(s, expected)| ExpectedCalls {
@@ -388,6 +368,59 @@ impl Profiler {
     }
 
     /// The full interpolated distribution over candidate services.
+    /// Like `expected_arrivals`, per (service, group) for the users `group` puts in one
+    /// (the QoS tier of each user, for warm pools); users in none are left out.
+    pub fn expected_arrivals_grouped(
+        &self,
+        now: f64,
+        window: f64,
+        group: impl Fn(&str) -> Option<String>,
+    ) -> HashMap<(String, String), f64> {
+        let mut by: HashMap<(ServiceId, String), f64> = HashMap::new();
+        self.each_expected(now, window, |user, s, calls| {
+            if let Some(g) = group(user) {
+                *by.entry((s, g)).or_default() += calls;
+            }
+        });
+        by.into_iter()
+            .map(|((s, g), calls)| ((self.names[s as usize].clone(), g), calls))
+            .collect()
+    }
+
+    /// Calls `f(user, service, expected calls)` for every active user's predicted
+    /// services; returns how many users are active.
+    fn each_expected(
+        &self,
+        now: f64,
+        window: f64,
+        mut f: impl FnMut(&str, ServiceId, f64),
+    ) -> usize {
+        let mut active_users = 0;
+        // Most recently seen first: stop at the first user idle too long.
+        for (name, u) in self.users.iter() {
+            let idle = (now - u.last_seen).max(0.0);
+            if idle > ACTIVE_WITHIN {
+                break;
+            }
+            let gap = if u.gap > 0.0 { u.gap } else { self.typical_gap };
+            if gap <= 0.0 || idle > GONE_AFTER_GAPS * gap {
+                continue;
+            }
+            active_users += 1;
+            // The user's recent rate, decayed to now, over the window.
+            let q = u.rate * (-idle / RATE_TAU).exp() * window;
+            let dist = self.distribution(name);
+            let total: f64 = dist.iter().map(|(_, p)| p).sum();
+            if total <= 0.0 {
+                continue;
+            }
+            for (s, p) in dist {
+                f(name, s, q * p / total);
+            }
+        }
+        active_users
+    }
+
     fn distribution(&self, user: &str) -> Vec<(ServiceId, f64)> {
         let u = self.users.peek(user);
         let [p1, p2] = u.map_or([NONE; 2], |u| u.history);

@@ -152,6 +152,12 @@ impl Instance {
             .map(|(k, v)| (format!("label.{k}"), v.clone()))
             .collect();
         metadata.insert("instance".into(), self.id.clone());
+        // A warm-pool instance's reservation, as the proxies' interceptor reads it.
+        for k in ["pool", "reserved_for"] {
+            if let Some(v) = r.labels.get(k) {
+                metadata.insert(k.into(), v.clone());
+            }
+        }
         for (k, v) in [("zone", &r.zone), ("version", &r.version)] {
             if !v.is_empty() {
                 metadata.insert(k.into(), v.clone());
