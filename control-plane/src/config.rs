@@ -151,7 +151,8 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
     let mut path = String::new();
     let raw: Raw = serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
-            path = e.path().to_string();
+            // Spanned entries (autoscaling services) add a `.value` step of their own.
+            path = e.path().to_string().replace("].value", "]");
             e.into_inner()
         })
     })
@@ -274,7 +275,11 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         }
     }
     for e in raw.autoscaling.check() {
-        errors.push(format!("{source}: {e}"));
+        // `@line:col: ...` when the problem's place in the file is known.
+        match e.strip_prefix('@') {
+            Some(at) => errors.push(format!("{source}:{at}")),
+            None => errors.push(format!("{source}: {e}")),
+        }
     }
     for (field, message) in raw.identity.check() {
         errors.push(format!("{source}: identity.{field}: {message}"));

@@ -24,7 +24,8 @@ pub struct AutoscalingConfig {
     /// How often every scaled service is decided (default 5s).
     #[serde(default, with = "humantime_opt")]
     pub interval: Option<Duration>,
-    #[serde(default)]
+    /// Read with their line and column, so a bad one is reported there.
+    #[serde(default, deserialize_with = "checked")]
     pub services: Vec<ScaledService>,
     /// Cost ceilings shared by the services that name the tenant in their policy.
     #[serde(default)]
@@ -63,9 +64,61 @@ pub struct ScaledService {
     /// Warm instances for the users the behaviour profiler predicts, by tier.
     pub warm_pool: Option<WarmPoolConfig>,
     pub actuator: ActuatorConfig,
+    /// Line and column in the config file, when read from one.
+    #[serde(skip)]
+    pub at: Option<(u64, u64)>,
+}
+
+/// Reads the services with where each is in the file, for `AutoscalingConfig::check`.
+fn checked<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ScaledService>, D::Error> {
+    Ok(Vec::<serde_saphyr::Spanned<ScaledService>>::deserialize(d)?
+        .into_iter()
+        .map(|s| {
+            let mut v = s.value;
+            let l = s.referenced;
+            v.at = (l.line() > 0).then(|| (l.line(), l.column()));
+            v
+        })
+        .collect())
 }
 
 impl ScaledService {
+    /// What is wrong with this service's settings on their own, as `field: message`.
+    pub fn field_errors(&self) -> Vec<String> {
+        let s = self;
+        let mut errors = Vec::new();
+        let mut err = |field: &str, msg: String| errors.push(format!("{field}: {msg}"));
+        if !(s.capacity_rps.is_finite() && s.capacity_rps > 0.0) {
+            err(
+                "capacity_rps",
+                format!("expected a rate above 0, found {}", s.capacity_rps),
+            );
+        }
+        let (min, max) = (s.min.unwrap_or(1), s.max.unwrap_or(MAX_INSTANCES));
+        if max == 0 || min > max {
+            err(
+                "max",
+                format!("expected at least 1 and at least min ({min}), found {max}"),
+            );
+        }
+        if s.level.is_some_and(|l| !(l > 0.0 && l < 100.0)) {
+            err("level", "expected a percentage between 0 and 100".into());
+        }
+        if s.floor_utilisation.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
+            err("floor_utilisation", "expected a share in (0, 1]".into());
+        }
+        for e in s.actuator.check() {
+            err("actuator", e);
+        }
+        for e in s.warm_pool.iter().flat_map(|w| w.check()) {
+            err("warm_pool", e);
+        }
+        for (field, msg) in s.policy.check(min) {
+            err(&format!("policy.{field}"), msg);
+        }
+        errors
+    }
+
     /// The planner's settings (the level is chosen per decision).
     pub fn planner(&self, interval: Duration) -> PlannerConfig {
         let mut p = PlannerConfig::new(
@@ -91,7 +144,8 @@ impl AutoscalingConfig {
         self.interval.unwrap_or(INTERVAL)
     }
 
-    /// Field errors, as `autoscaling.services[i].field: message`.
+    /// Field errors, as `autoscaling.services[i].field: message`, or with the service's
+    /// place in the file as `@line:col: autoscaling.services[i]: field: message`.
     pub fn check(&self) -> Vec<String> {
         let mut errors = Vec::new();
         if self
@@ -109,6 +163,14 @@ impl AutoscalingConfig {
         }
         let mut seen = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
+            for e in s.field_errors() {
+                match s.at {
+                    Some((line, col)) => {
+                        errors.push(format!("@{line}:{col}: autoscaling.services[{i}]: {e}"))
+                    }
+                    None => errors.push(format!("autoscaling.services[{i}].{e}")),
+                }
+            }
             let mut err = |field: &str, msg: String| {
                 errors.push(format!("autoscaling.services[{i}].{field}: {msg}"));
             };
@@ -116,34 +178,6 @@ impl AutoscalingConfig {
                 err("service", "expected a service name".into());
             } else if !seen.insert(&s.service) {
                 err("service", format!("{:?} is scaled twice", s.service));
-            }
-            if !(s.capacity_rps.is_finite() && s.capacity_rps > 0.0) {
-                err(
-                    "capacity_rps",
-                    format!("expected a rate above 0, found {}", s.capacity_rps),
-                );
-            }
-            let (min, max) = (s.min.unwrap_or(1), s.max.unwrap_or(MAX_INSTANCES));
-            if max == 0 || min > max {
-                err(
-                    "max",
-                    format!("expected at least 1 and at least min ({min}), found {max}"),
-                );
-            }
-            if s.level.is_some_and(|l| !(l > 0.0 && l < 100.0)) {
-                err("level", "expected a percentage between 0 and 100".into());
-            }
-            if s.floor_utilisation.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
-                err("floor_utilisation", "expected a share in (0, 1]".into());
-            }
-            for e in s.actuator.check() {
-                err("actuator", e);
-            }
-            for e in s.warm_pool.iter().flat_map(|w| w.check()) {
-                err("warm_pool", e);
-            }
-            for (field, msg) in s.policy.check(min) {
-                err(&format!("policy.{field}"), msg);
             }
             if let Some(t) = s
                 .policy
@@ -163,45 +197,69 @@ impl AutoscalingConfig {
 
 #[cfg(test)]
 mod tests {
+    fn err(yaml: &str) -> String {
+        crate::config::parse(yaml, "cp.yaml")
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
-    fn bad_autoscaling_settings_are_rejected_with_the_field_named() {
-        let yaml = r#"
+    fn bad_autoscaling_settings_are_rejected_with_line_column_and_field() {
+        // Every problem of one service at once, at its place in the file.
+        let e = err(r#"
 autoscaling:
   services:
     - service: api
       capacity_rps: 0
       min: 3
       max: 2
+      policy: { rules: [{ if_predicted_utilisation_above: 0.8, add: 0 }] }
       actuator: { local: { command: ["sample"], cpu: -1 } }
+"#);
+        assert!(
+            e.starts_with("cp.yaml:4:7: autoscaling.services[0]: "),
+            "{e}"
+        );
+        let rest = e.clone();
+        for want in [
+            "autoscaling.services[0]: capacity_rps: expected a rate above 0",
+            "max: expected at least 1 and at least min (3), found 2",
+            "policy.rules[0].add: expected at least 1",
+            "actuator: command: expected {port}",
+            "actuator: cpu: expected a number of cores above 0",
+        ] {
+            assert!(rest.contains(want), "missing {want:?} in:\n{e}");
+        }
+        // Checks across services and sections: named by field.
+        let e = err(r#"
+autoscaling:
+  services:
+    - { service: api, capacity_rps: 5, actuator: { dry_run: {} } }
     - service: api
       capacity_rps: 5
-      level: 100
-      policy: { tenant: acme, price_per_hour: 1, max_cost_per_hour: 0.5 }
+      policy: { tenant: acme, price_per_hour: 1, max_cost_per_hour: 2 }
       actuator: { dry_run: {} }
-"#;
-        let err = crate::config::parse(yaml, "cp.yaml")
-            .unwrap_err()
-            .to_string();
+"#);
         for want in [
-            "cp.yaml: autoscaling.services[0].capacity_rps: expected a rate above 0",
-            "autoscaling.services[0].max: expected at least 1 and at least min (3), found 2",
-            "autoscaling.services[0].actuator: command: expected {port}",
-            "autoscaling.services[0].actuator: cpu: expected a number of cores above 0",
-            "autoscaling.services[1].service: \"api\" is scaled twice",
-            "autoscaling.services[1].level: expected a percentage between 0 and 100",
-            "autoscaling.services[1].policy.tenant: \"acme\" is not in autoscaling.tenants",
-            "autoscaling.services[1].policy.max_cost_per_hour: expected at least min × price_per_hour (1)",
+            "cp.yaml: autoscaling.services[1].service: \"api\" is scaled twice",
+            "cp.yaml: autoscaling.services[1].policy.tenant: \"acme\" is not in autoscaling.tenants",
         ] {
-            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+        let e = err("autoscaling:\n  services:\n    - { service: api, capacity_rps: 5, level: 100, actuator: { dry_run: {} } }\n");
+        assert!(
+            e.starts_with("cp.yaml:3:7: autoscaling.services[0]: "),
+            "{e}"
+        );
+        assert!(
+            e.contains("level: expected a percentage between 0 and 100"),
+            "{e}"
+        );
         // An unknown actuator is a parse error with its line and column.
-        let err = crate::config::parse(
+        let e = err(
             "autoscaling:\n  services:\n    - service: api\n      capacity_rps: 5\n      actuator: { docker: {} }\n",
-            "cp.yaml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("cp.yaml:5:"), "{err}");
-        assert!(err.contains("autoscaling.services[0].actuator"), "{err}");
+        );
+        assert!(e.starts_with("cp.yaml:5:"), "{e}");
+        assert!(e.contains("autoscaling.services[0].actuator"), "{e}");
     }
 }
