@@ -106,6 +106,11 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     })
     .await
     .expect("the first instance became ready");
+    // Per-instance resources follow the traffic's tier: unclassified traffic is bronze.
+    assert_eq!(
+        first["resources"],
+        serde_json::json!({"tier": "bronze", "cpu_weight": 100, "memory_mb": 128})
+    );
     let cold = first["status"]["cold_start"]
         .as_f64()
         .expect("a measured cold start");
@@ -512,6 +517,9 @@ autoscaling:
     .await
     .expect("a warm instance for the predicted platinum user");
     assert_eq!(warm["warm"], serde_json::json!({"platinum": 1}), "{warm}");
+    // Platinum traffic: the instances get platinum's allocation (in place).
+    assert_eq!(warm["resources"]["tier"], "platinum", "{warm}");
+    assert_eq!(warm["resources"]["cpu_weight"], 800);
     let warm_addr = wait_until(Duration::from_secs(5), || async {
         let cluster = cp.get("/v1/services/api").await;
         cluster["endpoints"]

@@ -6,28 +6,55 @@
 
 use std::path::{Path, PathBuf};
 
-/// Limits of one instance.
+/// Limits of one instance: caps from the actuator's config, and the share and
+/// guarantee of the QoS tier it serves (which change with the traffic, in place).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
-    /// CPU cores (0.5: half a core).
+    /// CPU cores (0.5: half a core): `cpu.max`.
     pub cpu: Option<f64>,
+    /// `memory.max`.
     pub memory_mb: Option<u64>,
+    /// `cpu.weight` (1..10000): the tier's `cpu_shares`.
+    pub cpu_weight: Option<u32>,
+    /// `memory.min`: the tier's guaranteed `memory_mb`.
+    pub memory_min_mb: Option<u64>,
 }
 
 impl Limits {
     pub fn any(&self) -> bool {
-        self.cpu.is_some() || self.memory_mb.is_some()
+        self.cpu.is_some()
+            || self.memory_mb.is_some()
+            || self.cpu_weight.is_some()
+            || self.memory_min_mb.is_some()
     }
 
     fn controllers(&self) -> Vec<&'static str> {
         let mut c = Vec::new();
-        if self.cpu.is_some() {
+        if self.cpu.is_some() || self.cpu_weight.is_some() {
             c.push("cpu");
         }
-        if self.memory_mb.is_some() {
+        if self.memory_mb.is_some() || self.memory_min_mb.is_some() {
             c.push("memory");
         }
         c
+    }
+
+    /// The files and values that apply these limits.
+    pub fn files(&self) -> Vec<(&'static str, String)> {
+        let mut f = Vec::new();
+        if let Some(cores) = self.cpu {
+            f.push(("cpu.max", cpu_max(cores)));
+        }
+        if let Some(mb) = self.memory_mb {
+            f.push(("memory.max", (mb << 20).to_string()));
+        }
+        if let Some(w) = self.cpu_weight {
+            f.push(("cpu.weight", w.clamp(1, 10_000).to_string()));
+        }
+        if let Some(mb) = self.memory_min_mb {
+            f.push(("memory.min", (mb << 20).to_string()));
+        }
+        f
     }
 }
 
@@ -92,13 +119,16 @@ impl Group {
         std::fs::create_dir_all(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         let group = Group { path };
-        if let Some(cores) = limits.cpu {
-            write(&group.path.join("cpu.max"), &cpu_max(cores))?;
-        }
-        if let Some(mb) = limits.memory_mb {
-            write(&group.path.join("memory.max"), &(mb << 20).to_string())?;
-        }
+        group.set(limits)?;
         Ok(group)
+    }
+
+    /// Applies `limits` to the running group (an in-place resize).
+    pub fn set(&self, limits: &Limits) -> Result<(), String> {
+        for (file, value) in limits.files() {
+            write(&self.path.join(file), &value)?;
+        }
+        Ok(())
     }
 
     /// Moves process `pid` into the group.
@@ -123,6 +153,27 @@ mod tests {
         assert_eq!(cpu_max(2.0), "200000 100000");
         // The kernel's minimum quota is 1 ms.
         assert_eq!(cpu_max(0.0001), "1000 100000");
+    }
+
+    #[test]
+    fn limits_become_cgroup_files() {
+        let l = Limits {
+            cpu: Some(0.5),
+            memory_mb: Some(256),
+            cpu_weight: Some(400),
+            memory_min_mb: Some(128),
+        };
+        assert_eq!(
+            l.files(),
+            vec![
+                ("cpu.max", "50000 100000".to_string()),
+                ("memory.max", (256u64 << 20).to_string()),
+                ("cpu.weight", "400".to_string()),
+                ("memory.min", (128u64 << 20).to_string()),
+            ]
+        );
+        assert_eq!(l.controllers(), vec!["cpu", "memory"]);
+        assert!(!Limits::default().any());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cgroup::{Group, Limits};
-use super::{ActuateError, Actuator, BoxFuture, Status, Want};
+use super::{ActuateError, Actuator, BoxFuture, Status, TierResources, Want};
 use crate::config::humantime_opt;
 use crate::discovery::record::Record;
 use crate::discovery::{Instance, Update};
@@ -55,7 +55,8 @@ pub struct LocalConfig {
     /// SIGTERM to SIGKILL (default 10s).
     #[serde(default, with = "humantime_opt")]
     pub stop_timeout: Option<Duration>,
-    /// CPU limit per instance, in cores (cgroup v2 `cpu.max`).
+    /// CPU limit per instance, in cores (cgroup v2 `cpu.max`). The tier of the traffic
+    /// adds its `cpu_shares` as `cpu.weight` and `memory_mb` as `memory.min`.
     pub cpu: Option<f64>,
     /// Memory limit per instance (cgroup v2 `memory.max`).
     pub memory_mb: Option<u64>,
@@ -94,10 +95,12 @@ impl LocalConfig {
         errors
     }
 
-    fn limits(&self) -> Limits {
+    fn limits(&self, tier: Option<&TierResources>) -> Limits {
         Limits {
             cpu: self.cpu,
             memory_mb: self.memory_mb,
+            cpu_weight: tier.map(|t| t.cpu_weight),
+            memory_min_mb: tier.map(|t| u64::from(t.memory_mb)),
         }
     }
 }
@@ -112,6 +115,8 @@ struct Slot {
     ready: bool,
     /// The tier a warm instance is reserved for (None: general rotation).
     pool: Option<String>,
+    /// Its cgroup, when limits are applied (resized in place as the tier changes).
+    group: Option<Arc<Group>>,
     /// Taken when the instance is asked to stop.
     stop: Option<oneshot::Sender<()>>,
 }
@@ -122,6 +127,8 @@ struct State {
     next: u32,
     cold_start: Option<Duration>,
     limits_unavailable: Option<String>,
+    /// The per-instance resources asked for last.
+    resources: Option<TierResources>,
 }
 
 struct Inner {
@@ -229,6 +236,35 @@ impl Inner {
             .is_some_and(|code| code < 500)
     }
 
+    fn limits_unavailable(&self, why: String) {
+        let mut st = self.lock();
+        if st.limits_unavailable.is_none() {
+            tracing::warn!(service = %self.service, reason = %why, "CPU/memory limits not applied");
+        }
+        st.limits_unavailable = Some(why);
+    }
+
+    /// Applies new per-instance resources to every running instance, in place.
+    fn resize(&self, resources: Option<TierResources>) {
+        let groups: Vec<Arc<Group>> = {
+            let mut st = self.lock();
+            if st.resources == resources {
+                return;
+            }
+            st.resources = resources.clone();
+            st.slots.values().filter_map(|s| s.group.clone()).collect()
+        };
+        let limits = self.cfg.limits(resources.as_ref());
+        for g in groups {
+            if let Err(why) = g.set(&limits) {
+                self.limits_unavailable(why);
+            }
+        }
+        if let Some(r) = &resources {
+            tracing::info!(service = %self.service, tier = %r.tier, cpu_weight = r.cpu_weight, memory_mb = r.memory_mb, "per-instance resources follow the tier");
+        }
+    }
+
     fn forget(&self, index: u32) {
         self.lock().slots.remove(&index);
     }
@@ -274,24 +310,19 @@ impl Inner {
             }
         };
         let pid = child.id().unwrap_or(0);
-        let limits = self.cfg.limits();
-        let _group = if limits.any() {
+        let limits = self.cfg.limits(self.lock().resources.as_ref());
+        if limits.any() {
             match Group::create(&format!("{service}-{index}"), &limits)
                 .and_then(|g| g.add(pid).map(|()| g))
             {
-                Ok(g) => Some(g),
-                Err(why) => {
-                    let mut st = self.lock();
-                    if st.limits_unavailable.is_none() {
-                        tracing::warn!(%service, reason = %why, "CPU/memory limits not applied");
+                Ok(g) => {
+                    if let Some(s) = self.lock().slots.get_mut(&index) {
+                        s.group = Some(Arc::new(g));
                     }
-                    st.limits_unavailable = Some(why);
-                    None
                 }
+                Err(why) => self.limits_unavailable(why),
             }
-        } else {
-            None
-        };
+        }
         let addr = SocketAddr::new(self.host(), port);
         let timeout = self.cfg.start_timeout.unwrap_or(Duration::from_secs(60));
         let became_ready = async {
@@ -387,6 +418,7 @@ impl Actuator for Local {
     fn scale<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<(), ActuateError>> {
         Box::pin(async move {
             let inner = &self.inner;
+            inner.resize(want.resources.clone());
             let mut launch = Vec::new();
             {
                 let mut st = inner.lock();
@@ -427,6 +459,7 @@ impl Actuator for Local {
                                 ready: false,
                                 stop: Some(tx),
                                 pool: pool.clone(),
+                                group: None,
                             },
                         );
                         launch.push((index, port, rx));

@@ -31,6 +31,19 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Want {
     pub standard: u32,
     pub warm: std::collections::BTreeMap<String, u32>,
+    /// Per-instance resources (the fine granularity): those of the highest QoS tier in
+    /// the service's traffic, applied to running instances in place.
+    pub resources: Option<TierResources>,
+}
+
+/// A QoS tier's allocation per instance (`QosTier.cpu_shares`, `QosTier.memory_mb`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TierResources {
+    pub tier: String,
+    /// CPU weight (cgroup v2 `cpu.weight`).
+    pub cpu_weight: u32,
+    /// Memory guaranteed, MiB (cgroup v2 `memory.min`).
+    pub memory_mb: u32,
 }
 
 impl Want {

@@ -32,7 +32,7 @@ use capacity::Capacity;
 pub use config::{AutoscalingConfig, ScaledService};
 use policy::{Claim, Ledger, Policy, TenantCeiling};
 
-use crate::actuate::{Actuator, Status, Want};
+use crate::actuate::{Actuator, Status, TierResources, Want};
 use crate::discovery::Update;
 use crate::load::Load;
 use crate::metrics::Metrics;
@@ -71,6 +71,9 @@ pub struct DecisionRecord {
     /// Warm instances per QoS tier, beside `target` (held for predicted users).
     #[serde(default)]
     pub warm: BTreeMap<String, u32>,
+    /// Per-instance resources (the highest tier's allocation).
+    #[serde(default)]
+    pub resources: Option<TierResources>,
     /// Instances before the change.
     #[schema(value_type = Object)]
     pub status: serde_json::Value,
@@ -88,6 +91,8 @@ pub struct ServiceState {
     pub capacity_rps: f64,
     /// Warm instances wanted per QoS tier.
     pub warm: BTreeMap<String, u32>,
+    /// Per-instance resources: the allocation of the highest tier in the traffic.
+    pub resources: Option<TierResources>,
     pub status: Status,
     pub adjustments: Vec<String>,
     /// The latest decision (made every interval; recorded when a target changes).
@@ -236,6 +241,7 @@ struct Scaled {
     warm_pool: warm::WarmPool,
     /// Warm instances per tier at the last decision.
     warm: BTreeMap<String, u32>,
+    resources: Option<TierResources>,
 }
 
 /// What the loop reads and writes.
@@ -272,6 +278,7 @@ pub async fn run(
             error: None,
             warm_pool: warm::WarmPool::default(),
             warm: BTreeMap::new(),
+            resources: None,
         })
         .collect();
     let mut tick = tokio::time::interval(interval);
@@ -328,6 +335,7 @@ struct Planned {
     active: Option<peak::Active>,
     adjustments: Vec<String>,
     warm: BTreeMap<String, u32>,
+    resources: Option<TierResources>,
 }
 
 /// Decides one service: planner, then its policy.
@@ -390,6 +398,7 @@ fn plan(
             pool
         }
     };
+    let resources = tier_resources(&snap, &active.tier);
     Planned {
         decision,
         target,
@@ -398,6 +407,25 @@ fn plan(
         active: s.cfg.level.is_none().then_some(active),
         adjustments,
         warm,
+        resources,
+    }
+}
+
+/// The per-instance allocation of `tier` (its `QosTier` resource).
+fn tier_resources(snap: &crate::resources::Snapshot, tier: &str) -> Option<TierResources> {
+    match snap
+        .get(presage_api::types::QOS_TIER)?
+        .items
+        .get(tier)?
+        .body
+        .as_ref()?
+    {
+        presage_api::resource::Body::QosTier(t) => Some(TierResources {
+            tier: t.name.clone(),
+            cpu_weight: t.cpu_shares,
+            memory_mb: t.memory_mb,
+        }),
+        _ => None,
     }
 }
 
@@ -484,6 +512,7 @@ async fn apply(
     let want = Want {
         standard: target,
         warm: p.warm.clone(),
+        resources: p.resources.clone(),
     };
     let error = match tokio::time::timeout(limit, s.actuator.scale(&want)).await {
         Ok(r) => r.err().map(|e| e.to_string()),
@@ -509,16 +538,23 @@ async fn apply(
                 target,
                 capacity_rps: s.capacity.rps(),
                 warm: p.warm.clone(),
+                resources: p.resources.clone(),
                 status: p.status.clone(),
                 decision: decision.clone(),
                 adjustments: p.adjustments.clone(),
             },
         );
     let wanted = Some(p.decision.target);
-    if s.target == Some(target) && s.wanted == wanted && s.error == error && s.warm == p.warm {
+    if s.target == Some(target)
+        && s.wanted == wanted
+        && s.error == error
+        && s.warm == p.warm
+        && s.resources == p.resources
+    {
         return;
     }
     s.warm = p.warm.clone();
+    s.resources = p.resources.clone();
     s.error = error.clone();
     let previous = s.target;
     s.wanted = wanted;
@@ -545,6 +581,7 @@ async fn apply(
             decision,
             adjustments: p.adjustments,
             warm: p.warm,
+            resources: p.resources,
             status: serde_json::to_value(&p.status).expect("a status serializes"),
             error,
         })

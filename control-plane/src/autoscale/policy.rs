@@ -291,6 +291,45 @@ mod tests {
     }
 
     #[test]
+    fn the_cost_ceiling_holds_under_a_forecast_spike() {
+        use crate::planner::{Peak, Planner, PlannerConfig};
+        let cfg = PlannerConfig::new(10.0, Duration::from_secs(30), Duration::from_secs(60));
+        let mut planner = Planner::new(cfg);
+        // A campaign in the calendar: the forecast's bound jumps to 1000 req/s.
+        let spike = Peak {
+            upper_rps: 1000.0,
+            point_rps: 800.0,
+            model: "calendar".into(),
+        };
+        let d = planner.decide_with(0.0, Some(spike), 20.0);
+        assert_eq!(d.target, 100, "the planner alone would launch 100: {d:?}");
+        let p = Policy {
+            price_per_hour: 0.5,
+            max_cost_per_hour: Some(5.0),
+            rules: vec![Rule {
+                if_predicted_utilisation_above: 0.8,
+                add: 50,
+            }],
+            ..Policy::default()
+        };
+        let (t, why) = apply(
+            &p,
+            &Ledger::default(),
+            0.0,
+            d.target,
+            3,
+            d.forecast_upper_rps,
+            10.0,
+            I,
+        );
+        assert_eq!(t, 10, "5.0/h at 0.5/h: {why:?}");
+        assert!(
+            why.iter().any(|w| w.starts_with("cost ceiling 5/h")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
     fn the_daily_instance_hours_budget_stops_raises_once_spent() {
         let p = Policy {
             max_instance_hours_per_day: Some(48.0),

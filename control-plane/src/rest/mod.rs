@@ -139,6 +139,7 @@ impl utoipa::Modify for BearerAuth {
         crate::autoscale::DecisionRecord,
         crate::autoscale::ServiceState,
         crate::actuate::Status,
+        crate::actuate::TierResources,
         crate::autoscale::policy::Policy,
         crate::autoscale::policy::Rule
     ))
