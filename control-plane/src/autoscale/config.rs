@@ -262,4 +262,18 @@ autoscaling:
         assert!(e.starts_with("cp.yaml:5:"), "{e}");
         assert!(e.contains("autoscaling.services[0].actuator"), "{e}");
     }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/README.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let at = doc.find("## Autoscaling").expect("the section");
+        let start = doc[at..].find("```yaml").unwrap() + at + "```yaml".len();
+        let end = doc[start..].find("```").unwrap() + start;
+        let cfg = crate::config::parse(&doc[start..end], "config/README.md").unwrap();
+        let s = &cfg.autoscaling.services[0];
+        assert_eq!((s.service.as_str(), s.max), ("search", Some(8)));
+        assert_eq!(s.policy.tenant.as_deref(), Some("acme"));
+        assert!(s.warm_pool.is_some());
+    }
 }
