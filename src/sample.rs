@@ -23,6 +23,11 @@ pub struct SampleArgs {
     /// Added delay per request in milliseconds (to simulate work).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// At most this many requests served at once (0: no limit); the others queue, so an
+    /// instance has a capacity of concurrency x 1000 / delay_ms requests per second and
+    /// answers slowly beyond it, as a real one does.
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
     /// Wait this long before listening (a start-up such as loading a model: what the
     /// autoscaler's cold start measures).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -74,6 +79,8 @@ pub fn run(args: SampleArgs) -> ExitCode {
             }
         };
         println!("sample-service {} on {addr}", args.name);
+        let slots = (args.concurrency > 0)
+            .then(|| std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency)));
         let serve = async {
             loop {
                 let Ok((stream, _)) = tcp.accept().await else {
@@ -81,9 +88,18 @@ pub fn run(args: SampleArgs) -> ExitCode {
                 };
                 let _ = stream.set_nodelay(true);
                 let (name, delay) = (args.name.clone(), args.delay_ms);
+                let slots = slots.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        answer(name.clone(), addr, delay, req)
+                        let (name, slots) = (name.clone(), slots.clone());
+                        async move {
+                            // Queued until a slot is free: latency grows past capacity.
+                            let _slot = match &slots {
+                                Some(s) => s.clone().acquire_owned().await.ok(),
+                                None => None,
+                            };
+                            answer(name, addr, delay, req).await
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)

@@ -54,6 +54,9 @@ pub struct ScaledService {
     pub scale_down_delay: Option<Duration>,
     /// Share of capacity the reactive floor plans to use (default 0.8).
     pub floor_utilisation: Option<f64>,
+    /// Plan from the forecast (default true); false leaves the reactive floor alone (the
+    /// "prediction off" arm of a comparison).
+    pub predictive: Option<bool>,
     /// Learn the per-instance capacity from telemetry (default true; needs a QoS
     /// profile's latency target in the traffic).
     pub learn_capacity: Option<bool>,

@@ -370,7 +370,11 @@ fn plan(
     s.planner.set_capacity(s.capacity.rps());
     let level = s.cfg.level.unwrap_or(active.level);
     s.planner.set_level(level);
-    let peak = peak::from_forecasts(&snap, &service, now_ms, s.planner.lead(), level);
+    let peak = if s.cfg.predictive.unwrap_or(true) {
+        peak::from_forecasts(&snap, &service, now_ms, s.planner.lead(), level)
+    } else {
+        None
+    };
     let decision = s.planner.decide_with(now_s as f64, peak, rps);
     let current = s.target.unwrap_or(status.ready + status.starting);
     let policy = shared
