@@ -347,14 +347,7 @@ async fn the_kubernetes_actuator_patches_the_deployment_scale_and_reads_readines
     );
     let dir = TempDir::new();
     let kubeconfig = dir.0.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: replay\n  cluster:\n    server: {}\ncontexts:\n- name: replay\n  context:\n    cluster: replay\n    user: tester\ncurrent-context: replay\nusers:\n- name: tester\n  user:\n    token: test-token\n",
-            replay.url()
-        ),
-    )
-    .unwrap();
+    replay.kubeconfig(&kubeconfig);
     let cfg = dir.0.join("cp.yaml");
     std::fs::write(
         &cfg,
@@ -547,6 +540,29 @@ autoscaling:
     })
     .await
     .expect("alice's requests hit the warm instance");
+    // The request record says the warm pool served it (`getServiceStatus`).
+    let req = http::Request::get(proxy.url("/"))
+        .header("x-presage-user", "alice")
+        .header("x-request-id", "warm-check-1")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(
+        send(&h1_client(), req).await.json()["instance"],
+        warm_addr.as_str()
+    );
+    let served = wait_until(Duration::from_secs(5), || async {
+        let (status, r) = cp
+            .call(http::Method::GET, "/v1/requests/warm-check-1", "")
+            .await;
+        (status == 200).then_some(r)
+    })
+    .await
+    .expect("the request was recorded");
+    assert_eq!(
+        (served["warm_pool"].as_bool(), served["reason"].as_str()),
+        (Some(true), Some("warm-pool")),
+        "{served}"
+    );
     let record = cp.get("/v1/decisions?service=api").await;
     let with_warm = record
         .as_array()

@@ -346,14 +346,7 @@ async fn kubernetes_endpointslice_watch_carries_ready_endpoints_to_the_proxy_wit
     let dir = TempDir::new();
     // The real client path: kube reads this kubeconfig and talks to the replay server.
     let kubeconfig = dir.0.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: replay\n  cluster:\n    server: {}\ncontexts:\n- name: replay\n  context:\n    cluster: replay\n    user: tester\ncurrent-context: replay\nusers:\n- name: tester\n  user:\n    token: test-token\n",
-            replay.url()
-        ),
-    )
-    .unwrap();
+    replay.kubeconfig(&kubeconfig);
     let (cp, proxy) = mesh(
         &format!(
             "  kubernetes:\n    kubeconfig: {}\n    namespace: shop",

@@ -1,10 +1,15 @@
-//! The JSON access log's writer. Lines are formatted on the request path and handed to a
+//! The JSON access log: each request's line (`Entry`) and the writer. Lines are formatted on the request path and handed to a
 //! dedicated thread, so a slow or blocked stdout never stalls a request. If the writer
 //! falls more than `CAPACITY` lines behind, new lines are dropped and counted
 //! (`presage_access_log_dropped_total`) rather than queued without bound.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, StatusCode, Version};
+use hyper::body::Incoming;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -42,5 +47,55 @@ impl AccessLog {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
             self.dropped.inc();
         }
+    }
+}
+
+/// What the access log records of a request, taken before it is forwarded.
+pub struct Entry {
+    method: Method,
+    path: String,
+    host: Option<String>,
+    peer: SocketAddr,
+    version: Version,
+}
+
+impl Entry {
+    pub fn new(req: &Request<Incoming>, peer: SocketAddr) -> Self {
+        Entry {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            host: crate::routing::request_host(req.uri(), req.headers()).map(|h| h.into_owned()),
+            peer,
+            version: req.version(),
+        }
+    }
+
+    /// The JSON line for this request once answered.
+    pub fn line(
+        self,
+        id: &HeaderValue,
+        status: StatusCode,
+        elapsed: Duration,
+        route: Option<&str>,
+        upstream: Option<http::uri::Authority>,
+    ) -> String {
+        serde_json::json!({
+            "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "request_id": id.to_str().unwrap_or(""),
+            "peer": self.peer.to_string(),
+            "method": self.method.as_str(),
+            "host": self.host,
+            "path": self.path,
+            "protocol": format!("{:?}", self.version),
+            "status": status.as_u16(),
+            "duration_ms": elapsed.as_secs_f64() * 1e3,
+            "route": route,
+            "upstream": upstream.map(|a| a.to_string()),
+        })
+        .to_string()
     }
 }

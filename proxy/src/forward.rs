@@ -101,7 +101,7 @@ pub async fn handle(
     let log = rt
         .config
         .access_log
-        .then(|| AccessEntry::new(&req, conn.peer));
+        .then(|| crate::access_log::Entry::new(&req, conn.peer));
 
     if let Err(e) = authorize(&shared, &rt, &conn, &req) {
         let mut res = e.into_response();
@@ -242,15 +242,19 @@ pub async fn handle(
                 latency_us: elapsed.as_micros() as u64,
                 endpoint: endpoint.map(|a| a.to_string()).unwrap_or_default(),
                 reason: reason.to_string(),
-                warm_pool: false,
+                warm_pool: reason == "warm-pool",
                 unix_ms: crate::telemetry::unix_ms(),
             }
         });
     }
     if let Some(entry) = log {
-        shared
-            .access_log
-            .write(entry.line(&request_id, res.status(), elapsed, route, endpoint));
+        shared.access_log.write(entry.line(
+            &request_id,
+            res.status(),
+            elapsed,
+            route.map(|r| r.spec.name.as_str()),
+            endpoint,
+        ));
     }
     Ok(res)
 }
@@ -668,56 +672,6 @@ async fn upgrade(
         });
     }
     Ok((response(route, res, 0.0), Some(ep.spec.authority.clone())))
-}
-
-/// What the JSON access log records of a request (written by `access_log`).
-struct AccessEntry {
-    method: Method,
-    path: String,
-    host: Option<String>,
-    peer: SocketAddr,
-    version: Version,
-}
-
-impl AccessEntry {
-    fn new(req: &Request<Incoming>, peer: SocketAddr) -> Self {
-        AccessEntry {
-            method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-            host: routing::request_host(req.uri(), req.headers()).map(|h| h.into_owned()),
-            peer,
-            version: req.version(),
-        }
-    }
-
-    /// The JSON line for this request once answered.
-    fn line(
-        self,
-        id: &HeaderValue,
-        status: StatusCode,
-        elapsed: Duration,
-        route: Option<&Route>,
-        upstream: Option<http::uri::Authority>,
-    ) -> String {
-        serde_json::json!({
-            "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "request_id": id.to_str().unwrap_or(""),
-            "peer": self.peer.to_string(),
-            "method": self.method.as_str(),
-            "host": self.host,
-            "path": self.path,
-            "protocol": format!("{:?}", self.version),
-            "status": status.as_u16(),
-            "duration_ms": elapsed.as_secs_f64() * 1e3,
-            "route": route.map(|r| r.spec.name.as_str()),
-            "upstream": upstream.map(|a| a.to_string()),
-        })
-        .to_string()
-    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,19 @@ impl Replay {
         format!("http://{}", self.addr)
     }
 
+    /// Writes a kubeconfig at `path` whose cluster is this server, so kube's real client
+    /// code talks to it.
+    pub fn kubeconfig(&self, path: &std::path::Path) {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: replay\n  cluster:\n    server: {}\ncontexts:\n- name: replay\n  context:\n    cluster: replay\n    user: tester\ncurrent-context: replay\nusers:\n- name: tester\n  user:\n    token: test-token\n",
+                self.url()
+            ),
+        )
+        .unwrap();
+    }
+
     /// Sets what `path` answers (and wakes blocking queries on it).
     pub fn set(&self, path: &str, reply: Reply) {
         self.state

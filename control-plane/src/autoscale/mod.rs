@@ -289,9 +289,15 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         }
         let now_ms = crate::time::unix_ms();
+        // The profiler's predictions once per tick for every warm pool (a pass over the
+        // active users), per second: calls over a window scale with it.
+        let predicted = scaled
+            .iter()
+            .any(|s| s.cfg.warm_pool.is_some())
+            .then(|| predicted_rates(&inputs, now_ms));
         let mut planned: Vec<Planned> = scaled
             .iter_mut()
-            .map(|s| plan(s, &shared, &inputs, now_ms, interval))
+            .map(|s| plan(s, &shared, &inputs, predicted.as_ref(), now_ms, interval))
             .collect();
         for (tenant, ceiling) in &cfg.tenants {
             contend(tenant, ceiling, &scaled, &mut planned);
@@ -343,6 +349,7 @@ fn plan(
     s: &mut Scaled,
     shared: &Autoscaling,
     inputs: &Inputs,
+    predicted: Option<&Predicted>,
     now_ms: i64,
     interval: std::time::Duration,
 ) -> Planned {
@@ -394,7 +401,11 @@ fn plan(
     let warm = match &s.cfg.warm_pool {
         None => BTreeMap::new(),
         Some(cfg) => {
-            let calls = predicted_calls(&snap, inputs, &service, now_ms, cfg.window());
+            let window = cfg.window().as_secs_f64();
+            let calls = predicted
+                .and_then(|p| p.get(&service))
+                .map(|tiers| tiers.iter().map(|(t, r)| (t.clone(), r * window)).collect())
+                .unwrap_or_default();
             let (pool, why) = s
                 .warm_pool
                 .size(cfg, now_s as f64, &calls, s.capacity.rps());
@@ -433,17 +444,14 @@ fn tier_resources(snap: &crate::resources::Snapshot, tier: &str) -> Option<TierR
     }
 }
 
-/// Calls the profiler predicts for `service` over `window`, per QoS tier of the users
-/// (a subject's own tier, else its profile's); users without one are Bronze.
-fn predicted_calls(
-    snap: &crate::resources::Snapshot,
-    inputs: &Inputs,
-    service: &str,
-    now_ms: i64,
-    window: std::time::Duration,
-) -> BTreeMap<String, f64> {
+/// Calls per second the profiler predicts from active users, by service and by the
+/// users' QoS tier (a subject's own tier, else its profile's; others are Bronze).
+type Predicted = BTreeMap<String, BTreeMap<String, f64>>;
+
+fn predicted_rates(inputs: &Inputs, now_ms: i64) -> Predicted {
     use presage_api::resource::Body;
     use presage_api::types;
+    let snap = inputs.resources.snapshot();
     let item = |t: &str, name: &str| {
         snap.get(t)
             .and_then(|s| s.items.get(name))
@@ -465,12 +473,12 @@ fn predicted_calls(
         .profiler
         .lock()
         .expect("profiler lock poisoned")
-        .expected_arrivals_grouped(now_ms as f64 / 1000.0, window.as_secs_f64(), tier_of);
-    grouped
-        .into_iter()
-        .filter(|((s, _), _)| s == service)
-        .map(|((_, tier), calls)| (tier, calls))
-        .collect()
+        .expected_arrivals_grouped(now_ms as f64 / 1000.0, 1.0, tier_of);
+    let mut out = Predicted::new();
+    for ((service, tier), rate) in grouped {
+        out.entry(service).or_default().insert(tier, rate);
+    }
+    out
 }
 
 /// Shares `tenant`'s ceiling among its services, highest tier first.
