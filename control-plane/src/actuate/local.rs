@@ -420,6 +420,7 @@ impl Actuator for Local {
             let inner = &self.inner;
             inner.resize(want.resources.clone());
             let mut launch = Vec::new();
+            let mut failed = None;
             {
                 let mut st = inner.lock();
                 // Every pool asked for, and every pool running (retired when not asked).
@@ -448,7 +449,14 @@ impl Actuator for Local {
                         }
                     }
                     for _ in n..target {
-                        let port = free_port(inner.host())?;
+                        // No port: launch what has one; the next decision tries again.
+                        let port = match free_port(inner.host()) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        };
                         let index = st.next;
                         st.next += 1;
                         let (tx, rx) = oneshot::channel();
@@ -474,7 +482,7 @@ impl Actuator for Local {
                     inner.tasks.send_modify(|n| *n -= 1);
                 });
             }
-            Ok(())
+            failed.map_or(Ok(()), Err)
         })
     }
 
