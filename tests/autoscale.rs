@@ -600,3 +600,134 @@ autoscaling:
     drop(proxy);
     cp.stop().await;
 }
+
+/// One request as `user` to `path`; the instance that answered.
+async fn call_as(proxy: &Proxy, path: &str, user: &str) -> String {
+    let req = http::Request::get(proxy.url(path))
+        .header("x-presage-user", user)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let a = send(&h1_client(), req).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // The sample service names its address; the test upstream only its name.
+    let j = a.json();
+    j["instance"]
+        .as_str()
+        .unwrap_or_else(|| j["service"].as_str().unwrap())
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_warm_instance_is_up_before_the_predicted_users_first_call() {
+    let catalog = Upstream::spawn("catalog").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+services:
+  - name: api
+  - name: catalog
+    endpoints: [{{ address: "{}" }}]
+routes:
+  - {{ name: catalog, order: 1, match: {{ path_prefix: /catalog }}, cluster: catalog }}
+  - {{ name: api, order: 2, cluster: api }}
+autoscaling:
+  interval: 300ms
+  services:
+    - service: api
+      capacity_rps: 100
+      warm_pool: {{ tiers: {{ gold: 1.0 }}, window: 2s, max: 1, min_calls: 0.02 }}
+      actuator:
+        local:
+          command: ["{{presage}}", "sample-service", "--listen", "127.0.0.1:{{port}}"]
+          drain: 100ms
+"#,
+            catalog.addr
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    cp.put("/v1/subjects/alice", r#"{"tier":"gold"}"#).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+    wait_until(Duration::from_secs(15), || async {
+        let p = cp.proxy("p1").await?;
+        let ready = get(&h1_client(), &proxy.url("/")).await.status == 200;
+        (ready && p["acked"].get(presage_api::types::SUBJECT).is_some()).then_some(())
+    })
+    .await
+    .expect("the mesh serves api and the proxy has alice's tier");
+    let warm_endpoint = || async {
+        let c = cp.get("/v1/services/api").await;
+        c["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["metadata"]["pool"] == "warm")
+            .map(|e| e["address"].as_str().unwrap().to_string())
+    };
+
+    // Yesterday's session: alice browses the catalog, then calls api, again and again.
+    for _ in 0..8 {
+        call_as(&proxy, "/catalog", "alice").await;
+        call_as(&proxy, "/", "alice").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // She leaves; the warm pool her session asked for goes after its window.
+    wait_until(Duration::from_secs(20), || async {
+        let s = scaled(&cp, "api").await;
+        (s["warm"] == serde_json::json!({}) && s["status"]["warm_ready"] == 0).then_some(())
+    })
+    .await
+    .expect("the warm pool released once alice left");
+    wait_until(Duration::from_secs(10), || async {
+        warm_endpoint().await.is_none().then_some(())
+    })
+    .await
+    .expect("and deregistered");
+    let hits = || async {
+        proxy
+            .metric(
+                "presage_qos_requests_total",
+                &[("tier", "gold"), ("outcome", "warm_hit")],
+            )
+            .await
+    };
+    let hits_before = hits().await;
+
+    // Today: she opens the catalog. The profiler predicts her api call from her history,
+    // and a warm instance is started for it before she makes it.
+    let warm = wait_until(Duration::from_secs(20), || async {
+        call_as(&proxy, "/catalog", "alice").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let w = warm_endpoint().await?;
+        let s = scaled(&cp, "api").await;
+        (s["status"]["warm_ready"] == 1).then_some(w)
+    })
+    .await
+    .expect("a warm api instance for alice's predicted call");
+    // Once the proxy has the endpoint (its health gauge appears), her first api call.
+    wait_until(Duration::from_secs(5), || async {
+        let healthy = proxy
+            .metric(
+                "presage_endpoint_healthy",
+                &[("cluster", "api"), ("endpoint", warm.as_str())],
+            )
+            .await;
+        (healthy == 1.0).then_some(())
+    })
+    .await
+    .expect("the proxy has the warm endpoint");
+    assert_eq!(
+        call_as(&proxy, "/", "alice").await,
+        warm,
+        "her first api call of the session"
+    );
+    assert_eq!(hits().await, hits_before + 1.0);
+    drop(proxy);
+    cp.stop().await;
+}
