@@ -17,7 +17,6 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::{ActuateError, Actuator, BoxFuture, Status, Want};
-use crate::discovery::kubernetes::KubernetesConfig;
 
 /// `actuator: {kubernetes: ...}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -29,14 +28,10 @@ pub struct KubernetesActuatorConfig {
     pub kubeconfig: Option<PathBuf>,
     #[serde(default)]
     pub context: Option<String>,
-    #[serde(default = "default_namespace")]
+    #[serde(default = "crate::discovery::kubernetes::default_namespace")]
     pub namespace: String,
     /// The Deployment that runs the service's instances.
     pub deployment: String,
-}
-
-fn default_namespace() -> String {
-    "default".into()
 }
 
 impl KubernetesActuatorConfig {
@@ -86,16 +81,12 @@ impl Kubernetes {
     async fn api(&self) -> Result<&Api<Deployment>, ActuateError> {
         self.api
             .get_or_try_init(|| async {
-                let k = KubernetesConfig {
-                    kubeconfig: self.cfg.kubeconfig.clone(),
-                    context: self.cfg.context.clone(),
-                    namespace: self.cfg.namespace.clone(),
-                    label_selector: None,
-                    port_name: None,
-                };
-                let client = crate::discovery::kubernetes::client(&k)
-                    .await
-                    .map_err(ActuateError::Failed)?;
+                let client = crate::discovery::kubernetes::client(
+                    self.cfg.kubeconfig.as_deref(),
+                    self.cfg.context.as_deref(),
+                )
+                .await
+                .map_err(ActuateError::Failed)?;
                 Ok(Api::namespaced(client, &self.cfg.namespace))
             })
             .await

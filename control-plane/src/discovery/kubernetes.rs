@@ -58,16 +58,21 @@ pub struct KubernetesConfig {
     pub port_name: Option<String>,
 }
 
-fn default_namespace() -> String {
+pub(crate) fn default_namespace() -> String {
     "default".into()
 }
 
-pub(crate) async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
+/// A client from a kubeconfig file and context (default: `$KUBECONFIG` or
+/// `~/.kube/config`, else the in-cluster service account); shared with the actuator.
+pub(crate) async fn client(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<Client, String> {
     let options = KubeConfigOptions {
-        context: cfg.context.clone(),
+        context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match &cfg.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let file =
                 Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -75,7 +80,7 @@ pub(crate) async fn client(cfg: &KubernetesConfig) -> Result<Client, String> {
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?
         }
-        None if cfg.context.is_some() => kube::Config::from_kubeconfig(&options)
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
             .map_err(|e| format!("kubeconfig: {e}"))?,
         None => kube::Config::infer()
@@ -144,7 +149,7 @@ enum Change {
 pub async fn watch(cfg: KubernetesConfig, tx: mpsc::Sender<Update>) {
     let mut attempt = 0u32;
     let client = loop {
-        match client(&cfg).await {
+        match client(cfg.kubeconfig.as_deref(), cfg.context.as_deref()).await {
             Ok(c) => break c,
             Err(e) => {
                 let down = Update::Status {
