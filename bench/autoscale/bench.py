@@ -18,7 +18,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRACES = os.path.join(ROOT, "..", "shared", "traces")
-PRESAGE = os.path.join(ROOT, "target", "release", "presage")
+PRESAGE = os.environ.get("PRESAGE", os.path.join(ROOT, "target", "release", "presage"))
 DEFAULT = [
     "nab/elb_request_count_8c0756.csv",
     "nab/nyc_taxi.csv",
@@ -27,8 +27,14 @@ DEFAULT = [
     "nasa-http-1995/nasa_1995_per_minute.csv",
 ]
 COLD_STARTS = (30, 120)
-# Presage at the 95% bound (Gold), 80% (Silver) and the point forecast (50%).
-POLICIES = ("presage", "presage@80", "presage@50", "hpa", "kpa", "oracle")
+# Presage at the 95% bound (Gold), 80% (Silver) and 70%: the forecast provisions for
+# rises, so the reactive floor plans at full capacity and a lower target waits 15 s.
+LEVELS = ("95", "80", "70")
+POLICIES = tuple(f"presage@{l}" for l in LEVELS) + ("hpa", "kpa", "oracle")
+PRESAGE_FLAGS = ["--floor-utilisation", "1.0", "--scale-down-delay", "15"]
+# The violation budget at which each trace's cheapest Presage run is compared with the
+# oracle's cost.
+BUDGET = 0.001
 
 
 def capacity(path):
@@ -61,7 +67,7 @@ def main():
                 out = subprocess.run(
                     [PRESAGE, "replay", "--trace", path, "--capacity", f"{cap:.6g}",
                      "--cold-start", str(cold), "--policy", policy, "--json"]
-                    + (["--level", level] if level else []),
+                    + (["--level", level] + PRESAGE_FLAGS if level else []),
                     check=True, capture_output=True, text=True).stdout
                 res[p] = json.loads(out)
                 res[p]["secs"] = time.time() - start
@@ -74,6 +80,16 @@ def main():
                 aj = 100 * r["violations_after_jumps"] / max(r["slo_violations"], 1e-9)
                 print(f"| {t} | {cold} s | {p} | {100 * r['slo_violation_ratio']:.3f} | {r['instance_seconds']:.0f} "
                       f"| {vh:.2f}, {ch:.2f} | {co:.2f} | {r['scaling_actions']} | {aj:.0f} | {r['secs']:.1f} |", flush=True)
+            within = [p for p in POLICIES if p.startswith("presage")
+                      and res[p]["slo_violation_ratio"] <= BUDGET]
+            if within:
+                best = min(within, key=lambda p: res[p]["instance_seconds"])
+                co = res[best]["instance_seconds"] / oracle["instance_seconds"]
+                print(f"| {t} | {cold} s | cheapest presage within {100 * BUDGET:g}%: {best} "
+                      f"| | | | {co:.2f} | | | |", flush=True)
+            else:
+                print(f"| {t} | {cold} s | no presage run within {100 * BUDGET:g}% | | | | | | | |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ pub struct ReplayArgs {
     /// Presage: the share of capacity the reactive floor plans to use.
     #[arg(long, default_value_t = 0.8)]
     floor_utilisation: f64,
+    /// Presage: seconds a lower target must hold before instances are removed.
+    #[arg(long, default_value_t = 60)]
+    scale_down_delay: u64,
     /// Write Presage's decisions with their reasons, one JSON object per line.
     #[arg(long)]
     decisions_out: Option<PathBuf>,
@@ -144,6 +147,7 @@ pub fn run(a: ReplayArgs) -> ExitCode {
                 step_s,
                 a.level,
                 a.floor_utilisation,
+                a.scale_down_delay,
             );
             let out = sim::run(&steps, step_s, a.capacity, a.cold_start, &mut p);
             presage = Some(p);

@@ -4,19 +4,26 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use presage_control_plane::planner::{Decision, Planner, PlannerConfig};
+use presage_control_plane::planner::{Decision, Planner, PlannerConfig, OBSERVED_WINDOW};
 
 use super::sim::{Observed, Policy};
 
 /// Presage: the control plane's planner, every 5 s, on the trace's complete steps and the
-/// last minute's rate.
+/// rate of its observed window (the live control plane's).
 pub struct Presage {
     planner: Planner,
     pub decisions: Vec<(u64, Decision)>,
 }
 
 impl Presage {
-    pub fn new(capacity: f64, cold_start: u64, step_s: u64, level: f64, floor: f64) -> Presage {
+    pub fn new(
+        capacity: f64,
+        cold_start: u64,
+        step_s: u64,
+        level: f64,
+        floor: f64,
+        scale_down_delay: u64,
+    ) -> Presage {
         let mut cfg = PlannerConfig::new(
             capacity,
             Duration::from_secs(cold_start),
@@ -24,6 +31,7 @@ impl Presage {
         );
         cfg.level = level;
         cfg.floor_utilisation = floor;
+        cfg.scale_down_delay = Duration::from_secs(scale_down_delay);
         Presage {
             planner: Planner::new(cfg),
             decisions: Vec::new(),
@@ -37,7 +45,11 @@ impl Policy for Presage {
     }
 
     fn decide(&mut self, o: &Observed<'_>) -> u32 {
-        let d = self.planner.decide(o.now as f64, o.steps, o.mean_rate(60));
+        let d = self.planner.decide(
+            o.now as f64,
+            o.steps,
+            o.mean_rate(OBSERVED_WINDOW.as_secs()),
+        );
         let target = d.target;
         if self
             .decisions

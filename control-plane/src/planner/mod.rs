@@ -122,6 +122,8 @@ const WINDOW: usize = 4320;
 /// of level within a few steps).
 const RESELECT_S: u64 = 6 * 3600;
 const REFIT_S: u64 = 900;
+/// The reactive floor's window: the mean rate of this much closed time.
+pub const OBSERVED_WINDOW: Duration = Duration::from_secs(15);
 /// The coarsest planning step finer histories are summed into (seconds).
 const PLAN_STEP_S: u64 = 300;
 
@@ -240,7 +242,7 @@ impl Planner {
 
     /// Decides at `now` (seconds, on the history's clock: step `i` covers
     /// `[i·step, (i+1)·step)`) from the complete steps of `history` (requests per step)
-    /// and the rate observed over the last minute.
+    /// and the rate observed over the last `OBSERVED_WINDOW`.
     pub fn decide(&mut self, now: f64, history: &[f64], observed_rps: f64) -> Decision {
         self.sum_into_plan(history);
         let peak = self.peak(now);
@@ -253,11 +255,13 @@ impl Planner {
         let end = self.plan.len() as f64 * step_s;
         let lead = self.lead().as_secs_f64();
         let (point, hi, model) = self.forecast()?;
-        // Steps from now to one lead time ahead, on the forecast's clock.
-        let first = (((now - end) / step_s).floor().max(0.0)) as usize;
-        let last = (((now + lead - end) / step_s).ceil() as usize).max(first + 1);
-        let last = last.min(hi.len());
-        let first = first.min(last.checked_sub(1)?);
+        // The steps that begin within one lead time and that the reactive floor has not
+        // seen a whole window of, on the forecast's clock: a step under way for longer is
+        // what the floor sees happening, and provisioning its upper bound too would pay
+        // for headroom nobody needs.
+        let seen = now - OBSERVED_WINDOW.as_secs_f64() - end;
+        let first = ((seen / step_s).floor().max(-1.0) + 1.0) as usize;
+        let last = (((now + lead - end) / step_s).ceil().max(0.0) as usize).min(hi.len());
         let j = (first..last).max_by(|a, b| hi[*a].total_cmp(&hi[*b]))?;
         Some(Peak {
             upper_rps: hi[j] / step_s,
