@@ -324,110 +324,6 @@ autoscaling:
     cp.stop().await;
 }
 
-/// No API server can run on this machine: the replay server answers with the shapes of
-/// the Kubernetes API reference (Deployment, Scale), and kube's real client talks to
-/// it over a real socket.
-#[tokio::test]
-async fn the_kubernetes_actuator_patches_the_deployment_scale_and_reads_readiness() {
-    use support::replay::{Replay, Reply};
-    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/search";
-    let fixture_json = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
-    };
-    let reply = |v: &serde_json::Value| Reply {
-        body: v.to_string(),
-        consul_index: None,
-    };
-    let replay = Replay::start().await;
-    let mut deployment = fixture_json("kubernetes/deployment.json");
-    replay.set(DEPLOYMENT, reply(&deployment));
-    replay.set(
-        &format!("{DEPLOYMENT}/scale"),
-        reply(&fixture_json("kubernetes/scale.json")),
-    );
-    let dir = TempDir::new();
-    let kubeconfig = dir.0.join("kubeconfig");
-    replay.kubeconfig(&kubeconfig);
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "autoscaling:\n  interval: 200ms\n  services:\n    - service: search\n      capacity_rps: 10\n      min: 3\n      actuator:\n        kubernetes: {{kubeconfig: {}, namespace: shop, deployment: search}}\n",
-            kubeconfig.display()
-        ),
-    )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
-
-    // The minimum of 3 is a merge patch of the scale subresource, as `kubectl scale`.
-    let patch = wait_until(Duration::from_secs(10), || async {
-        replay
-            .writes()
-            .into_iter()
-            .find(|w| w.method == "PATCH" && w.path == format!("{DEPLOYMENT}/scale"))
-    })
-    .await
-    .expect("the scale subresource was patched");
-    assert_eq!(patch.content_type, "application/merge-patch+json");
-    let body: serde_json::Value = serde_json::from_str(&patch.body).unwrap();
-    assert_eq!(body, serde_json::json!({"spec": {"replicas": 3}}));
-    // The API server now has three replicas wanted, one ready (the new pods are starting).
-    deployment["spec"]["replicas"] = 3.into();
-    deployment["status"]["replicas"] = 3.into();
-    replay.set(DEPLOYMENT, reply(&deployment));
-    let starting = wait_until(Duration::from_secs(10), || async {
-        let s = scaled(&cp, "search").await;
-        (s["status"]["starting"] == 2).then_some(s)
-    })
-    .await
-    .expect("two replicas starting");
-    assert_eq!(starting["status"]["ready"], 1, "{starting}");
-    assert!(starting["status"]["cold_start"].is_null());
-    // The cluster brings them up: ready replicas and the measured cold start follow.
-    deployment["status"]["readyReplicas"] = 3.into();
-    replay.set(DEPLOYMENT, reply(&deployment));
-    let ready = wait_until(Duration::from_secs(10), || async {
-        let s = scaled(&cp, "search").await;
-        (s["status"]["ready"] == 3).then_some(s)
-    })
-    .await
-    .expect("three replicas ready");
-    assert_eq!(ready["status"]["starting"], 0);
-    assert!(
-        ready["status"]["cold_start"].as_f64().unwrap() > 0.0,
-        "{ready}"
-    );
-    let d = cp.get("/v1/decisions?service=search").await;
-    assert_eq!(d[0]["actuator"], "kubernetes");
-    assert_eq!(d[0]["target"], 3);
-    // Patched once: an unchanged target is not patched again.
-    let patches = replay
-        .writes()
-        .iter()
-        .filter(|w| w.method == "PATCH")
-        .count();
-    assert_eq!(patches, 1);
-
-    // An API server outage is a recorded failure (once, not every interval), not a crash.
-    replay.fail(Some(http::StatusCode::INTERNAL_SERVER_ERROR));
-    let failed = wait_until(Duration::from_secs(10), || async {
-        let d = cp.get("/v1/decisions?service=search").await;
-        d[0]["error"].as_str().map(str::to_string)
-    })
-    .await
-    .expect("the failure was recorded");
-    assert!(failed.contains("deployment shop/search"), "{failed}");
-    tokio::time::sleep(Duration::from_millis(600)).await; // three intervals of the outage
-    let d = cp.get("/v1/decisions?service=search").await;
-    assert_eq!(
-        d.as_array().unwrap().len(),
-        2,
-        "one record per failure, not per interval: {d}"
-    );
-    replay.fail(None);
-    cp.stop().await;
-}
-
 /// Requests as `user` through the proxy every 200 ms until `stop`; returns the
 /// instances that answered.
 fn requests_as(
@@ -455,6 +351,18 @@ fn requests_as(
 
 #[tokio::test]
 async fn predicted_platinum_users_get_a_warm_instance_that_only_they_reach() {
+    warm_instance_for_a_predicted_user(0, "tier:platinum").await;
+}
+
+#[tokio::test]
+async fn the_busiest_predicted_user_gets_a_warm_instance_of_her_own() {
+    warm_instance_for_a_predicted_user(1, "user:alice").await;
+}
+
+/// Alice (platinum) and bob (bronze) call through a proxy; the profiler predicts both,
+/// and the warm pool (`users` instances for single users at most) starts one instance,
+/// reserved `reservation`, that only alice reaches, and releases it after its window.
+async fn warm_instance_for_a_predicted_user(users: u32, reservation: &str) {
     let dir = TempDir::new();
     let cfg = dir.0.join("cp.yaml");
     std::fs::write(
@@ -471,12 +379,13 @@ autoscaling:
   services:
     - service: api
       capacity_rps: 100
-      warm_pool: { tiers: { platinum: 1.0 }, window: 3s, max: 1, min_calls: 0.05 }
+      warm_pool: { tiers: { platinum: 1.0 }, window: 3s, max: 1, min_calls: 0.05, users: USERS }
       actuator:
         local:
           command: ["{presage}", "sample-service", "--listen", "127.0.0.1:{port}", "--name", "api-{index}"]
           drain: 100ms
-"#,
+"#
+        .replace("USERS", &users.to_string()),
     )
     .unwrap();
     let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
@@ -509,7 +418,7 @@ autoscaling:
     })
     .await
     .expect("a warm instance for the predicted platinum user");
-    assert_eq!(warm["warm"], serde_json::json!({"platinum": 1}), "{warm}");
+    assert_eq!(warm["warm"], serde_json::json!({reservation: 1}), "{warm}");
     // Platinum traffic: the instances get platinum's allocation (in place).
     assert_eq!(warm["resources"]["tier"], "platinum", "{warm}");
     assert_eq!(warm["resources"]["cpu_weight"], 800);
@@ -520,7 +429,7 @@ autoscaling:
             .iter()
             .find(|e| e["metadata"]["pool"] == "warm")
             .map(|e| {
-                assert_eq!(e["metadata"]["reserved_for"], "tier:platinum");
+                assert_eq!(e["metadata"]["reserved_for"], reservation);
                 e["address"].as_str().unwrap().to_string()
             })
     })
@@ -568,13 +477,13 @@ autoscaling:
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["warm"]["platinum"] == 1)
+        .find(|d| d["warm"][reservation] == 1)
         .expect("the warm pool was a recorded decision");
     assert!(
         with_warm["reason"]
             .as_str()
             .unwrap()
-            .contains("warm platinum: 1 for"),
+            .contains(&format!("warm {reservation}: 1 for")),
         "{with_warm}"
     );
     stop.store(true, Ordering::Relaxed);

@@ -1256,3 +1256,56 @@ async fn a_warm_instance_serves_only_the_tier_it_was_reserved_for() {
     );
     assert!(hits("warm_miss").await >= 9.0, "misses counted");
 }
+
+#[tokio::test]
+async fn a_warm_instance_reserved_for_a_user_serves_that_user_before_the_tier_pool() {
+    let (standard, tier_warm, carol_warm) = (
+        Upstream::spawn("standard").await,
+        Upstream::spawn("platinum-warm").await,
+        Upstream::spawn("carol-warm").await,
+    );
+    let proxy = Proxy::start(&config(&format!(
+        "{PROFILES}routes:\n  - name: all\n    cluster: up\nclusters:\n  - name: up\n    outlier_detection: {{consecutive_failures: 1, base_ejection: 30s}}\n    endpoints:\n      - address: \"{}\"\n      - address: \"{}\"\n        metadata: {{pool: warm, reserved_for: \"tier:platinum\"}}\n      - address: \"{}\"\n        metadata: {{pool: warm, reserved_for: \"user:carol\"}}\n",
+        standard.addr, tier_warm.addr, carol_warm.addr
+    )))
+    .await;
+    let c = h1_client();
+    let url = proxy.url("/");
+    let service = |user: &'static str| {
+        let (c, url) = (&c, &url);
+        async move {
+            let a = send(c, request(url, &[("x-presage-user", user)])).await;
+            assert_eq!(a.status, StatusCode::OK);
+            a.json()["service"].as_str().unwrap().to_string()
+        }
+    };
+    for _ in 0..10 {
+        // Carol (no profile: the default tier) reaches the instance warmed for her
+        // alone; alice (platinum) her tier's; bob, nothing was warmed for, the standard.
+        assert_eq!(service("carol").await, "carol-warm");
+        assert_eq!(service("alice").await, "platinum-warm");
+        assert_eq!(service("bob").await, "standard");
+    }
+    assert_eq!(carol_warm.hits(), 10, "nobody but carol reached it");
+    let tier_total = |outcome: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric("presage_qos_requests_total", &[("outcome", outcome)])
+                .await
+        }
+    };
+    assert_eq!(tier_total("warm_hit").await, 20.0);
+    // Her instance fails: her requests go on to the standard pool, counted as misses.
+    carol_warm.kill();
+    let mut served_elsewhere = 0;
+    for _ in 0..10 {
+        let a = send(&c, request(&url, &[("x-presage-user", "carol")])).await;
+        if a.status == StatusCode::OK {
+            assert_eq!(a.json()["service"], "standard");
+            served_elsewhere += 1;
+        }
+    }
+    assert!(served_elsewhere >= 9, "{served_elsewhere}");
+    assert!(tier_total("warm_miss").await >= 9.0);
+}

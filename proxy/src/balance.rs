@@ -268,19 +268,18 @@ impl Balancer {
         }
     }
 
-    /// A warm-pool endpoint reserved for `tier` (not ejected, not `avoid`), by P2C over
-    /// load; None when the tier has none usable (the request then goes to the standard
-    /// pool: a warm miss).
+    /// A warm-pool endpoint whose reservation is `wanted` (not ejected, not `avoid`), by
+    /// P2C over load; None when there is none usable (see `warm::pick`).
     pub fn pick_warm<'a>(
         &self,
         eps: &'a [Endpoint],
         avoid: Option<usize>,
-        tier: &str,
+        wanted: impl Fn(&crate::warm::Reservation) -> bool,
     ) -> Option<&'a Endpoint> {
         let now = now_ms();
         let i = self.p2c(eps, now, |i| {
             Some(i) != avoid
-                && eps[i].reserved_for.as_deref() == Some(tier)
+                && eps[i].reserved_for.as_ref().is_some_and(&wanted)
                 && !eps[i].outlier.is_ejected(now)
         })?;
         Some(&eps[i])

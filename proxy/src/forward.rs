@@ -172,6 +172,14 @@ pub async fn handle(
         _ => None,
     };
     let selection = AtomicU8::new(SELECTION_NONE);
+    // The user a warm instance may be reserved for (read only where warm pools are).
+    let warm_user: Option<Box<str>> = route.filter(|r| r.cluster.has_warm).and_then(|_| {
+        let h = shared
+            .telemetry
+            .as_ref()
+            .map_or(&crate::qos::X_PRESAGE_USER, |t| &t.spec.user_header);
+        req.headers().get(h)?.to_str().ok().map(Box::from)
+    });
     let result = match (route, decision) {
         (Some(route), Some(Ok(decision))) => match admit(&rt, route, &decision) {
             Ok(_admitted) => {
@@ -183,8 +191,11 @@ pub async fn handle(
                     selection: &selection,
                     bandwidth: rt.config.tier(decision.tier).bandwidth,
                     per_endpoint: shared.telemetry.is_some(),
-                    tier: &rt.config.tier(decision.tier).name,
-                    counters: &rt.tier_counters[decision.tier.0 as usize],
+                    warm: crate::warm::Request {
+                        tier: &rt.config.tier(decision.tier).name,
+                        user: warm_user.as_deref(),
+                        counters: &rt.tier_counters[decision.tier.0 as usize],
+                    },
                 };
                 proxy(&rt, route, &conn, req, qos).await
             }
@@ -278,10 +289,8 @@ struct Qos<'a> {
     bandwidth: f64,
     /// Count attempts per endpoint (only the control plane reads them).
     per_endpoint: bool,
-    /// The request's tier (its warm pool, if the cluster has one) and that tier's
-    /// counters (`metrics::QOS_OUTCOMES`).
-    tier: &'a str,
-    counters: &'a [Counter; metrics::QOS_OUTCOMES.len()],
+    /// The request's tier and user, for warm pools, and the tier's counters.
+    warm: crate::warm::Request<'a>,
 }
 
 const SELECTION_NONE: u8 = 0;
@@ -320,35 +329,6 @@ fn admit<'a>(
             Err(ProxyError::Shed(tier.name.clone()))
         }
     }
-}
-
-/// A warm-pool endpoint reserved for the request's tier, if the cluster has one usable;
-/// the first attempt counts a warm hit, or a miss when the tier has warm endpoints but
-/// none usable (all ejected). Tiers without a warm pool are not counted.
-fn warm_pick<'a>(
-    cluster: &'a crate::upstream::Cluster,
-    avoid: Option<usize>,
-    qos: &Qos<'_>,
-    count: bool,
-) -> Option<&'a crate::upstream::Endpoint> {
-    if !cluster.has_warm {
-        return None;
-    }
-    let picked = cluster
-        .balancer
-        .pick_warm(&cluster.endpoints, avoid, qos.tier);
-    if count {
-        if picked.is_some() {
-            qos.counters[metrics::WARM_HIT].inc();
-        } else if cluster
-            .endpoints
-            .iter()
-            .any(|e| e.reserved_for.as_deref() == Some(qos.tier))
-        {
-            qos.counters[metrics::WARM_MISS].inc();
-        }
-    }
-    picked
 }
 
 async fn proxy(
@@ -403,8 +383,8 @@ async fn proxy(
     let mut avoid = None;
     let mut attempt = 0u32;
     loop {
-        // The interceptor: a warm instance reserved for the request's tier first.
-        let warm = warm_pick(cluster, avoid, &qos, attempt == 0);
+        // The interceptor: a warm instance reserved for the request's user or tier first.
+        let warm = crate::warm::pick(cluster, avoid, &qos.warm, attempt == 0);
         let (ep, met) = match warm {
             Some(ep) => (ep, true),
             None => cluster

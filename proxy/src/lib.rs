@@ -43,6 +43,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod transparent;
 pub mod upstream;
+pub mod warm;
 pub mod xds;
 
 pub use config::{Config, ConfigErrors};

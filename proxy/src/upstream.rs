@@ -43,8 +43,8 @@ pub struct Endpoint {
     /// `price` metadata (per hour; 0 when absent), for QoS selection.
     pub price: f64,
     /// A warm-pool instance (`pool: warm`) held out of general rotation for requests of
-    /// this QoS tier (`reserved_for: tier:<name>`).
-    pub reserved_for: Option<Arc<str>>,
+    /// a user or a QoS tier (see `warm`).
+    pub reserved_for: Option<crate::warm::Reservation>,
     /// Attempts sent here, for the control plane's per-instance QoS.
     pub load: Arc<crate::load::ServiceLoad>,
 }
@@ -91,21 +91,6 @@ fn metadata_number(
     .filter(|v: &f64| v.is_finite())
 }
 
-/// The tier a warm-pool endpoint is reserved for: metadata `pool: warm` and
-/// `reserved_for: tier:<name>`. A warm endpoint without a tier it could serve is
-/// reserved for a tier named `""`, which no request has: it stays out of rotation.
-fn reservation(m: &std::collections::BTreeMap<String, serde_json::Value>) -> Option<Arc<str>> {
-    if m.get("pool").and_then(|v| v.as_str()) != Some("warm") {
-        return None;
-    }
-    let tier = m
-        .get("reserved_for")
-        .and_then(|v| v.as_str())
-        .and_then(|r| r.strip_prefix("tier:"))
-        .unwrap_or("");
-    Some(tier.into())
-}
-
 /// What happened to one attempt, for outlier detection and the latency estimate.
 #[derive(Debug)]
 pub enum Outcome {
@@ -148,7 +133,7 @@ impl Cluster {
                 index,
                 accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),
                 price: metadata_number(&e.metadata, "price").unwrap_or(0.0),
-                reserved_for: reservation(&e.metadata),
+                reserved_for: crate::warm::Reservation::of(&e.metadata),
                 load: metrics
                     .service_load
                     .get_endpoint(&spec.name, e.authority.as_ref()),

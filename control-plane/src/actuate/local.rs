@@ -1,7 +1,8 @@
 //! The local-process actuator: instances are processes on this machine, started from a
 //! command template, registered (as the `local` registry) once they answer, and stopped
 //! with SIGTERM after being deregistered. Warm instances are registered with
-//! `pool: warm` and `reserved_for: tier:<name>`, which the proxies' interceptor reads.
+//! `pool: warm` and `reserved_for: tier:<name>` or `user:<id>`, which the proxies'
+//! interceptor reads.
 //!
 //! ```text
 //!  scale(n) ─▶ launch: free port ─▶ spawn ─▶ cgroup limits ─▶ probe until ready
@@ -113,7 +114,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 struct Slot {
     port: u16,
     ready: bool,
-    /// The tier a warm instance is reserved for (None: general rotation).
+    /// The reservation of a warm instance, `tier:<name>` or `user:<id>` (None: general
+    /// rotation).
     pool: Option<String>,
     /// Its cgroup, when limits are applied (resized in place as the tier changes).
     group: Option<Arc<Group>>,
@@ -180,12 +182,12 @@ impl Inner {
                 record
                     .labels
                     .insert("presage.io/actuator".into(), REGISTRY.into());
-                if let Some(tier) = &s.pool {
-                    // What the proxies' interceptor reads (`upstream::reservation`).
+                if let Some(reservation) = &s.pool {
+                    // What the proxies' interceptor reads (`warm::Reservation`).
                     record.labels.insert("pool".into(), "warm".into());
                     record
                         .labels
-                        .insert("reserved_for".into(), format!("tier:{tier}"));
+                        .insert("reserved_for".into(), reservation.clone());
                 }
                 Instance {
                     id: format!("{}-{i}", self.service),

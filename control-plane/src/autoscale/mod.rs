@@ -43,8 +43,8 @@ use crate::store::Store;
 
 /// An actuator's call may take at least this long (or one interval, if longer).
 const ACTUATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-/// The observed rate is averaged over this many closed seconds.
-const OBSERVED_WINDOW_S: i64 = 15;
+/// The observed rate is averaged over this many closed seconds (the planner's window).
+const OBSERVED_WINDOW_S: i64 = crate::planner::OBSERVED_WINDOW.as_secs() as i64;
 
 /// One scaling decision that changed a service's target, and why.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -68,7 +68,8 @@ pub struct DecisionRecord {
     /// capacity.
     #[serde(default)]
     pub adjustments: Vec<String>,
-    /// Warm instances per QoS tier, beside `target` (held for predicted users).
+    /// Warm instances per reservation (`tier:<name>`, `user:<id>`), beside `target`
+    /// (held for predicted users).
     #[serde(default)]
     pub warm: BTreeMap<String, u32>,
     /// Per-instance resources (the highest tier's allocation).
@@ -89,7 +90,7 @@ pub struct ServiceState {
     pub target: u32,
     /// Per-instance capacity the planner uses now (configured, then learned).
     pub capacity_rps: f64,
-    /// Warm instances wanted per QoS tier.
+    /// Warm instances wanted per reservation (`tier:<name>`, `user:<id>`).
     pub warm: BTreeMap<String, u32>,
     /// Per-instance resources: the allocation of the highest tier in the traffic.
     pub resources: Option<TierResources>,
@@ -402,9 +403,17 @@ fn plan(
         None => BTreeMap::new(),
         Some(cfg) => {
             let window = cfg.window().as_secs_f64();
-            let calls = predicted
+            let calls: Vec<warm::UserCalls> = predicted
                 .and_then(|p| p.get(&service))
-                .map(|tiers| tiers.iter().map(|(t, r)| (t.clone(), r * window)).collect())
+                .map(|users| {
+                    users
+                        .iter()
+                        .map(|u| warm::UserCalls {
+                            calls: u.calls * window,
+                            ..u.clone()
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             let (pool, why) = s
                 .warm_pool
@@ -444,9 +453,9 @@ fn tier_resources(snap: &crate::resources::Snapshot, tier: &str) -> Option<TierR
     }
 }
 
-/// Calls per second the profiler predicts from active users, by service and by the
-/// users' QoS tier (a subject's own tier, else its profile's; others are Bronze).
-type Predicted = BTreeMap<String, BTreeMap<String, f64>>;
+/// Calls per second the profiler predicts from each active user, by service, with the
+/// user's QoS tier (a subject's own tier, else its profile's; others are Bronze).
+type Predicted = BTreeMap<String, Vec<warm::UserCalls>>;
 
 fn predicted_rates(inputs: &Inputs, now_ms: i64) -> Predicted {
     use presage_api::resource::Body;
@@ -457,27 +466,42 @@ fn predicted_rates(inputs: &Inputs, now_ms: i64) -> Predicted {
             .and_then(|s| s.items.get(name))
             .and_then(|r| r.body.clone())
     };
-    let tier_of = |user: &str| -> Option<String> {
+    let tier_of = |user: &str| -> String {
         let Some(Body::Subject(sub)) = item(types::SUBJECT, user) else {
-            return Some("bronze".into());
+            return "bronze".into();
         };
         if !sub.tier.is_empty() {
-            return Some(sub.tier);
+            return sub.tier;
         }
         match item(types::QOS_PROFILE, &sub.profile) {
-            Some(Body::QosProfile(p)) if !p.tier.is_empty() => Some(p.tier),
-            _ => Some("bronze".into()),
+            Some(Body::QosProfile(p)) if !p.tier.is_empty() => p.tier,
+            _ => "bronze".into(),
         }
     };
-    let grouped = inputs
+    let mut out = Predicted::new();
+    // A user's services come one after another: its tier is looked up once.
+    let mut last: Option<(String, String)> = None;
+    inputs
         .profiler
         .lock()
         .expect("profiler lock poisoned")
-        .expected_arrivals_grouped(now_ms as f64 / 1000.0, 1.0, tier_of);
-    let mut out = Predicted::new();
-    for ((service, tier), rate) in grouped {
-        out.entry(service).or_default().insert(tier, rate);
-    }
+        .expected_by_user(now_ms as f64 / 1000.0, 1.0, |user, service, rate| {
+            let tier = match &last {
+                Some((u, t)) if u == user => t.clone(),
+                _ => {
+                    let t = tier_of(user);
+                    last = Some((user.to_string(), t.clone()));
+                    t
+                }
+            };
+            out.entry(service.to_string())
+                .or_default()
+                .push(warm::UserCalls {
+                    user: user.to_string(),
+                    tier,
+                    calls: rate,
+                });
+        });
     out
 }
 

@@ -367,24 +367,18 @@ impl Profiler {
         self.now.is_finite().then_some(self.now)
     }
 
-    /// The full interpolated distribution over candidate services.
-    /// Like `expected_arrivals`, per (service, group) for the users `group` puts in one
-    /// (the QoS tier of each user, for warm pools); users in none are left out.
-    pub fn expected_arrivals_grouped(
+    /// Like `expected_arrivals`, per user: `f(user, service, expected calls)` for every
+    /// active user's predicted services (for warm pools); returns how many users are
+    /// active.
+    pub fn expected_by_user(
         &self,
         now: f64,
         window: f64,
-        group: impl Fn(&str) -> Option<String>,
-    ) -> HashMap<(String, String), f64> {
-        let mut by: HashMap<(ServiceId, String), f64> = HashMap::new();
+        mut f: impl FnMut(&str, &str, f64),
+    ) -> usize {
         self.each_expected(now, window, |user, s, calls| {
-            if let Some(g) = group(user) {
-                *by.entry((s, g)).or_default() += calls;
-            }
-        });
-        by.into_iter()
-            .map(|((s, g), calls)| ((self.names[s as usize].clone(), g), calls))
-            .collect()
+            f(user, &self.names[s as usize], calls)
+        })
     }
 
     /// Calls `f(user, service, expected calls)` for every active user's predicted
