@@ -5,18 +5,29 @@
 //!
 //! The cold start is measured from the patch that raised the replicas to the first
 //! status read showing that many ready (so to within one control interval).
+//!
+//! Per-instance resources (the highest active tier's `cpu_shares` and `memory_mb`, as
+//! the container's CPU and memory requests) when `resize` asks for them: `in_place`
+//! patches the `resize` subresource of every running pod that differs (Kubernetes 1.33
+//! and later: no restart; a cluster without it is reported, never rolled behind the
+//! operator's back), `rollout` patches the Deployment's pod template (a rolling update
+//! replaces the pods). Off by default: a tier's allocation replaces what the operator
+//! set on the Deployment.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Patch, PatchParams};
-use kube::Api;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{ActuateError, Actuator, BoxFuture, Status, Want};
+use super::{ActuateError, Actuator, BoxFuture, Status, TierResources, Want};
 
 /// `actuator: {kubernetes: ...}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -32,6 +43,26 @@ pub struct KubernetesActuatorConfig {
     pub namespace: String,
     /// The Deployment that runs the service's instances.
     pub deployment: String,
+    /// How per-instance resources reach the pods (default: they do not).
+    #[serde(default)]
+    pub resize: Resize,
+    /// The container resized (default: the pod template's first).
+    #[serde(default)]
+    pub container: Option<String>,
+}
+
+/// `actuator.kubernetes.resize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// The Deployment's resources stay as the operator set them.
+    #[default]
+    Off,
+    /// The `resize` subresource of each running pod: no restart. Pods started later
+    /// (with the template's resources) are resized at the next interval.
+    InPlace,
+    /// The Deployment's pod template: a rolling update replaces the pods.
+    Rollout,
 }
 
 impl KubernetesActuatorConfig {
@@ -40,6 +71,9 @@ impl KubernetesActuatorConfig {
         let mut fields = Vec::new();
         crate::validate::name(&mut fields, "deployment", &self.deployment);
         crate::validate::name(&mut fields, "namespace", &self.namespace);
+        if let Some(c) = &self.container {
+            crate::validate::name(&mut fields, "container", c);
+        }
         for f in fields {
             e.push(format!("{}: {}", f.field, f.message));
         }
@@ -61,35 +95,136 @@ struct State {
     /// A raise waiting for its replicas to be ready: (count, when patched).
     rising: Option<(u32, Instant)>,
     cold_start: Option<Duration>,
+    /// Why the resources asked for could not be applied, if they could not.
+    resize_error: Option<String>,
 }
 
 pub struct Kubernetes {
     cfg: KubernetesActuatorConfig,
-    api: OnceCell<Api<Deployment>>,
+    client: OnceCell<Client>,
     state: Arc<Mutex<State>>,
+}
+
+/// A tier's allocation as container requests: `cpu_shares` in the kubelet's unit (1024
+/// shares a CPU, so its inverse: millicores = shares × 1000 / 1024) and `memory_mb` MiB.
+fn requests(r: &TierResources) -> BTreeMap<String, Quantity> {
+    let millicores = (u64::from(r.cpu_weight) * 1000).div_ceil(1024).max(1);
+    [
+        ("cpu".to_string(), Quantity(format!("{millicores}m"))),
+        ("memory".to_string(), Quantity(format!("{}Mi", r.memory_mb))),
+    ]
+    .into()
+}
+
+/// Whether `c` already requests what `want` holds.
+fn has_requests(c: &Container, want: &BTreeMap<String, Quantity>) -> bool {
+    let have = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+    want.iter()
+        .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+}
+
+/// The strategic merge patch that sets `container`'s requests.
+fn container_patch(container: &str, want: &BTreeMap<String, Quantity>) -> serde_json::Value {
+    serde_json::json!({
+        "spec": { "containers": [{ "name": container, "resources": { "requests": want } }] }
+    })
 }
 
 impl Kubernetes {
     pub fn new(cfg: KubernetesActuatorConfig) -> Kubernetes {
         Kubernetes {
             cfg,
-            api: OnceCell::new(),
+            client: OnceCell::new(),
             state: Arc::default(),
         }
     }
 
-    async fn api(&self) -> Result<&Api<Deployment>, ActuateError> {
-        self.api
+    async fn client(&self) -> Result<&Client, ActuateError> {
+        self.client
             .get_or_try_init(|| async {
-                let client = crate::discovery::kubernetes::client(
+                crate::discovery::kubernetes::client(
                     self.cfg.kubeconfig.as_deref(),
                     self.cfg.context.as_deref(),
                 )
                 .await
-                .map_err(ActuateError::Failed)?;
-                Ok(Api::namespaced(client, &self.cfg.namespace))
+                .map_err(ActuateError::Failed)
             })
             .await
+    }
+
+    /// Applies `want` to the pods of `d` as `resize` says; Err says why it could not.
+    async fn resize(
+        &self,
+        client: &Client,
+        d: &Deployment,
+        want: &TierResources,
+    ) -> Result<(), String> {
+        let ns = &self.cfg.namespace;
+        let template = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        let container = match (&self.cfg.container, template) {
+            (Some(c), _) => c.clone(),
+            (None, Some(t)) if !t.containers.is_empty() => t.containers[0].name.clone(),
+            _ => return Err(format!("{} has no container to resize", self.what())),
+        };
+        let requests = requests(want);
+        let patch = container_patch(&container, &requests);
+        let pp = PatchParams::default();
+        match self.cfg.resize {
+            Resize::Off => Ok(()),
+            Resize::Rollout => {
+                let current = template
+                    .and_then(|t| t.containers.iter().find(|c| c.name == container))
+                    .ok_or_else(|| format!("{} has no container {container}", self.what()))?;
+                if has_requests(current, &requests) {
+                    return Ok(());
+                }
+                let patch = serde_json::json!({ "spec": { "template": patch } });
+                Api::<Deployment>::namespaced(client.clone(), ns)
+                    .patch(&self.cfg.deployment, &pp, &Patch::Strategic(&patch))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("resizing {}: {e}", self.what()))
+            }
+            Resize::InPlace => {
+                let labels = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.selector.match_labels.as_ref())
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| format!("{} has no matchLabels selector", self.what()))?;
+                let selector: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let pods = Api::<Pod>::namespaced(client.clone(), ns);
+                let list = pods
+                    .list(&ListParams::default().labels(&selector.join(",")))
+                    .await
+                    .map_err(|e| format!("listing the pods of {}: {e}", self.what()))?;
+                for pod in list.items {
+                    let Some(name) = pod.metadata.name.as_deref() else {
+                        continue;
+                    };
+                    let differs = pod.metadata.deletion_timestamp.is_none()
+                        && pod.spec.as_ref().is_some_and(|s| {
+                            s.containers
+                                .iter()
+                                .any(|c| c.name == container && !has_requests(c, &requests))
+                        });
+                    if !differs {
+                        continue;
+                    }
+                    pods.patch_subresource("resize", name, &pp, &Patch::Strategic(&patch))
+                        .await
+                        .map_err(|e| match &e {
+                            kube::Error::Api(s) if s.code == 404 || s.code == 405 => format!(
+                                "in-place resize is not supported by this cluster (pods/{name}/resize: {}); set resize: rollout to replace the pods instead",
+                                s.code
+                            ),
+                            _ => format!("resizing pod {ns}/{name}: {e}"),
+                        })?;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -111,7 +246,8 @@ impl Actuator for Kubernetes {
     fn scale<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<(), ActuateError>> {
         let target = want.total();
         Box::pin(async move {
-            let api = self.api().await?;
+            let client = self.client().await?;
+            let api = Api::<Deployment>::namespaced(client.clone(), &self.cfg.namespace);
             let name = &self.cfg.deployment;
             if self.lock().requested != Some(target) {
                 let patch = serde_json::json!({ "spec": { "replicas": target } });
@@ -130,6 +266,14 @@ impl Actuator for Kubernetes {
                 .get(name)
                 .await
                 .map_err(|e| ActuateError::Failed(format!("reading {}: {e}", self.what())))?;
+            if let Some(r) = want
+                .resources
+                .as_ref()
+                .filter(|_| self.cfg.resize != Resize::Off)
+            {
+                let outcome = self.resize(client, &d, r).await;
+                self.lock().resize_error = outcome.err();
+            }
             let status = d.status.unwrap_or_default();
             let mut st = self.lock();
             st.ready = status.ready_replicas.unwrap_or(0).max(0) as u32;
@@ -162,7 +306,7 @@ impl Actuator for Kubernetes {
             starting: st.replicas.saturating_sub(st.ready),
             warm_ready: 0,
             cold_start: st.cold_start,
-            limits_unavailable: None,
+            limits_unavailable: st.resize_error.clone(),
         }
     }
 

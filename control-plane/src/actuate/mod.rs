@@ -25,8 +25,8 @@ use crate::discovery::Update;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What an actuator is asked for: instances in general rotation, and warm instances
-/// reserved per QoS tier.
+/// What an actuator is asked for: instances in general rotation, and warm instances per
+/// reservation (`tier:<name>`, `user:<id>`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Want {
     pub standard: u32,
@@ -65,7 +65,8 @@ pub struct Status {
     #[serde(with = "secs_opt")]
     #[schema(value_type = Option<f64>)]
     pub cold_start: Option<Duration>,
-    /// Why resource limits are not applied (the machine does not allow it), if so.
+    /// Why per-instance resources are not applied (the machine or the cluster does not
+    /// allow it, or applying them failed), if so.
     pub limits_unavailable: Option<String>,
 }
 
