@@ -499,3 +499,44 @@ async fn the_admission_webhook_patches_pods_over_https() {
         "{answer}"
     );
 }
+
+/// `presage sample-service --concurrency 1 --delay-ms D`: the benches' model of an
+/// instance with a fixed capacity. Requests beyond the limit queue (they are served one
+/// after another, never refused), which is what makes an overloaded instance slow.
+#[tokio::test]
+async fn the_sample_service_serves_at_most_its_concurrency_and_queues_the_rest() {
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "sample-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "limited",
+            "--delay-ms",
+            "150",
+            "--concurrency",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the sample service started");
+    let addr = line.rsplit(' ').next().unwrap().to_string();
+    let c = h1_client();
+    let url = format!("http://{addr}/");
+    let t0 = std::time::Instant::now();
+    let answers = futures_util::future::join_all((0..4).map(|_| get(&c, &url))).await;
+    let took = t0.elapsed();
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.json()["service"], "limited");
+    }
+    // One at a time: four requests of 150 ms each take at least 600 ms together.
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+}
