@@ -6,7 +6,8 @@ instance-seconds, scaling actions, and the violations in the first cold start af
 sudden jump; ratios to HPA and to the oracle. Capacity per instance is set per trace so
 that its 95th-percentile rate needs 10 instances.
 
-usage: python3 bench/autoscale/bench.py [TRACE ...]   (default: the traces below)
+usage: python3 bench/autoscale/bench.py [--levels 95,80,70] [--cold-starts 30,120] [TRACE ...]
+(default: the traces below; the per-minute traces take minutes per Presage run)
 """
 
 import csv
@@ -53,7 +54,16 @@ def capacity(path):
 
 
 def main():
-    traces = sys.argv[1:] or DEFAULT
+    global LEVELS, POLICIES, COLD_STARTS
+    args = sys.argv[1:]
+    while args and args[0] in ("--levels", "--cold-starts"):
+        flag, value, args = args[0], args[1], args[2:]
+        if flag == "--levels":
+            LEVELS = tuple(value.split(","))
+            POLICIES = tuple(f"presage@{l}" for l in LEVELS) + ("hpa", "kpa", "oracle")
+        else:
+            COLD_STARTS = tuple(int(c) for c in value.split(","))
+    traces = args or DEFAULT
     print("| trace | cold start | policy | violations % | instance-s | vs HPA (viol, cost) | cost / oracle | actions | after jumps % | run s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for t in traces:

@@ -53,6 +53,9 @@ struct Raw {
     identity: crate::identity::IdentityConfig,
     #[serde(default)]
     autoscaling: crate::autoscale::AutoscalingConfig,
+    /// With where each is in the file, for its errors.
+    #[serde(default)]
+    dependencies: Vec<serde_saphyr::Spanned<crate::deps::ConfigEdge>>,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -89,6 +92,8 @@ pub struct Config {
     pub identity: crate::identity::IdentityConfig,
     /// Services the planner scales, and their actuators.
     pub autoscaling: crate::autoscale::AutoscalingConfig,
+    /// Manual dependency edges, imported into the store at start.
+    pub dependencies: Vec<crate::deps::ConfigEdge>,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             admin_token: None,
             identity: Default::default(),
             autoscaling: Default::default(),
+            dependencies: Vec::new(),
         }
     }
 }
@@ -188,6 +194,22 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             i,
             validate::qos_profile(q, crate::tiers::is_default),
         );
+    }
+    for (i, e) in raw.dependencies.iter().enumerate() {
+        let (l, e) = (&e.referenced, &e.value);
+        let spec = crate::deps::EdgeSpec {
+            kind: e.kind,
+            ratio: e.ratio,
+        };
+        for err in crate::deps::check(&e.from, &e.to, &spec) {
+            errors.push(format!(
+                "{source}:{}:{}: dependencies[{i}].{}: {}",
+                l.line(),
+                l.column(),
+                err.field,
+                err.message
+            ));
+        }
     }
     if raw
         .discovery
@@ -307,6 +329,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         admin_token: None,
         identity: raw.identity,
         autoscaling: raw.autoscaling,
+        dependencies: raw.dependencies.into_iter().map(|s| s.value).collect(),
     })
 }
 
@@ -322,6 +345,38 @@ mod tests {
         assert!(
             msg.contains("services[0]") && msg.contains("endpionts"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn dependency_edges_are_checked_where_they_are_written() {
+        let cfg = parse(
+            "dependencies:\n  - { from: frontend, to: api, ratio: 2 }\n  - { from: api, to: db, kind: optional, ratio: 0.5 }\n",
+            "cp.yaml",
+        )
+        .unwrap();
+        assert_eq!(cfg.dependencies.len(), 2);
+        assert_eq!(cfg.dependencies[0].kind, crate::deps::Kind::Mandatory);
+        let err = parse(
+            "dependencies:\n  - { from: api, to: db, ratio: 1 }\n  - { from: db, to: db, ratio: -1 }\n",
+            "cp.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cp.yaml:3:5: dependencies[1].to: a service cannot depend on itself")
+                && err.contains("cp.yaml:3:5: dependencies[1].ratio: expected calls per request"),
+            "{err}"
+        );
+        let err = parse(
+            "dependencies:\n  - { from: a, to: b, kind: sometimes, ratio: 1 }\n",
+            "cp.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("cp.yaml:2:") && err.contains("dependencies[0].kind"),
+            "{err}"
         );
     }
 

@@ -28,6 +28,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod behaviour;
 pub mod config;
+pub mod deps;
 pub mod discovery;
 pub mod events;
 pub mod forecast;

@@ -128,6 +128,17 @@ pub async fn run(
     if !bad.is_empty() {
         tracing::warn!(services = ?bad, "load histories in the store could not be read; starting them afresh");
     }
+    let s = store.clone();
+    let deps = Arc::new(blocking(move || crate::deps::Dependencies::load(s)).await?);
+    for e in &cfg.dependencies {
+        let spec = crate::deps::EdgeSpec {
+            kind: e.kind,
+            ratio: e.ratio,
+        };
+        let (d, from, to) = (deps.clone(), e.from.clone(), e.to.clone());
+        // Validated with the config: only the store can fail here.
+        let _ = blocking(move || d.put(&from, &to, spec)).await?;
+    }
     let proxies = Arc::new(Proxies::default());
     let metrics = Arc::new(Metrics::default());
     let registry = metrics.registry(proxies.clone());
@@ -184,6 +195,7 @@ pub async fn run(
         proxies: proxies.clone(),
         profiler: profiler.clone(),
         ejections: ejections.clone(),
+        deps: deps.clone(),
     };
     // Discovery: every backend feeds one merger, which owns writes of discovered clusters.
     let (updates, updates_rx) = tokio::sync::mpsc::channel(1024);
@@ -245,6 +257,7 @@ pub async fn run(
         profiler: profiler.clone(),
         metrics: Arc::new(registry),
         ejections,
+        deps,
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -23,6 +23,8 @@ const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resour
 const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
 const MODELS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("models");
 const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
+/// Manual dependency edges (JSON) by `from -> to`.
+const DEPENDENCIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dependencies");
 /// Scaling decisions by sequence number (JSON), the newest `DECISIONS_KEPT`.
 const DECISIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("decisions");
 const DECISIONS_KEPT: u64 = 100_000;
@@ -76,6 +78,7 @@ impl Store {
             tx.open_table(MODELS)?;
             tx.open_table(SECRETS)?;
             tx.open_table(DECISIONS)?;
+            tx.open_table(DEPENDENCIES)?;
             tx.commit()?;
             Ok(db)
         };
@@ -198,10 +201,39 @@ impl Store {
         Ok(v.map(|v| v.value().to_vec()))
     }
 
+    /// Saves one manual dependency edge, replacing the previous one.
+    pub fn put_dependency(&self, key: &str, json: &[u8]) -> Result<(), StoreError> {
+        self.put_bytes(DEPENDENCIES, key, json)
+    }
+
+    /// Forgets one manual dependency edge; whether it was there.
+    pub fn delete_dependency(&self, key: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        let had = {
+            let mut t = tx.open_table(DEPENDENCIES).map_err(redb::Error::from)?;
+            let had = t.remove(key).map_err(redb::Error::from)?.is_some();
+            had
+        };
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(had)
+    }
+
+    /// Every manual dependency edge.
+    pub fn dependencies(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.all(DEPENDENCIES)
+    }
+
     /// Every saved load history.
     pub fn series(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.all(SERIES)
+    }
+
+    fn all(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let tx = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = tx.open_table(SERIES).map_err(redb::Error::from)?;
+        let t = tx.open_table(table).map_err(redb::Error::from)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(redb::Error::from)? {
             let (k, v) = item.map_err(redb::Error::from)?;

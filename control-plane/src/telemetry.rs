@@ -1,5 +1,6 @@
 //! The telemetry stream's server side: each proxy streams load reports; counts and
-//! latency go to `Load`, sampled user transitions to the behaviour profiler.
+//! latency go to `Load`, sampled user transitions to the behaviour profiler, calls
+//! between services to the dependency map.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,11 +23,13 @@ pub struct TelemetryService {
     pub proxies: Arc<Proxies>,
     pub profiler: Arc<Mutex<Profiler>>,
     pub ejections: Arc<Ejections>,
+    pub deps: Arc<crate::deps::Dependencies>,
 }
 
 impl TelemetryService {
-    /// Takes in one report.
-    pub fn ingest(&self, node: &str, report: &LoadReport) {
+    /// Takes in one report of proxy `node`, a sidecar of `service` (empty: standalone).
+    pub fn ingest(&self, node: &str, service: &str, report: &LoadReport) {
+        self.deps.observe(service, report);
         for e in self.load.ingest(report) {
             tracing::warn!(node, error = %e, "telemetry report partly unreadable");
         }
@@ -55,13 +58,14 @@ impl Telemetry for TelemetryService {
         request: Request<Streaming<LoadReport>>,
     ) -> Result<Response<ReportSummary>, Status> {
         let mut inbound = request.into_inner();
-        let mut node = String::new();
+        let (mut node, mut service) = (String::new(), String::new());
         let mut reports = 0;
         while let Some(report) = inbound.message().await? {
             if let Some(n) = &report.node {
                 node.clone_from(&n.id);
+                service.clone_from(&n.service);
             }
-            self.ingest(&node, &report);
+            self.ingest(&node, &service, &report);
             reports += 1;
         }
         Ok(Response::new(ReportSummary { reports }))

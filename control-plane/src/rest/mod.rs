@@ -43,6 +43,7 @@ pub struct Api {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     pub ejections: Arc<crate::health::Ejections>,
     pub autoscaling: Arc<crate::autoscale::Autoscaling>,
+    pub deps: Arc<crate::deps::Dependencies>,
 }
 
 /// Declares the bearer-token scheme (see `auth`) and requires it everywhere; `/metrics`
@@ -110,7 +111,11 @@ impl utoipa::Modify for BearerAuth {
         scaling::list_decisions,
         scaling::list_scaled,
         scaling::get_policy,
-        scaling::put_policy
+        scaling::put_policy,
+        deps::list_edges,
+        deps::get_edge,
+        deps::put_edge,
+        deps::delete_edge
     ),
     components(schemas(
         Cluster,
@@ -141,12 +146,17 @@ impl utoipa::Modify for BearerAuth {
         crate::actuate::Status,
         crate::actuate::TierResources,
         crate::autoscale::policy::Policy,
-        crate::autoscale::policy::Rule
+        crate::autoscale::policy::Rule,
+        crate::deps::Edge,
+        crate::deps::EdgeSpec,
+        crate::deps::Kind,
+        crate::deps::Observation
     ))
 )]
 struct ApiDoc;
 
 mod demand;
+mod deps;
 mod events;
 mod qos;
 mod scaling;
@@ -214,6 +224,13 @@ pub fn router(api: Api) -> Router {
         .route(
             "/v1/autoscaling/{service}/policy",
             get(scaling::get_policy).put(scaling::put_policy),
+        )
+        .route("/v1/dependencies", get(deps::list_edges))
+        .route(
+            "/v1/dependencies/{from}/{to}",
+            get(deps::get_edge)
+                .put(deps::put_edge)
+                .delete(deps::delete_edge),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
