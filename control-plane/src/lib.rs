@@ -37,6 +37,7 @@ pub mod identity;
 pub mod inject;
 pub mod load;
 pub mod metrics;
+pub mod negotiate;
 pub mod planner;
 pub mod predict;
 pub mod proxies;

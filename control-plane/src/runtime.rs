@@ -245,6 +245,8 @@ pub async fn run(
         metrics: metrics.clone(),
         profiler: profiler.clone(),
         registry: actuated,
+        deps: deps.clone(),
+        alerts: alerts.clone(),
     };
     let api = Api {
         requests,

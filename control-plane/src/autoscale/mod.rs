@@ -17,6 +17,7 @@
 
 pub mod capacity;
 pub mod config;
+pub mod negotiation;
 pub mod peak;
 pub mod policy;
 pub mod warm;
@@ -109,6 +110,8 @@ pub struct Autoscaling {
     now: Mutex<BTreeMap<String, ServiceState>>,
     /// Each scaled service's policy: the config's, replaced by `PUT` (kept in the store).
     policies: Mutex<BTreeMap<String, (Policy, u32)>>,
+    /// Negotiations with dependencies before scale-ups (`/v1/negotiations`).
+    pub negotiations: negotiation::Log,
 }
 
 /// The store's `models` key of a service's policy set through the API.
@@ -141,6 +144,7 @@ impl Autoscaling {
             store,
             now: Mutex::default(),
             policies: Mutex::new(policies),
+            negotiations: negotiation::Log::default(),
         })
     }
 
@@ -255,6 +259,10 @@ pub struct Inputs {
     pub profiler: Arc<Mutex<crate::behaviour::Profiler>>,
     /// Instances the actuators start are registered here.
     pub registry: mpsc::Sender<Update>,
+    /// The dependency map scale-ups are negotiated along.
+    pub deps: Arc<crate::deps::Dependencies>,
+    /// Where a failed negotiation is alerted.
+    pub alerts: Arc<crate::sla::alerts::Alerts>,
 }
 
 /// Runs until `stop` turns true, then stops every instance the actuators started.
@@ -303,6 +311,7 @@ pub async fn run(
         for (tenant, ceiling) in &cfg.tenants {
             contend(tenant, ceiling, &scaled, &mut planned);
         }
+        negotiation::run(&scaled, &mut planned, &inputs, &shared, now_ms);
         // Concurrently, each bounded: a slow actuator (an API server retrying) must not
         // hold back the other services' scaling.
         let limit = interval.max(ACTUATOR_TIMEOUT);

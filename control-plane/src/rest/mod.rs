@@ -112,6 +112,7 @@ impl utoipa::Modify for BearerAuth {
         scaling::list_scaled,
         scaling::get_policy,
         scaling::put_policy,
+        scaling::list_negotiations,
         deps::list_edges,
         deps::get_edge,
         deps::put_edge,
@@ -150,7 +151,11 @@ impl utoipa::Modify for BearerAuth {
         crate::deps::Edge,
         crate::deps::EdgeSpec,
         crate::deps::Kind,
-        crate::deps::Observation
+        crate::deps::Observation,
+        crate::negotiate::Negotiation,
+        crate::negotiate::Exchange,
+        crate::negotiate::Proposal,
+        crate::negotiate::Answer
     ))
 )]
 struct ApiDoc;
@@ -225,6 +230,7 @@ pub fn router(api: Api) -> Router {
             "/v1/autoscaling/{service}/policy",
             get(scaling::get_policy).put(scaling::put_policy),
         )
+        .route("/v1/negotiations", get(scaling::list_negotiations))
         .route("/v1/dependencies", get(deps::list_edges))
         .route(
             "/v1/dependencies/{from}/{to}",

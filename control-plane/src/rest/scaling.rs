@@ -7,7 +7,7 @@ use crate::autoscale::{DecisionRecord, PolicyError, ServiceState};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(super) struct DecisionsQuery {
-    /// Only this service's decisions.
+    /// Only this service's.
     service: Option<String>,
     /// How many, newest first (1-1000, default 100).
     limit: Option<usize>,
@@ -22,13 +22,7 @@ pub(super) async fn list_decisions(
     q: Result<Query<DecisionsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<DecisionRecord>>, ApiError> {
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(vec![FieldError {
-            field: "limit".into(),
-            message: format!("expected 1 to 1000, found {limit}"),
-        }]));
-    }
+    let limit = limit(q.limit)?;
     Ok(Json(api.autoscaling.decisions(q.service, limit).await?))
 }
 
@@ -74,4 +68,33 @@ pub(super) async fn put_policy(
         )),
         Err(PolicyError::Store(e)) => Err(e.into()),
     }
+}
+
+/// Negotiations of scale-ups with the services' dependencies, newest first: what was
+/// wanted and granted, every proposal and answer, degraded dependencies.
+#[utoipa::path(get, path = "/v1/negotiations", params(DecisionsQuery),
+    responses((status = 200, body = [crate::negotiate::Negotiation]), (status = 400, body = ApiError)))]
+pub(super) async fn list_negotiations(
+    State(api): State<Api>,
+    q: Result<Query<DecisionsQuery>, QueryRejection>,
+) -> Result<Json<Vec<crate::negotiate::Negotiation>>, ApiError> {
+    let q = query(q)?;
+    let limit = limit(q.limit)?;
+    Ok(Json(
+        api.autoscaling
+            .negotiations
+            .list(q.service.as_deref(), limit),
+    ))
+}
+
+/// `limit`: 1 to 1000, default 100.
+fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: "limit".into(),
+            message: format!("expected 1 to 1000, found {limit}"),
+        }]));
+    }
+    Ok(limit)
 }

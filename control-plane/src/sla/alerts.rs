@@ -60,7 +60,8 @@ pub struct Alert {
     pub service: String,
     pub qos_profile: String,
     pub tier: String,
-    /// `latency_p99`, `latency_p50` or `reliability`.
+    /// `latency_p99`, `latency_p50` or `reliability`; `negotiation` for a scale-up the
+    /// dependencies refused (`measured`: instances granted, `target`: wanted).
     pub objective: String,
     /// `firing` or `resolved`.
     pub state: String,
@@ -193,6 +194,53 @@ impl Alerts {
         }
         metrics.alerts_firing.set(s.firing.len() as i64);
         out
+    }
+
+    /// Fires (once; later calls update it) the alert of a scale-up of `n.service` that
+    /// its dependencies could not carry at all; delivered with the SLA alerts.
+    pub fn raise_negotiation(&self, n: &crate::negotiate::Negotiation) {
+        let id = format!("{}/-/negotiation", n.service);
+        let message = format!(
+            "{}: scaling from {} to {} instances was refused by its dependencies ({:.1} req/s more asked, none carried)",
+            n.service, n.current, n.wanted, n.extra_rps
+        );
+        let mut s = self.state.lock().expect("alerts lock poisoned");
+        if let Some((a, _)) = s.firing.get_mut(&id) {
+            a.measured = f64::from(n.granted);
+            a.target = f64::from(n.wanted);
+            a.message = message;
+            return;
+        }
+        tracing::warn!(service = %n.service, "negotiation failed: alert");
+        let alert = Alert {
+            id: id.clone(),
+            service: n.service.clone(),
+            qos_profile: String::new(),
+            tier: String::new(),
+            objective: "negotiation".into(),
+            state: "firing".into(),
+            measured: f64::from(n.granted),
+            target: f64::from(n.wanted),
+            started_at: rfc3339(SystemTime::now()),
+            ended_at: None,
+            message,
+        };
+        s.firing.insert(id, (alert, None));
+    }
+
+    /// Resolves `service`'s negotiation alert, if one is firing.
+    pub fn resolve_negotiation(&self, service: &str) {
+        let id = format!("{service}/-/negotiation");
+        let mut s = self.state.lock().expect("alerts lock poisoned");
+        if let Some((mut a, _)) = s.firing.remove(&id) {
+            a.state = "resolved".into();
+            a.ended_at = Some(rfc3339(SystemTime::now()));
+            s.undelivered.push(a.clone());
+            s.resolved.push_back(a);
+            if s.resolved.len() > KEEP_RESOLVED {
+                s.resolved.pop_front();
+            }
+        }
     }
 
     /// Keeps resolves that could not be delivered for the next round.

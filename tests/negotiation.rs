@@ -1,0 +1,141 @@
+//! Negotiation before scaling, live: a control plane scales a three-service chain
+//! (frontend calls api once per request, api calls db twice) through dry-run actuators,
+//! while a real proxy carries real traffic to frontend. db may grow to two instances of
+//! 10 req/s: the chain carries 10 req/s of frontend traffic, so frontend's scale-up is
+//! negotiated down to two instances of 5 req/s, db scales for it, and the rest is refused
+//! and alerted.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::control_plane::ControlPlane;
+use support::*;
+
+const CONFIG: &str = r#"
+services:
+  - name: frontend
+    endpoints: [{ address: "FRONTEND" }]
+routes:
+  - { name: frontend, cluster: frontend }
+dependencies:
+  - { from: frontend, to: api, kind: mandatory, ratio: 1 }
+  - { from: api, to: db, kind: mandatory, ratio: 2 }
+autoscaling:
+  interval: 300ms
+  services:
+    - { service: frontend, capacity_rps: 5, max: 10, learn_capacity: false, predictive: false, actuator: { dry_run: {} } }
+    - { service: api, capacity_rps: 100, max: 10, predictive: false, actuator: { dry_run: {} } }
+    - { service: db, capacity_rps: 10, max: 2, predictive: false, actuator: { dry_run: {} } }
+"#;
+
+async fn scaled(cp: &ControlPlane, service: &str) -> serde_json::Value {
+    let list = cp.get("/v1/autoscaling").await;
+    list.as_array()
+        .and_then(|l| l.iter().find(|s| s["service"] == service).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test]
+async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
+    let frontend = Upstream::spawn("frontend").await;
+    let dir = TempDir::new();
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(&cfg, CONFIG.replace("FRONTEND", &frontend.addr.to_string())).unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: edge\n  report_interval: 100ms\n",
+        cp.url()
+    )))
+    .await;
+    let c = h1_client();
+    wait_until(Duration::from_secs(10), || async {
+        (get(&c, &proxy.url("/")).await.status == 200).then_some(())
+    })
+    .await
+    .expect("the proxy routes to frontend");
+
+    // 20 req/s to frontend: it wants ⌈20 / (5 × 0.8)⌉ = 5 instances.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (stop, url) = (stop.clone(), proxy.url("/"));
+        tokio::spawn(async move {
+            let c = h1_client();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                assert_eq!(get(&c, &url).await.status, 200);
+            }
+        })
+    };
+    // The chain refuses what db cannot carry: an alert fires.
+    let alert = wait_until(Duration::from_secs(30), || async {
+        let alerts = cp.get("/v1/alerts").await;
+        alerts
+            .as_array()?
+            .iter()
+            .find(|a| a["objective"] == "negotiation" && a["state"] == "firing")
+            .cloned()
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    let negotiations = cp.get("/v1/negotiations?service=frontend").await;
+    let seen = cp.get("/v1/decisions?service=frontend").await;
+    let alert = alert.unwrap_or_else(|| panic!("no negotiation alert: {negotiations:#}\n{seen:#}"));
+    assert_eq!(alert["service"], "frontend", "{alert}");
+
+    // frontend holds at two instances: 10 req/s through api is 20 req/s at db, all db
+    // can take at its max of two.
+    let front = scaled(&cp, "frontend").await;
+    assert_eq!(front["target"], 2, "{front:#}\n{negotiations:#}");
+    let db = scaled(&cp, "db").await;
+    assert_eq!(db["target"], 2, "{db:#}");
+    let list = negotiations.as_array().unwrap();
+    let failed = list
+        .iter()
+        .find(|n| n["outcome"] == "failed")
+        .expect("a failed one");
+    assert_eq!(failed["granted"], failed["current"], "{failed:#}");
+    let to_db: Vec<&serde_json::Value> = failed["exchanges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["proposal"]["service"] == "db")
+        .collect();
+    // db rejects, or counters with less than one more frontend instance would send it.
+    assert!(
+        !to_db.is_empty()
+            && to_db.iter().all(|x| x["answer"]["answer"] == "reject"
+                || (x["answer"]["answer"] == "counter"
+                    && x["answer"]["extra_rps"].as_f64().unwrap() < 10.0)),
+        "db refused: {failed:#}"
+    );
+    // db's second instance was planned for api's share of frontend's change: recorded.
+    let decisions = cp.get("/v1/decisions?service=db").await;
+    assert!(
+        decisions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["adjustments"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|s| s.as_str().unwrap().contains("negotiated: 1 more for api")))),
+        "{decisions:#}"
+    );
+    let decisions = cp.get("/v1/decisions?service=frontend").await;
+    assert!(
+        decisions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["adjustments"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|s| s.as_str().unwrap().starts_with("negotiated")))),
+        "{decisions:#}"
+    );
+    drop(proxy);
+    cp.stop().await;
+}
