@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/need.sh
 need protoc:protobuf-compiler curl:curl h2load:nghttp2-client openssl:openssl etcd:etcd-server kill:procps \
+  nats-server:nats-server \
   ip:iproute2 iptables:iptables runuser:util-linux setpriv:util-linux python3:python3
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 # kubernetes-validate (PyPI; bundles the Kubernetes OpenAPI schemas) for the deploy/ tests,

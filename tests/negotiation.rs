@@ -3,7 +3,7 @@
 //! while a real proxy carries real traffic to frontend. db may grow to two instances of
 //! 10 req/s: the chain carries 10 req/s of frontend traffic, so frontend's scale-up is
 //! negotiated down to two instances of 5 req/s, db scales for it, and the rest is refused
-//! and alerted.
+//! and alerted. The negotiations reach a real NATS server through the event bus exporter.
 
 mod support;
 
@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use support::control_plane::ControlPlane;
+use support::nats::Nats;
 use support::*;
 
 const CONFIG: &str = r#"
@@ -29,6 +31,8 @@ autoscaling:
     - { service: frontend, capacity_rps: 5, max: 10, learn_capacity: false, predictive: false, actuator: { dry_run: {} } }
     - { service: api, capacity_rps: 100, max: 10, predictive: false, actuator: { dry_run: {} } }
     - { service: db, capacity_rps: 10, max: 2, predictive: false, actuator: { dry_run: {} } }
+events:
+  nats: { url: "NATS", subject_prefix: mesh }
 "#;
 
 async fn scaled(cp: &ControlPlane, service: &str) -> serde_json::Value {
@@ -41,9 +45,19 @@ async fn scaled(cp: &ControlPlane, service: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
     let frontend = Upstream::spawn("frontend").await;
+    let nats = Nats::start().await;
+    let follower = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let mut published = follower.subscribe("mesh.negotiation.>").await.unwrap();
+    follower.flush().await.unwrap();
     let dir = TempDir::new();
     let cfg = dir.0.join("cp.yaml");
-    std::fs::write(&cfg, CONFIG.replace("FRONTEND", &frontend.addr.to_string())).unwrap();
+    std::fs::write(
+        &cfg,
+        CONFIG
+            .replace("FRONTEND", &frontend.addr.to_string())
+            .replace("NATS", &nats.url),
+    )
+    .unwrap();
     let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: {}\n  node_id: edge\n  report_interval: 100ms\n",
@@ -136,6 +150,31 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
                 .any(|s| s.as_str().unwrap().starts_with("negotiated")))),
         "{decisions:#}"
     );
+
+    // Proposals, answers and outcomes were published to NATS as they happened.
+    let mut subjects = std::collections::BTreeSet::new();
+    let mut failed_outcome = None;
+    while failed_outcome.is_none() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), published.next())
+            .await
+            .expect("negotiation events on NATS")
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        if msg.subject.as_str() == "mesh.negotiation.outcome.frontend"
+            && body["outcome"] == "failed"
+        {
+            failed_outcome = Some(body);
+        }
+        subjects.insert(msg.subject.to_string());
+    }
+    for s in [
+        "mesh.negotiation.proposal.api",
+        "mesh.negotiation.proposal.db",
+        "mesh.negotiation.answer.db",
+    ] {
+        assert!(subjects.contains(s), "{s} in {subjects:?}");
+    }
+    assert_eq!(failed_outcome.unwrap()["granted"], 2);
     drop(proxy);
     cp.stop().await;
 }

@@ -56,6 +56,8 @@ struct Raw {
     /// With where each is in the file, for its errors.
     #[serde(default)]
     dependencies: Vec<serde_saphyr::Spanned<crate::deps::ConfigEdge>>,
+    #[serde(default)]
+    events: crate::bus::EventsConfig,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -94,6 +96,8 @@ pub struct Config {
     pub autoscaling: crate::autoscale::AutoscalingConfig,
     /// Manual dependency edges, imported into the store at start.
     pub dependencies: Vec<crate::deps::ConfigEdge>,
+    /// Where the event bus is exported.
+    pub events: crate::bus::EventsConfig,
 }
 
 impl Default for Config {
@@ -115,6 +119,7 @@ impl Default for Config {
             identity: Default::default(),
             autoscaling: Default::default(),
             dependencies: Vec::new(),
+            events: Default::default(),
         }
     }
 }
@@ -303,6 +308,11 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             None => errors.push(format!("{source}: {e}")),
         }
     }
+    if let Some(n) = &raw.events.nats {
+        for e in n.check() {
+            errors.push(format!("{source}: events.nats.{e}"));
+        }
+    }
     for (field, message) in raw.identity.check() {
         errors.push(format!("{source}: identity.{field}: {message}"));
     }
@@ -330,6 +340,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         identity: raw.identity,
         autoscaling: raw.autoscaling,
         dependencies: raw.dependencies.into_iter().map(|s| s.value).collect(),
+        events: raw.events,
     })
 }
 

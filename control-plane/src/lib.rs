@@ -27,6 +27,7 @@ pub mod actuate;
 pub mod auth;
 pub mod autoscale;
 pub mod behaviour;
+pub mod bus;
 pub mod config;
 pub mod deps;
 pub mod discovery;

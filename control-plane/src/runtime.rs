@@ -139,6 +139,7 @@ pub async fn run(
         // Validated with the config: only the store can fail here.
         let _ = blocking(move || d.put(&from, &to, spec)).await?;
     }
+    let bus = crate::bus::Bus::default();
     let proxies = Arc::new(Proxies::default());
     let metrics = Arc::new(Metrics::default());
     let registry = metrics.registry(proxies.clone());
@@ -247,6 +248,7 @@ pub async fn run(
         registry: actuated,
         deps: deps.clone(),
         alerts: alerts.clone(),
+        bus: bus.clone(),
     };
     let api = Api {
         requests,
@@ -271,6 +273,9 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    if let Some(nats) = cfg.events.nats.clone() {
+        tokio::spawn(crate::bus::export_nats(nats, bus, stop_rx.clone()));
+    }
     let scaler = tokio::spawn(crate::autoscale::run(
         cfg.autoscaling.clone(),
         autoscaling,

@@ -8,6 +8,7 @@
 
 pub mod control_plane;
 pub mod etcd;
+pub mod nats;
 pub mod replay;
 
 use std::collections::BTreeMap;

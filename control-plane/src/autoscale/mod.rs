@@ -263,6 +263,8 @@ pub struct Inputs {
     pub deps: Arc<crate::deps::Dependencies>,
     /// Where a failed negotiation is alerted.
     pub alerts: Arc<crate::sla::alerts::Alerts>,
+    /// Where negotiations are published as they happen.
+    pub bus: crate::bus::Bus,
 }
 
 /// Runs until `stop` turns true, then stops every instance the actuators started.

@@ -363,6 +363,7 @@ pub(super) fn run(
         } else {
             inputs.alerts.resolve_negotiation(service);
         }
+        publish(&inputs.bus, &n);
         shared.negotiations.record(n);
     }
     for (i, (more, callers)) in managers.committed {
@@ -375,6 +376,29 @@ pub(super) fn run(
             planned[i].target = want;
         }
     }
+}
+
+/// Each exchange (`negotiation.proposal.<dependency>`, `negotiation.answer.<dependency>`)
+/// and the outcome (`negotiation.outcome.<service>`) on the event bus.
+fn publish(bus: &crate::bus::Bus, n: &Negotiation) {
+    for x in &n.exchanges {
+        let id = serde_json::json!(n.id);
+        let mut proposal = serde_json::to_value(&x.proposal).expect("serializes");
+        proposal["negotiation"] = id.clone();
+        bus.publish(
+            format!("negotiation.proposal.{}", x.proposal.service),
+            proposal,
+        );
+        let mut answer = serde_json::to_value(&x.answer).expect("serializes");
+        answer["negotiation"] = id;
+        answer["service"] = serde_json::json!(x.proposal.service);
+        bus.publish(format!("negotiation.answer.{}", x.proposal.service), answer);
+    }
+    let mut outcome = serde_json::to_value(n).expect("serializes");
+    if let Some(o) = outcome.as_object_mut() {
+        o.remove("exchanges");
+    }
+    bus.publish(format!("negotiation.outcome.{}", n.service), outcome);
 }
 
 #[cfg(test)]
