@@ -55,6 +55,70 @@ fn schedule(path: &Path) -> Vec<(u64, u32)> {
         .collect()
 }
 
+/// With a dependency (two calls per request, 1 req/s per instance, scaling reactively on
+/// what it receives), negotiating each scale-up with it first scales it with its caller:
+/// fewer requests fail there, through the control plane's own negotiation code.
+#[test]
+fn negotiated_scale_ups_spare_the_dependency_its_cold_starts() {
+    let dir = TempDir::new();
+    let trace = dir.0.join("nasa.csv");
+    nasa_5min(3, &trace);
+    let run = |negotiate: bool| -> serde_json::Value {
+        let mut args = vec![
+            "replay",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--capacity",
+            "0.5",
+            "--cold-start",
+            "300",
+            "--policy",
+            "presage",
+            "--chain-ratio",
+            "2",
+            "--chain-capacity",
+            "1",
+            "--chain-cold-start",
+            "300",
+        ];
+        if negotiate {
+            args.push("--negotiate");
+        }
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (off, on) = (run(false), run(true));
+    let at_dep = |j: &serde_json::Value| j["violations_at_dependency"].as_f64().unwrap();
+    assert_eq!(off["negotiations"], 0);
+    assert!(on["negotiations"].as_u64().unwrap() > 0, "{on}");
+    assert_eq!(on["requests"], off["requests"]);
+    assert!(at_dep(&on) < 0.5 * at_dep(&off), "on {on}\noff {off}");
+    // A bad chain is named.
+    let out = Command::new(BIN)
+        .args([
+            "replay",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--capacity",
+            "1",
+            "--cold-start",
+            "30",
+            "--chain-ratio",
+            "2",
+            "--chain-capacity",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--chain-capacity"));
+}
+
 #[test]
 fn the_planner_scales_ahead_of_demand_that_reactive_baselines_chase() {
     let dir = TempDir::new();

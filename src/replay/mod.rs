@@ -6,6 +6,7 @@
 //! happened before the simulated second they decide at, so a truncated trace gives the
 //! same schedule up to the cut.
 
+mod chain;
 mod policies;
 mod sim;
 
@@ -48,6 +49,22 @@ pub struct ReplayArgs {
     /// Presage: seconds a lower target must hold before instances are removed.
     #[arg(long, default_value_t = 60)]
     scale_down_delay: u64,
+    /// Presage with a dependency: each request served makes this many calls to a service
+    /// that scales reactively on what it receives (see `--chain-capacity`).
+    #[arg(long)]
+    chain_ratio: Option<f64>,
+    /// The dependency's requests per second per instance.
+    #[arg(long, requires = "chain_ratio")]
+    chain_capacity: Option<f64>,
+    /// The dependency's instances at most.
+    #[arg(long, default_value_t = 10_000)]
+    chain_max: u32,
+    /// The dependency's cold start (default: `--cold-start`).
+    #[arg(long)]
+    chain_cold_start: Option<u64>,
+    /// Negotiate each of Presage's scale-ups with the dependency first.
+    #[arg(long, requires = "chain_ratio")]
+    negotiate: bool,
     /// Write Presage's decisions with their reasons, one JSON object per line.
     #[arg(long)]
     decisions_out: Option<PathBuf>,
@@ -138,6 +155,9 @@ pub fn run(a: ReplayArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    if let Some(ratio) = a.chain_ratio {
+        return run_chain(&a, &steps, step_s, ratio);
+    }
     let mut presage = None;
     let outcome = match a.policy {
         PolicyName::Presage => {
@@ -220,5 +240,49 @@ pub fn run(a: ReplayArgs) -> ExitCode {
             outcome.scaling_actions
         )
     };
+    ExitCode::SUCCESS
+}
+
+/// `--chain-ratio`: Presage with a dependency, negotiated or not (`chain`).
+fn run_chain(a: &ReplayArgs, steps: &[f64], step_s: u64, ratio: f64) -> ExitCode {
+    let Some(capacity) = a.chain_capacity.filter(|c| c.is_finite() && *c > 0.0) else {
+        eprintln!("--chain-capacity: expected a positive number of requests/s");
+        return ExitCode::from(EX_USAGE);
+    };
+    if !(ratio.is_finite() && ratio > 0.0 && matches!(a.policy, PolicyName::Presage)) {
+        eprintln!("--chain-ratio: expected calls per request above 0, with --policy presage");
+        return ExitCode::from(EX_USAGE);
+    }
+    let dep = chain::Dependency {
+        ratio,
+        capacity,
+        max: a.chain_max.max(1),
+        cold_start: a.chain_cold_start.unwrap_or(a.cold_start),
+    };
+    let mut p = policies::Presage::new(
+        a.capacity,
+        a.cold_start,
+        step_s,
+        a.level,
+        a.floor_utilisation,
+        a.scale_down_delay,
+    );
+    let o = chain::run(
+        steps,
+        step_s,
+        a.capacity,
+        a.cold_start,
+        &mut p,
+        &dep,
+        a.negotiate,
+    );
+    let mut v = serde_json::to_value(&o).expect("an outcome serializes");
+    v["policy"] = json!(if a.negotiate {
+        "presage+negotiation"
+    } else {
+        "presage"
+    });
+    v["trace"] = json!(a.trace.display().to_string());
+    let _ = writeln!(std::io::stdout().lock(), "{v}");
     ExitCode::SUCCESS
 }

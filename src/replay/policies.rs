@@ -13,6 +13,8 @@ use super::sim::{Observed, Policy};
 pub struct Presage {
     planner: Planner,
     pub decisions: Vec<(u64, Decision)>,
+    /// The forecast's bound at the last decision (requests/s), if any.
+    pub last_upper_rps: Option<f64>,
 }
 
 impl Presage {
@@ -35,6 +37,7 @@ impl Presage {
         Presage {
             planner: Planner::new(cfg),
             decisions: Vec::new(),
+            last_upper_rps: None,
         }
     }
 }
@@ -51,6 +54,7 @@ impl Policy for Presage {
             o.mean_rate(OBSERVED_WINDOW.as_secs()),
         );
         let target = d.target;
+        self.last_upper_rps = d.forecast_upper_rps;
         if self
             .decisions
             .last()

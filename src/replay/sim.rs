@@ -21,7 +21,18 @@ pub struct Observed<'a> {
     pub ready: u32,
 }
 
-impl Observed<'_> {
+impl<'a> Observed<'a> {
+    /// What a policy sees at `now`: `prefix` holds the seconds before it (see the field).
+    pub fn new(now: u64, prefix: &'a [f64], steps: &'a [f64], instances: u32, ready: u32) -> Self {
+        Observed {
+            now,
+            prefix,
+            steps,
+            instances,
+            ready,
+        }
+    }
+
     /// Mean rate of the last `secs` seconds (fewer at the start).
     pub fn mean_rate(&self, secs: u64) -> f64 {
         let n = self.prefix.len() - 1;

@@ -85,6 +85,13 @@ pub struct Capacity {
     pub scaled: Option<usize>,
 }
 
+impl Capacity {
+    /// Instances its demand needs, within its limit.
+    pub fn required(&self) -> u32 {
+        ((self.demand_rps / self.per_instance - 1e-9).ceil().max(0.0) as u32).min(self.limit)
+    }
+}
+
 /// The managers of every service a negotiation may reach.
 pub struct Managers {
     pub now_ms: i64,
@@ -294,7 +301,7 @@ pub(super) fn run(
         else {
             continue;
         };
-        let required = ((c.demand_rps / c.per_instance - 1e-9).ceil().max(0.0) as u32).min(c.limit);
+        let required = c.required();
         if required > c.instances {
             planned[i].adjustments.push(format!(
                 "its callers pass on {:.1} req/s: {required} instances",
