@@ -47,13 +47,6 @@ autoscaling:
       actuator: { dry_run: {} }
 "#;
 
-async fn scaled(cp: &ControlPlane, service: &str) -> serde_json::Value {
-    let list = cp.get("/v1/autoscaling").await;
-    list.as_array()
-        .and_then(|l| l.iter().find(|s| s["service"] == service).cloned())
-        .unwrap_or(serde_json::Value::Null)
-}
-
 /// The api service's endpoints (none before the first instance made the cluster).
 async fn endpoints(cp: &ControlPlane) -> BTreeSet<String> {
     cp.call(http::Method::GET, "/v1/services/api", "").await.1["endpoints"]
@@ -101,7 +94,7 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
 
     // The minimum: one instance, started as a process and registered once ready.
     let first = wait_until(Duration::from_secs(15), || async {
-        let s = scaled(&cp, "api").await;
+        let s = cp.scaled("api").await;
         (s["status"]["ready"] == 1).then_some(s)
     })
     .await
@@ -153,7 +146,7 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     let traffic = tokio::spawn(load(proxy.url("/"), 120, 6));
     let catalog_traffic = tokio::spawn(load(proxy.url("/catalog"), 40, 6));
     let up = wait_until(Duration::from_secs(15), || async {
-        let s = scaled(&cp, "api").await;
+        let s = cp.scaled("api").await;
         (s["status"]["ready"] == 4).then_some(s)
     })
     .await
@@ -193,7 +186,7 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
 
     // The load is gone: after the scale-down delay, back to one; the others stop.
     let down = wait_until(Duration::from_secs(20), || async {
-        let s = scaled(&cp, "api").await;
+        let s = cp.scaled("api").await;
         (s["status"]["ready"] == 1 && s["status"]["starting"] == 0).then_some(s)
     })
     .await
@@ -210,7 +203,7 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     }
 
     // The dry run records decisions and starts nothing: the catalog keeps its endpoint.
-    let dry = scaled(&cp, "catalog").await;
+    let dry = cp.scaled("catalog").await;
     assert_eq!(dry["actuator"], "dry_run");
     let rec = cp.get("/v1/decisions?service=catalog&limit=50").await;
     assert!(rec
@@ -413,7 +406,7 @@ autoscaling:
     let alice = requests_as(proxy.url("/"), "alice", stop.clone());
     let bob = requests_as(proxy.url("/"), "bob", stop.clone());
     let warm = wait_until(Duration::from_secs(20), || async {
-        let s = scaled(&cp, "api").await;
+        let s = cp.scaled("api").await;
         (s["status"]["warm_ready"] == 1).then_some(s)
     })
     .await
@@ -496,7 +489,7 @@ autoscaling:
 
     // Nobody predicted any more: after its window the warm instance is released.
     wait_until(Duration::from_secs(15), || async {
-        let s = scaled(&cp, "api").await;
+        let s = cp.scaled("api").await;
         (s["status"]["warm_ready"] == 0 && s["warm"] == serde_json::json!({})).then_some(())
     })
     .await
@@ -588,7 +581,7 @@ autoscaling:
     }
     // She leaves; the warm pool her session asked for goes after its window.
     wait_until(Duration::from_secs(20), || async {
-        let s = scaled(&cp, "api").await;
+        let s = cp.scaled("api").await;
         (s["warm"] == serde_json::json!({}) && s["status"]["warm_ready"] == 0).then_some(())
     })
     .await
@@ -614,7 +607,7 @@ autoscaling:
         call_as(&proxy, "/catalog", "alice").await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         let w = warm_endpoint().await?;
-        let s = scaled(&cp, "api").await;
+        let s = cp.scaled("api").await;
         (s["status"]["warm_ready"] == 1).then_some(w)
     })
     .await

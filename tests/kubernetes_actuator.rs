@@ -25,12 +25,15 @@ fn reply(v: &serde_json::Value) -> Reply {
     }
 }
 
-/// The scaled service's state at `/v1/autoscaling`.
-async fn scaled(cp: &ControlPlane, service: &str) -> serde_json::Value {
-    let list = cp.get("/v1/autoscaling").await;
-    list.as_array()
-        .and_then(|l| l.iter().find(|s| s["service"] == service).cloned())
-        .unwrap_or(serde_json::Value::Null)
+/// The replay server with the Deployment `deployment` and its scale subresource.
+async fn api_server(deployment: &serde_json::Value) -> Replay {
+    let replay = Replay::start().await;
+    replay.set(DEPLOYMENT, reply(deployment));
+    replay.set(
+        &format!("{DEPLOYMENT}/scale"),
+        reply(&fixture_json("kubernetes/scale.json")),
+    );
+    replay
 }
 
 /// A control plane scaling `search` through the Kubernetes actuator of the replay
@@ -52,13 +55,8 @@ async fn control_plane(dir: &TempDir, replay: &Replay, extra: &str) -> ControlPl
 
 #[tokio::test]
 async fn the_kubernetes_actuator_patches_the_deployment_scale_and_reads_readiness() {
-    let replay = Replay::start().await;
     let mut deployment = fixture_json("kubernetes/deployment.json");
-    replay.set(DEPLOYMENT, reply(&deployment));
-    replay.set(
-        &format!("{DEPLOYMENT}/scale"),
-        reply(&fixture_json("kubernetes/scale.json")),
-    );
+    let replay = api_server(&deployment).await;
     let dir = TempDir::new();
     let cp = control_plane(&dir, &replay, "").await;
 
@@ -79,7 +77,7 @@ async fn the_kubernetes_actuator_patches_the_deployment_scale_and_reads_readines
     deployment["status"]["replicas"] = 3.into();
     replay.set(DEPLOYMENT, reply(&deployment));
     let starting = wait_until(Duration::from_secs(10), || async {
-        let s = scaled(&cp, "search").await;
+        let s = cp.scaled("search").await;
         (s["status"]["starting"] == 2).then_some(s)
     })
     .await
@@ -90,7 +88,7 @@ async fn the_kubernetes_actuator_patches_the_deployment_scale_and_reads_readines
     deployment["status"]["readyReplicas"] = 3.into();
     replay.set(DEPLOYMENT, reply(&deployment));
     let ready = wait_until(Duration::from_secs(10), || async {
-        let s = scaled(&cp, "search").await;
+        let s = cp.scaled("search").await;
         (s["status"]["ready"] == 3).then_some(s)
     })
     .await
@@ -148,15 +146,7 @@ fn reads(replay: &Replay, path: &str) -> usize {
 
 #[tokio::test]
 async fn the_kubernetes_actuator_resizes_running_pods_in_place_and_reports_a_cluster_without_it() {
-    let replay = Replay::start().await;
-    replay.set(
-        DEPLOYMENT,
-        reply(&fixture_json("kubernetes/deployment.json")),
-    );
-    replay.set(
-        &format!("{DEPLOYMENT}/scale"),
-        reply(&fixture_json("kubernetes/scale.json")),
-    );
+    let replay = api_server(&fixture_json("kubernetes/deployment.json")).await;
     let pods = fixture_json("kubernetes/pod-list.json");
     replay.set(PODS, reply(&pods));
     let dir = TempDir::new();
@@ -165,7 +155,7 @@ async fn the_kubernetes_actuator_resizes_running_pods_in_place_and_reports_a_clu
     // No `resize` subresource (a cluster before 1.33): said, and nothing rolled instead.
     let old = "search-5d8c7b9f6-2xk4p";
     let unsupported = wait_until(Duration::from_secs(10), || async {
-        scaled(&cp, "search").await["status"]["limits_unavailable"]
+        cp.scaled("search").await["status"]["limits_unavailable"]
             .as_str()
             .map(str::to_string)
     })
@@ -197,7 +187,7 @@ async fn the_kubernetes_actuator_resizes_running_pods_in_place_and_reports_a_clu
         ]}})
     );
     wait_until(Duration::from_secs(10), || async {
-        scaled(&cp, "search").await["status"]["limits_unavailable"]
+        cp.scaled("search").await["status"]["limits_unavailable"]
             .is_null()
             .then_some(())
     })
@@ -217,13 +207,8 @@ async fn the_kubernetes_actuator_resizes_running_pods_in_place_and_reports_a_clu
 
 #[tokio::test]
 async fn the_kubernetes_actuator_rolls_out_new_resources_through_the_pod_template() {
-    let replay = Replay::start().await;
     let mut deployment = fixture_json("kubernetes/deployment.json");
-    replay.set(DEPLOYMENT, reply(&deployment));
-    replay.set(
-        &format!("{DEPLOYMENT}/scale"),
-        reply(&fixture_json("kubernetes/scale.json")),
-    );
+    let replay = api_server(&deployment).await;
     let dir = TempDir::new();
     let cp = control_plane(&dir, &replay, ", resize: rollout").await;
 
@@ -258,6 +243,6 @@ async fn the_kubernetes_actuator_rolls_out_new_resources_through_the_pod_templat
     .await
     .expect("three more intervals");
     assert_eq!(template_patches().len(), 1);
-    assert!(scaled(&cp, "search").await["status"]["limits_unavailable"].is_null());
+    assert!(cp.scaled("search").await["status"]["limits_unavailable"].is_null());
     cp.stop().await;
 }

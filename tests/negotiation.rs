@@ -35,11 +35,15 @@ events:
   nats: { url: "NATS", subject_prefix: mesh }
 "#;
 
-async fn scaled(cp: &ControlPlane, service: &str) -> serde_json::Value {
-    let list = cp.get("/v1/autoscaling").await;
-    list.as_array()
-        .and_then(|l| l.iter().find(|s| s["service"] == service).cloned())
-        .unwrap_or(serde_json::Value::Null)
+/// Asserts that one of `service`'s recorded decisions has an adjustment with `text`.
+async fn adjusted(cp: &ControlPlane, service: &str, text: &str) {
+    let decisions = cp.get(&format!("/v1/decisions?service={service}")).await;
+    let found = decisions.as_array().unwrap().iter().any(|d| {
+        d["adjustments"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s.as_str().unwrap().contains(text)))
+    });
+    assert!(found, "{text:?} in {decisions:#}");
 }
 
 #[tokio::test]
@@ -103,9 +107,9 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
 
     // frontend holds at two instances: 10 req/s through api is 20 req/s at db, all db
     // can take at its max of two.
-    let front = scaled(&cp, "frontend").await;
+    let front = cp.scaled("frontend").await;
     assert_eq!(front["target"], 2, "{front:#}\n{negotiations:#}");
-    let db = scaled(&cp, "db").await;
+    let db = cp.scaled("db").await;
     assert_eq!(db["target"], 2, "{db:#}");
     let list = negotiations.as_array().unwrap();
     let failed = list
@@ -128,28 +132,8 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
         "db refused: {failed:#}"
     );
     // db's second instance was planned for api's share of frontend's change: recorded.
-    let decisions = cp.get("/v1/decisions?service=db").await;
-    assert!(
-        decisions
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["adjustments"].as_array().is_some_and(|a| a
-                .iter()
-                .any(|s| s.as_str().unwrap().contains("negotiated: 1 more for api")))),
-        "{decisions:#}"
-    );
-    let decisions = cp.get("/v1/decisions?service=frontend").await;
-    assert!(
-        decisions
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["adjustments"].as_array().is_some_and(|a| a
-                .iter()
-                .any(|s| s.as_str().unwrap().starts_with("negotiated")))),
-        "{decisions:#}"
-    );
+    adjusted(&cp, "db", "negotiated: 1 more for api").await;
+    adjusted(&cp, "frontend", "negotiated").await;
 
     // Proposals, answers and outcomes were published to NATS as they happened.
     let mut subjects = std::collections::BTreeSet::new();

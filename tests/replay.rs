@@ -34,7 +34,12 @@ fn replay(trace: &Path, policy: &str, schedule: Option<&Path>) -> serde_json::Va
     if let Some(s) = schedule {
         args.extend(["--schedule-out".into(), s.display().to_string()]);
     }
-    let out = Command::new(BIN).args(&args).output().unwrap();
+    json_of(&args)
+}
+
+/// `presage ARGS`, which must succeed, and its JSON output.
+fn json_of<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = Command::new(BIN).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -84,13 +89,7 @@ fn negotiated_scale_ups_spare_the_dependency_its_cold_starts() {
         if negotiate {
             args.push("--negotiate");
         }
-        let out = Command::new(BIN).args(&args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        json_of(&args)
     };
     let (off, on) = (run(false), run(true));
     let at_dep = |j: &serde_json::Value| j["violations_at_dependency"].as_f64().unwrap();

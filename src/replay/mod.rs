@@ -161,14 +161,7 @@ pub fn run(a: ReplayArgs) -> ExitCode {
     let mut presage = None;
     let outcome = match a.policy {
         PolicyName::Presage => {
-            let mut p = policies::Presage::new(
-                a.capacity,
-                a.cold_start,
-                step_s,
-                a.level,
-                a.floor_utilisation,
-                a.scale_down_delay,
-            );
+            let mut p = presage_policy(&a, step_s);
             let out = sim::run(&steps, step_s, a.capacity, a.cold_start, &mut p);
             presage = Some(p);
             out
@@ -259,14 +252,7 @@ fn run_chain(a: &ReplayArgs, steps: &[f64], step_s: u64, ratio: f64) -> ExitCode
         max: a.chain_max.max(1),
         cold_start: a.chain_cold_start.unwrap_or(a.cold_start),
     };
-    let mut p = policies::Presage::new(
-        a.capacity,
-        a.cold_start,
-        step_s,
-        a.level,
-        a.floor_utilisation,
-        a.scale_down_delay,
-    );
+    let mut p = presage_policy(a, step_s);
     let o = chain::run(
         steps,
         step_s,
@@ -285,4 +271,16 @@ fn run_chain(a: &ReplayArgs, steps: &[f64], step_s: u64, ratio: f64) -> ExitCode
     v["trace"] = json!(a.trace.display().to_string());
     let _ = writeln!(std::io::stdout().lock(), "{v}");
     ExitCode::SUCCESS
+}
+
+/// Presage's planner as the flags set it.
+fn presage_policy(a: &ReplayArgs, step_s: u64) -> policies::Presage {
+    policies::Presage::new(
+        a.capacity,
+        a.cold_start,
+        step_s,
+        a.level,
+        a.floor_utilisation,
+        a.scale_down_delay,
+    )
 }

@@ -119,6 +119,14 @@ impl ControlPlane {
         (status, json)
     }
 
+    /// A scaled service's state at `/v1/autoscaling` (null when it is not scaled).
+    pub async fn scaled(&self, service: &str) -> serde_json::Value {
+        let list = self.get("/v1/autoscaling").await;
+        list.as_array()
+            .and_then(|l| l.iter().find(|s| s["service"] == service).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     pub async fn get(&self, path: &str) -> serde_json::Value {
         let (s, v) = self.call(Method::GET, path, "").await;
         assert_eq!(s, StatusCode::OK, "GET {path}: {v}");
