@@ -3,7 +3,9 @@
 //! while a real proxy carries real traffic to frontend. db may grow to two instances of
 //! 10 req/s: the chain carries 10 req/s of frontend traffic, so frontend's scale-up is
 //! negotiated down to two instances of 5 req/s, db scales for it, and the rest is refused
-//! and alerted. The negotiations reach a real NATS server through the event bus exporter.
+//! and alerted. An optional dependency (recommendations, 1 req/s) cannot take its share:
+//! it is marked degraded, and the proxy sheds the lowest tier's calls to it. The
+//! negotiations reach a real NATS server through the event bus exporter.
 
 mod support;
 
@@ -20,11 +22,17 @@ const CONFIG: &str = r#"
 services:
   - name: frontend
     endpoints: [{ address: "FRONTEND" }]
+  - name: recs
+    endpoints: [{ address: "RECS", metadata: { capacity: "1" } }]
 routes:
-  - { name: frontend, cluster: frontend }
+  - { name: recs, order: 10, match: { path_prefix: /recs }, cluster: recs }
+  - { name: frontend, order: 20, cluster: frontend }
+qos_profiles:
+  - { name: premium, tier: gold }
 dependencies:
   - { from: frontend, to: api, kind: mandatory, ratio: 1 }
   - { from: api, to: db, kind: mandatory, ratio: 2 }
+  - { from: frontend, to: recs, kind: optional, ratio: 1 }
 autoscaling:
   interval: 300ms
   services:
@@ -48,7 +56,10 @@ async fn adjusted(cp: &ControlPlane, service: &str, text: &str) {
 
 #[tokio::test]
 async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
-    let frontend = Upstream::spawn("frontend").await;
+    let (frontend, recs) = (
+        Upstream::spawn("frontend").await,
+        Upstream::spawn("recs").await,
+    );
     let nats = Nats::start().await;
     let follower = async_nats::connect(nats.url.as_str()).await.unwrap();
     let mut published = follower.subscribe("mesh.negotiation.>").await.unwrap();
@@ -59,6 +70,7 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
         &cfg,
         CONFIG
             .replace("FRONTEND", &frontend.addr.to_string())
+            .replace("RECS", &recs.addr.to_string())
             .replace("NATS", &nats.url),
     )
     .unwrap();
@@ -98,6 +110,30 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
             .cloned()
     })
     .await;
+    // recs cannot take its share: marked degraded (optional), pushed to the proxy, which
+    // refuses the lowest tier's calls to it at once and lets a gold one through.
+    let marked = wait_until(Duration::from_secs(10), || async {
+        let recs = cp.get("/v1/services/recs").await;
+        (recs["degraded"] == "optional").then_some(())
+    })
+    .await;
+    assert!(marked.is_some(), "{:#}", cp.get("/v1/services/recs").await);
+    let shed = wait_until(Duration::from_secs(10), || async {
+        let a = get(&c, &proxy.url("/recs")).await;
+        (a.status == 503).then_some(a)
+    })
+    .await
+    .expect("bronze calls to recs shed");
+    assert_eq!(
+        shed.headers["x-presage-error"], "degraded",
+        "{:?}",
+        shed.headers
+    );
+    let gold = http::Request::get(proxy.url("/recs"))
+        .header("x-presage-qos", "premium")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(send(&c, gold).await.status, 200);
     stop.store(true, Ordering::Relaxed);
     traffic.await.unwrap();
     let negotiations = cp.get("/v1/negotiations?service=frontend").await;

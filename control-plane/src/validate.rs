@@ -50,6 +50,16 @@ pub fn cluster(c: &Cluster) -> Vec<FieldError> {
             format!("expected \"http1\" or \"http2\", found {:?}", c.protocol),
         );
     }
+    if !["", "optional", "best_effort"].contains(&c.degraded.as_str()) {
+        push(
+            &mut e,
+            "degraded",
+            format!(
+                "expected \"optional\" or \"best_effort\" (or empty), found {:?}",
+                c.degraded
+            ),
+        );
+    }
     if !["", "peak_ewma", "weighted_round_robin"].contains(&c.load_balancer.as_str()) {
         push(
             &mut e,

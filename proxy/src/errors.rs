@@ -31,6 +31,8 @@ pub enum ProxyError {
     Throttled(String, std::time::Duration),
     #[error("overloaded: {0} requests are shed to keep higher tiers within target")]
     Shed(std::sync::Arc<str>),
+    #[error("{0} is degraded: it cannot take this request now (skip the call)")]
+    Degraded(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
 }
@@ -79,6 +81,7 @@ impl ProxyError {
                     | ProxyError::UnknownQosProfile(_)
                     | ProxyError::Throttled(..)
                     | ProxyError::Shed(_)
+                    | ProxyError::Degraded(_)
                     | ProxyError::Forbidden(_)
             )
     }
@@ -97,6 +100,7 @@ impl ProxyError {
             ProxyError::UnknownQosProfile(_) => "unknown-qos-profile",
             ProxyError::Throttled(..) => "rate-limited",
             ProxyError::Shed(_) => "shed",
+            ProxyError::Degraded(_) => "degraded",
             ProxyError::Forbidden(_) => "forbidden",
         }
     }
@@ -110,7 +114,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::Throttled(..) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Shed(_) | ProxyError::Degraded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Upgrade(_) => {
@@ -135,7 +139,7 @@ impl ProxyError {
         );
         let retry_after = match &self {
             ProxyError::Throttled(_, wait) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
-            ProxyError::Shed(_) => Some(1),
+            ProxyError::Shed(_) | ProxyError::Degraded(_) => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

@@ -315,6 +315,14 @@ fn admit<'a>(
         }
     }
     let cluster = &route.cluster;
+    // A degraded dependency: its callers skip best-effort calls, and optional ones of
+    // the lowest tier.
+    if let Some(d) = cluster.spec.degraded {
+        if d == crate::config::Degraded::BestEffort || decision.tier.0 == 0 {
+            counters[metrics::SHED].inc();
+            return Err(ProxyError::Degraded(cluster.spec.name.clone()));
+        }
+    }
     match qos::admit(
         &cluster.in_flight,
         cluster.spec.max_in_flight,

@@ -140,6 +140,12 @@ pub struct Cluster {
     /// proxy's workload certificate and checking theirs against the mesh CA.
     #[prost(bool, tag = "7")]
     pub mesh_tls: bool,
+    /// The service cannot take its callers' share of a negotiated scale-up (set by the
+    /// control plane's negotiation, or by an operator): "optional" sheds the lowest tier's
+    /// requests to it, "best_effort" refuses all of them at once (callers skip the call);
+    /// empty: normal.
+    #[prost(string, tag = "8")]
+    pub degraded: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -314,6 +314,7 @@ pub async fn run(
             contend(tenant, ceiling, &scaled, &mut planned);
         }
         negotiation::run(&scaled, &mut planned, &inputs, &shared, now_ms);
+        negotiation::mark_degraded(&inputs, &shared.negotiations, now_ms).await;
         // Concurrently, each bounded: a slow actuator (an API server retrying) must not
         // hold back the other services' scaling.
         let limit = interval.max(ACTUATOR_TIMEOUT);

@@ -14,25 +14,35 @@
 //! metadata and cannot grow; without that metadata its capacity is unknown and it
 //! confirms.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use presage_api::resource::Body;
 
-use crate::deps::Edge;
+use crate::deps::{Edge, Kind};
 use crate::negotiate::{Answer, CapacityManager, Negotiation, Proposal};
 
 /// Negotiations kept for `/v1/negotiations`.
 const KEPT: usize = 1000;
+/// A dependency stays degraded this long after the last negotiation that found it so.
+const DEGRADED_FOR_MS: i64 = 60_000;
 
 /// Recent negotiations, newest last; one repeating the previous outcome of its service
-/// (same wanted, granted and outcome) is not kept again.
+/// (same wanted, granted and outcome) is not kept again. And the dependencies they
+/// found degraded.
 #[derive(Debug, Default)]
 pub struct Log {
     seq: AtomicU64,
     kept: Mutex<VecDeque<Negotiation>>,
+    /// Degraded dependency -> (`optional` or `best_effort`, until when), and the
+    /// clusters marked so (only those are cleared: an operator's mark stays).
+    degraded: Mutex<Degraded>,
 }
+
+/// Degraded dependency -> (mark, until when, Unix ms); and the clusters this autoscaler
+/// marked.
+type Degraded = (BTreeMap<String, (&'static str, i64)>, BTreeSet<String>);
 
 impl Log {
     fn next(&self) -> u64 {
@@ -57,6 +67,40 @@ impl Log {
         if kept.len() > KEPT {
             kept.pop_front();
         }
+    }
+
+    fn degrade(&self, service: &str, kind: &'static str, until_ms: i64) {
+        let mut d = self.degraded.lock().expect("negotiation lock poisoned");
+        d.0.insert(service.to_string(), (kind, until_ms));
+    }
+
+    /// The clusters whose `degraded` mark must change at `now_ms`: (service, mark).
+    fn marks(&self, snap: &crate::resources::Snapshot, now_ms: i64) -> Vec<(String, String)> {
+        let mut d = self.degraded.lock().expect("negotiation lock poisoned");
+        let (active, marked) = &mut *d;
+        active.retain(|_, (_, until)| *until > now_ms);
+        let mut out = Vec::new();
+        let clusters = snap.get(presage_api::types::CLUSTER);
+        let current = |name: &str| match clusters.and_then(|t| t.items.get(name))?.body.as_ref()? {
+            Body::Cluster(c) => Some(c.degraded.clone()),
+            _ => None,
+        };
+        for (name, (kind, _)) in active.iter() {
+            if current(name).is_some_and(|c| c != *kind) {
+                out.push((name.clone(), kind.to_string()));
+                marked.insert(name.clone());
+            }
+        }
+        marked.retain(|name| {
+            if active.contains_key(name) {
+                return true;
+            }
+            if current(name).is_some_and(|c| !c.is_empty()) {
+                out.push((name.clone(), String::new()));
+            }
+            false
+        });
+        out
     }
 
     /// Newest first (of `service` only, if given), at most `limit`.
@@ -370,6 +414,17 @@ pub(super) fn run(
         } else {
             inputs.alerts.resolve_negotiation(service);
         }
+        for d in &n.degraded {
+            // The mildest kind among the edges into it: optional before best-effort.
+            let kind = if edges.iter().any(|e| &e.to == d && e.kind == Kind::Optional) {
+                "optional"
+            } else {
+                "best_effort"
+            };
+            shared
+                .negotiations
+                .degrade(d, kind, now_ms + DEGRADED_FOR_MS);
+        }
         publish(&inputs.bus, &n);
         shared.negotiations.record(n);
     }
@@ -381,6 +436,29 @@ pub(super) fn run(
                 callers.join(", ")
             ));
             planned[i].target = want;
+        }
+    }
+}
+
+/// Marks the clusters of degraded dependencies (`Cluster.degraded`, which the proxies
+/// shed by), and clears the marks this autoscaler set once they lapse.
+pub(super) async fn mark_degraded(inputs: &super::Inputs, log: &Log, now_ms: i64) {
+    let snap = inputs.resources.snapshot();
+    for (name, mark) in log.marks(&snap, now_ms) {
+        let Some(Body::Cluster(mut c)) = snap
+            .get(presage_api::types::CLUSTER)
+            .and_then(|t| t.items.get(&name))
+            .and_then(|r| r.body.clone())
+        else {
+            continue;
+        };
+        c.degraded.clone_from(&mark);
+        let r = presage_api::Resource::new(name.clone(), Body::Cluster(c));
+        match inputs.resources.put(r).await {
+            Ok(_) => tracing::info!(service = %name, mark = %mark, "degraded mark changed"),
+            Err(e) => {
+                tracing::error!(service = %name, error = %e, "marking a degraded dependency failed")
+            }
         }
     }
 }

@@ -126,6 +126,9 @@ pub(super) fn cluster_doc(c: &Cluster) -> String {
     if c.mesh_tls {
         o.insert("tls".into(), json!({ "mesh": true }));
     }
+    if !c.degraded.is_empty() {
+        o.insert("degraded".into(), json!(c.degraded));
+    }
     let eps: Vec<Value> = c
         .endpoints
         .iter()

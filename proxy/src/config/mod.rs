@@ -194,6 +194,19 @@ pub struct ClusterSpec {
     pub endpoints: Vec<EndpointSpec>,
     /// Requests in flight above which tiers are shed (lowest first); 0: no limit.
     pub max_in_flight: usize,
+    /// Set when the service cannot take its callers' full load (dependency
+    /// negotiation): what its callers' requests to it are spared.
+    pub degraded: Option<Degraded>,
+}
+
+/// How requests to a degraded dependency are shed (`clusters[].degraded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Degraded {
+    /// The lowest tier's requests are refused; the others pass.
+    Optional,
+    /// Every request is refused at once: callers skip the call.
+    BestEffort,
 }
 
 #[derive(Debug, Clone)]
@@ -646,6 +659,7 @@ impl Builder<'_> {
                     })
                     .collect(),
                 max_in_flight: c.max_in_flight,
+                degraded: c.degraded,
             });
         }
         out

@@ -285,6 +285,10 @@ pub struct RawCluster {
     /// Requests in flight above which tiers are shed, lowest first (0: no limit).
     #[serde(default)]
     pub max_in_flight: usize,
+    /// A degraded dependency: `optional` sheds the lowest tier's requests to it,
+    /// `best_effort` refuses all of them at once.
+    #[serde(default)]
+    pub degraded: Option<super::Degraded>,
     /// From the control plane: may have no endpoints (all instances gone answers 503).
     #[serde(skip)]
     pub dynamic: bool,
