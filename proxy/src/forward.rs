@@ -172,8 +172,8 @@ pub async fn handle(
         _ => None,
     };
     let selection = AtomicU8::new(SELECTION_NONE);
-    // The user a warm instance may be reserved for (read only where warm pools are).
-    let warm_user: Option<Box<str>> = route.filter(|r| r.cluster.has_warm).and_then(|_| {
+    // The user a warm instance may be reserved for (read, and copied, only where one is).
+    let warm_user: Option<Box<str>> = route.filter(|r| r.cluster.has_user_warm).and_then(|_| {
         let h = shared
             .telemetry
             .as_ref()

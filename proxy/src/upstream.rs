@@ -64,6 +64,8 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     /// Some endpoints are a warm pool (see `Endpoint::reserved_for`).
     pub has_warm: bool,
+    /// Some are reserved for single users: only then is a request's user read.
+    pub has_user_warm: bool,
     pub balancer: Balancer,
     pub client: UpstreamClient,
     pub retries: Counter,
@@ -150,8 +152,12 @@ impl Cluster {
                 .clone()
         };
         let has_warm = endpoints.iter().any(|e| e.reserved_for.is_some());
+        let has_user_warm = endpoints
+            .iter()
+            .any(|e| matches!(e.reserved_for, Some(crate::warm::Reservation::User(_))));
         Cluster {
             has_warm,
+            has_user_warm,
             balancer: Balancer::new(spec.load_balancer, &weights),
             client: build_client(&spec),
             endpoints,

@@ -71,6 +71,7 @@ pub fn pick<'a>(
     let eps = &cluster.endpoints;
     let picked = req
         .user
+        .filter(|_| cluster.has_user_warm)
         .and_then(|_| b.pick_warm(eps, avoid, |r| r.is_user(req.user)))
         .or_else(|| b.pick_warm(eps, avoid, |r| r.is_tier(req.tier)));
     if count {

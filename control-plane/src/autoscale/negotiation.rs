@@ -219,14 +219,7 @@ pub fn from_metadata(
     let caps: Vec<f64> = c
         .endpoints
         .iter()
-        .map(|e| {
-            e.metadata
-                .get("capacity")?
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|c| c.is_finite() && *c > 0.0)
-        })
+        .map(|e| crate::discovery::record::capacity(&e.metadata))
         .collect::<Option<Vec<f64>>>()?;
     if caps.is_empty() {
         return None;

@@ -7,6 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::validate;
 
+/// An endpoint's `capacity` metadata: requests/s it serves, when set and positive.
+pub fn capacity(metadata: &std::collections::HashMap<String, String>) -> Option<f64> {
+    metadata
+        .get("capacity")?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite() && *c > 0.0)
+}
+
 /// One instance, as registries store it (JSON in etcd under
 /// `/presage/services/{service}/{instance}`). Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

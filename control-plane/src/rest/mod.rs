@@ -578,11 +578,7 @@ async fn service_instances(
         .map(|e| {
             let ejected_by = api.ejections.ejected_by(&name, &e.address, now);
             let measured = api.sla.instance(&name, &e.address, now.div_euclid(1000));
-            let capacity = e
-                .metadata
-                .get("capacity")
-                .and_then(|c| c.parse::<f64>().ok())
-                .filter(|c| *c > 0.0);
+            let capacity = crate::discovery::record::capacity(&e.metadata);
             let utilisation = measured
                 .as_ref()
                 .zip(capacity)
