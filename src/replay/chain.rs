@@ -118,6 +118,10 @@ pub fn run(
         manual: None,
         discovered: None,
     }];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
     let mut out = Outcome {
         requests: 0.0,
         slo_violations: 0.0,
@@ -186,10 +190,18 @@ pub fn run(
                     capacity_rps: capacity,
                     extra_rps: f64::from(target.saturating_sub(current)) * capacity,
                     start_ms: (now + cold_start) as i64 * 1000,
+                    later_ms: cold_start as i64 * 1000,
                     edges: &edges,
                 };
                 if target > current {
-                    let n = negotiate::negotiate(out.negotiations, now as i64 * 1000, &req, &mut m);
+                    // In-process managers answer at once: the exchanges' timers never run.
+                    let n = rt.block_on(negotiate::negotiate(
+                        out.negotiations,
+                        now as i64 * 1000,
+                        &req,
+                        negotiate::Exchanges::default(),
+                        &mut m,
+                    ));
                     out.negotiations += 1;
                     if n.granted < target {
                         out.negotiated_down += 1;

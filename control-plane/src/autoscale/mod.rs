@@ -313,7 +313,7 @@ pub async fn run(
         for (tenant, ceiling) in &cfg.tenants {
             contend(tenant, ceiling, &scaled, &mut planned);
         }
-        negotiation::run(&scaled, &mut planned, &inputs, &shared, now_ms);
+        negotiation::run(&scaled, &mut planned, &inputs, &shared, now_ms).await;
         negotiation::mark_degraded(&inputs, &shared.negotiations, now_ms).await;
         // Concurrently, each bounded: a slow actuator (an API server retrying) must not
         // hold back the other services' scaling.

@@ -145,7 +145,18 @@ pub struct Managers {
 }
 
 impl CapacityManager for Managers {
-    fn answer(&mut self, p: &Proposal) -> Answer {
+    fn answer(
+        &mut self,
+        p: &Proposal,
+    ) -> impl std::future::Future<Output = Result<Answer, String>> + Send {
+        // In-process: answered at once (the exchange's timeout never fires).
+        std::future::ready(Ok(self.decide(p)))
+    }
+}
+
+impl Managers {
+    /// The answer from this interval's capacities; a commit plans the scale-up.
+    pub fn decide(&mut self, p: &Proposal) -> Answer {
         let Some(c) = self.services.get_mut(&p.service) else {
             return Answer::Confirm {
                 scale_up: 0,
@@ -276,7 +287,7 @@ pub fn demands(
 /// Negotiates every planned scale-up of a service with dependencies; lowers what the
 /// chain cannot carry, raises the dependencies that scale for it, records each
 /// negotiation and alerts on a failed one.
-pub(super) fn run(
+pub(super) async fn run(
     scaled: &[super::Scaled],
     planned: &mut [super::Planned],
     inputs: &super::Inputs,
@@ -381,10 +392,18 @@ pub(super) fn run(
             capacity_rps: cap,
             extra_rps: extra,
             start_ms: now_ms + s.planner.lead().as_millis() as i64,
+            // Asked again one cold start on, if a dependency has room only then.
+            later_ms: s.planner.lead().as_millis() as i64,
             edges: &edges,
         };
-        let n =
-            crate::negotiate::negotiate(shared.negotiations.next(), now_ms, &req, &mut managers);
+        let n = crate::negotiate::negotiate(
+            shared.negotiations.next(),
+            now_ms,
+            &req,
+            crate::negotiate::Exchanges::default(),
+            &mut managers,
+        )
+        .await;
         let p = &mut planned[i];
         if n.granted < p.target {
             p.target = n.granted.max(floor);
@@ -402,10 +421,14 @@ pub(super) fn run(
             p.adjustments
                 .push(format!("degraded dependencies: {}", n.degraded.join(", ")));
         }
-        if n.outcome == "failed" {
-            inputs.alerts.raise_negotiation(&n);
-        } else {
-            inputs.alerts.resolve_negotiation(service);
+        match (n.outcome.as_str(), n.deferred_to_ms) {
+            ("failed", _) => inputs.alerts.raise_negotiation(&n),
+            // Not failed yet: asked again next interval, alerted if no window is left.
+            ("deferred", Some(at)) => p.adjustments.push(format!(
+                "deferred: a dependency takes it {} s from now",
+                (at - now_ms) / 1000
+            )),
+            _ => inputs.alerts.resolve_negotiation(service),
         }
         for d in &n.degraded {
             // The mildest kind among the edges into it: optional before best-effort.
@@ -537,26 +560,26 @@ mod tests {
             commit,
         };
         assert!(matches!(
-            m.answer(&p(5.0, false)),
+            m.decide(&p(5.0, false)),
             Answer::Confirm { scale_up: 0, .. }
         ));
         assert!(matches!(
-            m.answer(&p(15.0, false)),
+            m.decide(&p(15.0, false)),
             Answer::Confirm { scale_up: 1, .. }
         ));
         assert!(
-            matches!(m.answer(&p(40.0, false)), Answer::Counter { extra_rps, scale_up: 1, .. } if extra_rps == 15.0)
+            matches!(m.decide(&p(40.0, false)), Answer::Counter { extra_rps, scale_up: 1, .. } if extra_rps == 15.0)
         );
         assert!(m.committed.is_empty(), "offers plan nothing");
-        m.answer(&p(15.0, true));
+        m.decide(&p(15.0, true));
         assert_eq!(m.committed.get(&3), Some(&(1, vec!["api".to_string()])));
         // Now full: a further proposal is rejected.
-        assert!(matches!(m.answer(&p(1.0, false)), Answer::Reject { .. }));
+        assert!(matches!(m.decide(&p(1.0, false)), Answer::Reject { .. }));
         // An unknown service confirms.
         let unknown = Proposal {
             service: "cache".into(),
             ..p(100.0, false)
         };
-        assert!(matches!(m.answer(&unknown), Answer::Confirm { .. }));
+        assert!(matches!(m.decide(&unknown), Answer::Confirm { .. }));
     }
 }
