@@ -138,6 +138,8 @@ pin_project_lite::pin_project! {
         Empty,
         /// The downstream body, streamed, counting bytes against `remaining`.
         Stream { #[pin] inner: Incoming, remaining: u64 },
+        /// A body the proxy made (a workflow step's), sent in one frame.
+        Bytes { data: Option<Bytes> },
     }
 }
 
@@ -160,6 +162,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
             RequestBodyProj::Empty => Poll::Ready(None),
+            RequestBodyProj::Bytes { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBodyProj::Stream { inner, remaining } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
@@ -184,6 +187,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+            RequestBody::Bytes { data } => data.is_none(),
         }
     }
 
@@ -191,6 +195,9 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Stream { inner, .. } => inner.size_hint(),
+            RequestBody::Bytes { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

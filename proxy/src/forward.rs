@@ -56,7 +56,7 @@ pub struct Conn {
 }
 
 /// The listener's authorization rules on the caller's mesh identity.
-fn authorize(
+pub(crate) fn authorize(
     shared: &Shared,
     rt: &Runtime,
     conn: &Conn,
@@ -540,7 +540,7 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn upstream_version(c: &Cluster) -> Version {
+pub(crate) fn upstream_version(c: &Cluster) -> Version {
     match c.spec.protocol {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 => Version::HTTP_2,
@@ -574,7 +574,7 @@ fn rewritten_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> 
         .map_err(|e| ProxyError::Upstream(format!("rewritten path is invalid: {e}")))
 }
 
-fn endpoint_uri(ep: &Endpoint, path: &PathAndQuery) -> Result<Uri, ProxyError> {
+pub(crate) fn endpoint_uri(ep: &Endpoint, path: &PathAndQuery) -> Result<Uri, ProxyError> {
     Uri::builder()
         .scheme(ep.scheme.clone())
         .authority(ep.spec.authority.clone())

@@ -26,6 +26,7 @@ pub mod body;
 pub mod config;
 pub mod control_plane;
 pub mod errors;
+pub mod expr;
 pub mod forward;
 pub mod headers;
 pub mod identity;
@@ -44,6 +45,7 @@ pub mod tls;
 pub mod transparent;
 pub mod upstream;
 pub mod warm;
+pub mod workflow;
 pub mod xds;
 
 pub use config::{Config, ConfigErrors};

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::Limits;
-use crate::forward::{self, Conn};
+use crate::forward::Conn;
 use crate::state::Shared;
 use crate::transparent::Sniffed;
 
@@ -135,7 +135,9 @@ async fn serve(
     let b = builder(&limits);
     let service = |conn: Conn| {
         let shared = shared.clone();
-        hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn.clone(), req))
+        hyper::service::service_fn(move |req| {
+            crate::workflow::handle(shared.clone(), conn.clone(), req)
+        })
     };
     let peer = conn.peer;
     let result = match tls {

@@ -72,6 +72,13 @@ pub const WARM_HIT: usize = 4;
 pub const WARM_MISS: usize = 5;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkflowLabels {
+    pub workflow: String,
+    /// `succeeded`, `failed` (a step failed for good), `deadline`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -88,6 +95,8 @@ pub struct Metrics {
     pub passthrough_requests: Counter,
     /// Workload certificate renewals by result (`ok`, `error`).
     pub identity_renewals: Family<ResultLabels, Counter>,
+    /// Workflow runs ended, by workflow and outcome.
+    pub workflow_runs: Family<WorkflowLabels, Counter>,
     /// When the current workload certificate expires (Unix seconds; 0: none yet).
     pub identity_expiry: Gauge,
     /// Inbound mutual-TLS connections accepted from mesh peers.
@@ -144,6 +153,7 @@ impl Metrics {
             passthrough_connections: Counter::default(),
             passthrough_requests: Counter::default(),
             identity_renewals: Family::default(),
+            workflow_runs: Family::default(),
             identity_expiry: Gauge::default(),
             mtls_connections: Counter::default(),
             authz_denied: Counter::default(),
@@ -212,6 +222,11 @@ impl Metrics {
             "passthrough_requests",
             "Redirected HTTP requests that matched no route, sent to their original destination",
             self.passthrough_requests.clone(),
+        );
+        r.register(
+            "workflow_runs",
+            "Workflow runs ended, by workflow and outcome (succeeded, failed, deadline)",
+            self.workflow_runs.clone(),
         );
         r.register(
             "identity_renewals",

@@ -92,6 +92,8 @@ pub struct Shared {
     pub xds: XdsStatus,
     /// Present when a control plane is configured.
     pub telemetry: Option<Arc<Telemetry>>,
+    /// Workflow runs and their progress (getServiceStatus).
+    pub workflow_runs: crate::workflow::runs::Runs,
 }
 
 impl Shared {
@@ -128,6 +130,7 @@ impl Shared {
             metrics,
             registry,
             draining: AtomicBool::new(false),
+            workflow_runs: Default::default(),
             reload: Mutex::new(ReloadStatus {
                 generation: 1,
                 ..Default::default()

@@ -15,9 +15,11 @@ mod listeners;
 mod one_liner;
 mod qos;
 mod routes;
+mod workflows;
 pub use qos::{
     QosProfileSpec, SubjectKind, SubjectSpec, Tier, TierSpec, BASE_TIER, DEFAULT_TIERS, MAX_TIERS,
 };
+pub use workflows::{Call, Step, StepKind, WorkflowSpec, DEFAULT_DEADLINE};
 pub mod raw;
 
 pub use control_plane::default_node_id;
@@ -90,6 +92,8 @@ pub struct Config {
     pub default_tier: Tier,
     /// The QoS tiers, lowest priority first (`Tier` indexes this).
     pub tiers: Vec<TierSpec>,
+    /// Composite services, run by `workflow` at `POST /workflows/{name}`.
+    pub workflows: Vec<Arc<WorkflowSpec>>,
 }
 
 /// Connection to the control plane (discovery and telemetry streams).
@@ -501,6 +505,7 @@ impl Builder<'_> {
         let profiles: HashSet<&str> = qos_profiles.iter().map(|p| p.name.as_str()).collect();
         let routes = self.routes(&raw, &names, &profiles);
         let subjects = self.subjects(&raw, &profiles, &tiers);
+        let workflows = self.workflows(&raw, &names, &profiles);
         let default_tier = self.tier_ref(&tiers, raw.default_tier.as_ref(), "default_tier");
         let workers = raw.runtime.workers.as_ref().map(|w| {
             if w.value == 0 {
@@ -564,6 +569,7 @@ impl Builder<'_> {
             tiers,
             qos_profiles,
             subjects,
+            workflows,
         }
     }
 

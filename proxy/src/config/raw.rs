@@ -47,6 +47,9 @@ pub struct RawConfig {
     /// Tier settings the proxy uses (the control plane pushes its `QosTier`s here).
     #[serde(default)]
     pub qos_tiers: Vec<RawQosTier>,
+    /// Composite services (see `config::workflows`).
+    #[serde(default)]
+    pub workflows: Vec<super::workflows::RawWorkflow>,
 }
 
 /// A tier's rank, admission share and bandwidth cap (the rest of a `QosTier` is for the

@@ -1,0 +1,555 @@
+//! Composite services (`workflows:`): their YAML schema and its validation into
+//! `WorkflowSpec`s the engine (`crate::workflow`) runs.
+//!
+//! ```yaml
+//! workflows:
+//!   - name: checkout
+//!     deadline: 2s                 # else the caller's QoS budget, else 30 s
+//!     steps:
+//!       - name: user
+//!         call: { service: users, path: "/users/{{ input.user | urlencode }}" }
+//!         retry: { attempts: 2, backoff: 50ms }
+//!         timeout: 500ms
+//!         fallback: { name: guest, call: { service: users, path: /guest } }
+//!       - name: items
+//!         for_each: { items: steps.user.body.cart, as: item, max: 50 }
+//!         steps: [ { name: price, call: { service: prices, path: "/p/{{ item }}" } } ]
+//! ```
+//! A step is exactly one of `call`, `switch`, `for_each`, `while`, `parallel` or
+//! `workflow`. Validation rejects, with the file, line, column and the step's path: an
+//! unknown service (when the file defines the clusters: with a control plane they come
+//! later and an unknown one fails the call), a `while` without `max`, a cycle of
+//! workflows calling each other, a duplicate step name, and a bad expression or template.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::raw::{Dur, Method, RawConfig};
+use super::Builder;
+use crate::expr;
+
+/// Default deadline of a workflow whose caller has no latency budget.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+/// Default time an asynchronous run's status is kept after it ends.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkflow {
+    pub name: Spanned<String>,
+    pub deadline: Option<Dur>,
+    /// QoS profile of its steps when the caller has none.
+    pub qos_profile: Option<Spanned<String>>,
+    pub steps: Vec<RawStep>,
+    /// Expression whose value is the answer's body; default the last step's body.
+    pub output: Option<Spanned<String>>,
+    /// How long an asynchronous run's status is kept after it ends.
+    pub retention: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub name: Spanned<String>,
+    /// Run only when this holds (skipped otherwise).
+    #[serde(rename = "if")]
+    pub when: Option<Spanned<String>>,
+    pub call: Option<RawCall>,
+    pub switch: Option<Vec<RawCase>>,
+    pub for_each: Option<RawForEach>,
+    #[serde(rename = "while")]
+    pub repeat: Option<RawWhile>,
+    pub parallel: Option<Vec<RawBranch>>,
+    pub workflow: Option<Spanned<String>>,
+    /// The steps of `for_each` and `while`.
+    #[serde(default)]
+    pub steps: Vec<RawStep>,
+    pub retry: Option<RawStepRetry>,
+    pub timeout: Option<Dur>,
+    pub fallback: Option<Box<RawStep>>,
+    pub compensate: Option<Box<RawStep>>,
+    pub qos_profile: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCall {
+    pub service: Spanned<String>,
+    pub method: Option<Method>,
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub body: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCase {
+    /// Absent: the default case (last).
+    #[serde(rename = "if")]
+    pub when: Option<Spanned<String>>,
+    pub steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForEach {
+    pub items: Spanned<String>,
+    #[serde(rename = "as")]
+    pub var: Option<Spanned<String>>,
+    pub max: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhile {
+    pub condition: Spanned<String>,
+    pub max: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBranch {
+    pub steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStepRetry {
+    pub attempts: u32,
+    pub backoff: Option<Dur>,
+}
+
+/// A validated workflow.
+#[derive(Debug, PartialEq)]
+pub struct WorkflowSpec {
+    pub name: String,
+    pub deadline: Option<Duration>,
+    pub qos_profile: Option<String>,
+    pub steps: Vec<Step>,
+    pub output: Option<String>,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub when: Option<String>,
+    pub kind: StepKind,
+    /// Tries in all (1: no retry), and the backoff before the second (doubled after).
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub timeout: Option<Duration>,
+    pub fallback: Option<Box<Step>>,
+    pub compensate: Option<Box<Step>>,
+    pub qos_profile: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    Call(Call),
+    /// Cases in order; the first whose condition holds (or the default) runs.
+    Switch(Vec<(Option<String>, Vec<Step>)>),
+    ForEach {
+        items: String,
+        var: String,
+        max: usize,
+        steps: Vec<Step>,
+    },
+    While {
+        condition: String,
+        max: usize,
+        steps: Vec<Step>,
+    },
+    Parallel(Vec<Vec<Step>>),
+    Workflow(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub service: String,
+    pub method: http::Method,
+    pub path: String,
+    pub headers: Vec<(http::HeaderName, String)>,
+    pub body: Option<String>,
+}
+
+/// Items a `for_each` without `max` may iterate over.
+const DEFAULT_FOR_EACH_MAX: usize = 1000;
+
+impl Builder<'_> {
+    pub(super) fn workflows(
+        &mut self,
+        raw: &RawConfig,
+        clusters: &HashSet<&str>,
+        profiles: &HashSet<&str>,
+    ) -> Vec<Arc<WorkflowSpec>> {
+        let names: HashSet<&str> = raw
+            .workflows
+            .iter()
+            .map(|w| w.name.value.as_str())
+            .collect();
+        let mut check = Check {
+            // With a control plane, clusters arrive later: an unknown one fails the call.
+            clusters: raw.control_plane.is_none().then_some(clusters),
+            profiles,
+            workflows: &names,
+            calls: BTreeMap::new(),
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, w) in raw.workflows.iter().enumerate() {
+            let field = format!("workflows[{i}]");
+            if !seen.insert(w.name.value.as_str()) {
+                self.err(
+                    w.name.referenced,
+                    format!("{field}.name"),
+                    format!("duplicate workflow name {:?}", w.name.value),
+                );
+            }
+            if w.steps.is_empty() {
+                self.err(
+                    w.name.referenced,
+                    format!("{field}.steps"),
+                    "expected at least one step, found none",
+                );
+            }
+            if let Some(p) = &w.qos_profile {
+                check.profile(self, p, &format!("{field}.qos_profile"));
+            }
+            if let Some(o) = &w.output {
+                check.expression(self, o, &format!("{field}.output"));
+            }
+            let mut step_names = HashSet::new();
+            let steps = check.steps(self, &w.steps, &format!("{field}.steps"), &mut step_names);
+            check.calls.insert(
+                w.name.value.clone(),
+                (w.name.referenced, field.clone(), check_calls(&steps)),
+            );
+            out.push(Arc::new(WorkflowSpec {
+                name: w.name.value.clone(),
+                deadline: w.deadline.as_ref().map(|d| d.0),
+                qos_profile: w.qos_profile.as_ref().map(|p| p.value.clone()),
+                steps,
+                output: w.output.as_ref().map(|o| o.value.clone()),
+                retention: w.retention.as_ref().map_or(DEFAULT_RETENTION, |d| d.0),
+            }));
+        }
+        check.cycles(self);
+        out
+    }
+}
+
+/// The workflows a list of steps calls, nested steps included.
+fn check_calls(steps: &[Step]) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(steps: &[Step], out: &mut Vec<String>) {
+        for s in steps {
+            match &s.kind {
+                StepKind::Workflow(w) => out.push(w.clone()),
+                StepKind::Switch(cases) => cases.iter().for_each(|(_, s)| walk(s, out)),
+                StepKind::ForEach { steps, .. } | StepKind::While { steps, .. } => walk(steps, out),
+                StepKind::Parallel(branches) => branches.iter().for_each(|b| walk(b, out)),
+                StepKind::Call(_) => {}
+            }
+            for extra in [&s.fallback, &s.compensate].into_iter().flatten() {
+                walk(std::slice::from_ref(extra), out);
+            }
+        }
+    }
+    walk(steps, &mut out);
+    out
+}
+
+struct Check<'a> {
+    clusters: Option<&'a HashSet<&'a str>>,
+    profiles: &'a HashSet<&'a str>,
+    workflows: &'a HashSet<&'a str>,
+    /// Workflow -> (where, field, the workflows it calls).
+    calls: BTreeMap<String, (serde_saphyr::Location, String, Vec<String>)>,
+}
+
+impl Check<'_> {
+    fn expression(&self, b: &mut Builder<'_>, s: &Spanned<String>, field: &str) {
+        if let Err(e) = expr::check_expression(&s.value) {
+            b.err(
+                s.referenced,
+                field,
+                format!("bad expression {:?}: {e}", s.value),
+            );
+        }
+    }
+
+    fn template(&self, b: &mut Builder<'_>, s: &Spanned<String>, field: &str) {
+        if let Err(e) = expr::check_template(&s.value) {
+            b.err(
+                s.referenced,
+                field,
+                format!("bad template {:?}: {e}", s.value),
+            );
+        }
+    }
+
+    fn profile(&self, b: &mut Builder<'_>, p: &Spanned<String>, field: &str) {
+        if !self.profiles.contains(p.value.as_str()) {
+            b.err(
+                p.referenced,
+                field,
+                format!("unknown QoS profile {:?}", p.value),
+            );
+        }
+    }
+
+    fn steps(
+        &mut self,
+        b: &mut Builder<'_>,
+        raw: &[RawStep],
+        field: &str,
+        names: &mut HashSet<String>,
+    ) -> Vec<Step> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, s)| self.step(b, s, &format!("{field}[{i}]"), names))
+            .collect()
+    }
+
+    fn step(
+        &mut self,
+        b: &mut Builder<'_>,
+        s: &RawStep,
+        field: &str,
+        names: &mut HashSet<String>,
+    ) -> Step {
+        let at = s.name.referenced;
+        let field = format!("{field} (step {:?})", s.name.value);
+        let f = |x: &str| format!("{field}.{x}");
+        if !names.insert(s.name.value.clone()) {
+            b.err(
+                at,
+                f("name"),
+                format!("duplicate step name {:?}", s.name.value),
+            );
+        }
+        if let Some(w) = &s.when {
+            self.expression(b, w, &f("if"));
+        }
+        if let Some(p) = &s.qos_profile {
+            self.profile(b, p, &f("qos_profile"));
+        }
+        let kinds = [
+            s.call.is_some(),
+            s.switch.is_some(),
+            s.for_each.is_some(),
+            s.repeat.is_some(),
+            s.parallel.is_some(),
+            s.workflow.is_some(),
+        ];
+        let count = kinds.iter().filter(|k| **k).count();
+        if count != 1 {
+            b.err(
+                at,
+                field.clone(),
+                format!("expected exactly one of call, switch, for_each, while, parallel, workflow; found {count}"),
+            );
+        }
+        let loops = s.for_each.is_some() || s.repeat.is_some();
+        if !s.steps.is_empty() && !loops {
+            b.err(at, f("steps"), "only a for_each or while step has steps");
+        }
+        if loops && s.steps.is_empty() {
+            b.err(
+                at,
+                f("steps"),
+                "expected at least one step in the loop, found none",
+            );
+        }
+        let kind = if let Some(c) = &s.call {
+            self.call(b, c, &f("call"))
+        } else if let Some(cases) = &s.switch {
+            let mut out = Vec::new();
+            for (i, c) in cases.iter().enumerate() {
+                let cf = f(&format!("switch[{i}]"));
+                match &c.when {
+                    Some(w) => self.expression(b, w, &format!("{cf}.if")),
+                    None if i + 1 != cases.len() => {
+                        b.err(at, cf.clone(), "only the last case may have no `if`")
+                    }
+                    None => {}
+                }
+                let steps = self.steps(b, &c.steps, &format!("{cf}.steps"), names);
+                out.push((c.when.as_ref().map(|w| w.value.clone()), steps));
+            }
+            StepKind::Switch(out)
+        } else if let Some(e) = &s.for_each {
+            self.expression(b, &e.items, &f("for_each.items"));
+            StepKind::ForEach {
+                items: e.items.value.clone(),
+                var: e
+                    .var
+                    .as_ref()
+                    .map_or_else(|| "item".to_string(), |v| v.value.clone()),
+                max: e.max.unwrap_or(DEFAULT_FOR_EACH_MAX),
+                steps: self.steps(b, &s.steps, &f("steps"), names),
+            }
+        } else if let Some(w) = &s.repeat {
+            self.expression(b, &w.condition, &f("while.condition"));
+            let max = match &w.max {
+                Some(m) if m.value == 0 => {
+                    b.err(m.referenced, f("while.max"), "expected at least 1, found 0");
+                    1
+                }
+                Some(m) => m.value,
+                None => {
+                    b.err(
+                        w.condition.referenced,
+                        f("while.max"),
+                        "an unbounded loop: `while` needs `max` (the most iterations)",
+                    );
+                    1
+                }
+            };
+            StepKind::While {
+                condition: w.condition.value.clone(),
+                max,
+                steps: self.steps(b, &s.steps, &f("steps"), names),
+            }
+        } else if let Some(branches) = &s.parallel {
+            StepKind::Parallel(
+                branches
+                    .iter()
+                    .enumerate()
+                    .map(|(i, br)| {
+                        self.steps(b, &br.steps, &f(&format!("parallel[{i}].steps")), names)
+                    })
+                    .collect(),
+            )
+        } else if let Some(w) = &s.workflow {
+            if !self.workflows.contains(w.value.as_str()) {
+                b.err(
+                    w.referenced,
+                    f("workflow"),
+                    format!("unknown workflow {:?}", w.value),
+                );
+            }
+            StepKind::Workflow(w.value.clone())
+        } else {
+            StepKind::Parallel(Vec::new())
+        };
+        let (attempts, backoff) = match &s.retry {
+            Some(r) if r.attempts == 0 => {
+                b.err(at, f("retry.attempts"), "expected at least 1, found 0");
+                (1, Duration::ZERO)
+            }
+            Some(r) => (
+                r.attempts,
+                r.backoff
+                    .as_ref()
+                    .map_or(Duration::from_millis(100), |d| d.0),
+            ),
+            None => (1, Duration::ZERO),
+        };
+        let mut extra = |x: &Option<Box<RawStep>>, name: &str| {
+            x.as_ref()
+                .map(|x| Box::new(self.step(b, x, &f(name), names)))
+        };
+        let fallback = extra(&s.fallback, "fallback");
+        let compensate = extra(&s.compensate, "compensate");
+        Step {
+            name: s.name.value.clone(),
+            when: s.when.as_ref().map(|w| w.value.clone()),
+            kind,
+            attempts,
+            backoff,
+            timeout: s.timeout.as_ref().map(|d| d.0),
+            fallback,
+            compensate,
+            qos_profile: s.qos_profile.as_ref().map(|p| p.value.clone()),
+        }
+    }
+
+    fn call(&mut self, b: &mut Builder<'_>, c: &RawCall, field: &str) -> StepKind {
+        if let Some(clusters) = self.clusters {
+            if !clusters.contains(c.service.value.as_str()) {
+                b.err(
+                    c.service.referenced,
+                    format!("{field}.service"),
+                    format!(
+                        "unknown service {:?} (no cluster of that name)",
+                        c.service.value
+                    ),
+                );
+            }
+        }
+        if let Some(p) = &c.path {
+            self.template(b, p, &format!("{field}.path"));
+        }
+        let mut headers = Vec::new();
+        for (name, v) in &c.headers {
+            let hf = format!("{field}.headers.{name}");
+            self.template(b, v, &hf);
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => headers.push((h, v.value.clone())),
+                Err(e) => b.err(v.referenced, hf, format!("bad header name {name:?}: {e}")),
+            }
+        }
+        if let Some(body) = &c.body {
+            self.template(b, body, &format!("{field}.body"));
+        }
+        StepKind::Call(Call {
+            service: c.service.value.clone(),
+            method: c.method.as_ref().map_or_else(
+                || {
+                    if c.body.is_some() {
+                        http::Method::POST
+                    } else {
+                        http::Method::GET
+                    }
+                },
+                |m| m.0.clone(),
+            ),
+            path: c
+                .path
+                .as_ref()
+                .map_or_else(|| "/".to_string(), |p| p.value.clone()),
+            headers,
+            body: c.body.as_ref().map(|b| b.value.clone()),
+        })
+    }
+
+    /// Workflows that call themselves through others.
+    fn cycles(&self, b: &mut Builder<'_>) {
+        'workflows: for (start, (at, field, _)) in &self.calls {
+            // Depth-first from `start`; a path back to it is a cycle.
+            let mut stack: Vec<(String, Vec<String>)> = vec![(start.clone(), vec![start.clone()])];
+            let mut visited = HashSet::new();
+            while let Some((w, path)) = stack.pop() {
+                for next in self
+                    .calls
+                    .get(&w)
+                    .map(|c| c.2.as_slice())
+                    .unwrap_or_default()
+                {
+                    if next == start {
+                        let mut cycle = path.clone();
+                        cycle.push(next.clone());
+                        b.err(
+                            *at,
+                            format!("{field}.steps"),
+                            format!("a cycle of workflows: {}", cycle.join(" -> ")),
+                        );
+                        continue 'workflows;
+                    }
+                    if visited.insert(next.clone()) {
+                        let mut p = path.clone();
+                        p.push(next.clone());
+                        stack.push((next.clone(), p));
+                    }
+                }
+            }
+        }
+    }
+}

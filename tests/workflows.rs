@@ -1,0 +1,341 @@
+//! Composite services: workflows run by a real proxy process against real upstream
+//! services over TCP: data flow between steps, branching, loops, fan-out, retries then a
+//! fallback, compensation, the deadline, asynchronous runs with status polling, and
+//! definitions rejected with the step named.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+use support::*;
+
+fn cluster(name: &str, up: &Upstream) -> String {
+    format!(
+        "  - name: {name}\n    outlier_detection: {{ consecutive_failures: 0 }}\n    endpoints: [{{ address: \"{}\" }}]\n",
+        up.addr
+    )
+}
+
+async fn post(proxy: &Proxy, path: &str, body: &str, prefer_async: bool) -> Answer {
+    let mut b = Request::post(proxy.url(path)).header("content-type", "application/json");
+    if prefer_async {
+        b = b.header("prefer", "respond-async");
+    }
+    send(
+        &h1_client(),
+        b.body(Full::new(Bytes::from(body.to_string()))).unwrap(),
+    )
+    .await
+}
+
+const FLOWS: &str = r#"
+workflows:
+  - name: profile
+    steps:
+      - name: user
+        call: { service: users, path: "/users/{{ input.id | urlencode }}" }
+      - name: kind
+        switch:
+          - if: "steps.user.body.path == '/users/vip'"
+            steps:
+              - { name: vip, call: { service: orders, path: /vip } }
+          - steps:
+              - { name: regular, call: { service: orders, path: "/regular?from={{ steps.user.body.service }}" } }
+      - name: each
+        for_each: { items: input.items, as: item, max: 10 }
+        steps:
+          - name: price
+            call:
+              service: orders
+              method: POST
+              path: "/price/{{ loop_index }}"
+              headers: { x-item: "{{ item }}" }
+              body: '{"item": {{ item | tojson }}}'
+      - name: poll
+        while: { condition: "iteration < 3", max: 5 }
+        steps:
+          - { name: tick, call: { service: orders, path: "/tick/{{ iteration }}" } }
+      - name: fan
+        parallel:
+          - steps: [ { name: left, call: { service: users, path: /left } } ]
+          - steps: [ { name: right, call: { service: orders, path: /right } } ]
+    output: >-
+      { "user": steps.user.body.path, "case": steps.kind.case,
+        "branch": steps.kind.body.path, "prices": steps.each.body | map(attribute='path') | list,
+        "sent": steps.each.body[1].body, "header": steps.each.body[1].headers['x-item'],
+        "ticks": steps.poll.iterations, "last_tick": steps.poll.body.path,
+        "fan": steps.fan.body | map(attribute='service') | list }
+  - name: resilient
+    steps:
+      - name: flaky
+        call: { service: flaky, path: /fail-at/flaky }
+        retry: { attempts: 3, backoff: 10ms }
+        fallback: { name: spare, call: { service: orders, path: /spare } }
+  - name: checkout
+    steps:
+      - name: reserve
+        call: { service: orders, method: POST, path: /reserve, body: '{}' }
+        compensate: { name: release, call: { service: orders, method: POST, path: /release, body: '{}' } }
+      - name: charge
+        call: { service: flaky, path: /fail-at/flaky }
+  - name: slow
+    deadline: 300ms
+    steps:
+      - { name: first, call: { service: users, path: /quick } }
+      - { name: crawl, call: { service: orders, path: "/crawl?ms=5000" } }
+  - name: later
+    steps:
+      - { name: wait, call: { service: users, path: "/wait?ms=300" } }
+      - { name: done, call: { service: orders, path: /done } }
+"#;
+
+async fn mesh() -> (Proxy, Upstream, Upstream, Upstream) {
+    let users = Upstream::spawn("users").await;
+    let orders = Upstream::spawn("orders").await;
+    let flaky = Upstream::spawn("flaky").await;
+    let clusters = format!(
+        "clusters:\n{}{}{}",
+        cluster("users", &users),
+        cluster("orders", &orders),
+        cluster("flaky", &flaky)
+    );
+    let proxy = Proxy::start(&config(&format!("{clusters}{FLOWS}"))).await;
+    (proxy, users, orders, flaky)
+}
+
+#[tokio::test]
+async fn every_construct_runs_against_real_services_and_data_flows_between_steps() {
+    let (proxy, users, orders, _flaky) = mesh().await;
+    let a = post(
+        &proxy,
+        "/workflows/profile",
+        r#"{"id": "a b", "items": ["x", "y"]}"#,
+        false,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let out = a.json();
+    // The input reached the path (encoded); a field of the first answer chose the branch
+    // (the default case) and was passed on in the next call's query.
+    assert_eq!(out["user"], "/users/a%20b");
+    assert_eq!(out["case"], 1);
+    assert_eq!(out["branch"], "/regular?from=users");
+    // One call per item, with the item in a templated header and JSON body.
+    assert_eq!(out["prices"], serde_json::json!(["/price/0", "/price/1"]));
+    assert_eq!(out["sent"], r#"{"item": "y"}"#);
+    assert_eq!(out["header"], "y");
+    // The while loop ran until its condition failed, below its max.
+    assert_eq!(out["ticks"], 3);
+    assert_eq!(out["last_tick"], "/tick/2");
+    // Both branches of the fan-out, joined in order.
+    assert_eq!(out["fan"], serde_json::json!(["users", "orders"]));
+    assert_eq!(users.hits(), 2);
+    assert_eq!(orders.hits(), 1 + 2 + 3 + 1);
+
+    // The other case of the switch.
+    let a = post(
+        &proxy,
+        "/workflows/profile",
+        r#"{"id": "vip", "items": []}"#,
+        false,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["branch"], "/vip");
+    assert_eq!(a.json()["case"], 0);
+
+    // Bad calls get a 4xx, never a crash.
+    let a = post(&proxy, "/workflows/profile", "{not json", false).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("not JSON"),
+        "{}",
+        a.body
+    );
+    let a = post(&proxy, "/workflows/nope", "{}", false).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = get(&h1_client(), &proxy.url("/workflows/profile")).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    // Too many items for the loop's max: the step fails, named.
+    let items: Vec<u32> = (0..11).collect();
+    let a = post(
+        &proxy,
+        "/workflows/profile",
+        &serde_json::json!({"id": "x", "items": items}).to_string(),
+        false,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(a.body.contains("more than its max of 10"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_failing_step_is_retried_then_its_fallback_answers() {
+    let (proxy, _users, orders, flaky) = mesh().await;
+    let a = post(&proxy, "/workflows/resilient", "{}", false).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(flaky.hits(), 3, "three attempts");
+    assert_eq!(orders.hits(), 1);
+    assert_eq!(a.json()["path"], "/spare", "the fallback's answer");
+    let id = a.headers["x-request-id"].to_str().unwrap().to_string();
+    let s = get(
+        &h1_client(),
+        &proxy.url(&format!("/workflows/requests/{id}")),
+    )
+    .await;
+    let steps = &s.json()["steps"];
+    assert_eq!(steps[0]["name"], "flaky");
+    assert_eq!(steps[0]["state"], "fallback");
+    assert_eq!(steps[0]["attempts"], 3);
+    assert_eq!(steps[0]["status"], 500);
+    assert_eq!(steps[1]["name"], "spare");
+    assert_eq!(steps[1]["state"], "succeeded");
+    let runs = proxy
+        .metric(
+            "presage_workflow_runs_total",
+            &[("workflow", "resilient"), ("outcome", "succeeded")],
+        )
+        .await;
+    assert_eq!(runs, 1.0);
+}
+
+#[tokio::test]
+async fn a_late_failure_runs_the_compensations_of_completed_steps() {
+    let (proxy, _users, orders, _flaky) = mesh().await;
+    let a = post(&proxy, "/workflows/checkout", "{}", false).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+    let body = a.json();
+    assert_eq!(body["step"], "charge");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("flaky answered 500"),
+        "{body}"
+    );
+    let states: Vec<(&str, &str)> = body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("reserve", "succeeded"),
+            ("charge", "failed"),
+            ("release", "compensated")
+        ]
+    );
+    assert_eq!(orders.hits(), 2, "reserve, then release");
+}
+
+#[tokio::test]
+async fn the_deadline_cuts_a_slow_workflow_with_a_clear_error() {
+    let (proxy, _users, _orders, _flaky) = mesh().await;
+    let a = post(&proxy, "/workflows/slow", "{}", false).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    let body = a.json();
+    assert_eq!(body["step"], "crawl");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("deadline of 300ms passed"),
+        "{body}"
+    );
+    // The caller's own budget is tighter still: it wins.
+    let req = Request::post(proxy.url("/workflows/slow"))
+        .header("x-presage-timeout-ms", "100")
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    let a = send(&h1_client(), req).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(a.body.contains("deadline of 100ms"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn an_asynchronous_run_answers_202_and_its_status_shows_each_step() {
+    let (proxy, _users, _orders, _flaky) = mesh().await;
+    let a = post(&proxy, "/workflows/later", "{}", true).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert_eq!(a.headers["preference-applied"], "respond-async");
+    let location = a.headers["location"].to_str().unwrap().to_string();
+    assert_eq!(a.json()["status"], location);
+    let first = get(&h1_client(), &proxy.url(&location)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.json()["state"], "running", "{}", first.body);
+    let done = wait_until(Duration::from_secs(10), || async {
+        let s = get(&h1_client(), &proxy.url(&location)).await.json();
+        (s["state"] != "running").then_some(s)
+    })
+    .await
+    .expect("the run ends");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["status"], 200);
+    assert_eq!(done["output"]["path"], "/done");
+    let names: Vec<&str> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["wait", "done"]);
+    let unknown = get(&h1_client(), &proxy.url("/workflows/requests/nope")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn invalid_definitions_are_rejected_with_the_step_named_and_never_replace_good_ones() {
+    let users = Upstream::spawn("users").await;
+    // Four lines: the workflows' lines below are 4 more in the file.
+    let clusters = format!("clusters:\n{}", cluster("users", &users));
+    let cases = [
+        (
+            "workflows:\n  - name: w\n    steps:\n      - name: a\n        call: { service: nobody }\n",
+            ":9:26: workflows[0].steps[0] (step \"a\").call.service: unknown service \"nobody\"",
+        ),
+        (
+            "workflows:\n  - name: w\n    steps:\n      - name: spin\n        while: { condition: \"true\" }\n        steps: [ { name: b, call: { service: users } } ]\n",
+            "workflows[0].steps[0] (step \"spin\").while.max: an unbounded loop",
+        ),
+        (
+            "workflows:\n  - name: w\n    steps:\n      - name: c\n        if: \"steps.x.status ==\"\n        call: { service: users }\n",
+            ":9:13: workflows[0].steps[0] (step \"c\").if: bad expression",
+        ),
+        (
+            "workflows:\n  - name: w\n    steps: [ { name: d, workflow: v } ]\n  - name: v\n    steps: [ { name: e, workflow: w } ]\n",
+            "a cycle of workflows: v -> w -> v",
+        ),
+    ];
+    let dir = TempDir::new();
+    for (i, (flow, want)) in cases.iter().enumerate() {
+        let path = dir.0.join(format!("bad{i}.yaml"));
+        std::fs::write(&path, format!("{clusters}{flow}")).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["validate", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains(want), "case {i}: want {want:?} in {err}");
+    }
+
+    // A running proxy keeps its good workflow when a bad one is written over it.
+    let good = format!(
+        "{clusters}workflows:\n  - name: w\n    steps: [ {{ name: a, call: {{ service: users, path: /ok }} }} ]\n"
+    );
+    let proxy = Proxy::start(&config(&good)).await;
+    proxy.write_config(&config(&format!("{clusters}{}", cases[1].0)));
+    let status = proxy
+        .wait_reload(|s| s["failures"].as_u64() >= Some(1))
+        .await;
+    assert!(status.to_string().contains("unbounded loop"), "{status}");
+    let a = post(&proxy, "/workflows/w", "", false).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["path"], "/ok");
+}
