@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
+use support::control_plane::{service_json, ControlPlane};
 use support::*;
 
 fn cluster(name: &str, up: &Upstream) -> String {
@@ -338,4 +339,70 @@ async fn invalid_definitions_are_rejected_with_the_step_named_and_never_replace_
     let a = post(&proxy, "/workflows/w", "", false).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.json()["path"], "/ok");
+}
+
+#[tokio::test]
+async fn workflows_stored_at_the_control_plane_are_checked_pushed_and_run_by_its_proxies() {
+    use http::Method;
+    let dir = TempDir::new();
+    let (users, orders) = (
+        Upstream::spawn("users").await,
+        Upstream::spawn("orders").await,
+    );
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, None).await;
+    cp.put("/v1/services/users", &service_json(&[users.addr]))
+        .await;
+    cp.put("/v1/services/orders", &service_json(&[orders.addr]))
+        .await;
+
+    // Bad definitions: 400 with the field, its line and column, and nothing stored.
+    let (s, e) = cp
+        .call(
+            Method::PUT,
+            "/v1/workflows/spin",
+            "name: spin\nsteps:\n  - name: loop\n    while: { condition: \"true\" }\n    steps: [ { name: a, call: { service: users } } ]\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["field"], "steps[0] (step \"loop\").while.max");
+    assert!(
+        e["message"].as_str().unwrap().contains("(line 4, column"),
+        "{e}"
+    );
+    let (s, e) = cp
+        .call(Method::PUT, "/v1/workflows/bad", r#"{"name": "bad", "steps": [{"name": "a", "if": "x ==", "call": {"service": "users"}}]}"#)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["field"], "steps[0] (step \"a\").if");
+    assert_eq!(cp.get("/v1/workflows").await, serde_json::json!([]));
+
+    // A good one (JSON here, YAML below), and one that runs it as a step.
+    cp.put(
+        "/v1/workflows/price",
+        r#"{"name": "price", "steps": [{"name": "quote", "call": {"service": "orders", "path": "/quote/{{ input.item }}"}}]}"#,
+    )
+    .await;
+    cp.put(
+        "/v1/workflows/checkout",
+        "name: checkout\nsteps:\n  - { name: user, call: { service: users, path: /me } }\n  - { name: p, workflow: price }\noutput: \"[steps.user.body.service, steps.p.body.path]\"\n",
+    )
+    .await;
+    let w = cp.get("/v1/workflows/checkout").await;
+    assert_eq!(w["services"], serde_json::json!(["orders", "users"]));
+    let (s, e) = cp.call(Method::DELETE, "/v1/workflows/price", "").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("checkout"), "{e}");
+
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n",
+        cp.url()
+    )))
+    .await;
+    let a = wait_until(Duration::from_secs(10), || async {
+        let a = post(&proxy, "/workflows/checkout", r#"{"item": "x1"}"#, false).await;
+        (a.status == StatusCode::OK).then_some(a)
+    })
+    .await
+    .expect("the proxy runs the pushed workflow");
+    assert_eq!(a.json(), serde_json::json!(["users", "/quote/x1"]));
 }

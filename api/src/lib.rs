@@ -29,27 +29,30 @@ pub mod types {
     pub const SUBJECT: &str = "presage.mesh.v1.Subject";
     pub const QOS_TIER: &str = "presage.mesh.v1.QosTier";
     pub const DEMAND_EVENT: &str = "presage.mesh.v1.DemandEvent";
+    pub const WORKFLOW: &str = "presage.mesh.v1.Workflow";
     /// Every type the control plane stores and serves: those it pushes to proxies, in
     /// the order a proxy subscribes (clusters before the routes naming them, profiles
     /// before the subjects naming them), then those only the control plane reads.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CLUSTER,
         ROUTE,
         QOS_TIER,
         QOS_PROFILE,
         SUBJECT,
+        WORKFLOW,
         FORECAST,
         BEHAVIOUR_PROFILE,
         WARM_POOL,
         DEMAND_EVENT,
     ];
     /// The types a proxy subscribes to.
-    pub const PUSHED: [&str; 8] = [
+    pub const PUSHED: [&str; 9] = [
         CLUSTER,
         ROUTE,
         QOS_TIER,
         QOS_PROFILE,
         SUBJECT,
+        WORKFLOW,
         FORECAST,
         BEHAVIOUR_PROFILE,
         WARM_POOL,
@@ -73,6 +76,7 @@ impl resource::Body {
             Subject(_) => types::SUBJECT,
             QosTier(_) => types::QOS_TIER,
             DemandEvent(_) => types::DEMAND_EVENT,
+            Workflow(_) => types::WORKFLOW,
         }
     }
 }

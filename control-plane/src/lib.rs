@@ -53,4 +53,5 @@ pub mod tiers;
 pub mod time;
 pub mod validate;
 pub mod webhook;
+pub mod workflows;
 pub mod xds;

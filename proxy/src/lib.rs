@@ -26,7 +26,6 @@ pub mod body;
 pub mod config;
 pub mod control_plane;
 pub mod errors;
-pub mod expr;
 pub mod forward;
 pub mod headers;
 pub mod identity;

@@ -118,13 +118,14 @@ fn apply(shared: &Shared, response: DiscoveryResponse) -> Result<(), String> {
     let mut dynamic = shared.dynamic.lock().expect("dynamic lock poisoned");
     let mut next = dynamic.clone();
     next.apply(t, response.resources, &response.removed_resources);
-    // Types that change routing; the rest are kept for the admin view (and later use).
+    // Types that change what the proxy does; the rest are kept for the admin view.
     if [
         types::CLUSTER,
         types::ROUTE,
         types::QOS_TIER,
         types::QOS_PROFILE,
         types::SUBJECT,
+        types::WORKFLOW,
     ]
     .contains(&t)
     {

@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "QosTier",
         "RequestRecord",
         "DemandEvent",
+        "Workflow",
     ];
     let mut b = tonic_prost_build::configure()
         .out_dir(api.join("src/gen"))

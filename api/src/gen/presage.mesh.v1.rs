@@ -84,7 +84,7 @@ pub struct Resource {
     /// Opaque; changes whenever the resource's content changes.
     #[prost(string, tag = "2")]
     pub version: ::prost::alloc::string::String,
-    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "resource::Body", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub body: ::core::option::Option<resource::Body>,
 }
 /// Nested message and enum types in `Resource`.
@@ -110,6 +110,8 @@ pub mod resource {
         QosTier(super::QosTier),
         #[prost(message, tag = "11")]
         DemandEvent(super::DemandEvent),
+        #[prost(message, tag = "12")]
+        Workflow(super::Workflow),
     }
 }
 /// An upstream service and its instances (clusters and endpoints travel together: a change
@@ -369,6 +371,24 @@ pub struct ForecastPoint {
 /// backup, a batch job): during \[start, end) a service's forecast rate is multiplied by
 /// `multiplier`, then raised by `added_rps`. Seconds of history inside a past event are
 /// divided back out before models are fitted, so an event does not become the baseline.
+/// A composite service: its definition is the workflow as users write it (YAML or JSON,
+/// the schema of the proxy config's `workflows\[\]`), validated by the control plane before
+/// it is stored and by each proxy before it runs it.
+#[allow(clippy::all)]
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Workflow {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub definition: ::prost::alloc::string::String,
+    /// The services its steps call (and those of the workflows it runs), as the control
+    /// plane resolved them: a user predicted to call the workflow calls these too.
+    #[prost(string, repeated, tag = "3")]
+    pub services: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
 #[allow(clippy::all)]
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -514,6 +514,21 @@ fn predicted_rates(inputs: &Inputs, now_ms: i64) -> Predicted {
                     calls: rate,
                 });
         });
+    let workflows: Vec<presage_api::Workflow> = snap
+        .get(types::WORKFLOW)
+        .map(|t| {
+            t.items
+                .values()
+                .filter_map(|r| match &r.body {
+                    Some(Body::Workflow(w)) => Some(w.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !workflows.is_empty() {
+        warm::through_workflows(&mut out, &crate::workflows::constituents(&workflows));
+    }
     out
 }
 

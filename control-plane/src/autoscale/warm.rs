@@ -84,6 +84,29 @@ pub struct UserCalls {
     pub calls: f64,
 }
 
+/// A user predicted to call a composite service calls its constituents too: each
+/// workflow's predicted calls are added to those of every service it calls (a user's
+/// calls to a service summed, whichever workflow they come through).
+pub fn through_workflows(
+    predicted: &mut std::collections::BTreeMap<String, Vec<UserCalls>>,
+    constituents: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) {
+    for (workflow, services) in constituents {
+        let Some(calls) = predicted.get(workflow).cloned() else {
+            continue;
+        };
+        for service in services {
+            let list = predicted.entry(service.clone()).or_default();
+            for c in &calls {
+                match list.iter_mut().find(|u| u.user == c.user) {
+                    Some(u) => u.calls += c.calls,
+                    None => list.push(c.clone()),
+                }
+            }
+        }
+    }
+}
+
 /// One service's warm pool between decisions.
 #[derive(Debug, Default)]
 pub struct WarmPool {
@@ -167,6 +190,29 @@ impl WarmPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predicted_calls_to_a_workflow_reach_its_constituents() {
+        let calls = |user: &str, n: f64| UserCalls {
+            user: user.into(),
+            tier: "gold".into(),
+            calls: n,
+        };
+        let mut p = std::collections::BTreeMap::from([
+            ("checkout".to_string(), vec![calls("u1", 2.0)]),
+            (
+                "users".to_string(),
+                vec![calls("u1", 1.0), calls("u2", 3.0)],
+            ),
+        ]);
+        let c = std::collections::BTreeMap::from([(
+            "checkout".to_string(),
+            std::collections::BTreeSet::from(["users".to_string(), "payments".to_string()]),
+        )]);
+        through_workflows(&mut p, &c);
+        assert_eq!(p["users"], [calls("u1", 3.0), calls("u2", 3.0)]);
+        assert_eq!(p["payments"], [calls("u1", 2.0)]);
+    }
 
     fn u(user: &str, tier: &str, calls: f64) -> UserCalls {
         UserCalls {

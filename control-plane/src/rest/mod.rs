@@ -116,7 +116,11 @@ impl utoipa::Modify for BearerAuth {
         deps::list_edges,
         deps::get_edge,
         deps::put_edge,
-        deps::delete_edge
+        deps::delete_edge,
+        workflows::list_workflows,
+        workflows::get_workflow,
+        workflows::put_workflow,
+        workflows::delete_workflow
     ),
     components(schemas(
         Cluster,
@@ -155,7 +159,8 @@ impl utoipa::Modify for BearerAuth {
         crate::negotiate::Negotiation,
         crate::negotiate::Exchange,
         crate::negotiate::Proposal,
-        crate::negotiate::Answer
+        crate::negotiate::Answer,
+        presage_api::Workflow
     ))
 )]
 struct ApiDoc;
@@ -165,6 +170,7 @@ mod deps;
 mod events;
 mod qos;
 mod scaling;
+mod workflows;
 
 /// The API's router.
 pub fn router(api: Api) -> Router {
@@ -220,6 +226,13 @@ pub fn router(api: Api) -> Router {
             get(qos::get_subject)
                 .put(qos::put_subject)
                 .delete(qos::delete_subject),
+        )
+        .route("/v1/workflows", get(workflows::list_workflows))
+        .route(
+            "/v1/workflows/{name}",
+            get(workflows::get_workflow)
+                .put(workflows::put_workflow)
+                .delete(workflows::delete_workflow),
         )
         .route("/v1/proxies", get(list_proxies))
         .route("/v1/users/{user}/next", get(demand::next_services))

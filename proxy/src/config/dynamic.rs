@@ -6,13 +6,16 @@
 //!
 //! Dynamic clusters are added after the static ones (a name clash is an error); dynamic
 //! routes are matched after the static routes, in ascending `(order, name)`.
-//! QoS profiles and subjects are appended to the YAML's `qos_profiles` and `subjects`.
+//! QoS profiles and subjects are appended to the YAML's `qos_profiles` and `subjects`;
+//! a workflow replaces the file's of the same name.
 //! Types the proxy does not act on yet (forecasts, behaviour profiles, warm pools) are
 //! kept as received and shown on the admin `/config/dynamic`.
 
 use std::collections::BTreeMap;
 
-use presage_api::{resource::Body, Cluster, QosProfile, QosTier, Resource, Route, Subject};
+use presage_api::{
+    resource::Body, Cluster, QosProfile, QosTier, Resource, Route, Subject, Workflow,
+};
 use serde_json::{json, Map, Value};
 
 use super::raw::{RawCluster, RawQosProfile, RawQosTier, RawRoute, RawSubject};
@@ -26,6 +29,7 @@ pub struct Dynamic {
     pub qos_profiles: BTreeMap<String, QosProfile>,
     pub subjects: BTreeMap<String, Subject>,
     pub qos_tiers: BTreeMap<String, QosTier>,
+    pub workflows: BTreeMap<String, Workflow>,
     /// Every resource (the two above included) by type, for versions and the admin view.
     pub resources: BTreeMap<&'static str, BTreeMap<String, Resource>>,
 }
@@ -52,6 +56,9 @@ impl Dynamic {
                 presage_api::types::QOS_TIER => {
                     self.qos_tiers.remove(name);
                 }
+                presage_api::types::WORKFLOW => {
+                    self.workflows.remove(name);
+                }
                 _ => {}
             }
         }
@@ -71,6 +78,9 @@ impl Dynamic {
                 }
                 Some(Body::QosTier(t)) => {
                     self.qos_tiers.insert(r.name.clone(), t.clone());
+                }
+                Some(Body::Workflow(w)) => {
+                    self.workflows.insert(r.name.clone(), w.clone());
                 }
                 _ => {}
             }
@@ -267,6 +277,7 @@ pub(super) struct RawItems {
     pub qos_profiles: Vec<RawQosProfile>,
     pub subjects: Vec<RawSubject>,
     pub qos_tiers: Vec<RawQosTier>,
+    pub workflows: Vec<presage_workflow::RawWorkflow>,
 }
 
 /// Converts every dynamic resource to its raw form; errors name the resource.
@@ -317,12 +328,33 @@ pub(super) fn raw_items(d: &Dynamic) -> (RawItems, Vec<ConfigError>) {
             Err(e) => errors.push(relabel(e, "QoS tier", name, "")),
         }
     }
+    let mut workflows = Vec::new();
+    for (name, w) in &d.workflows {
+        // The definition as users wrote it: the same schema as the file's `workflows[]`.
+        match super::deserialize::<presage_workflow::RawWorkflow>(&w.definition, "xds") {
+            Ok(raw) if raw.name.value == *name => workflows.push(raw),
+            Ok(raw) => errors.push(relabel(
+                ConfigError {
+                    source_name: String::new(),
+                    line: 0,
+                    column: 0,
+                    field: "name".into(),
+                    message: format!("the definition names {:?}", raw.name.value),
+                },
+                "workflow",
+                name,
+                "",
+            )),
+            Err(e) => errors.push(relabel(e, "workflow", name, "")),
+        }
+    }
     let items = RawItems {
         clusters,
         routes,
         qos_profiles,
         subjects,
         qos_tiers,
+        workflows,
     };
     (items, errors)
 }

@@ -16,10 +16,10 @@ mod one_liner;
 mod qos;
 mod routes;
 mod workflows;
+pub use presage_workflow::{Call, Step, StepKind, WorkflowSpec, DEFAULT_DEADLINE};
 pub use qos::{
     QosProfileSpec, SubjectKind, SubjectSpec, Tier, TierSpec, BASE_TIER, DEFAULT_TIERS, MAX_TIERS,
 };
-pub use workflows::{Call, Step, StepKind, WorkflowSpec, DEFAULT_DEADLINE};
 pub mod raw;
 
 pub use control_plane::default_node_id;
@@ -344,6 +344,8 @@ pub fn parse_with(
     // A tier the control plane sends replaces the file's tier of that name.
     raw.qos_tiers
         .retain(|t| !items.qos_tiers.iter().any(|d| d.name.value == t.name.value));
+    raw.workflows
+        .retain(|w| !items.workflows.iter().any(|d| d.name.value == w.name.value));
     let lists = [
         dynamic::Origin::new(
             "clusters",
@@ -378,12 +380,19 @@ pub fn parse_with(
             raw.qos_tiers.len(),
             items.qos_tiers.iter().map(|t| t.name.value.clone()),
         ),
+        dynamic::Origin::new(
+            "workflows",
+            "workflow",
+            raw.workflows.len(),
+            items.workflows.iter().map(|w| w.name.value.clone()),
+        ),
     ];
     raw.clusters.extend(items.clusters);
     raw.routes.extend(items.routes);
     raw.qos_profiles.extend(items.qos_profiles);
     raw.subjects.extend(items.subjects);
     raw.qos_tiers.extend(items.qos_tiers);
+    raw.workflows.extend(items.workflows);
     let mut b = Builder {
         source: source_name,
         base: base_dir,

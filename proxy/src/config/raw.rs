@@ -49,7 +49,7 @@ pub struct RawConfig {
     pub qos_tiers: Vec<RawQosTier>,
     /// Composite services (see `config::workflows`).
     #[serde(default)]
-    pub workflows: Vec<super::workflows::RawWorkflow>,
+    pub workflows: Vec<presage_workflow::RawWorkflow>,
 }
 
 /// A tier's rank, admission share and bandwidth cap (the rest of a `QosTier` is for the

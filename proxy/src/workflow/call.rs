@@ -14,10 +14,10 @@ use super::run::{Failure, Run, Vars};
 use crate::body::RequestBody;
 use crate::config::{Call, Step};
 use crate::errors::ProxyError;
-use crate::expr;
 use crate::headers::X_REQUEST_ID;
 use crate::qos;
 use crate::upstream::Outcome;
+use presage_workflow::expr;
 
 impl Run {
     /// Sends the step's call; its answer is kept as `steps.<name>`, and its body returned.

@@ -23,10 +23,10 @@ use tokio::time::Instant;
 
 use super::runs::{now_ms, Live, StepProgress};
 use crate::config::{Step, StepKind, WorkflowSpec};
-use crate::expr;
 use crate::qos::Profile;
 use crate::runtime::Runtime;
 use crate::state::Shared;
+use presage_workflow::expr;
 
 /// Loop variables in scope (`item`, `loop_index`, `iteration`).
 pub type Vars = Map<String, Value>;
@@ -118,7 +118,7 @@ impl Run {
     }
 
     /// What expressions see.
-    pub(super) fn context(&self, vars: &Vars) -> minijinja::Value {
+    pub(super) fn context(&self, vars: &Vars) -> expr::Value {
         let mut m = vars.clone();
         m.insert("input".into(), self.input.clone());
         m.insert("headers".into(), self.headers.clone());

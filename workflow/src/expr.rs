@@ -10,7 +10,8 @@
 
 use std::sync::LazyLock;
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+pub use minijinja::Value;
+use minijinja::{Environment, UndefinedBehavior};
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();

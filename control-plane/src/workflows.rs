@@ -1,0 +1,188 @@
+//! Composite services in the control plane: a workflow definition (the schema of the
+//! proxy config's `workflows[]`, `presage_workflow::spec`) is checked before it is stored
+//! (with the stored workflows it may run as steps, and the QoS profiles it names), and
+//! each workflow's constituents, the services its steps call transitively, are what a
+//! user predicted to call the workflow will call too.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use presage_api::Workflow;
+use presage_workflow::{Known, RawWorkflow, StepKind, WorkflowSpec};
+
+use crate::validate::FieldError;
+
+fn located(p: presage_workflow::Problem) -> FieldError {
+    let at = if p.at.line() > 0 {
+        format!(" (line {}, column {})", p.at.line(), p.at.column())
+    } else {
+        String::new()
+    };
+    FieldError {
+        field: p.field,
+        message: format!("{}{at}", p.message),
+    }
+}
+
+/// The stored definitions that still parse, but `except`.
+fn parsed(stored: &[Workflow], except: &str) -> Vec<RawWorkflow> {
+    stored
+        .iter()
+        .filter(|w| w.name != except)
+        .filter_map(|w| presage_workflow::parse(&w.definition).ok())
+        .collect()
+}
+
+/// Checks `text` as the definition of workflow `name`, among the `stored` ones; the
+/// resource to store (its services resolved).
+pub fn check(
+    name: &str,
+    text: &str,
+    stored: &[Workflow],
+    profiles: &HashSet<&str>,
+) -> Result<Workflow, Vec<FieldError>> {
+    let raw = presage_workflow::parse(text).map_err(|p| vec![located(p)])?;
+    if raw.name.value != name {
+        return Err(vec![FieldError {
+            field: "name".into(),
+            message: format!(
+                "{:?} differs from the name in the path, {name:?}",
+                raw.name.value
+            ),
+        }]);
+    }
+    let mut all = vec![raw];
+    all.extend(parsed(stored, name));
+    let known = Known {
+        clusters: None,
+        profiles: Some(profiles),
+    };
+    let specs = presage_workflow::build(&all, None, &known)
+        .map_err(|ps| ps.into_iter().map(located).collect::<Vec<_>>())?;
+    let services = resolve(&specs)
+        .remove(name)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok(Workflow {
+        name: name.to_string(),
+        definition: text.to_string(),
+        services,
+    })
+}
+
+/// The stored workflows that run `name` as a step.
+pub fn callers(name: &str, stored: &[Workflow]) -> Vec<String> {
+    let all = parsed(stored, "");
+    let Ok(specs) = presage_workflow::build(&all, None, &Known::default()) else {
+        return Vec::new();
+    };
+    specs
+        .iter()
+        .filter(|s| {
+            let mut runs = Vec::new();
+            nested(&s.steps, &mut runs);
+            s.name != name && runs.contains(&name)
+        })
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Workflow -> the services its steps call, through the workflows it runs.
+pub fn constituents(stored: &[Workflow]) -> BTreeMap<String, BTreeSet<String>> {
+    let all = parsed(stored, "");
+    match presage_workflow::build(&all, None, &Known::default()) {
+        Ok(specs) => resolve(&specs),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+fn resolve(specs: &[Arc<WorkflowSpec>]) -> BTreeMap<String, BTreeSet<String>> {
+    let by_name: BTreeMap<&str, &WorkflowSpec> =
+        specs.iter().map(|s| (s.name.as_str(), &**s)).collect();
+    let mut out = BTreeMap::new();
+    for s in specs {
+        let mut services = BTreeSet::new();
+        let mut todo = vec![s.name.as_str()];
+        let mut seen = HashSet::new();
+        while let Some(w) = todo.pop() {
+            let Some(spec) = by_name.get(w).filter(|_| seen.insert(w)) else {
+                continue;
+            };
+            services.extend(spec.services());
+            nested(&spec.steps, &mut todo);
+        }
+        out.insert(s.name.clone(), services);
+    }
+    out
+}
+
+/// The workflows `steps` run as steps.
+fn nested<'a>(steps: &'a [presage_workflow::Step], out: &mut Vec<&'a str>) {
+    for s in steps {
+        match &s.kind {
+            StepKind::Workflow(w) => out.push(w),
+            StepKind::Switch(cases) => cases.iter().for_each(|(_, s)| nested(s, out)),
+            StepKind::ForEach { steps, .. } | StepKind::While { steps, .. } => nested(steps, out),
+            StepKind::Parallel(b) => b.iter().for_each(|b| nested(b, out)),
+            StepKind::Call(_) => {}
+        }
+        for extra in [&s.fallback, &s.compensate].into_iter().flatten() {
+            nested(std::slice::from_ref(extra), out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(name: &str, text: &str) -> Workflow {
+        check(name, text, &[], &HashSet::new()).expect("valid")
+    }
+
+    #[test]
+    fn definitions_are_checked_with_their_location_and_constituents_resolved() {
+        let pay = stored(
+            "pay",
+            "name: pay\nsteps: [ { name: charge, call: { service: payments } } ]\n",
+        );
+        let text = "name: checkout\nsteps:\n  - { name: user, call: { service: users } }\n  - { name: p, workflow: pay }\n";
+        let w = check(
+            "checkout",
+            text,
+            std::slice::from_ref(&pay),
+            &HashSet::new(),
+        )
+        .unwrap();
+        assert_eq!(w.services, ["payments", "users"]);
+        assert_eq!(callers("pay", &[pay.clone(), w.clone()]), ["checkout"]);
+        let c = constituents(&[pay.clone(), w]);
+        assert_eq!(
+            c["checkout"],
+            BTreeSet::from(["payments".into(), "users".into()])
+        );
+
+        let e = check("loop", "name: loop\nsteps:\n  - name: spin\n    while: { condition: \"true\" }\n    steps: [ { name: a, call: { service: x } } ]\n", &[], &HashSet::new()).unwrap_err();
+        assert_eq!(e[0].field, "steps[0] (step \"spin\").while.max");
+        assert!(e[0].message.contains("(line 4, column"), "{e:?}");
+        let e = check("x", "name: x\nstep: []\n", &[], &HashSet::new()).unwrap_err();
+        assert!(e[0].message.contains("unknown field `step`"), "{e:?}");
+        let e = check(
+            "y",
+            "name: z\nsteps: [ { name: a, call: { service: s } } ]\n",
+            &[],
+            &HashSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "name");
+        let e = check(
+            "q",
+            "name: q\nqos_profile: nope\nsteps: [ { name: a, call: { service: s } } ]\n",
+            &[],
+            &HashSet::from(["gold"]),
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "qos_profile");
+    }
+}
