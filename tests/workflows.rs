@@ -394,15 +394,57 @@ async fn workflows_stored_at_the_control_plane_are_checked_pushed_and_run_by_its
     assert!(e["message"].as_str().unwrap().contains("checkout"), "{e}");
 
     let proxy = Proxy::start(&config(&format!(
-        "control_plane:\n  address: {}\n  node_id: p1\n",
+        "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
         cp.url()
     )))
     .await;
+    let client = h1_client();
+    let run = |id: &'static str| {
+        let req = Request::post(proxy.url("/workflows/checkout"))
+            .header("x-request-id", id)
+            .header("x-presage-user", "u1")
+            .body(Full::new(Bytes::from(r#"{"item": "x1"}"#)))
+            .unwrap();
+        send(&client, req)
+    };
     let a = wait_until(Duration::from_secs(10), || async {
-        let a = post(&proxy, "/workflows/checkout", r#"{"item": "x1"}"#, false).await;
+        let a = run("wf-1").await;
         (a.status == StatusCode::OK).then_some(a)
     })
     .await
     .expect("the proxy runs the pushed workflow");
     assert_eq!(a.json(), serde_json::json!(["users", "/quote/x1"]));
+
+    // The run's record reaches the control plane's getServiceStatus, with its steps.
+    let record = wait_until(Duration::from_secs(10), || async {
+        let (s, v) = cp.call(Method::GET, "/v1/requests/wf-1", "").await;
+        (s == StatusCode::OK).then_some(v)
+    })
+    .await
+    .expect("the run's record reaches the control plane");
+    assert_eq!(record["service"], "checkout");
+    assert_eq!(record["status"], 200);
+    let progress: serde_json::Value =
+        serde_json::from_str(record["workflow"].as_str().unwrap()).unwrap();
+    let steps: Vec<&str> = progress["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["user", "p", "quote"]);
+    assert_eq!(
+        progress["output"],
+        serde_json::json!(["users", "/quote/x1"])
+    );
+
+    // The profiler learned the user's composite call and its constituents: after the
+    // last constituent of one run comes the workflow again.
+    assert_eq!(run("wf-2").await.status, StatusCode::OK);
+    let next = wait_until(Duration::from_secs(10), || async {
+        let v = cp.get("/v1/users/u1/next?k=1").await;
+        (v[0]["service"] == "checkout").then_some(v)
+    })
+    .await;
+    assert!(next.is_some(), "{}", cp.get("/v1/users/u1/next?k=3").await);
 }

@@ -255,6 +255,7 @@ pub async fn handle(
                 reason: reason.to_string(),
                 warm_pool: reason == "warm-pool",
                 unix_ms: crate::telemetry::unix_ms(),
+                ..Default::default()
             }
         });
     }

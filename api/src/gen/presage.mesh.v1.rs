@@ -514,6 +514,10 @@ pub struct RequestRecord {
     pub warm_pool: bool,
     #[prost(int64, tag = "11")]
     pub unix_ms: i64,
+    /// A workflow run (`service` is the workflow): its progress as JSON, each step's state,
+    /// attempts, status and error, and the output or error.
+    #[prost(string, tag = "12")]
+    pub workflow: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -184,6 +184,16 @@ async fn invoke(
         t.transition(u, &spec.name);
     }
     let progress = shared.workflow_runs.start(&id, &spec.name);
+    // For the run's record at the control plane (its getServiceStatus).
+    let treated = (
+        decision
+            .profile
+            .as_ref()
+            .map(|p| p.spec.name.clone())
+            .unwrap_or_default(),
+        rt.config.tier(decision.tier).name.to_string(),
+    );
+    let started = std::time::Instant::now();
     let run = run::Run::new(
         shared.clone(),
         rt,
@@ -240,6 +250,21 @@ async fn invoke(
             }
         }
         run.shared.workflow_runs.ended(&run_id, spec.retention);
+        if let Some(t) = &run.shared.telemetry {
+            let p = live.lock().expect("progress lock poisoned").clone();
+            t.record(|| presage_api::RequestRecord {
+                request_id: run_id.clone(),
+                service: spec.name.clone(),
+                qos_profile: treated.0,
+                tier: treated.1,
+                status: u32::from(status.as_u16()),
+                latency_us: started.elapsed().as_micros() as u64,
+                reason: format!("workflow-{outcome}"),
+                unix_ms: crate::telemetry::unix_ms(),
+                workflow: serde_json::to_string(&p).unwrap_or_default(),
+                ..Default::default()
+            });
+        }
         (status, body)
     };
     if asynchronous {
