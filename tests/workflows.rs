@@ -88,6 +88,11 @@ workflows:
     steps:
       - { name: first, call: { service: users, path: /quick } }
       - { name: crawl, call: { service: orders, path: "/crawl?ms=5000" } }
+  - name: tiered
+    steps:
+      - { name: inherit, call: { service: users, path: /a } }
+      - { name: own, qos_profile: gold, call: { service: users, path: /b } }
+    output: "[steps.inherit.body.headers['x-presage-qos'], steps.own.body.headers['x-presage-qos'], steps.inherit.body.headers['x-request-id']]"
   - name: later
     steps:
       - { name: wait, call: { service: users, path: "/wait?ms=300" } }
@@ -104,7 +109,8 @@ async fn mesh() -> (Proxy, Upstream, Upstream, Upstream) {
         cluster("orders", &orders),
         cluster("flaky", &flaky)
     );
-    let proxy = Proxy::start(&config(&format!("{clusters}{FLOWS}"))).await;
+    let profiles = "qos_profiles:\n  - { name: gold, tier: gold }\n  - { name: quick, tier: silver, latency_p99_ms: 150 }\n";
+    let proxy = Proxy::start(&config(&format!("{clusters}{profiles}{FLOWS}"))).await;
     (proxy, users, orders, flaky)
 }
 
@@ -257,6 +263,36 @@ async fn the_deadline_cuts_a_slow_workflow_with_a_clear_error() {
     let a = send(&h1_client(), req).await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(a.body.contains("deadline of 100ms"), "{}", a.body);
+    // Without one, the caller's profile's latency target.
+    let req = Request::post(proxy.url("/workflows/slow"))
+        .header("x-presage-qos", "quick")
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    let a = send(&h1_client(), req).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(a.body.contains("deadline of 150ms"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn steps_inherit_the_callers_qos_profile_unless_they_name_their_own() {
+    let (proxy, _users, _orders, _flaky) = mesh().await;
+    let req = Request::post(proxy.url("/workflows/tiered"))
+        .header("x-presage-qos", "quick")
+        .header("x-request-id", "run-7")
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    let a = send(&h1_client(), req).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json(), serde_json::json!(["quick", "gold", "run-7"]));
+    // An unknown profile is the caller's error.
+    let req = Request::post(proxy.url("/workflows/tiered"))
+        .header("x-presage-qos", "nope")
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    assert_eq!(
+        send(&h1_client(), req).await.status,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! POST /workflows/checkout ─▶ QoS profile (caller's, else the workflow's) ─▶ deadline
-//!      (workflow's `deadline`, capped by the caller's budget or the profile's deadline)
+//!      (workflow's `deadline`, capped by the caller's budget, else the profile's
+//!      deadline, else its p99 latency target)
 //!      ─▶ run (run.rs; call.rs sends each call) ─▶ 200 output | 502 step failed
 //!                                                  | 504 deadline passed
 //! ```
@@ -126,9 +127,16 @@ async fn invoke(
     if let Some(Err(e)) = decision.profile.as_ref().map(|p| p.throttle()) {
         return e.into_response();
     }
-    // The profile's budget (the caller's, or its deadline) caps the workflow's own.
+    // The caller's budget, else its profile's deadline, else its p99 latency target,
+    // caps the workflow's own deadline.
+    let target = decision
+        .profile
+        .as_ref()
+        .map(|p| p.spec.latency_p99_ms)
+        .filter(|ms| *ms > 0.0)
+        .map(|ms| std::time::Duration::from_secs_f64(ms / 1000.0));
     let budget = match (
-        qos::budget(req.headers(), decision.profile.as_deref()),
+        qos::budget(req.headers(), decision.profile.as_deref()).or(target),
         spec.deadline,
     ) {
         (Some(a), Some(b)) => a.min(b),
