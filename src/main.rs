@@ -37,8 +37,12 @@ enum Command {
     /// line with `--listen` and `--to`.
     Proxy(ProxyArgs),
     /// Check config files and exit: 0 if all are valid, 64 with every error otherwise.
+    ///
+    /// A file is a proxy config, or one workflow (a mapping with `steps`, as
+    /// `/v1/workflows` takes it): workflow files are checked together, so one may run
+    /// another as a step.
     Validate {
-        /// Config files to check.
+        /// Proxy config or workflow files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -336,7 +340,21 @@ fn profile_eval(a: ProfileEvalArgs) -> ExitCode {
 
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
+    // Files of one workflow each (as `/v1/workflows` takes them) are checked together,
+    // so one may run another as a step.
+    let mut workflows = Vec::new();
     for f in files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        if presage_workflow::is_workflow(&text) {
+            match presage_workflow::parse(&text) {
+                Ok(_) => workflows.push(f),
+                Err(p) => {
+                    print_problem(f, &p);
+                    ok = false;
+                }
+            }
+            continue;
+        }
         match config::load(f) {
             Ok(_) => println!("{}: ok", f.display()),
             Err(errors) => {
@@ -345,11 +363,57 @@ fn validate(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
+    // One build per file with the others' definitions after it, for reference: its own
+    // problems are those at index 0 (the others' are reported in their turn).
+    for (i, f) in workflows.iter().enumerate() {
+        let parse = |path: &PathBuf| {
+            presage_workflow::parse(&std::fs::read_to_string(path).unwrap_or_default()).ok()
+        };
+        let mut set: Vec<presage_workflow::RawWorkflow> = parse(f).into_iter().collect();
+        set.extend(
+            workflows
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .filter_map(|(_, g)| parse(g)),
+        );
+        match presage_workflow::build(&set, Some("#"), &Default::default()) {
+            Ok(_) => println!("{}: ok", f.display()),
+            Err(problems) => {
+                let own: Vec<_> = problems
+                    .into_iter()
+                    .filter_map(|mut p| {
+                        let rest = p.field.strip_prefix("#[0]")?;
+                        p.field = rest.trim_start_matches('.').to_string();
+                        Some(p)
+                    })
+                    .collect();
+                if own.is_empty() {
+                    println!("{}: ok", f.display());
+                }
+                for p in &own {
+                    print_problem(f, p);
+                    ok = false;
+                }
+            }
+        }
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EX_USAGE)
     }
+}
+
+fn print_problem(f: &std::path::Path, p: &presage_workflow::Problem) {
+    eprintln!(
+        "{}:{}:{}: {}: {}",
+        f.display(),
+        p.at.line(),
+        p.at.column(),
+        p.field,
+        p.message
+    );
 }
 
 /// Loads the proxy config from the flags; errors are printed, and map to `EX_USAGE`.

@@ -362,6 +362,44 @@ async fn invalid_definitions_are_rejected_with_the_step_named_and_never_replace_
         assert!(err.contains(want), "case {i}: want {want:?} in {err}");
     }
 
+    // Files of one workflow each (as the control plane's API takes them), checked
+    // together: one may run another as a step; a cycle between files is named.
+    let (a, b) = (dir.0.join("a.yaml"), dir.0.join("b.json"));
+    std::fs::write(&a, "name: a\nsteps:\n  - { name: first, call: { service: users } }\n  - { name: then, workflow: b }\n").unwrap();
+    std::fs::write(
+        &b,
+        r#"{"name": "b", "steps": [{"name": "only", "call": {"service": "orders"}}]}"#,
+    )
+    .unwrap();
+    let check = |files: &[&std::path::Path]| {
+        let out = std::process::Command::new(BIN)
+            .arg("validate")
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check(&[&a, &b]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("a.yaml: ok") && out.contains("b.json: ok"),
+        "{out}"
+    );
+    let (code, _, err) = check(&[&a]);
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("a.yaml:4:29: steps[1] (step \"then\").workflow: unknown workflow \"b\""),
+        "{err}"
+    );
+    std::fs::write(&b, "name: b\nsteps: [ { name: back, workflow: a } ]\n").unwrap();
+    let (code, _, err) = check(&[&a, &b]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("a cycle of workflows: a -> b -> a"), "{err}");
+
     // A running proxy keeps its good workflow when a bad one is written over it.
     let good = format!(
         "{clusters}workflows:\n  - name: w\n    steps: [ {{ name: a, call: {{ service: users, path: /ok }} }} ]\n"

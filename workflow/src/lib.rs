@@ -14,6 +14,6 @@ pub mod expr;
 pub mod spec;
 
 pub use spec::{
-    build, parse, Call, Known, Problem, RawWorkflow, Step, StepKind, WorkflowSpec,
+    build, is_workflow, parse, Call, Known, Problem, RawWorkflow, Step, StepKind, WorkflowSpec,
     DEFAULT_DEADLINE, DEFAULT_RETENTION,
 };

@@ -85,6 +85,13 @@ fn duration(b: &mut Problems, d: &Option<Spanned<String>>, field: &str) -> Optio
     }
 }
 
+/// Whether `text` is one workflow (a mapping with `steps`, as `/v1/workflows` takes it)
+/// rather than a proxy config (whose workflows are under `workflows:`).
+pub fn is_workflow(text: &str) -> bool {
+    serde_saphyr::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(text)
+        .is_ok_and(|m| m.contains_key("steps"))
+}
+
 /// One workflow from YAML or JSON text; the error is located in `text`.
 pub fn parse(text: &str) -> Result<RawWorkflow, Problem> {
     let mut path = None;
