@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use presage_api::Workflow;
-use presage_workflow::{Known, RawWorkflow, StepKind, WorkflowSpec};
+use presage_workflow::{Known, RawWorkflow, WorkflowSpec};
 
 use crate::validate::FieldError;
 
@@ -79,11 +79,7 @@ pub fn callers(name: &str, stored: &[Workflow]) -> Vec<String> {
     };
     specs
         .iter()
-        .filter(|s| {
-            let mut runs = Vec::new();
-            nested(&s.steps, &mut runs);
-            s.name != name && runs.contains(&name)
-        })
+        .filter(|s| s.name != name && s.runs().contains(&name))
         .map(|s| s.name.clone())
         .collect()
 }
@@ -110,27 +106,11 @@ fn resolve(specs: &[Arc<WorkflowSpec>]) -> BTreeMap<String, BTreeSet<String>> {
                 continue;
             };
             services.extend(spec.services());
-            nested(&spec.steps, &mut todo);
+            todo.extend(spec.runs());
         }
         out.insert(s.name.clone(), services);
     }
     out
-}
-
-/// The workflows `steps` run as steps.
-fn nested<'a>(steps: &'a [presage_workflow::Step], out: &mut Vec<&'a str>) {
-    for s in steps {
-        match &s.kind {
-            StepKind::Workflow(w) => out.push(w),
-            StepKind::Switch(cases) => cases.iter().for_each(|(_, s)| nested(s, out)),
-            StepKind::ForEach { steps, .. } | StepKind::While { steps, .. } => nested(steps, out),
-            StepKind::Parallel(b) => b.iter().for_each(|b| nested(b, out)),
-            StepKind::Call(_) => {}
-        }
-        for extra in [&s.fallback, &s.compensate].into_iter().flatten() {
-            nested(std::slice::from_ref(extra), out);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -171,7 +171,11 @@ pub fn build(
         let steps = check.steps(&mut problems, &w.steps, &f("steps"), &mut step_names);
         check.calls.insert(
             w.name.value.clone(),
-            (w.name.referenced, f("steps"), check_calls(&steps)),
+            (
+                w.name.referenced,
+                f("steps"),
+                runs(&steps).into_iter().map(str::to_string).collect(),
+            ),
         );
         out.push(Arc::new(WorkflowSpec {
             name: w.name.value.clone(),
@@ -196,27 +200,46 @@ impl WorkflowSpec {
     /// workflows it runs as steps.
     pub fn services(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        fn walk(steps: &[Step], out: &mut BTreeSet<String>) {
-            for s in steps {
-                match &s.kind {
-                    StepKind::Call(c) => {
-                        out.insert(c.service.clone());
-                    }
-                    StepKind::Switch(cases) => cases.iter().for_each(|(_, s)| walk(s, out)),
-                    StepKind::ForEach { steps, .. } | StepKind::While { steps, .. } => {
-                        walk(steps, out)
-                    }
-                    StepKind::Parallel(branches) => branches.iter().for_each(|b| walk(b, out)),
-                    StepKind::Workflow(_) => {}
-                }
-                for extra in [&s.fallback, &s.compensate].into_iter().flatten() {
-                    walk(std::slice::from_ref(extra), out);
-                }
+        visit(&self.steps, &mut |s| {
+            if let StepKind::Call(c) = &s.kind {
+                out.insert(c.service.clone());
             }
-        }
-        walk(&self.steps, &mut out);
+        });
         out
     }
+
+    /// The workflows its steps run as steps.
+    pub fn runs(&self) -> Vec<&str> {
+        runs(&self.steps)
+    }
+}
+
+/// Calls `f` on every step of `steps` and on those nested in them: cases, loop bodies,
+/// branches, fallbacks and compensations.
+pub fn visit<'a, F: FnMut(&'a Step)>(steps: &'a [Step], f: &mut F) {
+    for s in steps {
+        f(s);
+        match &s.kind {
+            StepKind::Switch(cases) => cases.iter().for_each(|(_, s)| visit(s, f)),
+            StepKind::ForEach { steps, .. } | StepKind::While { steps, .. } => visit(steps, f),
+            StepKind::Parallel(branches) => branches.iter().for_each(|b| visit(b, f)),
+            StepKind::Call(_) | StepKind::Workflow(_) => {}
+        }
+        for extra in [&s.fallback, &s.compensate].into_iter().flatten() {
+            visit(std::slice::from_ref(&**extra), f);
+        }
+    }
+}
+
+/// The workflows `steps` run as steps.
+fn runs(steps: &[Step]) -> Vec<&str> {
+    let mut out = Vec::new();
+    visit(steps, &mut |s| {
+        if let StepKind::Workflow(w) = &s.kind {
+            out.push(w.as_str());
+        }
+    });
+    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,27 +381,6 @@ pub struct Call {
     pub path: String,
     pub headers: Vec<(http::HeaderName, String)>,
     pub body: Option<String>,
-}
-
-/// The workflows a list of steps calls, nested steps included.
-fn check_calls(steps: &[Step]) -> Vec<String> {
-    let mut out = Vec::new();
-    fn walk(steps: &[Step], out: &mut Vec<String>) {
-        for s in steps {
-            match &s.kind {
-                StepKind::Workflow(w) => out.push(w.clone()),
-                StepKind::Switch(cases) => cases.iter().for_each(|(_, s)| walk(s, out)),
-                StepKind::ForEach { steps, .. } | StepKind::While { steps, .. } => walk(steps, out),
-                StepKind::Parallel(branches) => branches.iter().for_each(|b| walk(b, out)),
-                StepKind::Call(_) => {}
-            }
-            for extra in [&s.fallback, &s.compensate].into_iter().flatten() {
-                walk(std::slice::from_ref(extra), out);
-            }
-        }
-    }
-    walk(steps, &mut out);
-    out
 }
 
 struct Check<'a> {

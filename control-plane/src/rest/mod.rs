@@ -436,7 +436,12 @@ where
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let resource = Resource::new(name.clone(), wrap(value));
+    put(api, name, wrap(value)).await
+}
+
+/// Stores and publishes `body` as the resource `name`.
+async fn put(api: &Api, name: String, body: Body) -> Result<Json<Written>, ApiError> {
+    let resource = Resource::new(name.clone(), body);
     let version = resource.version.clone();
     let changed = api.resources.put(resource).await?;
     Ok(Json(Written {

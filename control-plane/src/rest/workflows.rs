@@ -55,14 +55,7 @@ pub(super) async fn put_workflow(
     let profiles = items(&api, types::QOS_PROFILE, qos);
     let names = profiles.iter().map(|p| p.name.as_str()).collect();
     let w = crate::workflows::check(&name, text, &stored, &names).map_err(ApiError::invalid)?;
-    let resource = Resource::new(name.clone(), Body::Workflow(w));
-    let version = resource.version.clone();
-    let changed = api.resources.put(resource).await?;
-    Ok(Json(Written {
-        name,
-        changed,
-        version,
-    }))
+    put(&api, name, Body::Workflow(w)).await
 }
 
 /// Deletes a workflow no other workflow runs as a step (409 names those that do).
