@@ -173,6 +173,35 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
         names.len() >= 2,
         "requests spread over the new processes: {names:?}"
     );
+    // Each instance's CPU and memory, sampled from its process every second.
+    let usage = wait_until(Duration::from_secs(10), || async {
+        let u = cp.get("/v1/services/api/usage?horizon=5").await;
+        let all = u.as_array()?;
+        (all.len() == 4 && all.iter().all(|i| i["samples"].as_u64() >= Some(2))).then_some(u)
+    })
+    .await
+    .expect("every instance's usage is sampled");
+    let sampled: BTreeSet<String> = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["endpoint"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sampled, during, "one series per running instance");
+    for i in usage.as_array().unwrap() {
+        // A sample-service process holds megabytes, not kilobytes.
+        assert!(i["memory_bytes"].as_f64().unwrap() > 1e6, "{i}");
+        assert!(i["cpu_cores_1m"].as_f64().unwrap() >= 0.0, "{i}");
+    }
+    let (status, body) = cp
+        .call(http::Method::GET, "/v1/services/api/usage?horizon=0", "")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "horizon");
+    let (status, _) = cp
+        .call(http::Method::GET, "/v1/services/catalog/usage", "")
+        .await;
+    assert_eq!(status, 404, "the dry run sees no processes");
     let decisions = cp.get("/v1/decisions?service=api").await;
     let scale_up = decisions
         .as_array()
@@ -194,6 +223,13 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     assert_eq!(down["target"], 1);
     let after = endpoints(&cp).await;
     assert_eq!(after.len(), 1, "{after:?}");
+    let left = wait_until(Duration::from_secs(15), || async {
+        let u = cp.get("/v1/services/api/usage").await;
+        (u.as_array()?.len() == 1).then_some(u)
+    })
+    .await
+    .expect("stopped instances' series are dropped");
+    assert!(after.contains(left[0]["endpoint"].as_str().unwrap()));
     for gone in during.difference(&after) {
         let stopped = wait_until(Duration::from_secs(15), || async {
             refused(gone).await.then_some(())

@@ -140,6 +140,8 @@ struct Inner {
     state: Mutex<State>,
     /// Instance tasks still running.
     tasks: watch::Sender<usize>,
+    /// Each ready instance's CPU and memory, sampled from `/proc`.
+    usage: Arc<super::usage::Usage>,
 }
 
 pub struct Local {
@@ -155,6 +157,7 @@ impl Local {
                 registry,
                 state: Mutex::new(State::default()),
                 tasks: watch::channel(0).0,
+                usage: Arc::default(),
             }),
         }
     }
@@ -365,28 +368,46 @@ impl Inner {
         }
         tracing::info!(%service, index, %addr, cold_start = ?took, "instance ready");
         self.publish().await;
-        tokio::select! {
-            status = child.wait() => {
-                tracing::warn!(%service, index, ?status, "instance exited; deregistered");
-                self.forget(index);
-                self.publish().await;
-            }
-            _ = &mut stop => {
-                if let Some(s) = self.lock().slots.get_mut(&index) {
-                    s.ready = false;
+        let id = format!("{service}-{index}");
+        let endpoint = addr.to_string();
+        let mut sample = tokio::time::interval(super::usage::EVERY);
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    tracing::warn!(%service, index, ?status, "instance exited; deregistered");
+                    self.forget(index);
+                    self.publish().await;
+                    break;
                 }
-                self.publish().await;
-                tokio::time::sleep(self.cfg.drain.unwrap_or(Duration::from_secs(1))).await;
-                let stop_timeout = self.cfg.stop_timeout.unwrap_or(Duration::from_secs(10));
-                let term = rustix::process::Pid::from_raw(pid as i32)
-                    .map(|p| rustix::process::kill_process(p, rustix::process::Signal::TERM));
-                if !matches!(term, Some(Ok(()))) || tokio::time::timeout(stop_timeout, child.wait()).await.is_err() {
-                    let _ = child.kill().await;
+                _ = sample.tick() => {
+                    if let Some(r) = super::usage::read(pid) {
+                        let now = crate::time::unix_ms();
+                        self.usage.record(&id, &endpoint, r, std::time::Instant::now(), now);
+                    }
+                    continue;
                 }
-                tracing::info!(%service, index, "instance stopped");
-                self.forget(index);
+                _ = &mut stop => {}
             }
+            if let Some(s) = self.lock().slots.get_mut(&index) {
+                s.ready = false;
+            }
+            self.publish().await;
+            tokio::time::sleep(self.cfg.drain.unwrap_or(Duration::from_secs(1))).await;
+            let stop_timeout = self.cfg.stop_timeout.unwrap_or(Duration::from_secs(10));
+            let term = rustix::process::Pid::from_raw(pid as i32)
+                .map(|p| rustix::process::kill_process(p, rustix::process::Signal::TERM));
+            if !matches!(term, Some(Ok(())))
+                || tokio::time::timeout(stop_timeout, child.wait())
+                    .await
+                    .is_err()
+            {
+                let _ = child.kill().await;
+            }
+            tracing::info!(%service, index, "instance stopped");
+            self.forget(index);
+            break;
         }
+        self.usage.forget(&id);
     }
 }
 
@@ -505,6 +526,10 @@ impl Actuator for Local {
             cold_start: st.cold_start,
             limits_unavailable: st.limits_unavailable.clone(),
         }
+    }
+
+    fn usage(&self) -> Option<Arc<super::usage::Usage>> {
+        Some(self.inner.usage.clone())
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

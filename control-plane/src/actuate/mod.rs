@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod kubernetes;
 pub mod local;
+pub mod usage;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -95,6 +96,10 @@ pub trait Actuator: Send + Sync {
     /// Asks for `want`; returns once the change is under way.
     fn scale<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<(), ActuateError>>;
     fn status(&self) -> Status;
+    /// Its instances' CPU and memory series, where it can see them.
+    fn usage(&self) -> Option<std::sync::Arc<usage::Usage>> {
+        None
+    }
     /// Stops what it started (at shutdown); instances it does not own are left alone.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }

@@ -112,6 +112,8 @@ pub struct Autoscaling {
     policies: Mutex<BTreeMap<String, (Policy, u32)>>,
     /// Negotiations with dependencies before scale-ups (`/v1/negotiations`).
     pub negotiations: negotiation::Log,
+    /// Each scaled service's instance CPU and memory, where its actuator sees them.
+    usage: Mutex<BTreeMap<String, Arc<crate::actuate::usage::Usage>>>,
 }
 
 /// The store's `models` key of a service's policy set through the API.
@@ -145,6 +147,7 @@ impl Autoscaling {
             now: Mutex::default(),
             policies: Mutex::new(policies),
             negotiations: negotiation::Log::default(),
+            usage: Mutex::default(),
         })
     }
 
@@ -181,6 +184,13 @@ impl Autoscaling {
             .expect("autoscaling lock poisoned")
             .insert(service.to_string(), (policy, min));
         Ok(Some(()))
+    }
+
+    /// A scaled service's instance series (None: not scaled, or its actuator cannot see
+    /// its instances).
+    pub fn usage(&self, service: &str) -> Option<Arc<crate::actuate::usage::Usage>> {
+        let usage = self.usage.lock().expect("usage lock poisoned");
+        usage.get(service).cloned()
     }
 
     pub fn services(&self) -> Vec<ServiceState> {
@@ -292,6 +302,12 @@ pub async fn run(
             resources: None,
         })
         .collect();
+    for s in &scaled {
+        if let Some(u) = s.actuator.usage() {
+            let mut usage = shared.usage.lock().expect("usage lock poisoned");
+            usage.insert(s.cfg.service.clone(), u);
+        }
+    }
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -120,7 +120,8 @@ impl utoipa::Modify for BearerAuth {
         workflows::list_workflows,
         workflows::get_workflow,
         workflows::put_workflow,
-        workflows::delete_workflow
+        workflows::delete_workflow,
+        scaling::service_usage
     ),
     components(schemas(
         Cluster,
@@ -160,7 +161,9 @@ impl utoipa::Modify for BearerAuth {
         crate::negotiate::Exchange,
         crate::negotiate::Proposal,
         crate::negotiate::Answer,
-        presage_api::Workflow
+        presage_api::Workflow,
+        crate::actuate::usage::InstanceUsage,
+        crate::actuate::usage::UsageForecast
     ))
 )]
 struct ApiDoc;
@@ -183,6 +186,7 @@ pub fn router(api: Api) -> Router {
             get(get_service).put(put_service).delete(delete_service),
         )
         .route("/v1/services/{name}/instances", get(service_instances))
+        .route("/v1/services/{name}/usage", get(scaling::service_usage))
         .route("/v1/services/{name}/load", get(demand::service_load))
         .route(
             "/v1/services/{name}/forecast",

@@ -98,3 +98,47 @@ fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
     Ok(limit)
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(super) struct UsageQuery {
+    /// Seconds ahead to forecast (1-600, default 60).
+    horizon: Option<usize>,
+}
+
+/// Each instance's CPU (cores) and resident memory (bytes) now, over the last minute, and
+/// forecast `horizon` seconds ahead with a 95% interval; sampled every second by the
+/// local actuator. 404 when the service is not scaled or its actuator cannot see its
+/// instances' processes.
+#[utoipa::path(get, path = "/v1/services/{name}/usage", params(UsageQuery),
+    responses((status = 200, body = [crate::actuate::usage::InstanceUsage]),
+        (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub(super) async fn service_usage(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Json<Vec<crate::actuate::usage::InstanceUsage>>, ApiError> {
+    let q = query(q)?;
+    let horizon = q.horizon.unwrap_or(60);
+    if !(1..=600).contains(&horizon) {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: "horizon".into(),
+            message: format!("expected 1 to 600 seconds, found {horizon}"),
+        }]));
+    }
+    let usage = api.autoscaling.usage(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no instance usage for {name:?}: it is not scaled by an actuator that sees its instances (autoscaling.services with a local actuator)"
+        ))
+    })?;
+    // Fitting is CPU work: off the async threads.
+    let series = usage.series();
+    let out = tokio::task::spawn_blocking(move || {
+        series
+            .iter()
+            .map(|s| s.summary(horizon))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    Ok(Json(out))
+}
