@@ -521,4 +521,13 @@ async fn workflows_stored_at_the_control_plane_are_checked_pushed_and_run_by_its
     })
     .await;
     assert!(next.is_some(), "{}", cp.get("/v1/users/u1/next?k=3").await);
+
+    // Runs are kept in the store for their workflow's retention: a restart keeps them.
+    drop(proxy);
+    cp.stop().await;
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, None).await;
+    let kept = cp.get("/v1/requests/wf-1").await;
+    assert_eq!(kept["service"], "checkout");
+    assert_eq!(kept["keep_ms"], 600_000, "the default retention, 10 min");
+    assert!(kept["workflow"].as_str().unwrap().contains("\"quote\""));
 }

@@ -188,7 +188,7 @@ pub async fn run(
         metrics.clone(),
         format!("http://{}/v1/alerts", bound.api),
     ));
-    let requests = Arc::new(crate::requests::Requests::default());
+    let requests = Arc::new(crate::requests::Requests::durable(store.clone()));
     let telemetry = TelemetryService {
         requests: requests.clone(),
         sla: sla.clone(),

@@ -28,6 +28,11 @@ const DEPENDENCIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dep
 /// Scaling decisions by sequence number (JSON), the newest `DECISIONS_KEPT`.
 const DECISIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("decisions");
 const DECISIONS_KEPT: u64 = 100_000;
+/// Ended workflow runs by request id: expiry (Unix ms, 8 bytes little-endian) then the
+/// `RequestRecord` (protobuf); and the same runs by expiry, for purging.
+const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("workflow_runs");
+const RUNS_BY_EXPIRY: TableDefinition<'_, (u64, &str), ()> =
+    TableDefinition::new("workflow_runs_by_expiry");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +84,8 @@ impl Store {
             tx.open_table(SECRETS)?;
             tx.open_table(DECISIONS)?;
             tx.open_table(DEPENDENCIES)?;
+            tx.open_table(RUNS)?;
+            tx.open_table(RUNS_BY_EXPIRY)?;
             tx.commit()?;
             Ok(db)
         };
@@ -267,6 +274,76 @@ impl Store {
             .map_err(redb::Error::from)?
             .map_or(0, |(k, _)| k.value());
         Ok(last)
+    }
+
+    /// Keeps ended workflow runs, each until its expiry (Unix ms), and forgets those
+    /// expired by `now_ms`.
+    pub fn put_runs(
+        &self,
+        runs: &[(presage_api::RequestRecord, u64)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        use prost::Message as _;
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut by_id = tx.open_table(RUNS).map_err(redb::Error::from)?;
+            let mut by_expiry = tx.open_table(RUNS_BY_EXPIRY).map_err(redb::Error::from)?;
+            for (r, expires) in runs {
+                let mut v = expires.to_le_bytes().to_vec();
+                r.encode(&mut v).expect("a Vec grows");
+                by_id
+                    .insert(r.request_id.as_str(), v.as_slice())
+                    .map_err(redb::Error::from)?;
+                by_expiry
+                    .insert((*expires, r.request_id.as_str()), ())
+                    .map_err(redb::Error::from)?;
+            }
+            let mut expired = Vec::new();
+            for item in by_expiry.range(..(now_ms, "")).map_err(redb::Error::from)? {
+                let (k, _) = item.map_err(redb::Error::from)?;
+                let (at, id) = k.value();
+                expired.push((at, id.to_string()));
+            }
+            for (at, id) in expired {
+                by_expiry
+                    .remove((at, id.as_str()))
+                    .map_err(redb::Error::from)?;
+                // Only if not written again since with a later expiry.
+                let same = by_id
+                    .get(id.as_str())
+                    .map_err(redb::Error::from)?
+                    .is_some_and(|v| v.value().get(..8) == Some(&at.to_le_bytes()[..]));
+                if same {
+                    by_id.remove(id.as_str()).map_err(redb::Error::from)?;
+                }
+            }
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// An ended workflow run kept until after `now_ms`.
+    pub fn run(
+        &self,
+        id: &str,
+        now_ms: u64,
+    ) -> Result<Option<presage_api::RequestRecord>, StoreError> {
+        use prost::Message as _;
+        let Some(v) = self.get(RUNS, id)? else {
+            return Ok(None);
+        };
+        let expires = v
+            .get(..8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        if expires <= now_ms {
+            return Ok(None);
+        }
+        presage_api::RequestRecord::decode(&v[8..])
+            .map(Some)
+            .map_err(|source| StoreError::Decode {
+                key: format!("workflow run {id}"),
+                source,
+            })
     }
 
     /// Decision records, newest first, for which `keep` is true, at most `limit`.

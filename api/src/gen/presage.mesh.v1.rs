@@ -518,6 +518,9 @@ pub struct RequestRecord {
     /// attempts, status and error, and the output or error.
     #[prost(string, tag = "12")]
     pub workflow: ::prost::alloc::string::String,
+    /// A workflow run: how long the control plane keeps it (the workflow's `retention`).
+    #[prost(uint64, tag = "13")]
+    pub keep_ms: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

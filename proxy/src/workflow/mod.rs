@@ -270,6 +270,7 @@ async fn invoke(
                 reason: format!("workflow-{outcome}"),
                 unix_ms: crate::telemetry::unix_ms(),
                 workflow: serde_json::to_string(&p).unwrap_or_default(),
+                keep_ms: spec.retention.as_millis() as u64,
                 ..Default::default()
             });
         }
