@@ -263,6 +263,16 @@ async fn telemetry_counts_match_the_requests_sent() {
         services.contains(&"web") && services.contains(&"cart"),
         "{next}"
     );
+    // And the proxy that saw the users gets their prediction vectors on its stream.
+    let pushed = wait_until(Duration::from_secs(15), || async {
+        let d: serde_json::Value =
+            serde_json::from_str(&proxy.admin_get("/config/dynamic").await.1).ok()?;
+        let users = d["resources"]["presage.mesh.v1.BehaviourProfile"].as_object()?;
+        (users.len() == 7).then(|| users.keys().cloned().collect::<Vec<_>>())
+    })
+    .await
+    .expect("the seven users' vectors reach the proxy");
+    assert!(pushed.contains(&"user:user1".to_string()), "{pushed:?}");
     // And the proxy's node shows its last report.
     assert!(cp.proxy("p1").await.unwrap()["last_report_unix_ms"]
         .as_i64()

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod negotiate;
 pub mod planner;
 pub mod predict;
+pub mod predictions;
 pub mod proxies;
 pub mod requests;
 pub mod resources;

@@ -173,9 +173,11 @@ pub async fn run(
         })?,
     };
 
+    let vectors = Arc::new(crate::predictions::UserVectors::new(profiler.clone()));
     let discovery = DiscoveryService {
         resources: resources.clone(),
         proxies: proxies.clone(),
+        vectors: Some(vectors.clone()),
     };
     let ejections = Arc::new(crate::health::Ejections::default());
     let sla = Arc::new(crate::sla::Sla::default());
@@ -197,6 +199,7 @@ pub async fn run(
         profiler: profiler.clone(),
         ejections: ejections.clone(),
         deps: deps.clone(),
+        vectors,
     };
     // Discovery: every backend feeds one merger, which owns writes of discovered clusters.
     let (updates, updates_rx) = tokio::sync::mpsc::channel(1024);

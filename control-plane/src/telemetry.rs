@@ -24,6 +24,8 @@ pub struct TelemetryService {
     pub profiler: Arc<Mutex<Profiler>>,
     pub ejections: Arc<Ejections>,
     pub deps: Arc<crate::deps::Dependencies>,
+    /// Users active at each proxy, whose prediction vectors its stream carries.
+    pub vectors: Arc<crate::predictions::UserVectors>,
 }
 
 impl TelemetryService {
@@ -41,6 +43,12 @@ impl TelemetryService {
             let mut p = self.profiler.lock().expect("profiler lock poisoned");
             for t in &report.transitions {
                 p.observe(&t.user, &t.next_service, t.unix_ms as f64 / 1000.0);
+            }
+            drop(p);
+            if !node.is_empty() {
+                for t in &report.transitions {
+                    self.vectors.saw(node, &t.user, t.unix_ms);
+                }
             }
         }
         if !node.is_empty() {

@@ -26,6 +26,8 @@ const OUTBOUND_QUEUE: usize = 16;
 pub struct DiscoveryService {
     pub resources: Arc<Resources>,
     pub proxies: Arc<Proxies>,
+    /// The vectors of each proxy's active users (`BehaviourProfile`, made per session).
+    pub vectors: Option<Arc<crate::predictions::UserVectors>>,
 }
 
 type ResponseStream =
@@ -64,18 +66,24 @@ impl Discovery for DiscoveryService {
             node_id: node.id,
             proxies: self.proxies.clone(),
             snapshots: self.resources.watch(),
+            vectors: self.vectors.clone(),
             tx,
             types: HashMap::new(),
             nonce: 0,
             changes: 0,
         };
         let proxies = self.proxies.clone();
+        let vectors = self.vectors.clone();
         tokio::spawn(async move {
             let id = session.node_id.clone();
             if let Err(e) = session.run(first, inbound).await {
                 tracing::debug!(node = %id, error = %e, "discovery stream ended");
             }
             proxies.disconnected(&id, stream_id);
+            // Its users are learnt again from its telemetry when it comes back.
+            if let Some(v) = vectors {
+                v.forget(&id);
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -100,6 +108,7 @@ struct Session {
     node_id: String,
     proxies: Arc<Proxies>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    vectors: Option<Arc<crate::predictions::UserVectors>>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     types: HashMap<&'static str, TypeSession>,
     nonce: u64,
@@ -122,8 +131,13 @@ impl Session {
         mut inbound: Streaming<DiscoveryRequest>,
     ) -> Result<(), SessionError> {
         self.handle(first).await?;
+        let mut refresh = tokio::time::interval(crate::predictions::REFRESH);
         loop {
             tokio::select! {
+                _ = refresh.tick(), if self.vectors.is_some() => {
+                    let snap = self.snapshots.borrow().clone();
+                    self.push(&snap, presage_api::types::BEHAVIOUR_PROFILE).await?;
+                }
                 msg = inbound.message() => match msg? {
                     Some(req) => self.handle(req).await?,
                     None => return Ok(()),
@@ -214,12 +228,19 @@ impl Session {
         let Some(state) = self.types.get_mut(t) else {
             return Ok(());
         };
-        let Some(current) = snap.get(t) else {
-            return Ok(());
+        // Users' prediction vectors are made for this proxy, not taken from the snapshot.
+        let made;
+        let (items, version) = match (&self.vectors, snap.get(t)) {
+            (Some(v), _) if t == presage_api::types::BEHAVIOUR_PROFILE => {
+                made = v.for_node(&self.node_id, crate::time::unix_ms());
+                (&made, String::new())
+            }
+            (_, Some(current)) => (&current.items, current.version.clone()),
+            (_, None) => return Ok(()),
         };
         let wanted = |name: &str| state.names.as_ref().is_none_or(|n| n.contains(name));
         let mut resources: Vec<Resource> = Vec::new();
-        for (name, r) in &current.items {
+        for (name, r) in items {
             if wanted(name) && state.has.get(name) != Some(&r.version) {
                 resources.push(r.clone());
             }
@@ -227,7 +248,7 @@ impl Session {
         let removed: Vec<String> = state
             .has
             .keys()
-            .filter(|n| !wanted(n) || !current.items.contains_key(*n))
+            .filter(|n| !wanted(n) || !items.contains_key(*n))
             .cloned()
             .collect();
         if resources.is_empty() && removed.is_empty() && state.sent {
@@ -249,7 +270,7 @@ impl Session {
         state.sent = true;
         let response = DiscoveryResponse {
             type_url: t.to_string(),
-            system_version_info: current.version.clone(),
+            system_version_info: version,
             resources,
             removed_resources: removed,
             nonce,

@@ -414,6 +414,8 @@ pub struct DemandEvent {
     pub description: ::prost::alloc::string::String,
 }
 /// The services a caller of `service` is likely to call next, most likely first.
+/// Likely next calls: after a service (`service` set), or of a user active at the proxy
+/// it is pushed to (`user` set; named `user:<id>`, refreshed every few seconds).
 #[allow(clippy::all)]
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -424,6 +426,8 @@ pub struct BehaviourProfile {
     pub service: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "2")]
     pub next: ::prost::alloc::vec::Vec<NextCall>,
+    #[prost(string, tag = "3")]
+    pub user: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize, serde::Deserialize)]
