@@ -75,8 +75,9 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
     )
     .unwrap();
     let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    // The frontend's sidecar (its calls to recs are frontend's).
     let proxy = Proxy::start(&config(&format!(
-        "control_plane:\n  address: {}\n  node_id: edge\n  report_interval: 100ms\n",
+        "control_plane:\n  address: {}\n  node_id: edge\n  service: frontend\n  report_interval: 100ms\n",
         cp.url()
     )))
     .await;
@@ -114,7 +115,9 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
     // refuses the lowest tier's calls to it at once and lets a gold one through.
     let marked = wait_until(Duration::from_secs(10), || async {
         let recs = cp.get("/v1/services/recs").await;
-        (recs["degraded"] == "optional").then_some(())
+        (recs["degraded"] == "optional"
+            && recs["degraded_callers"] == serde_json::json!(["frontend"]))
+        .then_some(())
     })
     .await;
     assert!(marked.is_some(), "{:#}", cp.get("/v1/services/recs").await);
@@ -134,6 +137,17 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
         .body(http_body_util::Full::default())
         .unwrap();
     assert_eq!(send(&c, gold).await.status, 200);
+    // Another service's sidecar is not frontend: its bronze calls to recs go through.
+    let other = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: side\n  service: search\n",
+        cp.url()
+    )))
+    .await;
+    let through = wait_until(Duration::from_secs(10), || async {
+        (get(&c, &other.url("/recs")).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(through.is_some(), "only frontend's calls are shed");
     stop.store(true, Ordering::Relaxed);
     traffic.await.unwrap();
     let negotiations = cp.get("/v1/negotiations?service=frontend").await;
@@ -195,6 +209,6 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
         assert!(subjects.contains(s), "{s} in {subjects:?}");
     }
     assert_eq!(failed_outcome.unwrap()["granted"], 2);
-    drop(proxy);
+    drop((proxy, other));
     cp.stop().await;
 }

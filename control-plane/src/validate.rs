@@ -60,6 +60,16 @@ pub fn cluster(c: &Cluster) -> Vec<FieldError> {
             ),
         );
     }
+    for (i, caller) in c.degraded_callers.iter().enumerate() {
+        name(&mut e, &format!("degraded_callers[{i}]"), caller);
+    }
+    if !c.degraded_callers.is_empty() && c.degraded.is_empty() {
+        push(
+            &mut e,
+            "degraded_callers",
+            "callers to shed, but no `degraded` mark to shed them by",
+        );
+    }
     if !["", "peak_ewma", "weighted_round_robin"].contains(&c.load_balancer.as_str()) {
         push(
             &mut e,

@@ -318,7 +318,11 @@ fn admit<'a>(
     let cluster = &route.cluster;
     // A degraded dependency: its callers skip best-effort calls, and optional ones of
     // the lowest tier.
-    if let Some(d) = cluster.spec.degraded {
+    if let Some(d) = cluster
+        .spec
+        .degraded
+        .filter(|_| rt.degraded_for(&cluster.spec))
+    {
         if d == crate::config::Degraded::BestEffort || decision.tier.0 == 0 {
             counters[metrics::SHED].inc();
             return Err(ProxyError::Degraded(cluster.spec.name.clone()));

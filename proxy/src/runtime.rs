@@ -56,6 +56,17 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Whether this proxy's calls to `c` are shed by its `degraded` mark: every caller's
+    /// when it names none, else only those of the services it names.
+    pub fn degraded_for(&self, c: &crate::config::ClusterSpec) -> bool {
+        c.degraded_callers.is_empty()
+            || self
+                .config
+                .control_plane
+                .as_ref()
+                .is_some_and(|cp| c.degraded_callers.contains(&cp.service))
+    }
+
     pub fn build(mut config: Config, previous: Option<&Runtime>, metrics: &Metrics) -> Runtime {
         let mut clusters = HashMap::new();
         for spec in std::mem::take(&mut config.clusters) {

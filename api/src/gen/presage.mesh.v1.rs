@@ -148,6 +148,9 @@ pub struct Cluster {
     /// empty: normal.
     #[prost(string, tag = "8")]
     pub degraded: ::prost::alloc::string::String,
+    /// The callers shed (their sidecars' `control_plane.service`); empty: every caller.
+    #[prost(string, repeated, tag = "9")]
+    pub degraded_callers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(serde::Serialize, serde::Deserialize)]

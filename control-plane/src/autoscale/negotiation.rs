@@ -35,14 +35,21 @@ const DEGRADED_FOR_MS: i64 = 60_000;
 pub struct Log {
     seq: AtomicU64,
     kept: Mutex<VecDeque<Negotiation>>,
-    /// Degraded dependency -> (`optional` or `best_effort`, until when), and the
-    /// clusters marked so (only those are cleared: an operator's mark stays).
+    /// Degraded dependency -> its mark, and the clusters marked so (only those are
+    /// cleared: an operator's mark stays).
     degraded: Mutex<Degraded>,
 }
 
-/// Degraded dependency -> (mark, until when, Unix ms); and the clusters this autoscaler
-/// marked.
-type Degraded = (BTreeMap<String, (&'static str, i64)>, BTreeSet<String>);
+/// A degraded dependency's mark: `optional` or `best_effort`, the callers whose calls
+/// to it are shed, each until when (Unix ms).
+#[derive(Debug, Default, Clone)]
+struct Mark {
+    kind: &'static str,
+    callers: BTreeMap<String, i64>,
+}
+
+/// Degraded dependency -> mark; and the clusters this autoscaler marked.
+type Degraded = (BTreeMap<String, Mark>, BTreeSet<String>);
 
 impl Log {
     fn next(&self) -> u64 {
@@ -69,25 +76,36 @@ impl Log {
         }
     }
 
-    fn degrade(&self, service: &str, kind: &'static str, until_ms: i64) {
+    fn degrade(&self, service: &str, kind: &'static str, caller: &str, until_ms: i64) {
         let mut d = self.degraded.lock().expect("negotiation lock poisoned");
-        d.0.insert(service.to_string(), (kind, until_ms));
+        let m = d.0.entry(service.to_string()).or_default();
+        m.kind = kind;
+        m.callers.insert(caller.to_string(), until_ms);
     }
 
-    /// The clusters whose `degraded` mark must change at `now_ms`: (service, mark).
-    fn marks(&self, snap: &crate::resources::Snapshot, now_ms: i64) -> Vec<(String, String)> {
+    /// The clusters whose `degraded` mark must change at `now_ms`: (service, mark,
+    /// callers shed).
+    fn marks(
+        &self,
+        snap: &crate::resources::Snapshot,
+        now_ms: i64,
+    ) -> Vec<(String, String, Vec<String>)> {
         let mut d = self.degraded.lock().expect("negotiation lock poisoned");
         let (active, marked) = &mut *d;
-        active.retain(|_, (_, until)| *until > now_ms);
+        for m in active.values_mut() {
+            m.callers.retain(|_, until| *until > now_ms);
+        }
+        active.retain(|_, m| !m.callers.is_empty());
         let mut out = Vec::new();
         let clusters = snap.get(presage_api::types::CLUSTER);
         let current = |name: &str| match clusters.and_then(|t| t.items.get(name))?.body.as_ref()? {
-            Body::Cluster(c) => Some(c.degraded.clone()),
+            Body::Cluster(c) => Some((c.degraded.clone(), c.degraded_callers.clone())),
             _ => None,
         };
-        for (name, (kind, _)) in active.iter() {
-            if current(name).is_some_and(|c| c != *kind) {
-                out.push((name.clone(), kind.to_string()));
+        for (name, m) in active.iter() {
+            let callers: Vec<String> = m.callers.keys().cloned().collect();
+            if current(name).is_some_and(|(kind, shed)| kind != m.kind || shed != callers) {
+                out.push((name.clone(), m.kind.to_string(), callers));
                 marked.insert(name.clone());
             }
         }
@@ -95,8 +113,8 @@ impl Log {
             if active.contains_key(name) {
                 return true;
             }
-            if current(name).is_some_and(|c| !c.is_empty()) {
-                out.push((name.clone(), String::new()));
+            if current(name).is_some_and(|(kind, _)| !kind.is_empty()) {
+                out.push((name.clone(), String::new(), Vec::new()));
             }
             false
         });
@@ -430,7 +448,7 @@ pub(super) async fn run(
             )),
             _ => inputs.alerts.resolve_negotiation(service),
         }
-        for d in &n.degraded {
+        for [caller, d] in &n.degraded_edges {
             // The mildest kind among the edges into it: optional before best-effort.
             let kind = if edges.iter().any(|e| &e.to == d && e.kind == Kind::Optional) {
                 "optional"
@@ -439,7 +457,7 @@ pub(super) async fn run(
             };
             shared
                 .negotiations
-                .degrade(d, kind, now_ms + DEGRADED_FOR_MS);
+                .degrade(d, kind, caller, now_ms + DEGRADED_FOR_MS);
         }
         publish(&inputs.bus, &n);
         shared.negotiations.record(n);
@@ -460,7 +478,7 @@ pub(super) async fn run(
 /// shed by), and clears the marks this autoscaler set once they lapse.
 pub(super) async fn mark_degraded(inputs: &super::Inputs, log: &Log, now_ms: i64) {
     let snap = inputs.resources.snapshot();
-    for (name, mark) in log.marks(&snap, now_ms) {
+    for (name, mark, callers) in log.marks(&snap, now_ms) {
         let Some(Body::Cluster(mut c)) = snap
             .get(presage_api::types::CLUSTER)
             .and_then(|t| t.items.get(&name))
@@ -469,9 +487,12 @@ pub(super) async fn mark_degraded(inputs: &super::Inputs, log: &Log, now_ms: i64
             continue;
         };
         c.degraded.clone_from(&mark);
+        c.degraded_callers = callers;
         let r = presage_api::Resource::new(name.clone(), Body::Cluster(c));
         match inputs.resources.put(r).await {
-            Ok(_) => tracing::info!(service = %name, mark = %mark, "degraded mark changed"),
+            Ok(_) => {
+                tracing::info!(service = %name, mark = %mark, "degraded mark changed (for its callers in the negotiation)")
+            }
             Err(e) => {
                 tracing::error!(service = %name, error = %e, "marking a degraded dependency failed")
             }

@@ -141,6 +141,8 @@ pub struct Negotiation {
     /// Optional and best-effort dependencies that cannot take their share: the proxies
     /// shed or skip calls to them by policy.
     pub degraded: Vec<String>,
+    /// The edges found degraded, `[caller, dependency]`: only those callers are shed.
+    pub degraded_edges: Vec<[String; 2]>,
     /// Every exchange, offers then commits.
     pub exchanges: Vec<Exchange>,
 }
@@ -216,7 +218,14 @@ pub async fn negotiate<M: CapacityManager>(
         granted_rps,
         outcome: outcome.into(),
         deferred_to_ms: walk.later.filter(|_| outcome == "deferred"),
-        degraded: walk.degraded.into_iter().collect(),
+        degraded: walk
+            .degraded
+            .iter()
+            .map(|[_, to]| to.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        degraded_edges: walk.degraded.into_iter().collect(),
         exchanges: walk.exchanges,
     }
 }
@@ -226,7 +235,8 @@ struct Walk<'a, 'b, M> {
     how: Exchanges,
     managers: &'b mut M,
     exchanges: Vec<Exchange>,
-    degraded: BTreeSet<String>,
+    /// `[caller, dependency]`.
+    degraded: BTreeSet<[String; 2]>,
     /// The services on the way here (a cycle is not followed).
     path: BTreeSet<String>,
     commit: bool,
@@ -269,7 +279,7 @@ impl<M: CapacityManager> Walk<'_, '_, M> {
             if e.kind == Kind::Mandatory {
                 allowed = allowed.min(carried / r);
             } else if carried + EPS < want {
-                self.degraded.insert(e.to.clone());
+                self.degraded.insert([service.to_string(), e.to.clone()]);
             }
         }
         allowed.max(0.0)

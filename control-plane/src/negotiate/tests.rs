@@ -183,6 +183,13 @@ async fn optional_dependencies_degrade_instead_of_blocking() {
     let n = negotiate(1, 0, &req(&edges, 1, 3), how(), &mut m).await;
     assert_eq!((n.granted, n.outcome.as_str()), (3, "confirmed"), "{n:#?}");
     assert_eq!(n.degraded, ["ads", "recommendations"]);
+    assert_eq!(
+        n.degraded_edges,
+        [
+            ["frontend".to_string(), "ads".to_string()],
+            ["frontend".to_string(), "recommendations".to_string()]
+        ]
+    );
 }
 
 #[tokio::test]

@@ -139,6 +139,9 @@ pub(super) fn cluster_doc(c: &Cluster) -> String {
     if !c.degraded.is_empty() {
         o.insert("degraded".into(), json!(c.degraded));
     }
+    if !c.degraded_callers.is_empty() {
+        o.insert("degraded_callers".into(), json!(c.degraded_callers));
+    }
     let eps: Vec<Value> = c
         .endpoints
         .iter()

@@ -201,6 +201,8 @@ pub struct ClusterSpec {
     /// Set when the service cannot take its callers' full load (dependency
     /// negotiation): what its callers' requests to it are spared.
     pub degraded: Option<Degraded>,
+    /// Whose calls are shed by it (sidecars' services); empty: every caller's.
+    pub degraded_callers: Vec<String>,
 }
 
 /// How requests to a degraded dependency are shed (`clusters[].degraded`).
@@ -675,6 +677,7 @@ impl Builder<'_> {
                     .collect(),
                 max_in_flight: c.max_in_flight,
                 degraded: c.degraded,
+                degraded_callers: c.degraded_callers.clone(),
             });
         }
         out

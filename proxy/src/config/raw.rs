@@ -292,6 +292,9 @@ pub struct RawCluster {
     /// `best_effort` refuses all of them at once.
     #[serde(default)]
     pub degraded: Option<super::Degraded>,
+    /// The callers shed (sidecars whose `control_plane.service` is listed); empty: all.
+    #[serde(default)]
+    pub degraded_callers: Vec<String>,
     /// From the control plane: may have no endpoints (all instances gone answers 503).
     #[serde(skip)]
     pub dynamic: bool,

@@ -42,7 +42,9 @@ impl Run {
             .as_ref()
             .and_then(|n| self.rt.qos.profiles.get(n))
             .or(self.profile.as_ref());
-        if cluster.spec.degraded == Some(crate::config::Degraded::BestEffort) {
+        if cluster.spec.degraded == Some(crate::config::Degraded::BestEffort)
+            && self.rt.degraded_for(&cluster.spec)
+        {
             return Err(fail(ProxyError::Degraded(c.service.clone()).to_string()));
         }
         let (ep, _) = cluster
