@@ -115,10 +115,17 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
     }
     let dir = TempDir::new();
     let path = dir.0.join("demo.yaml");
+    // A workflow file beside it, seeded and pushed to the proxy.
+    std::fs::create_dir(dir.0.join("flows")).unwrap();
+    std::fs::write(
+        dir.0.join("flows/both.yaml"),
+        "name: both\nsteps:\n  - { name: a, call: { service: demo, path: /a } }\n  - { name: s, call: { service: scaled, path: /s } }\noutput: \"[steps.a.body.service, steps.s.body.service]\"\n",
+    )
+    .unwrap();
     std::fs::write(
         &path,
         format!(
-            "grpc: 127.0.0.1:0\napi: 127.0.0.1:0\nstore: state/cp.redb\nlocal_proxy: {{listen: 127.0.0.1:0, admin: 127.0.0.1:0}}\n\
+            "grpc: 127.0.0.1:0\napi: 127.0.0.1:0\nstore: state/cp.redb\nworkflows: [flows/both.yaml]\nlocal_proxy: {{listen: 127.0.0.1:0, admin: 127.0.0.1:0}}\n\
              services:\n  - name: demo\n    load_balancer: weighted_round_robin\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n\
              \x20 - name: scaled\n\
              routes:\n  - {{name: scaled, order: 1, match: {{path_prefix: /scaled}}, cluster: scaled}}\n  - {{name: all, order: 2, cluster: demo}}\n\
@@ -174,6 +181,13 @@ async fn up_runs_the_mesh_and_answers_through_the_proxy() {
     .await
     .expect("the autoscaled service answers through the proxy");
     assert_eq!(scaled.json()["service"], "scaled");
+    // The seeded workflow runs on the proxy, calling both services.
+    let req = http::Request::post(format!("{}/workflows/both", urls["proxy"]))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let both = send(&c, req).await;
+    assert_eq!(both.status, StatusCode::OK, "{}", both.body);
+    assert_eq!(both.json(), serde_json::json!(["demo", "scaled"]));
     let scaled_addr = scaled.json()["instance"].as_str().unwrap().to_string();
     // The REST API wants the printed token.
     let proxies_url = urls["api"].replace("/v1/services", "/v1/proxies");

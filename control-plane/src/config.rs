@@ -58,6 +58,9 @@ struct Raw {
     dependencies: Vec<serde_saphyr::Spanned<crate::deps::ConfigEdge>>,
     #[serde(default)]
     events: crate::bus::EventsConfig,
+    /// Files of one workflow each, relative to the config's directory.
+    #[serde(default)]
+    workflows: Vec<PathBuf>,
 }
 
 /// The proxy `presage up` starts next to the control plane (ignored by `control-plane`).
@@ -98,6 +101,10 @@ pub struct Config {
     pub dependencies: Vec<crate::deps::ConfigEdge>,
     /// Where the event bus is exported.
     pub events: crate::bus::EventsConfig,
+    /// Workflow files (as written; `load` reads and checks them into `workflow_seeds`).
+    pub workflows: Vec<PathBuf>,
+    /// The workflows seeded into the store at start (checked).
+    pub workflow_seeds: Vec<presage_api::Workflow>,
 }
 
 impl Default for Config {
@@ -120,6 +127,8 @@ impl Default for Config {
             autoscaling: Default::default(),
             dependencies: Vec::new(),
             events: Default::default(),
+            workflows: Vec::new(),
+            workflow_seeds: Vec::new(),
         }
     }
 }
@@ -149,12 +158,75 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(vec![format!("{name}: cannot read the file: {e}")]))?;
     let mut cfg = parse(&text, &name)?;
+    let dir = path.parent().unwrap_or(Path::new(""));
     if cfg.store.is_relative() {
-        if let Some(dir) = path.parent() {
-            cfg.store = dir.join(&cfg.store);
+        cfg.store = dir.join(&cfg.store);
+    }
+    let files: Vec<PathBuf> = cfg.workflows.iter().map(|f| dir.join(f)).collect();
+    cfg.workflow_seeds = workflow_seeds(&files)?;
+    Ok(cfg)
+}
+
+/// Reads and checks workflow files together (one may run another as a step); every
+/// error as `file:line:column: field: message`.
+fn workflow_seeds(files: &[PathBuf]) -> Result<Vec<presage_api::Workflow>, ConfigError> {
+    let mut texts = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(t) => texts.push((f, t)),
+            Err(e) => errors.push(format!("{}: cannot read the workflow: {e}", f.display())),
         }
     }
-    Ok(cfg)
+    // Each is checked among those before it that passed (names come from the files).
+    let mut seeds: Vec<presage_api::Workflow> = Vec::new();
+    let names: Vec<Option<String>> = texts
+        .iter()
+        .map(|(_, t)| presage_workflow::parse(t).ok().map(|r| r.name.value))
+        .collect();
+    for (i, (f, text)) in texts.iter().enumerate() {
+        let Some(name) = &names[i] else {
+            if let Err(p) = presage_workflow::parse(text) {
+                errors.push(located(f, &p.at, &p.field, &p.message));
+            }
+            continue;
+        };
+        // The others, unchecked yet, as they are: a step may run any of them.
+        let others: Vec<presage_api::Workflow> = texts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(j, (_, t))| {
+                Some(presage_api::Workflow {
+                    name: names[j].clone()?,
+                    definition: t.clone(),
+                    services: Vec::new(),
+                })
+            })
+            .collect();
+        match crate::workflows::check(name, text, &others, None) {
+            Ok(w) => seeds.push(w),
+            Err(errs) => {
+                for e in errs {
+                    errors.push(format!("{}: {}: {}", f.display(), e.field, e.message));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(seeds)
+    } else {
+        Err(ConfigError(errors))
+    }
+}
+
+fn located(f: &Path, at: &serde_saphyr::Location, field: &str, message: &str) -> String {
+    format!(
+        "{}:{}:{}: {field}: {message}",
+        f.display(),
+        at.line(),
+        at.column()
+    )
 }
 
 /// Parses and validates YAML text; `source` prefixes errors.
@@ -341,12 +413,55 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         autoscaling: raw.autoscaling,
         dependencies: raw.dependencies.into_iter().map(|s| s.value).collect(),
         events: raw.events,
+        workflows: raw.workflows,
+        workflow_seeds: Vec::new(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workflow_seeds_are_read_beside_the_config_and_checked_with_their_location() {
+        let dir = std::env::temp_dir().join(format!("presage-cfg-wf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("flows")).unwrap();
+        std::fs::write(
+            dir.join("flows/a.yaml"),
+            "name: a\nsteps: [ { name: x, workflow: b } ]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("flows/b.yaml"),
+            "name: b\nsteps: [ { name: y, call: { service: s } } ]\n",
+        )
+        .unwrap();
+        let cfg = dir.join("cp.yaml");
+        std::fs::write(&cfg, "workflows: [flows/a.yaml, flows/b.yaml]\n").unwrap();
+        let c = load(&cfg).unwrap();
+        let names: Vec<&str> = c.workflow_seeds.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(c.workflow_seeds[0].services, ["s"], "through b");
+
+        std::fs::write(
+            dir.join("flows/b.yaml"),
+            "name: b\nsteps:\n  - name: y\n    while: { condition: \"true\" }\n    steps: [ { name: z, call: { service: s } } ]\n",
+        )
+        .unwrap();
+        std::fs::write(&cfg, "workflows: [flows/b.yaml, flows/missing.yaml]\n").unwrap();
+        let err = load(&cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("missing.yaml: cannot read the workflow"),
+            "{err}"
+        );
+        assert!(
+            err.contains("b.yaml: steps[0] (step \"y\").while.max: an unbounded loop")
+                && err.contains("(line 4, column"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn unknown_fields_name_the_line_and_path() {

@@ -86,6 +86,11 @@ async fn seed(resources: &Resources, cfg: &Config) -> Result<(), StoreError> {
             crate::tiers::defaults()
                 .into_iter()
                 .map(|t| Resource::new(t.name.clone(), Body::QosTier(t))),
+        )
+        .chain(
+            cfg.workflow_seeds
+                .iter()
+                .map(|w| Resource::new(w.name.clone(), Body::Workflow(w.clone()))),
         );
     for r in seeds {
         let t = r.body.as_ref().map(|b| b.type_url()).unwrap_or_default();

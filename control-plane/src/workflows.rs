@@ -33,13 +33,14 @@ fn parsed(stored: &[Workflow], except: &str) -> Vec<RawWorkflow> {
         .collect()
 }
 
-/// Checks `text` as the definition of workflow `name`, among the `stored` ones; the
-/// resource to store (its services resolved).
+/// Checks `text` as the definition of workflow `name`, among the `stored` ones (and the
+/// QoS profiles it names, when `profiles` are known); the resource to store (its
+/// services resolved).
 pub fn check(
     name: &str,
     text: &str,
     stored: &[Workflow],
-    profiles: &HashSet<&str>,
+    profiles: Option<&HashSet<&str>>,
 ) -> Result<Workflow, Vec<FieldError>> {
     let raw = presage_workflow::parse(text).map_err(|p| vec![located(p)])?;
     if raw.name.value != name {
@@ -55,7 +56,7 @@ pub fn check(
     all.extend(parsed(stored, name));
     let known = Known {
         clusters: None,
-        profiles: Some(profiles),
+        profiles,
     };
     let specs = presage_workflow::build(&all, None, &known)
         .map_err(|ps| ps.into_iter().map(located).collect::<Vec<_>>())?;
@@ -118,7 +119,7 @@ mod tests {
     use super::*;
 
     fn stored(name: &str, text: &str) -> Workflow {
-        check(name, text, &[], &HashSet::new()).expect("valid")
+        check(name, text, &[], None).expect("valid")
     }
 
     #[test]
@@ -128,13 +129,7 @@ mod tests {
             "name: pay\nsteps: [ { name: charge, call: { service: payments } } ]\n",
         );
         let text = "name: checkout\nsteps:\n  - { name: user, call: { service: users } }\n  - { name: p, workflow: pay }\n";
-        let w = check(
-            "checkout",
-            text,
-            std::slice::from_ref(&pay),
-            &HashSet::new(),
-        )
-        .unwrap();
+        let w = check("checkout", text, std::slice::from_ref(&pay), None).unwrap();
         assert_eq!(w.services, ["payments", "users"]);
         assert_eq!(callers("pay", &[pay.clone(), w.clone()]), ["checkout"]);
         let c = constituents(&[pay.clone(), w]);
@@ -143,16 +138,16 @@ mod tests {
             BTreeSet::from(["payments".into(), "users".into()])
         );
 
-        let e = check("loop", "name: loop\nsteps:\n  - name: spin\n    while: { condition: \"true\" }\n    steps: [ { name: a, call: { service: x } } ]\n", &[], &HashSet::new()).unwrap_err();
+        let e = check("loop", "name: loop\nsteps:\n  - name: spin\n    while: { condition: \"true\" }\n    steps: [ { name: a, call: { service: x } } ]\n", &[], None).unwrap_err();
         assert_eq!(e[0].field, "steps[0] (step \"spin\").while.max");
         assert!(e[0].message.contains("(line 4, column"), "{e:?}");
-        let e = check("x", "name: x\nstep: []\n", &[], &HashSet::new()).unwrap_err();
+        let e = check("x", "name: x\nstep: []\n", &[], None).unwrap_err();
         assert!(e[0].message.contains("unknown field `step`"), "{e:?}");
         let e = check(
             "y",
             "name: z\nsteps: [ { name: a, call: { service: s } } ]\n",
             &[],
-            &HashSet::new(),
+            None,
         )
         .unwrap_err();
         assert_eq!(e[0].field, "name");
@@ -160,7 +155,7 @@ mod tests {
             "q",
             "name: q\nqos_profile: nope\nsteps: [ { name: a, call: { service: s } } ]\n",
             &[],
-            &HashSet::from(["gold"]),
+            Some(&HashSet::from(["gold"])),
         )
         .unwrap_err();
         assert_eq!(e[0].field, "qos_profile");

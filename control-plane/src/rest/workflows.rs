@@ -54,7 +54,8 @@ pub(super) async fn put_workflow(
     let stored = items(&api, types::WORKFLOW, workflow);
     let profiles = items(&api, types::QOS_PROFILE, qos);
     let names = profiles.iter().map(|p| p.name.as_str()).collect();
-    let w = crate::workflows::check(&name, text, &stored, &names).map_err(ApiError::invalid)?;
+    let w =
+        crate::workflows::check(&name, text, &stored, Some(&names)).map_err(ApiError::invalid)?;
     put(&api, name, Body::Workflow(w)).await
 }
 
