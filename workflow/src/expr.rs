@@ -60,6 +60,10 @@ pub fn holds(src: &str, ctx: &Value) -> Result<bool, String> {
 
 /// The template rendered.
 pub fn render(src: &str, ctx: &Value) -> Result<String, String> {
+    // Plain text (a fixed path or header) needs no parse.
+    if !src.contains('{') {
+        return Ok(src.to_string());
+    }
     ENV.render_str(src, ctx).map_err(|e| one_line(&e))
 }
 

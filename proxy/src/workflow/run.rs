@@ -18,6 +18,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
@@ -62,9 +64,12 @@ pub struct Run {
     pub user: Option<String>,
     /// The caller's profile (or the workflow's), which steps inherit.
     pub profile: Option<Arc<Profile>>,
-    pub input: Value,
-    pub headers: Value,
-    pub steps: Mutex<Map<String, Value>>,
+    /// `input` and `headers` as expressions see them (converted once).
+    input: expr::Value,
+    headers: expr::Value,
+    /// Each step's answer, converted once when it is kept: building a context then only
+    /// clones reference-counted values.
+    steps: Mutex<BTreeMap<String, expr::Value>>,
     pub progress: Live,
     /// Compensation steps of completed steps, oldest first, with their scope.
     compensations: Mutex<Vec<(Step, Vars)>>,
@@ -91,9 +96,9 @@ impl Run {
             request_id,
             user,
             profile,
-            input,
-            headers,
-            steps: Mutex::new(Map::new()),
+            input: expr::context(&input),
+            headers: expr::context(&headers),
+            steps: Mutex::new(BTreeMap::new()),
             progress,
             compensations: Mutex::new(Vec::new()),
         }
@@ -119,15 +124,19 @@ impl Run {
 
     /// What expressions see.
     pub(super) fn context(&self, vars: &Vars) -> expr::Value {
-        let mut m = vars.clone();
+        let mut m: BTreeMap<String, expr::Value> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), expr::context(v)))
+            .collect();
         m.insert("input".into(), self.input.clone());
         m.insert("headers".into(), self.headers.clone());
         let steps = self.steps.lock().expect("steps lock poisoned").clone();
-        m.insert("steps".into(), Value::Object(steps));
-        expr::context(&Value::Object(m))
+        m.insert("steps".into(), expr::Value::from(steps));
+        expr::Value::from(m)
     }
 
     pub(super) fn set(&self, step: &str, v: Value) {
+        let v = expr::context(&v);
         self.steps
             .lock()
             .expect("steps lock poisoned")
@@ -216,9 +225,9 @@ impl Run {
                 };
                 let v = Box::pin(self.step(fb, vars)).await?;
                 // The fallback's answer stands for the step.
-                let answer = self.steps.lock().expect("lock").get(&fb.name).cloned();
-                if let Some(a) = answer {
-                    self.set(&s.name, a);
+                let mut steps = self.steps.lock().expect("steps lock poisoned");
+                if let Some(a) = steps.get(&fb.name).cloned() {
+                    steps.insert(s.name.clone(), a);
                 }
                 Ok(v)
             }
@@ -235,7 +244,8 @@ impl Run {
 
     fn status_of(&self, step: &str) -> Option<u16> {
         let steps = self.steps.lock().expect("steps lock poisoned");
-        steps.get(step)?.get("status")?.as_u64().map(|s| s as u16)
+        let status = steps.get(step)?.get_attr("status").ok()?;
+        u16::try_from(status.as_i64()?).ok()
     }
 
     async fn kind(&self, s: &Step, vars: &Vars) -> Result<Value, Failure> {
