@@ -18,44 +18,35 @@ Usage: python3 bench/workflow/bench.py [ROUNDS]  (needs target/release/presage).
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRESAGE = os.environ.get("PRESAGE", os.path.join(ROOT, "target/release/presage"))
 LOADGEN_CPU, SERVER_CPU = "0", "1"
 DURATION = 6
-TICK = os.sysconf("SC_CLK_TCK")
 CALLS = {"route": 1, "one": 1, "three": 3, "fan": 3}
 PATHS = {"route": "/direct", "one": "/workflows/one", "three": "/workflows/three", "fan": "/workflows/fan"}
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+def _proxy_bench():
+    """bench/proxy/bench.py, for its helpers (ports, /proc CPU time)."""
+    import importlib.util
+    path = os.path.join(ROOT, "bench/proxy/bench.py")
+    spec = importlib.util.spec_from_file_location("proxy_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def wait_port(port, timeout=10):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
+_P = _proxy_bench()
+free_port, wait_port = _P.free_port, _P.wait_port
 
 
 def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
+    return _P.cpu_seconds([pid])
 
 
 def start(cmd, port, log):

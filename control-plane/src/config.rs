@@ -182,13 +182,16 @@ fn workflow_seeds(files: &[PathBuf]) -> Result<Vec<presage_api::Workflow>, Confi
     let mut seeds: Vec<presage_api::Workflow> = Vec::new();
     let names: Vec<Option<String>> = texts
         .iter()
-        .map(|(_, t)| presage_workflow::parse(t).ok().map(|r| r.name.value))
+        .map(|(f, t)| match presage_workflow::parse(t) {
+            Ok(r) => Some(r.name.value),
+            Err(p) => {
+                errors.push(located(f, &p.at, &p.field, &p.message));
+                None
+            }
+        })
         .collect();
     for (i, (f, text)) in texts.iter().enumerate() {
         let Some(name) = &names[i] else {
-            if let Err(p) = presage_workflow::parse(text) {
-                errors.push(located(f, &p.at, &p.field, &p.message));
-            }
             continue;
         };
         // The others, unchecked yet, as they are: a step may run any of them.
