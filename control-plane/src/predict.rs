@@ -10,7 +10,7 @@
 //!           ─▶ refit the chosen model, forecast ─▶ apply calendar events ─▶ publish
 //! ```
 //! The model choice is the forecasting engine's (`forecast::select`: seasonal naive,
-//! Holt, MSTL + AutoETS by rolling-origin backtest); between choices only the chosen
+//! Holt, MSTL + damped-trend ETS by rolling-origin backtest); between choices only the chosen
 //! model is refitted, which is cheap. Seconds the history has no point for (no traffic,
 //! so no report) count as zero requests.
 
@@ -29,6 +29,9 @@ use crate::resources::Resources;
 
 /// Forecast steps: one minute ahead at the history's 1-second resolution.
 pub const HORIZON_SECONDS: usize = 60;
+
+/// The interval levels every published forecast carries (percent).
+const LEVELS: [f64; 2] = [80.0, 95.0];
 
 /// One forecast each service gets: its step, history window and known periods.
 #[derive(Debug, Clone, Copy)]
@@ -118,13 +121,8 @@ fn horizon_for(len: usize) -> Option<usize> {
 /// A forecast of `y` (requests per second), whose first step is the second `start_s`;
 /// None while the history is too short.
 pub fn forecast_service(service: &str, y: &[f64], start_s: i64) -> Option<Forecast> {
-    let sel = forecast::select(y, horizon_for(y.len())?, SECONDS.periods).ok()?;
-    to_wire(
-        service,
-        &forecast::predict(&sel, y, &[80.0, 95.0]).ok()?,
-        start_s,
-        1,
-    )
+    let sel = forecast::select(y, horizon_for(y.len())?, SECONDS.periods, &LEVELS).ok()?;
+    to_wire(service, &forecast::predict(&sel, y).ok()?, start_s, 1)
 }
 
 fn to_wire(service: &str, f: &forecast::Forecast, start_s: i64, step_s: i64) -> Option<Forecast> {
@@ -289,7 +287,7 @@ impl Predictor {
             Some(_) => None,
         };
         if let Some(reason) = reason {
-            let selected = forecast::select(&clean, h, res.periods).ok()?;
+            let selected = forecast::select(&clean, h, res.periods, &LEVELS).ok()?;
             let st = self.states.entry(key.clone()).or_insert_with(|| State {
                 selected: selected.clone(),
                 selected_at_s: end_s,
@@ -306,7 +304,7 @@ impl Predictor {
             st.selected_at_s = end_s;
         }
         let st = self.states.get_mut(&key)?;
-        let f = forecast::predict(&st.selected, &clean, &[80.0, 95.0]).ok()?;
+        let f = forecast::predict(&st.selected, &clean).ok()?;
         let mut wire = to_wire(service, &f, end_s, res.step_s)?;
         events::apply(&mut wire, events);
         st.last = Some(wire.clone());

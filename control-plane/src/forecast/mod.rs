@@ -2,16 +2,17 @@
 //! calibrated prediction intervals.
 //!
 //! ```text
-//!  series ─▶ candidates: seasonal naive · Holt (online level/trend) · MSTL + AutoETS
-//!        ─▶ rolling-origin backtest (last origins, h steps each) ─▶ pick lowest MAE  (select)
-//!        ─▶ refit on everything, forecast h ─▶ intervals from the backtest residuals (predict)
+//!  series ─▶ candidates: seasonal naive · Holt (damped-trend ETS) · MSTL + the same ETS
+//!        ─▶ rolling-origin backtest (every step of the last day or ten horizons is an
+//!           origin, h steps each) ─▶ pick lowest MAE, intervals per step      (select)
+//!        ─▶ refit on everything, forecast h                                  (predict)
 //! ```
-//! Intervals are conformal: the chosen model's out-of-sample errors, normalised by
-//! `sqrt(step)`, give the quantile for each level, so their width reflects how the model
-//! really did on this series (augurs' own intervals only reflect the trend model and are
-//! too narrow out of sample). Seasonal models come from Grafana's augurs crate; the known
-//! periods are passed in (bucket units), and a period the series is too short for (fewer
-//! than two full cycles) is dropped.
+//! Intervals are conformal: at each step ahead, the chosen model's out-of-sample errors
+//! at that step give the quantile for each level, so their width reflects how the model
+//! really did on this series (model-based intervals only reflect the fit and are too
+//! narrow out of sample). The seasonal decomposition is augurs' (stlrs' MSTL); the known
+//! periods are passed in (bucket units), and a period the series is too short for
+//! (fewer than two full cycles) is dropped.
 //!
 //! Pure: no I/O beyond `series::load`, which reads the CLI's CSV.
 
@@ -104,16 +105,24 @@ fn autocorrelation(y: &[f64], lag: usize) -> f64 {
     cov / var
 }
 
-/// Backtest origins for horizon `h`: at least 48 residuals where that is cheap (short
-/// horizons, where 6 one-step errors would pick the model by chance), at least 6 origins
-/// always, at most 24 fits per model.
+/// Backtest origins for horizon `h` that a series must have room for: at least 48
+/// residuals where that is cheap (short horizons), at least 6 origins always. The
+/// backtest itself uses every step of its span as an origin (see `span`).
 pub fn origins(h: usize) -> usize {
     (48 / h.max(1)).clamp(6, 24)
 }
 
-/// A model chosen by backtest for horizon `h`, with the out-of-sample residuals its
-/// intervals come from. Choosing is the costly part (every candidate fitted at every
-/// origin); a choice can be kept and refitted cheaply (`predict`) until it drifts.
+/// Steps of history the backtest covers for horizon `h`: a day of 5-minute buckets or
+/// ten horizons, whichever is longer, where the series has that much beyond the
+/// training it needs (`train`); never less than `origins(h) * h`.
+fn span(n: usize, h: usize, train: usize) -> usize {
+    let back = origins(h) * h;
+    back.max((10 * h).max(288).min(n.saturating_sub(train)))
+}
+
+/// A model chosen by backtest for horizon `h`, with the interval half-widths its
+/// out-of-sample errors give at each requested level. A choice can be kept and refitted
+/// cheaply (`predict`) until it drifts.
 #[derive(Debug, Clone)]
 pub struct Selected {
     pub model: Model,
@@ -122,7 +131,8 @@ pub struct Selected {
     pub mae: f64,
     /// The MASE denominator (see `naive_scale`).
     pub scale: f64,
-    residuals: Vec<Vec<f64>>,
+    /// `(level in %, half-width per step)`.
+    half_widths: Vec<(f64, Vec<f64>)>,
 }
 
 /// Forecasts `h` steps of `y` with intervals at `levels` (percent).
@@ -132,9 +142,8 @@ pub fn forecast(
     periods: &[usize],
     levels: &[f64],
 ) -> Result<Forecast, ForecastError> {
-    check_levels(levels)?;
-    let selected = select(y, h, periods)?;
-    predict(&selected, y, levels)
+    let selected = select(y, h, periods, levels)?;
+    predict(&selected, y)
 }
 
 fn check_levels(levels: &[f64]) -> Result<(), ForecastError> {
@@ -144,58 +153,71 @@ fn check_levels(levels: &[f64]) -> Result<(), ForecastError> {
     }
 }
 
-/// Chooses the model for `h` steps of `y` by rolling-origin backtest.
-pub fn select(y: &[f64], h: usize, periods: &[usize]) -> Result<Selected, ForecastError> {
-    choose(y, h, periods, false)
+/// Chooses the model for `h` steps of `y` by rolling-origin backtest, with intervals
+/// at `levels` (percent).
+pub fn select(
+    y: &[f64],
+    h: usize,
+    periods: &[usize],
+    levels: &[f64],
+) -> Result<Selected, ForecastError> {
+    choose(y, h, periods, levels, false)
 }
 
-/// MSTL + AutoETS on the `periods` that `y` holds two cycles of (others as `select`
-/// when none does), with its backtest residuals for the intervals. For planning across
-/// a pattern's turns: the backtest's origins (the last few horizons) may all lie in a
-/// flat stretch, where a naive model wins the backtest and then misses the next ramp.
-pub fn select_seasonal(y: &[f64], h: usize, periods: &[usize]) -> Result<Selected, ForecastError> {
-    choose(y, h, periods, true)
+/// MSTL on the `periods` that `y` holds two cycles of (others as `select` when none
+/// does), with its backtest's intervals. For planning across a pattern's turns: the
+/// backtest's origins may all lie in a flat stretch, where a naive model wins the
+/// backtest and then misses the next ramp.
+pub fn select_seasonal(
+    y: &[f64],
+    h: usize,
+    periods: &[usize],
+    levels: &[f64],
+) -> Result<Selected, ForecastError> {
+    choose(y, h, periods, levels, true)
 }
 
 fn choose(
     y: &[f64],
     h: usize,
     periods: &[usize],
+    levels: &[f64],
     seasonal: bool,
 ) -> Result<Selected, ForecastError> {
     if h == 0 {
         return Err(ForecastError::ZeroHorizon);
     }
+    check_levels(levels)?;
     // Periods need two full cycles in the shortest backtest training window.
     let back = origins(h) * h;
-    let min_train = y.len().saturating_sub(back);
+    let n = y.len();
     let periods: Vec<usize> = periods
         .iter()
         .copied()
-        .filter(|&p| p >= 2 && 2 * p <= min_train)
+        .filter(|&p| p >= 2 && 2 * p <= n.saturating_sub(back))
         .collect();
-    let need = (back + 8).max(2 * periods.iter().copied().max().unwrap_or(1) + back);
-    if y.len() < need {
+    let longest = periods.iter().copied().max().unwrap_or(1);
+    let need = (back + 8).max(2 * longest + back);
+    if n < need {
         return Err(ForecastError::TooShort {
-            have: y.len(),
+            have: n,
             need,
             horizon: h,
         });
     }
+    let first = n - span(n, h, (2 * longest).max(8));
     let season = periods.first().copied().unwrap_or(1);
-    let mut candidates = vec![Model::SeasonalNaive { period: season }, Model::Holt];
+    // The longest pattern's naive: a day's would copy a Sunday onto a Monday.
+    let mut candidates = vec![Model::SeasonalNaive { period: longest }, Model::Holt];
     if !periods.is_empty() {
-        let mstl = Model::MstlEts {
-            periods: periods.clone(),
-        };
         if seasonal {
             candidates.clear();
         }
-        candidates.push(mstl);
+        candidates.push(Model::MstlEts { periods });
     }
     let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
     for m in candidates {
-        let residuals = backtest(&m, y, h)?;
+        let residuals = backtest(&m, y, first, h)?;
         let mae = mean_abs(&residuals);
         if best.as_ref().is_none_or(|(_, b, _)| mae < *b) {
             best = Some((m, mae, residuals));
@@ -207,18 +229,25 @@ fn choose(
         h,
         mae,
         scale: naive_scale(y, season),
-        residuals,
+        half_widths: levels
+            .iter()
+            .map(|&l| (l, half_widths(&residuals, h, l)))
+            .collect(),
     })
 }
 
-/// Refits the selected model on `y` and forecasts its horizon, with intervals at
-/// `levels` (percent) from the selection's backtest residuals.
-pub fn predict(sel: &Selected, y: &[f64], levels: &[f64]) -> Result<Forecast, ForecastError> {
-    check_levels(levels)?;
+/// Refits the selected model on `y` and forecasts its horizon, with the selection's
+/// intervals.
+pub fn predict(sel: &Selected, y: &[f64]) -> Result<Forecast, ForecastError> {
     let point = sel.model.fit_predict(y, sel.h)?;
-    let intervals = levels
+    let intervals = sel
+        .half_widths
         .iter()
-        .map(|&l| interval(&point, &sel.residuals, l))
+        .map(|(l, half)| {
+            let lo = point.iter().zip(half).map(|(p, w)| p - w).collect();
+            let hi = point.iter().zip(half).map(|(p, w)| p + w).collect();
+            (*l, lo, hi)
+        })
         .collect();
     Ok(Forecast {
         model: sel.model.name(),
@@ -228,43 +257,40 @@ pub fn predict(sel: &Selected, y: &[f64], levels: &[f64]) -> Result<Forecast, Fo
     })
 }
 
-/// Residuals (actual - forecast) of `m` at the last `origins(h)` origins, `h` steps each.
-pub fn backtest(m: &Model, y: &[f64], h: usize) -> Result<Vec<Vec<f64>>, ForecastError> {
+/// Residuals (actual - forecast) of `m` at every origin from `first` to `y.len() - h`,
+/// `h` steps each, the model fitted once on `y[..first]` (see `Model::rolling`).
+pub fn backtest(
+    m: &Model,
+    y: &[f64],
+    first: usize,
+    h: usize,
+) -> Result<Vec<Vec<f64>>, ForecastError> {
     let n = y.len();
-    (0..origins(h))
-        .rev()
-        .map(|k| {
-            let origin = n - (k + 1) * h;
-            let f = m.fit_predict(&y[..origin], h)?;
-            Ok(y[origin..origin + h]
-                .iter()
-                .zip(&f)
-                .map(|(a, p)| a - p)
-                .collect())
-        })
-        .collect()
+    let mut out = Vec::with_capacity((n + 1).saturating_sub(first + h));
+    m.rolling(y, first, h, &mut |o, f| {
+        if o + h <= n {
+            out.push(y[o..o + h].iter().zip(f).map(|(a, p)| a - p).collect());
+        }
+    })?;
+    Ok(out)
 }
 
-/// Split-conformal interval: the `level` quantile of `|r| / sqrt(step)` over the backtest,
-/// scaled back by `sqrt(step)` around the point forecast.
-fn interval(point: &[f64], residuals: &[Vec<f64>], level: f64) -> (f64, Vec<f64>, Vec<f64>) {
-    let mut scores: Vec<f64> = residuals
-        .iter()
-        .flat_map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(j, e)| e.abs() / ((j + 1) as f64).sqrt())
+/// Split-conformal half-widths per step: at step `j`, the finite-sample `level`
+/// quantile of the backtest's absolute errors at that step, made non-decreasing in `j`
+/// (no horizon is more certain than a nearer one).
+fn half_widths(residuals: &[Vec<f64>], h: usize, level: f64) -> Vec<f64> {
+    let mut widest: f64 = 0.0;
+    (0..h)
+        .map(|j| {
+            let mut scores: Vec<f64> = residuals.iter().map(|r| r[j].abs()).collect();
+            // The conformal rank: ceil((n + 1) * level).
+            let n = scores.len();
+            let rank = (((n + 1) as f64 * level / 100.0).ceil() as usize).clamp(1, n);
+            let (_, q, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
+            widest = widest.max(*q);
+            widest
         })
-        .collect();
-    scores.sort_by(f64::total_cmp);
-    // The finite-sample conformal rank: ceil((n + 1) * level).
-    let n = scores.len();
-    let rank = (((n + 1) as f64 * level / 100.0).ceil() as usize).clamp(1, n);
-    let q = scores[rank - 1];
-    let half = |j: usize| q * ((j + 1) as f64).sqrt();
-    let lo = point.iter().enumerate().map(|(j, p)| p - half(j)).collect();
-    let hi = point.iter().enumerate().map(|(j, p)| p + half(j)).collect();
-    (level, lo, hi)
+        .collect()
 }
 
 fn mean_abs(r: &[Vec<f64>]) -> f64 {

@@ -123,3 +123,51 @@ fn the_daily_cycle_of_real_traffic_is_detected_when_not_given() {
     );
     assert!(detect_periods(&[1.0; 8]).is_empty(), "too short to say");
 }
+
+#[test]
+fn the_backtest_never_sees_past_its_origin() {
+    // Each origin's forecast must be the same whether or not the series goes on.
+    let y = nasa();
+    let (first, at, h) = (3000, 3500, 12);
+    for m in [
+        Model::SeasonalNaive { period: DAY },
+        Model::Holt,
+        Model::MstlEts { periods: vec![DAY] },
+    ] {
+        let at_origin = |y: &[f64]| {
+            let mut out = Vec::new();
+            m.rolling(y, first, h, &mut |o, f| {
+                if o == at {
+                    out = f.to_vec();
+                }
+            })
+            .unwrap();
+            out
+        };
+        let (full, cut) = (at_origin(&y), at_origin(&y[..at]));
+        assert_eq!(full.len(), h, "{}", m.name());
+        assert_eq!(full, cut, "{}", m.name());
+    }
+}
+
+#[test]
+fn a_weekly_pattern_is_not_forecast_from_yesterday() {
+    // Five busy days and two quiet ones, four weeks of hourly buckets: at a Monday
+    // morning the naive candidate must repeat last Monday, not Sunday.
+    let (day, week) = (24, 168);
+    let y: Vec<f64> = (0..4 * week)
+        .map(|t| {
+            let busy = (t % week) / day < 5;
+            let hour = (t % day) as f64;
+            (if busy { 100.0 } else { 10.0 }) + 5.0 * (hour / 24.0 * std::f64::consts::TAU).sin()
+        })
+        .collect();
+    // The series ends on a Sunday night; the next day is a busy one.
+    let f = forecast(&y, 12, &[day, week], &[80.0]).unwrap();
+    assert!(
+        f.point.iter().all(|p| *p > 60.0),
+        "{} {:?}",
+        f.model,
+        f.point
+    );
+}

@@ -11,7 +11,7 @@
 //!            has held for `scale_down_delay` (no flapping on a forecast's wiggles)
 //! ```
 //! The floor is what keeps a spike nobody forecast from being met worse than a reactive
-//! autoscaler meets it. The model is the forecasting engine's: MSTL + AutoETS on the
+//! autoscaler meets it. The model is the forecasting engine's: MSTL + ETS on the
 //! hourly, daily and weekly patterns once the history holds two cycles of one
 //! (`forecast::select_seasonal`; before that, the best by backtest), chosen again on a
 //! schedule and refitted as history arrives; a decision only ever sees
@@ -217,11 +217,11 @@ impl Planner {
             let y = &history[n.saturating_sub(window)..];
             if self.selected.is_none() || n >= self.selected_at + reselect {
                 // Too little history yet: the reactive floor decides alone.
-                let s = forecast::select_seasonal(y, h, &periods).ok()?;
+                let s = forecast::select_seasonal(y, h, &periods, &[self.cfg.level]).ok()?;
                 self.selected = Some(s);
                 self.selected_at = n;
             }
-            let f = forecast::predict(self.selected.as_ref()?, y, &[self.cfg.level]).ok()?;
+            let f = forecast::predict(self.selected.as_ref()?, y).ok()?;
             self.forecast = Some((n, f));
         }
         let (at, f) = self.forecast.as_ref()?;
