@@ -258,9 +258,12 @@ impl Planner {
         // The steps that begin within one lead time and that the reactive floor has not
         // seen a whole window of, on the forecast's clock: a step under way for longer is
         // what the floor sees happening, and provisioning its upper bound too would pay
-        // for headroom nobody needs.
+        // for headroom nobody needs. A plan step of several history steps is only seen
+        // once its last history step is (the rate changes from one to the next, and the
+        // floor cannot see the ones still to come).
         let seen = now - OBSERVED_WINDOW.as_secs_f64() - end;
-        let first = ((seen / step_s).floor().max(-1.0) + 1.0) as usize;
+        let data_step_s = step_s / self.per_plan() as f64;
+        let first = ((seen + data_step_s) / step_s).floor().max(0.0) as usize;
         let last = (((now + lead - end) / step_s).ceil().max(0.0) as usize).min(hi.len());
         let j = (first..last).max_by(|a, b| hi[*a].total_cmp(&hi[*b]))?;
         Some(Peak {
@@ -374,6 +377,25 @@ mod tests {
         assert_eq!(d.reactive, 2, "{d:?}");
         let pred = d.predictive.expect("a forecast after three days");
         assert!((5..=6).contains(&pred), "the ramp foreseen: {d:?}");
+        assert_eq!(d.target, pred);
+    }
+
+    #[test]
+    fn the_minutes_still_to_come_in_a_plan_step_under_way_are_provisioned() {
+        // 1-minute history, 5-minute plan steps, a 30 s cold start. Day 4, 08:03:30, on
+        // the morning ramp: the plan step 08:00-08:05 has been under way for minutes, but
+        // the floor only sees 08:03's rate (14.5 req/s: 2 instances) and 08:04 is faster;
+        // the forecast's bound for the step (about 23 req/s at 95%) still counts.
+        let y = day(4);
+        let cfg = PlannerConfig::new(10.0, Duration::from_secs(30), Duration::from_secs(60));
+        let mut p = Planner::new(cfg);
+        let t = 3 * 1440 + 483;
+        let d = p.decide(t as f64 * 60.0 + 30.0, &y[..t], y[t] / 60.0);
+        assert_eq!(d.reactive, 2, "{d:?}");
+        let pred = d
+            .predictive
+            .expect("the step under way still has a minute to come");
+        assert!(pred >= 3, "{d:?}");
         assert_eq!(d.target, pred);
     }
 
