@@ -68,45 +68,24 @@ impl Model {
                 }
             }
             Model::Holt => {
-                let (p, mut s) = Holt::fit(&y[..first]);
-                for o in first..=n {
-                    p.forecast(&s, &mut f);
-                    each(o, &f);
-                    if let Some(&v) = y.get(o) {
-                        p.update(&mut s, v);
-                    }
-                }
+                let (p, s) = Holt::fit(&y[..first]);
+                p.run(s, y, first, &mut f, &|_| 0.0, each);
             }
             Model::MstlEts { periods } => {
                 let fit = Mstl::fit(&y[..first], periods).map_err(|e| self.error(&e))?;
                 let (seasonal, trend, remainder) = fit.into_parts();
+                // Past the fitted data (`t >= first`), each component repeats its last cycle.
                 let season = |t: usize| -> f64 {
-                    // Each component repeats its last cycle past the fitted data.
                     periods
                         .iter()
                         .zip(&seasonal)
-                        .map(|(&p, c)| {
-                            if t < first {
-                                c[t]
-                            } else {
-                                c[first - p + (t - first) % p]
-                            }
-                        })
+                        .map(|(&p, c)| c[first - p + (t - first) % p])
                         .sum()
                 };
                 let deseasonalised: Vec<f64> =
                     trend.iter().zip(&remainder).map(|(t, r)| t + r).collect();
-                let (p, mut s) = Holt::fit(&deseasonalised);
-                for o in first..=n {
-                    p.forecast(&s, &mut f);
-                    for (j, v) in f.iter_mut().enumerate() {
-                        *v += season(o + j);
-                    }
-                    each(o, &f);
-                    if let Some(&v) = y.get(o) {
-                        p.update(&mut s, v - season(o));
-                    }
-                }
+                let (p, s) = Holt::fit(&deseasonalised);
+                p.run(s, y, first, &mut f, &season, each);
             }
         }
         Ok(())
@@ -176,6 +155,30 @@ impl Holt {
                 trend: trend[k],
             },
         )
+    }
+
+    /// From state `s` after `y[..first]`: at every origin `o` from `first` to `y.len()`,
+    /// the forecast (plus `season`) to `each`, then `y[o]` (less its season) into the
+    /// state.
+    fn run(
+        &self,
+        mut s: State,
+        y: &[f64],
+        first: usize,
+        f: &mut [f64],
+        season: &dyn Fn(usize) -> f64,
+        each: &mut dyn FnMut(usize, &[f64]),
+    ) {
+        for o in first..=y.len() {
+            self.forecast(&s, f);
+            for (j, v) in f.iter_mut().enumerate() {
+                *v += season(o + j);
+            }
+            each(o, f);
+            if let Some(&v) = y.get(o) {
+                self.update(&mut s, v - season(o));
+            }
+        }
     }
 
     fn update(&self, s: &mut State, v: f64) {
