@@ -129,6 +129,14 @@ routes: [{{ cluster: up }}]
 clusters: [{{ name: up, endpoints: [{{ address: "127.0.0.1:{up1}" }}] }}]
 """)
     targets.append(Target("presage", [PRESAGE, "proxy", "--config", presage_cfg], p1, p2, tmp))
+    # PRESAGE_BEFORE=BINARY measures another build (e.g. the previous commit's) in the
+    # same run, to tell a change's effect from the machine's noise.
+    before = os.environ.get("PRESAGE_BEFORE")
+    if before:
+        b1, b2 = free_port(), free_port()
+        before_cfg = os.path.join(tmp, "presage-before.yaml")
+        open(before_cfg, "w").write(open(presage_cfg).read().replace(f":{p1}\"", f":{b1}\"").replace(f":{p2}\"", f":{b2}\""))
+        targets.append(Target("before", [before, "proxy", "--config", before_cfg], b1, b2, tmp))
 
     n1, n2 = free_port(), free_port()
     nginx_cfg = os.path.join(tmp, "nginx.conf")
@@ -239,7 +247,9 @@ def report(res, rss, rounds):
     print("|---|---|---|---|---|---|---|---|---|---|")
     for proto in ("h1", "h2"):
         direct = m("direct", proto, "p50")
-        for n in ("direct", "presage", "nginx", "haproxy"):
+        for n in ("direct", "presage", "nginx", "haproxy", "before"):
+            if (n, proto, "rps") not in res:
+                continue
             cpu = m(n, proto, "cpu")
             added = m(n, proto, "p50") - direct if n != "direct" else 0.0
             print(f"| {proto} | {n} | {m(n, proto, 'rps'):.0f} | {'-' if cpu is None else f'{cpu:.3f}'} | {m(n, proto, 'p50'):.3f} | "
@@ -250,7 +260,9 @@ def report(res, rss, rounds):
     for proto in ("h1", "h2"):
         direct = m("direct", proto, "p50")
         pa = m("presage", proto, "p50") - direct
-        for peer in ("nginx", "haproxy"):
+        for peer in ("nginx", "haproxy", "before"):
+            if (peer, proto, "rps") not in res:
+                continue
             qa = m(peer, proto, "p50") - direct
             print(f"| {proto} | {peer} | {m('presage', proto, 'rps') / m(peer, proto, 'rps'):.2f} | "
                   f"{m('presage', proto, 'cpu') / m(peer, proto, 'cpu'):.2f} | {pa:+.3f} vs {qa:+.3f} ms |")

@@ -11,13 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
+use http_body::Body as _;
+use http_body_util::Either;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
+use crate::errors::ProxyError;
 use crate::load::InFlight;
 use crate::upstream::{Cluster, Endpoint};
 
-pub type Answered = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
+pub type Answered = Result<Response<UpstreamBody>, ProxyError>;
 
 /// What came of an attempt, and where.
 pub struct Tried<'a> {
@@ -63,7 +65,21 @@ async fn send_uncounted<'a>(
 ) -> Tried<'a> {
     let _pending = Pending::new(&ep.pending);
     let t0 = Instant::now();
-    let res = cluster.client.request(up).await;
+    // Body-less requests to plain HTTP/1.1 endpoints run in this task (`h1`).
+    let res = if cluster.direct && up.body().is_end_stream() {
+        let to = &ep.spec.authority;
+        crate::h1::send(&ep.pool, to, cluster.spec.connect_timeout, &up)
+            .await
+            .map(|r| r.map(Either::Right))
+            .map_err(ProxyError::from_h1)
+    } else {
+        cluster
+            .client
+            .request(up)
+            .await
+            .map(|r| r.map(Either::Left))
+            .map_err(ProxyError::from_client)
+    };
     Tried {
         ep,
         res,

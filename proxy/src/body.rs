@@ -15,12 +15,16 @@ use hyper::body::Incoming;
 /// bandwidth cap), or a small synthetic body.
 pub type ResponseBody = Either<Paced, Full<Bytes>>;
 
+/// An upstream's response body: from hyper's client, or read in the request's task
+/// (`h1`).
+pub type UpstreamBody = Either<Incoming, crate::h1::Body>;
+
 pin_project_lite::pin_project! {
     /// An upstream body passed on at most `rate` bytes per second (when set): a data
     /// frame that would overdraw the allowance is held until it is paid for.
     pub struct Paced {
         #[pin]
-        inner: Incoming,
+        inner: UpstreamBody,
         pace: Option<Pace>,
     }
 }
@@ -40,7 +44,7 @@ struct Pace {
 
 impl Paced {
     /// `rate` in bytes per second; 0 or less passes the body through untouched.
-    pub fn new(inner: Incoming, rate: f64) -> Paced {
+    pub fn new(inner: UpstreamBody, rate: f64) -> Paced {
         let pace = (rate > 0.0).then(|| {
             let burst = (rate / 10.0).max(16.0 * 1024.0);
             Pace {
@@ -64,7 +68,7 @@ impl std::fmt::Debug for Paced {
 
 impl Body for Paced {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,

@@ -58,6 +58,14 @@ impl ProxyError {
         }
     }
 
+    /// A failure of the in-task HTTP/1.1 path.
+    pub fn from_h1(e: crate::h1::Error) -> Self {
+        match e {
+            crate::h1::Error::Connect(..) => ProxyError::Connect(e.to_string()),
+            crate::h1::Error::Exchange(..) => ProxyError::Upstream(e.to_string()),
+        }
+    }
+
     /// True when the request may be sent again (nothing reached the upstream, or the
     /// request is idempotent and failed without a response).
     pub fn is_connect(&self) -> bool {

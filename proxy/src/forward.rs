@@ -28,7 +28,7 @@ use tower::retry::budget::Budget;
 
 use crate::attempt;
 use crate::balance::Needs;
-use crate::body::{Paced, RequestBody, ResponseBody};
+use crate::body::{Paced, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::Protocol;
 use crate::errors::ProxyError;
 use crate::headers;
@@ -43,6 +43,8 @@ use crate::upstream::{Cluster, Endpoint, Outcome};
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
+    /// `peer`'s address as an `x-forwarded-for` entry.
+    pub forwarded_for: HeaderValue,
     pub tls: bool,
     /// Where a connection redirected to a transparent listener was headed.
     pub original_dst: Option<SocketAddr>,
@@ -481,8 +483,7 @@ async fn proxy(
                 cluster.record(ep, Outcome::OtherError);
                 return Err(ProxyError::Timeout(timeout));
             }
-            Ok(Err(e)) => {
-                let err = ProxyError::from_client(e);
+            Ok(Err(err)) => {
                 if err.is_client_fault() {
                     return Err(err);
                 }
@@ -599,12 +600,12 @@ fn prepare_headers(h: &mut HeaderMap, uri: &Uri, route: &Route, conn: &Conn, upg
         }
     }
     headers::strip_hop_by_hop(h, upgrade);
-    headers::add_forwarded(h, conn.peer.ip(), conn.tls);
+    headers::add_forwarded(h, &conn.forwarded_for, conn.tls);
     route.spec.request_headers.apply(h);
 }
 
 /// The upstream's response toward the client, paced at `rate` bytes/s (0: not).
-fn response(route: &Route, res: Response<Incoming>, rate: f64) -> Response<ResponseBody> {
+fn response(route: &Route, res: Response<UpstreamBody>, rate: f64) -> Response<ResponseBody> {
     let (mut parts, body) = res.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, switching);
@@ -664,7 +665,10 @@ async fn upgrade(
             }
         });
     }
-    Ok((response(route, res, 0.0), Some(ep.spec.authority.clone())))
+    Ok((
+        response(route, res.map(Either::Left), 0.0),
+        Some(ep.spec.authority.clone()),
+    ))
 }
 
 #[cfg(test)]

@@ -77,14 +77,25 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
-/// Appends the client's address to `x-forwarded-for` and sets `x-forwarded-proto`.
-pub fn add_forwarded(h: &mut HeaderMap, peer: std::net::IpAddr, tls: bool) {
-    let ip = peer.to_string();
-    let v = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+/// The client's address as an `x-forwarded-for` entry (made once per connection).
+pub fn forwarded_for(peer: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Appends the client's address (`forwarded_for`) to `x-forwarded-for` and sets
+/// `x-forwarded-proto`.
+pub fn add_forwarded(h: &mut HeaderMap, client: &HeaderValue, tls: bool) {
+    let v = match h.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        None => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&v) {
+    if let Some(v) = v {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
@@ -133,6 +144,19 @@ mod tests {
         );
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn the_client_is_appended_to_x_forwarded_for() {
+        let client = forwarded_for("2001:db8::1".parse().unwrap());
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &client, true);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        add_forwarded(&mut h, &client, false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "https", "a caller's proto is kept");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod config;
 pub mod control_plane;
 pub mod errors;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod identity;
 pub mod listen;

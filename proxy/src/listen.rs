@@ -72,6 +72,7 @@ pub async fn accept_loop(
             stream,
             Conn {
                 peer,
+                forwarded_for: crate::headers::forwarded_for(peer.ip()),
                 tls: tls.is_some(),
                 original_dst,
                 inbound,

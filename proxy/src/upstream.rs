@@ -47,6 +47,8 @@ pub struct Endpoint {
     pub reserved_for: Option<crate::warm::Reservation>,
     /// Attempts sent here, for the control plane's per-instance QoS.
     pub load: Arc<crate::load::ServiceLoad>,
+    /// Idle connections of the in-task HTTP/1.1 path (see `h1`).
+    pub pool: Arc<crate::h1::Pool>,
 }
 
 impl Endpoint {
@@ -68,6 +70,8 @@ pub struct Cluster {
     pub has_user_warm: bool,
     pub balancer: Balancer,
     pub client: UpstreamClient,
+    /// Plain-text HTTP/1.1: body-less requests take the in-task path (`h1`).
+    pub direct: bool,
     pub retries: Counter,
     /// Hedged attempts: a copy sent to a second endpoint (see `attempt::hedged`).
     pub hedges: Counter,
@@ -131,6 +135,7 @@ impl Cluster {
                 ewma: PeakEwma::default(),
                 failures: FailureRate::default(),
                 pending: AtomicUsize::new(0),
+                pool: crate::h1::Pool::new(POOL_IDLE),
                 outlier: OutlierState::default(),
                 index,
                 accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),
@@ -160,6 +165,7 @@ impl Cluster {
             has_user_warm,
             balancer: Balancer::new(spec.load_balancer, &weights),
             client: build_client(&spec),
+            direct: spec.protocol == Protocol::Http1 && spec.tls.is_none(),
             endpoints,
             retries: Metrics::cluster_counter(&metrics.retries, &spec.name),
             hedges: Metrics::cluster_counter(&metrics.hedges, &spec.name),

@@ -104,8 +104,7 @@ impl Run {
         let tried = crate::attempt::send(cluster, ep, up, self.shared.telemetry.is_some()).await;
         let res = match tried.res {
             Ok(res) => res,
-            Err(e) => {
-                let err = ProxyError::from_client(e);
+            Err(err) => {
                 cluster.record(ep, Outcome::failed(&err));
                 self.set(&s.name, json!({ "status": null, "error": err.to_string() }));
                 return Err(fail(format!("{}: {err}", c.service)));

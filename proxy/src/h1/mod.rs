@@ -1,0 +1,573 @@
+//! The HTTP/1.1 upstream path of plain-text clusters, run in the request's own task.
+//!
+//! hyper's client drives every upstream connection from a task of its own: a proxied
+//! request crosses to that task over a channel, its response head comes back over a
+//! oneshot and its body over another channel, so each request costs several task
+//! wake-ups and hand-offs, which profiling showed to be most of the proxy's user-space
+//! time (bench/RESULTS.md). Here the request future writes the request head on a pooled
+//! connection itself and reads the response head (parsed by httparse); the response
+//! body is a `Body` that reads the same socket as the downstream connection polls it,
+//! and gives the connection back to its endpoint's pool once the body is complete. The
+//! downstream and upstream connections then run as one state machine, as in nginx and
+//! HAProxy.
+//!
+//! It carries body-less requests (`attempt` decides); requests with bodies, protocol
+//! upgrades, TLS and HTTP/2 upstreams go through hyper's client (`upstream`). Framing
+//! follows RFC 9112 §6: no body for HEAD, 1xx, 204 and 304; chunked when it is the final
+//! transfer coding; else Content-Length (conflicting values are refused); else until the
+//! upstream closes. A connection is reused only after a complete response that did not
+//! ask to close it, and a pooled connection the upstream closed meanwhile (the
+//! keep-alive race) is replaced by a new one before anything was answered on it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response head (and trailer section) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// Bytes read from the upstream at a time.
+const READ_SIZE: usize = 16 * 1024;
+/// Idle connections kept per endpoint; more are closed when they come back.
+const MAX_IDLE: usize = 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(Authority, String),
+    #[error("{0}: {1}")]
+    Exchange(Authority, String),
+}
+
+/// Idle keep-alive connections to one endpoint: the most recently used at the back
+/// (taken first, its buffers and the upstream's are warm), the oldest at the front
+/// (closed once idle longer than the pool's limit).
+#[derive(Debug)]
+pub struct Pool {
+    idle: Mutex<VecDeque<(TcpStream, Instant)>>,
+    max_idle: Duration,
+}
+
+impl Pool {
+    /// A pool that closes connections idle for longer than `max_idle`.
+    pub fn new(max_idle: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+        })
+    }
+
+    /// Idle connections held now.
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(TcpStream, Instant)>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn checkout(&self) -> Option<TcpStream> {
+        loop {
+            let (stream, since) = self.lock().pop_back()?;
+            if since.elapsed() < self.max_idle && still_open(&stream) {
+                return Some(stream);
+            }
+        }
+    }
+
+    fn checkin(&self, stream: TcpStream) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= self.max_idle)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push_back((stream, now));
+        }
+    }
+}
+
+/// False when an idle connection has been closed by the upstream (or sent something
+/// unasked). Costs a system call only when the socket has become readable.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Sends `req` (its body is not sent: the caller passes only body-less requests) to
+/// `to` on an idle pooled connection or a new one, and reads the response head.
+pub async fn send<B>(
+    pool: &Arc<Pool>,
+    to: &Authority,
+    connect_timeout: Duration,
+    req: &Request<B>,
+) -> Result<Response<Body>, Error> {
+    let mut head = Vec::with_capacity(256 + 64 * req.headers().len());
+    write_head(&mut head, req, to);
+    let no_body = req.method() == Method::HEAD;
+    if let Some(stream) = pool.checkout() {
+        match exchange(stream, &head, no_body).await {
+            Ok((res, conn, framing)) => return Ok(Body::start(res, conn, framing, pool)),
+            // Closed before answering: the upstream dropped an idle connection as we
+            // took it. The request never reached it; send it on a new connection.
+            Err(Failed::Closed) => {}
+            Err(Failed::Other(why)) => return Err(Error::Exchange(to.clone(), why)),
+        }
+    }
+    let stream = connect(to, connect_timeout).await?;
+    match exchange(stream, &head, no_body).await {
+        Ok((res, conn, framing)) => Ok(Body::start(res, conn, framing, pool)),
+        Err(Failed::Closed) => Err(Error::Exchange(
+            to.clone(),
+            "the upstream closed the connection without answering".into(),
+        )),
+        Err(Failed::Other(why)) => Err(Error::Exchange(to.clone(), why)),
+    }
+}
+
+async fn connect(to: &Authority, timeout: Duration) -> Result<TcpStream, Error> {
+    let host = to.host().trim_start_matches('[').trim_end_matches(']');
+    let port = to.port_u16().unwrap_or(80);
+    let fail = |why: String| Error::Connect(to.clone(), why);
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| fail(format!("no connection within {timeout:?}")))?
+        .map_err(|e| fail(e.to_string()))?;
+    stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+    // Best effort: a socket without keepalive probes still works.
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    Ok(stream)
+}
+
+/// The request head in HTTP/1.1 origin form. `HeaderMap` values cannot hold CR or LF.
+fn write_head<B>(out: &mut Vec<u8>, req: &Request<B>, to: &Authority) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        &b"/"[..]
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let h = req.headers();
+    if !h.contains_key(header::HOST) {
+        field(out, b"host", to.as_str().as_bytes());
+    }
+    for (name, value) in h {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // RFC 9110 §8.6: a method that defines a meaning for content says it has none.
+    let contentless = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    );
+    if !contentless && !h.contains_key(header::CONTENT_LENGTH) {
+        field(out, b"content-length", b"0");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+enum Failed {
+    /// The connection was closed (or reset) before any byte of an answer.
+    Closed,
+    Other(String),
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// How the response body is delimited, and how much of it is left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+type Head = (http::response::Parts, Conn, (Framing, bool));
+
+/// Writes the request head and reads the response head (skipping 1xx interim answers).
+async fn exchange(mut stream: TcpStream, head: &[u8], no_body: bool) -> Result<Head, Failed> {
+    let closed = |e: io::Error| match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => Failed::Closed,
+        _ => Failed::Other(e.to_string()),
+    };
+    stream.write_all(head).await.map_err(closed)?;
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut answered = false;
+    loop {
+        if !buf.is_empty() {
+            match parse_head(&buf, no_body).map_err(Failed::Other)? {
+                Parsed::Partial if buf.len() > MAX_HEAD => {
+                    return Err(Failed::Other(format!(
+                        "response head larger than {MAX_HEAD} bytes"
+                    )))
+                }
+                Parsed::Partial => {}
+                Parsed::Interim(n) => {
+                    buf.advance(n);
+                    continue;
+                }
+                Parsed::Final(n, parts, framing) => {
+                    buf.advance(n);
+                    return Ok((parts, Conn { stream, buf }, framing));
+                }
+            }
+        }
+        buf.reserve(READ_SIZE);
+        match stream.read_buf(&mut buf).await {
+            Ok(0) if !answered => return Err(Failed::Closed),
+            Ok(0) => {
+                return Err(Failed::Other(
+                    "connection closed in the response head".into(),
+                ))
+            }
+            Ok(_) => answered = true,
+            Err(e) if !answered => return Err(closed(e)),
+            Err(e) => return Err(Failed::Other(e.to_string())),
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx answer of this many bytes, to skip.
+    Interim(usize),
+    /// The final head's length, the head, its framing and whether the connection can
+    /// carry another request afterwards.
+    Final(usize, http::response::Parts, (Framing, bool)),
+}
+
+fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut fields);
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(format!("malformed response head: {e}")),
+    };
+    let code = r.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("101 Switching Protocols to a request that asked for no upgrade".into());
+    }
+    if status.is_informational() {
+        return Ok(Parsed::Interim(n));
+    }
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut length: Option<u64> = None;
+    let mut coded = false;
+    let mut chunked = false;
+    let mut close = version == Version::HTTP_10;
+    for f in r.headers.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?}", f.name))?;
+        let value = HeaderValue::from_bytes(f.value)
+            .map_err(|_| format!("invalid value of header {}", f.name))?;
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(f.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or("invalid Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values".into());
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+            // Only the final coding says how the message ends.
+            chunked = value
+                .to_str()
+                .ok()
+                .and_then(|s| s.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing =
+        if no_body || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Done
+        } else if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else if coded {
+            Framing::UntilClose
+        } else {
+            length.map_or(Framing::UntilClose, Framing::Length)
+        };
+    // A message with both Transfer-Encoding and Content-Length may be an attempt at
+    // smuggling: serve it, but never reuse the connection (RFC 9112 §6.3).
+    let reusable = !close && framing != Framing::UntilClose && !(coded && length.is_some());
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Parsed::Final(n, parts, (framing, reusable)))
+}
+
+/// An upstream response body read straight from its connection.
+pub struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("h1::Body")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+enum Step {
+    Frame(Frame<Bytes>),
+    NeedMore,
+    Done,
+}
+
+impl Body {
+    fn start(
+        parts: http::response::Parts,
+        conn: Conn,
+        (framing, reusable): (Framing, bool),
+        pool: &Arc<Pool>,
+    ) -> Response<Body> {
+        let mut body = Body {
+            conn: Some(conn),
+            framing,
+            reusable,
+            pool: pool.clone(),
+        };
+        if framing == Framing::Done || framing == Framing::Length(0) {
+            body.finish();
+        }
+        Response::from_parts(parts, body)
+    }
+
+    /// The body is complete: its connection goes back to the pool if it can be reused
+    /// and nothing came after the response.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && conn.buf.is_empty() {
+                self.pool.checkin(conn.stream);
+            }
+        }
+    }
+
+    /// The next frame the buffer holds, if any.
+    fn step(&mut self) -> Result<Step, String> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Step::Done);
+        };
+        let buf = &mut conn.buf;
+        loop {
+            match &mut self.framing {
+                Framing::Done => return Ok(Step::Done),
+                Framing::UntilClose if buf.is_empty() => return Ok(Step::NeedMore),
+                Framing::UntilClose => return Ok(Step::Frame(Frame::data(buf.split().freeze()))),
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let take = (*left).min(buf.len() as u64);
+                    *left -= take;
+                    let data = buf.split_to(take as usize).freeze();
+                    if *left == 0 {
+                        self.framing = match self.framing {
+                            Framing::Length(_) => Framing::Done,
+                            _ => Framing::Chunked(Chunk::DataEnd),
+                        };
+                    }
+                    return Ok(Step::Frame(Frame::data(data)));
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        buf.advance(n);
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > 1024 => {
+                        return Err("chunk size line too long".into())
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
+                    Err(_) => return Err("invalid chunk size".into()),
+                },
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        return Ok(Step::Done);
+                    }
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let (n, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((n, fields))) => {
+                            let mut trailers = HeaderMap::with_capacity(fields.len());
+                            for f in fields {
+                                if let (Ok(k), Ok(v)) = (
+                                    HeaderName::from_bytes(f.name.as_bytes()),
+                                    HeaderValue::from_bytes(f.value),
+                                ) {
+                                    trailers.append(k, v);
+                                }
+                            }
+                            (n, trailers)
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                            return Err("trailer section too large".into())
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
+                        Err(e) => return Err(format!("malformed trailers: {e}")),
+                    };
+                    buf.advance(n);
+                    self.framing = Framing::Done;
+                    return Ok(Step::Frame(Frame::trailers(trailers)));
+                }
+            }
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let step = this.step().map_err(|why| {
+                this.conn = None;
+                io::Error::new(io::ErrorKind::InvalidData, why)
+            });
+            match step? {
+                Step::Frame(f) => {
+                    if this.framing == Framing::Done {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                Step::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Step::NeedMore => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Err(e) = std::task::ready!(conn.stream.poll_read_ready(cx)) {
+                this.conn = None;
+                return Poll::Ready(Some(Err(e)));
+            }
+            conn.buf.reserve(READ_SIZE);
+            match conn.stream.try_read_buf(&mut conn.buf) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection before the body was complete",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
