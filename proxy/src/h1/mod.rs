@@ -57,7 +57,7 @@ pub enum Error {
 /// (closed once idle longer than the pool's limit).
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<VecDeque<(TcpStream, Instant)>>,
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
     max_idle: Duration,
 }
 
@@ -75,20 +75,20 @@ impl Pool {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(TcpStream, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Conn, Instant)>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn checkout(&self) -> Option<TcpStream> {
+    fn checkout(&self) -> Option<Conn> {
         loop {
-            let (stream, since) = self.lock().pop_back()?;
-            if since.elapsed() < self.max_idle && still_open(&stream) {
-                return Some(stream);
+            let (conn, since) = self.lock().pop_back()?;
+            if since.elapsed() < self.max_idle && still_open(&conn.stream) {
+                return Some(conn);
             }
         }
     }
 
-    fn checkin(&self, stream: TcpStream) {
+    fn checkin(&self, conn: Conn) {
         let now = Instant::now();
         let mut idle = self.lock();
         while idle
@@ -98,7 +98,7 @@ impl Pool {
             idle.pop_front();
         }
         if idle.len() < MAX_IDLE {
-            idle.push_back((stream, now));
+            idle.push_back((conn, now));
         }
     }
 }
@@ -124,11 +124,9 @@ pub async fn send<B>(
     connect_timeout: Duration,
     req: &Request<B>,
 ) -> Result<Response<Body>, Error> {
-    let mut head = Vec::with_capacity(256 + 64 * req.headers().len());
-    write_head(&mut head, req, to);
     let no_body = req.method() == Method::HEAD;
-    if let Some(stream) = pool.checkout() {
-        match exchange(stream, &head, no_body).await {
+    if let Some(conn) = pool.checkout() {
+        match exchange(conn, req, to, no_body).await {
             Ok((res, conn, framing)) => return Ok(Body::start(res, conn, framing, pool)),
             // Closed before answering: the upstream dropped an idle connection as we
             // took it. The request never reached it; send it on a new connection.
@@ -136,8 +134,12 @@ pub async fn send<B>(
             Err(Failed::Other(why)) => return Err(Error::Exchange(to.clone(), why)),
         }
     }
-    let stream = connect(to, connect_timeout).await?;
-    match exchange(stream, &head, no_body).await {
+    let conn = Conn {
+        stream: connect(to, connect_timeout).await?,
+        buf: BytesMut::with_capacity(READ_SIZE),
+        head: Vec::with_capacity(1024),
+    };
+    match exchange(conn, req, to, no_body).await {
         Ok((res, conn, framing)) => Ok(Body::start(res, conn, framing, pool)),
         Err(Failed::Closed) => Err(Error::Exchange(
             to.clone(),
@@ -204,9 +206,15 @@ enum Failed {
     Other(String),
 }
 
+/// A connection and its buffers, which it keeps while pooled: the read buffer's memory
+/// comes back once the last body frame cut from it has been written downstream, so a
+/// busy connection allocates nothing per exchange.
+#[derive(Debug)]
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// The request head being written.
+    head: Vec<u8>,
 }
 
 /// How the response body is delimited, and how much of it is left.
@@ -229,15 +237,26 @@ enum Chunk {
 type Head = (http::response::Parts, Conn, (Framing, bool));
 
 /// Writes the request head and reads the response head (skipping 1xx interim answers).
-async fn exchange(mut stream: TcpStream, head: &[u8], no_body: bool) -> Result<Head, Failed> {
+async fn exchange<B>(
+    mut conn: Conn,
+    req: &Request<B>,
+    to: &Authority,
+    no_body: bool,
+) -> Result<Head, Failed> {
     let closed = |e: io::Error| match e.kind() {
         io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted => Failed::Closed,
         _ => Failed::Other(e.to_string()),
     };
-    stream.write_all(head).await.map_err(closed)?;
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    conn.head.clear();
+    write_head(&mut conn.head, req, to);
+    conn.stream.write_all(&conn.head).await.map_err(closed)?;
+    let Conn {
+        mut stream,
+        mut buf,
+        head,
+    } = conn;
     let mut answered = false;
     loop {
         if !buf.is_empty() {
@@ -254,7 +273,7 @@ async fn exchange(mut stream: TcpStream, head: &[u8], no_body: bool) -> Result<H
                 }
                 Parsed::Final(n, parts, framing) => {
                     buf.advance(n);
-                    return Ok((parts, Conn { stream, buf }, framing));
+                    return Ok((parts, Conn { stream, buf, head }, framing));
                 }
             }
         }
@@ -408,7 +427,7 @@ impl Body {
         self.framing = Framing::Done;
         if let Some(conn) = self.conn.take() {
             if self.reusable && conn.buf.is_empty() {
-                self.pool.checkin(conn.stream);
+                self.pool.checkin(conn);
             }
         }
     }
