@@ -13,6 +13,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (a protocol switch passes through).
 /// `TE: trailers` is end-to-end in practice (gRPC needs it) and is kept.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names (standard names compare
+    // as small integers) instead of a hashed lookup per name.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION).cloned() {
         if let Ok(list) = conn.to_str() {
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -41,6 +46,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             h.remove(header::TE);
         }
     }
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::UPGRADE
+        || *n == header::TE
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
 }
 
 /// True for an HTTP/1.1 protocol switch request (WebSocket and friends).
@@ -157,6 +171,24 @@ mod tests {
         add_forwarded(&mut h, &client, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https", "a caller's proto is kept");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_goes_even_alone() {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+            h.insert("x-kept", "1".parse().unwrap());
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name} stays");
+            assert_eq!(h.len(), 1, "{name}");
+        }
     }
 
     #[test]
