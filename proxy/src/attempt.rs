@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::Either;
 
@@ -66,7 +66,8 @@ async fn send_uncounted<'a>(
     let _pending = Pending::new(&ep.pending);
     let t0 = Instant::now();
     // Body-less requests to plain HTTP/1.1 endpoints run in this task (`h1`).
-    let res = if cluster.direct && up.body().is_end_stream() {
+    // (CONNECT asks for a tunnel, not an answer: hyper's client knows it.)
+    let res = if cluster.direct && up.body().is_end_stream() && up.method() != Method::CONNECT {
         let to = &ep.spec.authority;
         crate::h1::send(&ep.pool, to, cluster.spec.connect_timeout, &up)
             .await

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -31,6 +31,7 @@ use crate::balance::Needs;
 use crate::body::{Paced, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::Protocol;
 use crate::errors::ProxyError;
+use crate::h1::is_idempotent;
 use crate::headers;
 use crate::metrics;
 use crate::qos;
@@ -539,13 +540,6 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     cap.mul_f64(fastrand::f64())
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 pub(crate) fn upstream_version(c: &Cluster) -> Version {
     match c.spec.protocol {
         Protocol::Http1 => Version::HTTP_11,
@@ -674,6 +668,7 @@ async fn upgrade(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     #[test]
     fn backoff_is_bounded_and_grows() {

@@ -127,12 +127,17 @@ pub async fn send<B>(
     req: &Request<B>,
 ) -> Result<Response<Body>, Error> {
     let no_body = req.method() == Method::HEAD;
+    let no_answer = || Error::Exchange(to.clone(), NO_ANSWER.into());
     if let Some(conn) = pool.checkout() {
         match exchange(conn, req, to, no_body).await {
             Ok((res, conn, framing)) => return Ok(Body::start(res, conn, framing, pool)),
-            // Closed before answering: the upstream dropped an idle connection as we
-            // took it. The request never reached it; send it on a new connection.
-            Err(Failed::Closed) => {}
+            // Closed before answering: most often the upstream dropped the idle
+            // connection just as it was taken, and the request never reached it; then it
+            // goes on a new connection. Once the head was written, that cannot be told
+            // from an upstream that acted on the request and died: only an idempotent
+            // request is sent again then.
+            Err(Failed::Closed { sent }) if !sent || is_idempotent(req.method()) => {}
+            Err(Failed::Closed { .. }) => return Err(no_answer()),
             Err(Failed::Other(why)) => return Err(Error::Exchange(to.clone(), why)),
         }
     }
@@ -143,10 +148,7 @@ pub async fn send<B>(
     };
     match exchange(conn, req, to, no_body).await {
         Ok((res, conn, framing)) => Ok(Body::start(res, conn, framing, pool)),
-        Err(Failed::Closed) => Err(Error::Exchange(
-            to.clone(),
-            "the upstream closed the connection without answering".into(),
-        )),
+        Err(Failed::Closed { .. }) => Err(no_answer()),
         Err(Failed::Other(why)) => Err(Error::Exchange(to.clone(), why)),
     }
 }
@@ -202,9 +204,22 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+const NO_ANSWER: &str = "the upstream closed the connection without answering";
+
+/// Methods whose repetition has the effect of one request (RFC 9110 §9.2.2).
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 enum Failed {
-    /// The connection was closed (or reset) before any byte of an answer.
-    Closed,
+    /// The connection was closed (or reset) before any byte of an answer; `sent`: after
+    /// the request head was written to it.
+    Closed {
+        sent: bool,
+    },
     Other(String),
 }
 
@@ -245,15 +260,18 @@ async fn exchange<B>(
     to: &Authority,
     no_body: bool,
 ) -> Result<Head, Failed> {
-    let closed = |e: io::Error| match e.kind() {
+    let closed = |e: io::Error, sent: bool| match e.kind() {
         io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted => Failed::Closed,
+        | io::ErrorKind::ConnectionAborted => Failed::Closed { sent },
         _ => Failed::Other(e.to_string()),
     };
     conn.head.clear();
     write_head(&mut conn.head, req, to);
-    conn.stream.write_all(&conn.head).await.map_err(closed)?;
+    conn.stream
+        .write_all(&conn.head)
+        .await
+        .map_err(|e| closed(e, false))?;
     let Conn {
         mut stream,
         mut buf,
@@ -281,14 +299,14 @@ async fn exchange<B>(
         }
         buf.reserve(READ_SIZE);
         match stream.read_buf(&mut buf).await {
-            Ok(0) if !answered => return Err(Failed::Closed),
+            Ok(0) if !answered => return Err(Failed::Closed { sent: true }),
             Ok(0) => {
                 return Err(Failed::Other(
                     "connection closed in the response head".into(),
                 ))
             }
             Ok(_) => answered = true,
-            Err(e) if !answered => return Err(closed(e)),
+            Err(e) if !answered => return Err(closed(e, true)),
             Err(e) => return Err(Failed::Other(e.to_string())),
         }
     }
@@ -335,9 +353,12 @@ fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
         let value = HeaderValue::from_bytes(f.value)
             .map_err(|_| format!("invalid value of header {}", f.name))?;
         if name == header::CONTENT_LENGTH {
+            // Digits only (RFC 9110 §8.6): `+5` or `5, 5` would parse elsewhere.
             let n = std::str::from_utf8(f.value)
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
                 .ok_or("invalid Content-Length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length values".into());
@@ -372,14 +393,53 @@ fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
         } else {
             length.map_or(Framing::UntilClose, Framing::Length)
         };
-    // A message with both Transfer-Encoding and Content-Length may be an attempt at
-    // smuggling: serve it, but never reuse the connection (RFC 9112 §6.3).
-    let reusable = !close && framing != Framing::UntilClose && !(coded && length.is_some());
+    // A message with both Transfer-Encoding and Content-Length, or Transfer-Encoding in
+    // HTTP/1.0, may be an attempt at smuggling: serve it by its Transfer-Encoding (the
+    // Content-Length goes), but never reuse the connection (RFC 9112 §6.1, §6.3). Nor
+    // after a 204 that announced content: it may still come, as the next answer.
+    if coded && length.is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let suspect = (coded && (length.is_some() || version == Version::HTTP_10))
+        || (status == StatusCode::NO_CONTENT && (coded || length.is_some_and(|l| l > 0)));
+    let reusable = !close && framing != Framing::UntilClose && !suspect;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
     Ok(Parsed::Final(n, parts, (framing, reusable)))
+}
+
+/// A chunk-size line at the start of `buf` (RFC 9112 §7.1): hex digits, optional
+/// extensions (ignored, but they must be text), CRLF. `None` until the line is complete;
+/// else the bytes it takes and the size. Stricter than httparse's, which takes an empty
+/// size or a bare LF: a proxy must not read a chunk boundary where the upstream did not.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
+    const MAX_LINE: usize = 1024;
+    let Some(lf) = buf.iter().take(MAX_LINE + 1).position(|&b| b == b'\n') else {
+        return if buf.len() > MAX_LINE {
+            Err("chunk size line too long".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let line = buf[..lf]
+        .strip_suffix(b"\r")
+        .ok_or("chunk size line not ended by CRLF")?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err("invalid chunk size".into());
+    }
+    let ext = line[digits..].trim_ascii_start();
+    if !ext.is_empty()
+        && (ext[0] != b';' || ext.iter().any(|&b| b.is_ascii_control() && b != b'\t'))
+    {
+        return Err("invalid chunk extension".into());
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &b| {
+        n << 4 | u64::from((b as char).to_digit(16).unwrap_or(0))
+    });
+    Ok(Some((lf + 1, size)))
 }
 
 /// An upstream response body read straight from its connection.
@@ -460,8 +520,8 @@ impl Body {
                     }
                     return Ok(Step::Frame(Frame::data(data)));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((n, size))) => {
+                Framing::Chunked(Chunk::Size) => match chunk_size(buf)? {
+                    Some((n, size)) => {
                         buf.advance(n);
                         self.framing = Framing::Chunked(if size == 0 {
                             Chunk::Trailers
@@ -469,11 +529,7 @@ impl Body {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if buf.len() > 1024 => {
-                        return Err("chunk size line too long".into())
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
-                    Err(_) => return Err("invalid chunk size".into()),
+                    None => return Ok(Step::NeedMore),
                 },
                 Framing::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {

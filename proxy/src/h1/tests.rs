@@ -209,3 +209,90 @@ async fn a_refused_connection_is_a_connect_error() {
     let e = send(&pool, &to, Duration::from_secs(2), &get("/")).await;
     assert!(matches!(e, Err(Error::Connect(..))), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_request_the_upstream_may_have_acted_on_is_resent_only_if_idempotent() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    // Each of the first two connections answers once, then reads the next request and
+    // closes without answering.
+    let up = upstream(vec![
+        vec![vec![ok], vec![]],
+        vec![vec![ok], vec![]],
+        vec![vec![ok]],
+    ])
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    fetch(&pool, &up, get("/")).await.unwrap();
+    let post = Request::post("/charge").body(()).unwrap();
+    let e = fetch(&pool, &up, post).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Exchange(..)),
+        "not a connect error: {e:?}"
+    );
+    assert!(e.to_string().contains("without answering"), "{e}");
+    assert_eq!(up.accepted.load(SeqCst), 1, "the POST was not sent again");
+
+    fetch(&pool, &up, get("/")).await.unwrap();
+    let (status, _, _, _) = fetch(&pool, &up, get("/again")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        up.accepted.load(SeqCst),
+        3,
+        "the GET went again on a new connection"
+    );
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_or_never_reused() {
+    let plus: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok";
+    let empty_size: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\n";
+    let bare_lf: &[u8] =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n";
+    let both: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let old_chunked: &[u8] = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let no_content: &[u8] = b"HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n";
+    let up = upstream(
+        [plus, empty_size, bare_lf, both, old_chunked, no_content]
+            .into_iter()
+            .map(|r| vec![vec![r]])
+            .collect(),
+    )
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let e = fetch(&pool, &up, get("/")).await.unwrap_err().to_string();
+    assert!(e.contains("invalid Content-Length"), "{e}");
+    for _ in 0..2 {
+        let res = send(&pool, &up.authority, Duration::from_secs(2), &get("/"))
+            .await
+            .unwrap();
+        let e = res.into_body().collect().await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+    let (_, headers, body, _) = fetch(&pool, &up, get("/")).await.unwrap();
+    assert_eq!(
+        &body[..],
+        b"ok",
+        "Transfer-Encoding wins over Content-Length"
+    );
+    assert!(!headers.contains_key(header::CONTENT_LENGTH), "{headers:?}");
+    let (_, _, body, _) = fetch(&pool, &up, get("/")).await.unwrap();
+    assert_eq!(&body[..], b"ok");
+    let (status, _, _, _) = fetch(&pool, &up, get("/")).await.unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(pool.idle(), 0, "none of these connections is reused");
+    assert_eq!(up.accepted.load(SeqCst), 6);
+}
+
+#[test]
+fn chunk_size_lines() {
+    assert_eq!(chunk_size(b"1a\r\n"), Ok(Some((4, 26))));
+    assert_eq!(chunk_size(b"0;name=\"v\" \t\r\nrest"), Ok(Some((14, 0))));
+    assert_eq!(chunk_size(b"ff"), Ok(None), "incomplete");
+    assert!(chunk_size(b"\r\n").is_err(), "no digits");
+    assert!(chunk_size(b"1 2\r\n").is_err(), "not an extension");
+    assert!(
+        chunk_size(b"12345678901234567\r\n").is_err(),
+        "over 64 bits"
+    );
+    assert!(chunk_size(&[b'1'; 2000]).is_err(), "endless line");
+}
