@@ -51,6 +51,16 @@ async fn http1_and_h2c_reach_the_upstream_with_request_ids() {
     .await;
     assert!(out.ends_with("\n2"), "{out}");
     assert!(out.contains("\"path\":\"/curl\""), "{out}");
+
+    // The three body-less requests, one after another, took one pooled upstream
+    // connection (the POST went through hyper's client, which is not counted here).
+    let opened = proxy
+        .metric(
+            "presage_upstream_connections_opened_total",
+            &[("cluster", "up")],
+        )
+        .await;
+    assert_eq!(opened, 1.0);
 }
 
 #[tokio::test]

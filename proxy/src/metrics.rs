@@ -89,6 +89,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub retries: Family<ClusterLabels, Counter>,
     pub hedges: Family<ClusterLabels, Counter>,
+    /// Upstream connections opened by the in-task HTTP/1.1 path (`h1`).
+    pub upstream_connections: Family<ClusterLabels, Counter>,
     /// Redirected connections passed through as TCP, and requests that matched no route
     /// passed to their original destination (transparent listeners).
     pub passthrough_connections: Counter,
@@ -150,6 +152,7 @@ impl Metrics {
             requests: Family::default(),
             retries: Family::default(),
             hedges: Family::default(),
+            upstream_connections: Family::default(),
             passthrough_connections: Counter::default(),
             passthrough_requests: Counter::default(),
             identity_renewals: Family::default(),
@@ -252,6 +255,11 @@ impl Metrics {
             "hedges",
             "Hedged requests: a copy sent to a second endpoint when the first had not answered within the profile's latency target",
             self.hedges.clone(),
+        );
+        r.register(
+            "upstream_connections_opened",
+            "Connections opened to upstream endpoints for body-less HTTP/1.1 requests; against requests, it shows how often a pooled connection was reused",
+            self.upstream_connections.clone(),
         );
         r.register(
             "outlier_ejections",

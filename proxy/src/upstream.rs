@@ -135,7 +135,10 @@ impl Cluster {
                 ewma: PeakEwma::default(),
                 failures: FailureRate::default(),
                 pending: AtomicUsize::new(0),
-                pool: crate::h1::Pool::new(POOL_IDLE),
+                pool: crate::h1::Pool::new(
+                    POOL_IDLE,
+                    Metrics::cluster_counter(&metrics.upstream_connections, &spec.name),
+                ),
                 outlier: OutlierState::default(),
                 index,
                 accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),

@@ -31,6 +31,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -61,14 +62,18 @@ pub enum Error {
 pub struct Pool {
     idle: Mutex<VecDeque<(Conn, Instant)>>,
     max_idle: Duration,
+    /// Counts connections opened.
+    opened: Counter,
 }
 
 impl Pool {
-    /// A pool that closes connections idle for longer than `max_idle`.
-    pub fn new(max_idle: Duration) -> Arc<Pool> {
+    /// A pool that closes connections idle for longer than `max_idle` and counts the
+    /// connections it opens in `opened`.
+    pub fn new(max_idle: Duration, opened: Counter) -> Arc<Pool> {
         Arc::new(Pool {
             idle: Mutex::new(VecDeque::new()),
             max_idle,
+            opened,
         })
     }
 
@@ -141,8 +146,10 @@ pub async fn send<B>(
             Err(Failed::Other(why)) => return Err(Error::Exchange(to.clone(), why)),
         }
     }
+    let stream = connect(to, connect_timeout).await?;
+    pool.opened.inc();
     let conn = Conn {
-        stream: connect(to, connect_timeout).await?,
+        stream,
         buf: BytesMut::with_capacity(READ_SIZE),
         head: Vec::with_capacity(1024),
     };

@@ -87,7 +87,7 @@ async fn a_sized_body_is_read_and_its_connection_reused() {
         b"c",
     ];
     let mut up = upstream(vec![vec![vec![ok], split]]).await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let (status, headers, body, _) = fetch(&pool, &up, get("/a?b=1")).await.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
     assert_eq!(headers["x-a"], "1");
@@ -110,6 +110,7 @@ async fn a_sized_body_is_read_and_its_connection_reused() {
         1,
         "both requests on one connection"
     );
+    assert_eq!(pool.opened.get(), 1, "and counted once");
 }
 
 #[tokio::test]
@@ -123,7 +124,7 @@ async fn chunked_bodies_and_trailers_survive_any_split() {
         b"\r\n",
     ];
     let up = upstream(vec![vec![pieces]]).await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let (_, _, body, trailers) = fetch(&pool, &up, get("/")).await.unwrap();
     assert_eq!(&body[..], b"hello world");
     assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
@@ -134,7 +135,7 @@ async fn chunked_bodies_and_trailers_survive_any_split() {
 async fn a_body_without_length_ends_when_the_upstream_closes() {
     let res: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nall of it";
     let up = upstream(vec![vec![vec![res]]]).await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let (_, _, body, _) = fetch(&pool, &up, get("/")).await.unwrap();
     assert_eq!(&body[..], b"all of it");
     assert_eq!(pool.idle(), 0, "a close-delimited connection is not reused");
@@ -145,7 +146,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced() {
     let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     // The first connection answers once and closes without saying so.
     let up = upstream(vec![vec![vec![ok]], vec![vec![ok]]]).await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     fetch(&pool, &up, get("/")).await.unwrap();
     assert_eq!(pool.idle(), 1);
     let (status, _, body, _) = fetch(&pool, &up, get("/")).await.unwrap();
@@ -159,7 +160,7 @@ async fn interim_answers_are_skipped_and_some_answers_have_no_body() {
     let head: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n";
     let after: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\nx";
     let mut up = upstream(vec![vec![vec![cont], vec![head], vec![after]]]).await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let req = Request::post("/p").body(()).unwrap();
     let (status, _, body, _) = fetch(&pool, &up, req).await.unwrap();
     assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
@@ -187,7 +188,7 @@ async fn malformed_or_cut_answers_are_errors() {
         vec![vec![cut]],
     ])
     .await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let e = fetch(&pool, &up, get("/")).await.unwrap_err().to_string();
     assert!(e.contains("conflicting Content-Length"), "{e}");
     let e = fetch(&pool, &up, get("/")).await.unwrap_err().to_string();
@@ -205,7 +206,7 @@ async fn a_refused_connection_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let to: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
     drop(listener);
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let e = send(&pool, &to, Duration::from_secs(2), &get("/")).await;
     assert!(matches!(e, Err(Error::Connect(..))), "{e:?}");
 }
@@ -221,7 +222,7 @@ async fn a_request_the_upstream_may_have_acted_on_is_resent_only_if_idempotent()
         vec![vec![ok]],
     ])
     .await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     fetch(&pool, &up, get("/")).await.unwrap();
     let post = Request::post("/charge").body(()).unwrap();
     let e = fetch(&pool, &up, post).await.unwrap_err();
@@ -240,6 +241,7 @@ async fn a_request_the_upstream_may_have_acted_on_is_resent_only_if_idempotent()
         3,
         "the GET went again on a new connection"
     );
+    assert_eq!(pool.opened.get(), 3);
 }
 
 #[tokio::test]
@@ -258,7 +260,7 @@ async fn ambiguous_framing_is_refused_or_never_reused() {
             .collect(),
     )
     .await;
-    let pool = Pool::new(Duration::from_secs(60));
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let e = fetch(&pool, &up, get("/")).await.unwrap_err().to_string();
     assert!(e.contains("invalid Content-Length"), "{e}");
     for _ in 0..2 {
