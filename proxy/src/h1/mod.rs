@@ -19,21 +19,22 @@
 //! ask to close it, and a pooled connection the upstream closed meanwhile (the
 //! keep-alive race) is replaced by a new one before anything was answered on it.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod pool;
+pub use pool::Pool;
 
 /// Largest response head (and trailer section) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -43,8 +44,6 @@ const MAX_HEADERS: usize = 128;
 /// hyper's client starts at 8 KiB too; with one connection per request in flight, a
 /// larger buffer shows in the peak memory of an h2c benchmark (~640 upstream connections).
 const READ_SIZE: usize = 8 * 1024;
-/// Idle connections kept per endpoint; more are closed when they come back.
-const MAX_IDLE: usize = 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,74 +52,6 @@ pub enum Error {
     Connect(Authority, String),
     #[error("{0}: {1}")]
     Exchange(Authority, String),
-}
-
-/// Idle keep-alive connections to one endpoint: the most recently used at the back
-/// (taken first, its buffers and the upstream's are warm), the oldest at the front
-/// (closed once idle longer than the pool's limit).
-#[derive(Debug)]
-pub struct Pool {
-    idle: Mutex<VecDeque<(Conn, Instant)>>,
-    max_idle: Duration,
-    /// Counts connections opened.
-    opened: Counter,
-}
-
-impl Pool {
-    /// A pool that closes connections idle for longer than `max_idle` and counts the
-    /// connections it opens in `opened`.
-    pub fn new(max_idle: Duration, opened: Counter) -> Arc<Pool> {
-        Arc::new(Pool {
-            idle: Mutex::new(VecDeque::new()),
-            max_idle,
-            opened,
-        })
-    }
-
-    /// Idle connections held now.
-    pub fn idle(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Conn, Instant)>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn checkout(&self) -> Option<Conn> {
-        loop {
-            let (conn, since) = self.lock().pop_back()?;
-            if since.elapsed() < self.max_idle && still_open(&conn.stream) {
-                return Some(conn);
-            }
-        }
-    }
-
-    fn checkin(&self, conn: Conn) {
-        let now = Instant::now();
-        let mut idle = self.lock();
-        while idle
-            .front()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= self.max_idle)
-        {
-            idle.pop_front();
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push_back((conn, now));
-        }
-    }
-}
-
-/// False when an idle connection has been closed by the upstream (or sent something
-/// unasked). Costs a system call only when the socket has become readable.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
 }
 
 /// Sends `req` (its body is not sent: the caller passes only body-less requests) to
@@ -234,8 +165,8 @@ enum Failed {
 /// comes back once the last body frame cut from it has been written downstream, so a
 /// busy connection allocates nothing per exchange.
 #[derive(Debug)]
-struct Conn {
-    stream: TcpStream,
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
     buf: BytesMut,
     /// The request head being written.
     head: Vec<u8>,

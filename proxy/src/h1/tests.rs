@@ -3,9 +3,11 @@
 //! early closes) can be produced exactly.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering, Ordering::SeqCst};
+use std::time::Instant;
 
 use http_body_util::BodyExt;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -297,4 +299,27 @@ fn chunk_size_lines() {
         "over 64 bits"
     );
     assert!(chunk_size(&[b'1'; 2000]).is_err(), "endless line");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_once_expired_even_without_traffic() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let up = upstream(vec![vec![vec![ok]]]).await;
+    let pool = Pool::new(Duration::from_millis(500), Counter::default());
+    fetch(&pool, &up, get("/")).await.unwrap();
+    assert_eq!(pool.idle(), 1);
+    // Nothing else uses the pool: only its reaper can close the connection. Polled,
+    // since no event marks it; bounded so that a missing reaper fails the test.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.idle() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !pool.reaping.load(Ordering::Acquire),
+        "the reaper ends with the pool empty"
+    );
 }
