@@ -69,7 +69,8 @@ impl Pool {
                 idle.push_back((conn, now));
             }
         }
-        if !self.reaping.swap(true, Ordering::AcqRel) {
+        // Read first: the common case (a reaper runs) writes nothing to the shared flag.
+        if !self.reaping.load(Ordering::Acquire) && !self.reaping.swap(true, Ordering::AcqRel) {
             tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
