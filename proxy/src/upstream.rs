@@ -230,7 +230,7 @@ fn build_client(spec: &ClusterSpec) -> UpstreamClient {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(spec.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(30)));
+    http.set_keepalive(Some(crate::h1::TCP_KEEPALIVE));
     let tls = spec
         .tls
         .as_ref()

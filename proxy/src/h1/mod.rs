@@ -36,6 +36,9 @@ use tokio::net::TcpStream;
 mod pool;
 pub use pool::Pool;
 
+/// Idle time before TCP keepalive probes on upstream connections (hyper's client in
+/// `upstream` uses it too).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Largest response head (and trailer section) accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head.
@@ -100,7 +103,7 @@ async fn connect(to: &Authority, timeout: Duration) -> Result<TcpStream, Error> 
         .map_err(|_| fail(format!("no connection within {timeout:?}")))?
         .map_err(|e| fail(e.to_string()))?;
     stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
-    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
     // Best effort: a socket without keepalive probes still works.
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
     Ok(stream)
