@@ -4,13 +4,18 @@
 //! ```text
 //!  series ─▶ candidates: seasonal naive · Holt (damped-trend ETS) · MSTL + the same ETS
 //!        ─▶ rolling-origin backtest (every step of the last day or ten horizons is an
-//!           origin, h steps each) ─▶ pick lowest MAE, intervals per step      (select)
-//!        ─▶ refit on everything, forecast h                                  (predict)
+//!           origin, h steps each) ─▶ pick lowest recency-weighted MAE,
+//!           intervals per step                                               (select)
+//!        ─▶ refit on everything (MSTL's fit stops a quarter cycle short and the
+//!           newest points are filtered), forecast h                          (predict)
 //! ```
 //! Intervals are conformal: at each step ahead, the chosen model's out-of-sample errors
 //! at that step give the quantile for each level, so their width reflects how the model
 //! really did on this series (model-based intervals only reflect the fit and are too
-//! narrow out of sample). The seasonal decomposition is augurs' (stlrs' MSTL); the known
+//! narrow out of sample). Both the choice and the quantiles weigh an origin by
+//! how recent it is (`CHOICE_HALF_LIFE`, `DECAY`): traffic changes regime (a storm, a
+//! launch, a new release) and the newest errors say more about the next ones than last
+//! week's do. The seasonal decomposition is augurs' (stlrs' MSTL); the known
 //! periods are passed in (bucket units), and a period the series is too short for
 //! (fewer than two full cycles) is dropped.
 //!
@@ -105,6 +110,20 @@ fn autocorrelation(y: &[f64], lag: usize) -> f64 {
     cov / var
 }
 
+/// The weight of a backtest origin relative to the next newer one in the interval
+/// quantiles: it halves every 69 origins. These are the fixed weights of
+/// non-exchangeable conformal prediction (Barber, Candès, Ramdas and Tibshirani,
+/// "Conformal prediction beyond exchangeability", 2023, whose experiments use 0.99),
+/// whose coverage degrades gracefully with how far the newest errors drift from the
+/// older ones, where unweighted quantiles assume they never do.
+const DECAY: f64 = 0.99;
+
+/// Origins after which an origin's error counts half as much in the model choice. Slower
+/// than `DECAY`: a mean error separates two models more slowly than a quantile moves.
+/// Half a day of 5-minute origins: a storm hours old decides the choice (see
+/// `a_storm_hands_the_choice_to_the_model_that_follows_it`), a quiet morning does not.
+const CHOICE_HALF_LIFE: f64 = 144.0;
+
 /// Backtest origins for horizon `h` that a series must have room for: at least 48
 /// residuals where that is cheap (short horizons), at least 6 origins always. The
 /// backtest itself uses every step of its span as an origin (see `span`).
@@ -127,7 +146,8 @@ fn span(n: usize, h: usize, train: usize) -> usize {
 pub struct Selected {
     pub model: Model,
     pub h: usize,
-    /// Mean absolute error of the model in the backtest, in the series' units.
+    /// Mean absolute error of the model in the backtest (every origin counted alike), in
+    /// the series' units.
     pub mae: f64,
     /// The MASE denominator (see `naive_scale`).
     pub scale: f64,
@@ -216,23 +236,29 @@ fn choose(
         candidates.push(Model::MstlEts { periods });
     }
     let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
+    let mut weights = Vec::new();
     for m in candidates {
         let residuals = backtest(&m, y, first, h)?;
-        let mae = mean_abs(&residuals);
-        if best.as_ref().is_none_or(|(_, b, _)| mae < *b) {
-            best = Some((m, mae, residuals));
+        if weights.len() != residuals.len() {
+            weights = origin_weights(residuals.len(), 0.5f64.powf(1.0 / CHOICE_HALF_LIFE));
+        }
+        let score = weighted_mae(&residuals, &weights);
+        if best.as_ref().is_none_or(|(_, b, _)| score < *b) {
+            best = Some((m, score, residuals));
         }
     }
-    let (model, mae, residuals) = best.expect("at least one candidate");
+    let (model, _, residuals) = best.expect("at least one candidate");
     Ok(Selected {
         model,
         h,
-        mae,
+        mae: mean_abs(&residuals),
         scale: naive_scale(y, season),
-        half_widths: levels
-            .iter()
-            .map(|&l| (l, half_widths(&residuals, h, l)))
-            .collect(),
+        half_widths: half_widths(
+            &residuals,
+            &origin_weights(residuals.len(), DECAY),
+            h,
+            levels,
+        ),
     })
 }
 
@@ -275,22 +301,60 @@ pub fn backtest(
     Ok(out)
 }
 
-/// Split-conformal half-widths per step: at step `j`, the finite-sample `level`
-/// quantile of the backtest's absolute errors at that step, made non-decreasing in `j`
-/// (no horizon is more certain than a nearer one).
-fn half_widths(residuals: &[Vec<f64>], h: usize, level: f64) -> Vec<f64> {
-    let mut widest: f64 = 0.0;
-    (0..h)
-        .map(|j| {
-            let mut scores: Vec<f64> = residuals.iter().map(|r| r[j].abs()).collect();
-            // The conformal rank: ceil((n + 1) * level).
-            let n = scores.len();
-            let rank = (((n + 1) as f64 * level / 100.0).ceil() as usize).clamp(1, n);
-            let (_, q, _) = scores.select_nth_unstable_by(rank - 1, f64::total_cmp);
-            widest = widest.max(*q);
-            widest
-        })
-        .collect()
+/// `decay^(age)` for `n` origins, oldest first: the newest weighs 1.
+fn origin_weights(n: usize, decay: f64) -> Vec<f64> {
+    let mut w = vec![1.0; n];
+    for i in (0..n.saturating_sub(1)).rev() {
+        w[i] = w[i + 1] * decay;
+    }
+    w
+}
+
+/// Mean absolute error over all steps, each origin's errors weighted by `weights`.
+fn weighted_mae(residuals: &[Vec<f64>], weights: &[f64]) -> f64 {
+    let (mut sum, mut total) = (0.0, 0.0);
+    for (r, w) in residuals.iter().zip(weights) {
+        sum += w * r.iter().map(|e| e.abs()).sum::<f64>();
+        total += w * r.len() as f64;
+    }
+    sum / total.max(f64::EPSILON)
+}
+
+/// Weighted conformal half-widths per step, for each level: at step `j`, the smallest
+/// absolute backtest error at that step below which `level` percent of the origins'
+/// weight lies, counting the forecast itself as one more point of weight 1 (the newest)
+/// that is never below (as split conformal counts n + 1 points); made non-decreasing in
+/// `j` (no horizon is more certain than a nearer one).
+fn half_widths(
+    residuals: &[Vec<f64>],
+    weights: &[f64],
+    h: usize,
+    levels: &[f64],
+) -> Vec<(f64, Vec<f64>)> {
+    let total = weights.iter().sum::<f64>() + 1.0;
+    let mut out: Vec<(f64, Vec<f64>)> =
+        levels.iter().map(|&l| (l, Vec::with_capacity(h))).collect();
+    let mut scored: Vec<(f64, f64)> = Vec::with_capacity(residuals.len());
+    for j in 0..h {
+        scored.clear();
+        scored.extend(residuals.iter().zip(weights).map(|(r, &w)| (r[j].abs(), w)));
+        scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        for (level, widths) in &mut out {
+            let target = *level / 100.0 * total;
+            let mut below = 0.0;
+            let q = scored
+                .iter()
+                .find(|(_, w)| {
+                    below += w;
+                    below >= target
+                })
+                .or(scored.last())
+                .map_or(0.0, |s| s.0);
+            let widest = widths.last().copied().unwrap_or(0.0);
+            widths.push(q.max(widest));
+        }
+    }
+    out
 }
 
 fn mean_abs(r: &[Vec<f64>]) -> f64 {

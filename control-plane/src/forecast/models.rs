@@ -33,11 +33,36 @@ impl Model {
         }
     }
 
-    /// Fits on all of `y` and forecasts the next `h` steps.
+    /// Fits on `y` and forecasts the next `h` steps.
+    ///
+    /// MSTL's fit ends a quarter of the shortest period before the end of `y`, and the
+    /// newest points go through the smoothing state as they do between a backtest's
+    /// origins: STL's loess estimates at the very end of a series are one-sided and take
+    /// the newest observations into the seasonal and trend components, so a state
+    /// started from them is off by just what the next step needs (over the last week of
+    /// the NYC taxi trace, a fit to the end errs 1.6 times as much one step ahead:
+    /// `mstl_forecasts_from_a_state_that_filtered_the_newest_points`).
     pub fn fit_predict(&self, y: &[f64], h: usize) -> Result<Vec<f64>, ForecastError> {
         let n = y.len();
+        let first = match self {
+            Model::MstlEts { periods } => {
+                let shortest = periods.iter().copied().min().unwrap_or(0);
+                let longest = periods.iter().copied().max().unwrap_or(0);
+                let first = n.saturating_sub(shortest / 4);
+                if first >= 2 * longest {
+                    first
+                } else {
+                    n
+                }
+            }
+            _ => n,
+        };
         let mut out = Vec::with_capacity(h);
-        self.rolling(y, n, h, &mut |_, f| out.extend_from_slice(f))?;
+        self.rolling(y, first, h, &mut |o, f| {
+            if o == n {
+                out.extend_from_slice(f)
+            }
+        })?;
         Ok(out)
     }
 

@@ -7,8 +7,18 @@ pub(crate) fn nasa() -> Vec<f64> {
     series::load(&p).unwrap()
 }
 
+/// NYC taxi passengers per half hour, 2014-12-28 to 2015-01-31 (NAB), with the blizzard
+/// of 26-27 January.
+fn taxi() -> Vec<f64> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/traces/nyc_taxi_5w.csv");
+    series::load(&p).unwrap()
+}
+
 /// A day in 5-minute buckets.
 const DAY: usize = 288;
+/// A day and a week in half hours.
+const TAXI_PERIODS: [usize; 2] = [48, 336];
 
 #[test]
 fn beats_seasonal_naive_out_of_sample_on_nasa_with_calibrated_intervals() {
@@ -169,5 +179,70 @@ fn a_weekly_pattern_is_not_forecast_from_yesterday() {
         "{} {:?}",
         f.model,
         f.point
+    );
+}
+
+#[test]
+fn the_newest_errors_weigh_most_in_the_intervals() {
+    // 200 origins that erred by 1, then 40 that erred by 10: the regime changed.
+    let r: Vec<Vec<f64>> = (0..240)
+        .map(|i| vec![if i < 200 { 1.0 } else { -10.0 }])
+        .collect();
+    let weighted = half_widths(&r, &origin_weights(r.len(), DECAY), 1, &[80.0]);
+    assert_eq!(weighted[0].1, vec![10.0]);
+    // Counted alike, 83% of the origins erred by 1 and the change would not show.
+    let alike = half_widths(&r, &vec![1.0; r.len()], 1, &[80.0]);
+    assert_eq!(alike[0].1, vec![1.0]);
+}
+
+#[test]
+fn a_storm_hands_the_choice_to_the_model_that_follows_it() {
+    // 2015-01-27 12:00, the blizzard's second day: over the backtest's six days the
+    // weekly copy did best (every origin counted alike, it is chosen), but not over
+    // the last day.
+    let y = taxi();
+    let (o, h) = (1464, 12);
+    let hist = &y[o - 1344..o];
+    let f = forecast(hist, h, &TAXI_PERIODS, &[80.0]).unwrap();
+    assert!(!f.model.starts_with("seasonal-naive"), "{}", f.model);
+    let naive = Model::SeasonalNaive { period: 336 }
+        .fit_predict(hist, h)
+        .unwrap();
+    let mae = |p: &[f64]| -> f64 {
+        p.iter()
+            .zip(&y[o..o + h])
+            .map(|(p, a)| (p - a).abs())
+            .sum::<f64>()
+            / h as f64
+    };
+    assert!(
+        mae(&f.point) < mae(&naive) / 2.0,
+        "{}: {:.0} against the weekly copy's {:.0}",
+        f.model,
+        mae(&f.point),
+        mae(&naive)
+    );
+}
+
+#[test]
+fn mstl_forecasts_from_a_state_that_filtered_the_newest_points() {
+    // One step ahead at every 7th half hour of the last week (every time of day): the
+    // fit that ends a quarter day early and filters the rest beats the fit to the end.
+    let y = taxi();
+    let m = Model::MstlEts {
+        periods: TAXI_PERIODS.to_vec(),
+    };
+    let (mut filtered, mut refit) = (0.0, 0.0);
+    for o in (y.len() - 336..y.len()).step_by(7) {
+        let hist = &y[o - 1344..o];
+        filtered += (m.fit_predict(hist, 1).unwrap()[0] - y[o]).abs();
+        m.rolling(hist, hist.len(), 1, &mut |_, f| {
+            refit += (f[0] - y[o]).abs()
+        })
+        .unwrap();
+    }
+    assert!(
+        filtered < 0.9 * refit,
+        "one-step MAE {filtered:.0} (filtered) against {refit:.0} (fitted to the end)"
     );
 }
