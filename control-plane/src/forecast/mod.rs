@@ -335,26 +335,65 @@ fn half_widths(
     let mut out: Vec<(f64, Vec<f64>)> =
         levels.iter().map(|&l| (l, Vec::with_capacity(h))).collect();
     let mut scored: Vec<(f64, f64)> = Vec::with_capacity(residuals.len());
+    let mut quantiles = Vec::with_capacity(levels.len());
     for j in 0..h {
         scored.clear();
         scored.extend(residuals.iter().zip(weights).map(|(r, &w)| (r[j].abs(), w)));
-        scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-        for (level, widths) in &mut out {
-            let target = *level / 100.0 * total;
-            let mut below = 0.0;
-            let q = scored
-                .iter()
-                .find(|(_, w)| {
-                    below += w;
-                    below >= target
-                })
-                .or(scored.last())
-                .map_or(0.0, |s| s.0);
+        weighted_quantiles(&mut scored, total, levels, &mut quantiles);
+        for ((_, widths), &q) in out.iter_mut().zip(&quantiles) {
             let widest = widths.last().copied().unwrap_or(0.0);
             widths.push(q.max(widest));
         }
     }
     out
+}
+
+/// For each level (percent), the smallest score in `scored` (`(score, weight)` pairs)
+/// at or below which `level` percent of `total` lies, `total` being their weights plus 1
+/// for the point to be covered; the largest score when none is. Only the largest scores
+/// are sorted (the quantiles of interval levels lie among them): a full sort per step
+/// ahead cost about a millisecond per 60-step forecast.
+fn weighted_quantiles(scored: &mut [(f64, f64)], total: f64, levels: &[f64], out: &mut Vec<f64>) {
+    out.clear();
+    let n = scored.len();
+    if n == 0 {
+        out.extend(levels.iter().map(|_| 0.0));
+        return;
+    }
+    let cmp = |a: &(f64, f64), b: &(f64, f64)| a.0.total_cmp(&b.0);
+    let weight = total - 1.0;
+    let lowest = levels.iter().copied().fold(100.0, f64::min) / 100.0;
+    // The top must hold more than this weight for every level's quantile to be in it.
+    let needed = weight - lowest * total;
+    let mut k = (((1.0 - lowest) * 2.0 * n as f64).ceil() as usize).clamp(1, n);
+    let split = loop {
+        let split = n - k;
+        if split > 0 {
+            scored.select_nth_unstable_by(split, cmp);
+        }
+        if split == 0 || scored[split..].iter().map(|s| s.1).sum::<f64>() > needed {
+            break split;
+        }
+        k = (2 * k).min(n);
+    };
+    let top = &mut scored[split..];
+    top.sort_unstable_by(cmp);
+    for &level in levels {
+        let target = level / 100.0 * total;
+        let mut q = top[top.len() - 1].0;
+        if weight >= target {
+            // Down from the largest: the weight at or below `top[m]` is `weight - above`.
+            let mut above = 0.0;
+            for &(score, w) in top.iter().rev() {
+                q = score;
+                above += w;
+                if weight - above < target {
+                    break;
+                }
+            }
+        }
+        out.push(q);
+    }
 }
 
 fn mean_abs(r: &[Vec<f64>]) -> f64 {

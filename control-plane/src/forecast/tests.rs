@@ -246,3 +246,39 @@ fn mstl_forecasts_from_a_state_that_filtered_the_newest_points() {
         "one-step MAE {filtered:.0} (filtered) against {refit:.0} (fitted to the end)"
     );
 }
+
+#[test]
+fn quantiles_from_the_top_match_a_full_sort() {
+    // The reference: sort everything, take the first score whose running weight
+    // reaches the level.
+    let reference = |scored: &[(f64, f64)], total: f64, level: f64| {
+        let mut all = scored.to_vec();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut below = 0.0;
+        all.iter()
+            .find(|(_, w)| {
+                below += w;
+                below >= level / 100.0 * total
+            })
+            .or(all.last())
+            .map_or(0.0, |s| s.0)
+    };
+    let mut rng = fastrand::Rng::with_seed(6);
+    let levels = [50.0, 80.0, 95.0, 99.0];
+    for n in [1, 2, 3, 7, 40, 100, 541] {
+        for decay in [DECAY, 1.0, 0.9] {
+            let scored: Vec<(f64, f64)> = origin_weights(n, decay)
+                .into_iter()
+                .map(|w| ((rng.f64() * 100.0).round(), w))
+                .collect();
+            let total = scored.iter().map(|s| s.1).sum::<f64>() + 1.0;
+            let mut got = Vec::new();
+            weighted_quantiles(&mut scored.clone(), total, &levels, &mut got);
+            let want: Vec<f64> = levels
+                .iter()
+                .map(|&l| reference(&scored, total, l))
+                .collect();
+            assert_eq!(got, want, "n = {n}, decay = {decay}");
+        }
+    }
+}
