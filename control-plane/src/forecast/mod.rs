@@ -111,17 +111,20 @@ fn autocorrelation(y: &[f64], lag: usize) -> f64 {
 }
 
 /// The weight of a backtest origin relative to the next newer one in the interval
-/// quantiles: it halves every 69 origins. These are the fixed weights of
-/// non-exchangeable conformal prediction (Barber, Candès, Ramdas and Tibshirani,
-/// "Conformal prediction beyond exchangeability", 2023, whose experiments use 0.99),
-/// whose coverage degrades gracefully with how far the newest errors drift from the
-/// older ones, where unweighted quantiles assume they never do.
+/// quantiles (the newest weighs `DECAY`, the point to be covered 1): it halves every 69
+/// origins. These are the fixed weights of non-exchangeable conformal prediction
+/// (Barber, Candès, Ramdas and Tibshirani, "Conformal prediction beyond
+/// exchangeability", 2023, whose experiments use 0.99), whose coverage degrades
+/// gracefully with how far the newest errors drift from the older ones, where
+/// unweighted quantiles assume they never do.
 const DECAY: f64 = 0.99;
 
 /// Origins after which an origin's error counts half as much in the model choice. Slower
 /// than `DECAY`: a mean error separates two models more slowly than a quantile moves.
-/// Half a day of 5-minute origins: a storm hours old decides the choice (see
-/// `a_storm_hands_the_choice_to_the_model_that_follows_it`), a quiet morning does not.
+/// Origins are series steps: 144 is half a day of 5-minute steps, where a storm a day
+/// old decides the choice (see `a_storm_hands_the_choice_to_the_model_that_follows_it`)
+/// and a quiet morning does not; the live forecaster's 1-second and 1-minute series
+/// forget in 2.4 minutes and 2.4 hours.
 const CHOICE_HALF_LIFE: f64 = 144.0;
 
 /// Backtest origins for horizon `h` that a series must have room for: at least 48
@@ -255,7 +258,10 @@ fn choose(
         scale: naive_scale(y, season),
         half_widths: half_widths(
             &residuals,
-            &origin_weights(residuals.len(), DECAY),
+            &origin_weights(residuals.len(), DECAY)
+                .iter()
+                .map(|w| w * DECAY)
+                .collect::<Vec<_>>(),
             h,
             levels,
         ),
@@ -321,9 +327,9 @@ fn weighted_mae(residuals: &[Vec<f64>], weights: &[f64]) -> f64 {
 }
 
 /// Weighted conformal half-widths per step, for each level: at step `j`, the smallest
-/// absolute backtest error at that step below which `level` percent of the origins'
-/// weight lies, counting the forecast itself as one more point of weight 1 (the newest)
-/// that is never below (as split conformal counts n + 1 points); made non-decreasing in
+/// absolute backtest error at that step at or below which `level` percent of the total
+/// weight lies, the total counting the point to be covered as one more of weight 1 that
+/// is never below (as split conformal counts n + 1 points); made non-decreasing in
 /// `j` (no horizon is more certain than a nearer one).
 fn half_widths(
     residuals: &[Vec<f64>],
@@ -331,7 +337,6 @@ fn half_widths(
     h: usize,
     levels: &[f64],
 ) -> Vec<(f64, Vec<f64>)> {
-    let total = weights.iter().sum::<f64>() + 1.0;
     let mut out: Vec<(f64, Vec<f64>)> =
         levels.iter().map(|&l| (l, Vec::with_capacity(h))).collect();
     let mut scored: Vec<(f64, f64)> = Vec::with_capacity(residuals.len());
@@ -339,7 +344,7 @@ fn half_widths(
     for j in 0..h {
         scored.clear();
         scored.extend(residuals.iter().zip(weights).map(|(r, &w)| (r[j].abs(), w)));
-        weighted_quantiles(&mut scored, total, levels, &mut quantiles);
+        weighted_quantiles(&mut scored, levels, &mut quantiles);
         for ((_, widths), &q) in out.iter_mut().zip(&quantiles) {
             let widest = widths.last().copied().unwrap_or(0.0);
             widths.push(q.max(widest));
@@ -349,11 +354,11 @@ fn half_widths(
 }
 
 /// For each level (percent), the smallest score in `scored` (`(score, weight)` pairs)
-/// at or below which `level` percent of `total` lies, `total` being their weights plus 1
-/// for the point to be covered; the largest score when none is. Only the largest scores
+/// at or below which `level` percent of the total weight lies, the total being their
+/// weights plus 1 for the point to be covered; the largest score when none is. Only the largest scores
 /// are sorted (the quantiles of interval levels lie among them): a full sort per step
 /// ahead cost about a millisecond per 60-step forecast.
-fn weighted_quantiles(scored: &mut [(f64, f64)], total: f64, levels: &[f64], out: &mut Vec<f64>) {
+fn weighted_quantiles(scored: &mut [(f64, f64)], levels: &[f64], out: &mut Vec<f64>) {
     out.clear();
     let n = scored.len();
     if n == 0 {
@@ -361,7 +366,8 @@ fn weighted_quantiles(scored: &mut [(f64, f64)], total: f64, levels: &[f64], out
         return;
     }
     let cmp = |a: &(f64, f64), b: &(f64, f64)| a.0.total_cmp(&b.0);
-    let weight = total - 1.0;
+    let weight: f64 = scored.iter().map(|s| s.1).sum();
+    let total = weight + 1.0;
     let lowest = levels.iter().copied().fold(100.0, f64::min) / 100.0;
     // The top must hold more than this weight for every level's quantile to be in it.
     let needed = weight - lowest * total;

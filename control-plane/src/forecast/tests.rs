@@ -264,21 +264,33 @@ fn quantiles_from_the_top_match_a_full_sort() {
             .map_or(0.0, |s| s.0)
     };
     let mut rng = fastrand::Rng::with_seed(6);
-    let levels = [50.0, 80.0, 95.0, 99.0];
+    let level_sets: [&[f64]; 5] = [
+        &[50.0, 80.0, 95.0, 99.0],
+        &[80.0, 95.0],
+        &[95.0],
+        &[99.0],
+        &[99.9],
+    ];
     for n in [1, 2, 3, 7, 40, 100, 541] {
         for decay in [DECAY, 1.0, 0.9] {
-            let scored: Vec<(f64, f64)> = origin_weights(n, decay)
-                .into_iter()
-                .map(|w| ((rng.f64() * 100.0).round(), w))
-                .collect();
-            let total = scored.iter().map(|s| s.1).sum::<f64>() + 1.0;
-            let mut got = Vec::new();
-            weighted_quantiles(&mut scored.clone(), total, &levels, &mut got);
-            let want: Vec<f64> = levels
-                .iter()
-                .map(|&l| reference(&scored, total, l))
-                .collect();
-            assert_eq!(got, want, "n = {n}, decay = {decay}");
+            // Random scores (with ties), and scores growing with age, so that the
+            // largest errors carry the least weight and the top must be widened.
+            let random: Vec<f64> = (0..n).map(|_| (rng.f64() * 100.0).round()).collect();
+            let oldest_largest: Vec<f64> = (0..n).map(|i| (n - i) as f64).collect();
+            for scores in [random, oldest_largest] {
+                let scored: Vec<(f64, f64)> =
+                    scores.into_iter().zip(origin_weights(n, decay)).collect();
+                let total = scored.iter().map(|s| s.1).sum::<f64>() + 1.0;
+                for levels in level_sets {
+                    let mut got = Vec::new();
+                    weighted_quantiles(&mut scored.clone(), levels, &mut got);
+                    let want: Vec<f64> = levels
+                        .iter()
+                        .map(|&l| reference(&scored, total, l))
+                        .collect();
+                    assert_eq!(got, want, "n = {n}, decay = {decay}, levels {levels:?}");
+                }
+            }
         }
     }
 }
