@@ -239,12 +239,11 @@ fn choose(
         candidates.push(Model::MstlEts { periods });
     }
     let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
-    let mut weights = Vec::new();
+    // Every candidate has an origin at each of `first..=n - h`.
+    let at = n + 1 - first - h;
+    let weights = origin_weights(at, 0.5f64.powf(1.0 / CHOICE_HALF_LIFE));
     for m in candidates {
         let residuals = backtest(&m, y, first, h)?;
-        if weights.len() != residuals.len() {
-            weights = origin_weights(residuals.len(), 0.5f64.powf(1.0 / CHOICE_HALF_LIFE));
-        }
         let score = weighted_mae(&residuals, &weights);
         if best.as_ref().is_none_or(|(_, b, _)| score < *b) {
             best = Some((m, score, residuals));
@@ -256,15 +255,7 @@ fn choose(
         h,
         mae: mean_abs(&residuals),
         scale: naive_scale(y, season),
-        half_widths: half_widths(
-            &residuals,
-            &origin_weights(residuals.len(), DECAY)
-                .iter()
-                .map(|w| w * DECAY)
-                .collect::<Vec<_>>(),
-            h,
-            levels,
-        ),
+        half_widths: half_widths(&residuals, &origin_weights(at, DECAY), h, levels),
     })
 }
 
@@ -307,9 +298,10 @@ pub fn backtest(
     Ok(out)
 }
 
-/// `decay^(age)` for `n` origins, oldest first: the newest weighs 1.
+/// `decay^(age + 1)` for `n` origins, oldest first: the newest weighs `decay`, one step
+/// less than the point a conformal interval is to cover.
 fn origin_weights(n: usize, decay: f64) -> Vec<f64> {
-    let mut w = vec![1.0; n];
+    let mut w = vec![decay; n];
     for i in (0..n.saturating_sub(1)).rev() {
         w[i] = w[i + 1] * decay;
     }
@@ -355,9 +347,9 @@ fn half_widths(
 
 /// For each level (percent), the smallest score in `scored` (`(score, weight)` pairs)
 /// at or below which `level` percent of the total weight lies, the total being their
-/// weights plus 1 for the point to be covered; the largest score when none is. Only the largest scores
-/// are sorted (the quantiles of interval levels lie among them): a full sort per step
-/// ahead cost about a millisecond per 60-step forecast.
+/// weights plus 1 for the point to be covered; the largest score when none is. Only the
+/// largest scores are sorted (the quantiles of interval levels lie among them): a full
+/// sort per step ahead cost about a millisecond per 60-step forecast.
 fn weighted_quantiles(scored: &mut [(f64, f64)], levels: &[f64], out: &mut Vec<f64>) {
     out.clear();
     let n = scored.len();
