@@ -6,7 +6,7 @@ instance-seconds, scaling actions, and the violations in the first cold start af
 sudden jump; ratios to HPA and to the oracle. Capacity per instance is set per trace so
 that its 95th-percentile rate needs 10 instances.
 
-usage: python3 bench/autoscale/bench.py [--levels 95,80,70] [--cold-starts 30,120] [TRACE ...]
+usage: python3 bench/autoscale/bench.py [--levels 95,80,70,50] [--cold-starts 30,120] [TRACE ...]
 (default: the traces below; the per-minute traces take minutes per Presage run)
 """
 
@@ -28,9 +28,10 @@ DEFAULT = [
     "nasa-http-1995/nasa_1995_per_minute.csv",
 ]
 COLD_STARTS = (30, 120)
-# Presage at the 95% bound (Gold), 80% (Silver) and 70%: the forecast provisions for
-# rises, so the reactive floor plans at full capacity and a lower target waits 15 s.
-LEVELS = ("95", "80", "70")
+# Presage at the upper bound of the 95% interval (Gold), the 80% (Silver), the 70% and
+# the 50% (about the 75th percentile): the forecast provisions for rises, so the
+# reactive floor plans at full capacity and a lower target waits 15 s.
+LEVELS = ("95", "80", "70", "50")
 POLICIES = tuple(f"presage@{l}" for l in LEVELS) + ("hpa", "kpa", "oracle")
 PRESAGE_FLAGS = ["--floor-utilisation", "1.0", "--scale-down-delay", "15"]
 # The violation budget at which each trace's cheapest Presage run is compared with the

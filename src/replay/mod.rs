@@ -39,8 +39,9 @@ pub struct ReplayArgs {
     /// instance count from then on).
     #[arg(long)]
     schedule_out: Option<PathBuf>,
-    /// Presage: the forecast interval level (percent) provisioned for (95 for Gold, 80 for
-    /// Silver; 50: the point forecast).
+    /// Presage: the forecast interval level (percent) whose upper bound is provisioned
+    /// for (95 for Gold, 80 for Silver; 50: the central half's upper bound, about the
+    /// 75th percentile).
     #[arg(long, default_value_t = 95.0)]
     level: f64,
     /// Presage: the share of capacity the reactive floor plans to use.

@@ -184,29 +184,6 @@ pub fn select(
     periods: &[usize],
     levels: &[f64],
 ) -> Result<Selected, ForecastError> {
-    choose(y, h, periods, levels, false)
-}
-
-/// MSTL on the `periods` that `y` holds two cycles of (others as `select` when none
-/// does), with its backtest's intervals. For planning across a pattern's turns: the
-/// backtest's origins may all lie in a flat stretch, where a naive model wins the
-/// backtest and then misses the next ramp.
-pub fn select_seasonal(
-    y: &[f64],
-    h: usize,
-    periods: &[usize],
-    levels: &[f64],
-) -> Result<Selected, ForecastError> {
-    choose(y, h, periods, levels, true)
-}
-
-fn choose(
-    y: &[f64],
-    h: usize,
-    periods: &[usize],
-    levels: &[f64],
-    seasonal: bool,
-) -> Result<Selected, ForecastError> {
     if h == 0 {
         return Err(ForecastError::ZeroHorizon);
     }
@@ -233,9 +210,6 @@ fn choose(
     // The longest pattern's naive: a day's would copy a Sunday onto a Monday.
     let mut candidates = vec![Model::SeasonalNaive { period: longest }, Model::Holt];
     if !periods.is_empty() {
-        if seasonal {
-            candidates.clear();
-        }
         candidates.push(Model::MstlEts { periods });
     }
     let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
