@@ -1,13 +1,15 @@
-"""What knowing the future 5-minute means would buy on a per-minute trace: a bound on
-issue 7's targets for any forecaster that cannot foresee the minutes themselves.
+"""What knowing the future 5-minute means would buy on a per-minute trace: a reference
+point for issue 7's targets, for forecasters that cannot foresee single minutes.
 
 The "mean clairvoyant" knows each coming 5-minute window's mean rate exactly (never a
 minute of it) and has ceil(k * mean / capacity) instances ready through the window, for
-a sweep of headroom factors k. Accounting as `presage replay` counts (arrivals uniform
-within each minute; requests above ready capacity violate the SLO; an instance costs
-its seconds); no cold start is paid, so its cost is a lower bound for this kind of
-policy. HPA's and the oracle's numbers come from `presage replay` at the given cold start.
-Capacity per instance as in bench.py (the 95th-percentile rate needs 10 instances).
+a sweep of headroom factors k. Accounting as `presage replay` counts (the trace on its
+time grid, missing minutes as zero; arrivals uniform within each minute; requests above
+ready capacity violate the SLO; an instance costs its seconds, at least one instance);
+no cold start is paid. It is not a bound on every policy: one that reacts within a
+window, or sizes its headroom per window, can do better. HPA's and the oracle's numbers
+come from `presage replay` at the given cold start. Capacity per instance as in
+bench.py (the 95th-percentile rate needs 10 instances).
 
 usage: python3 bench/autoscale/bound.py [--cold-start S] [TRACE ...]
 (default: the two per-minute traces)
@@ -39,6 +41,18 @@ def replay(path, cap, cold, policy):
     return json.loads(out)
 
 
+def on_grid(path):
+    """Counts per minute from the first row's timestamp on, missing minutes as zero (as
+    `presage replay` loads a trace; the timestamps here are Unix or relative seconds)."""
+    with open(path) as f:
+        rows = [(float(t), float(v)) for t, v in list(csv.reader(f))[1:]]
+    t0 = rows[0][0]
+    counts = [0.0] * (round((rows[-1][0] - t0) / 60) + 1)
+    for t, v in rows:
+        counts[round((t - t0) / 60)] += v
+    return counts
+
+
 def clairvoyant(counts, cap, k):
     violations = cost = 0.0
     for i in range(0, len(counts), WINDOW):
@@ -60,9 +74,7 @@ def main():
     print("|---|---|---|---|---|")
     for t in args or DEFAULT:
         path = os.path.join(bench.TRACES, t)
-        with open(path) as f:
-            rows = list(csv.reader(f))[1:]
-        counts = [float(v) for _, v in rows]
+        counts = on_grid(path)
         cap = bench.capacity(path)
         hpa, oracle = replay(path, cap, cold, "hpa"), replay(path, cap, cold, "oracle")
         total = sum(counts)
@@ -71,7 +83,7 @@ def main():
         for k in HEADROOM:
             v, c = clairvoyant(counts, cap, k)
             print(f"| {t} | {k:.1f} | {100 * v / total:.3f} "
-                  f"| {v / hpa['slo_violations']:.2f}, {c / hpa['instance_seconds']:.2f} "
+                  f"| {v / max(hpa['slo_violations'], 1e-9):.2f}, {c / hpa['instance_seconds']:.2f} "
                   f"| {c / oracle['instance_seconds']:.2f} |", flush=True)
 
 

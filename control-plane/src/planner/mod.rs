@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  every control interval, per service:
-//!   history ─▶ plan steps of 5 minutes, each its busiest history step (the capacity
-//!              it needs)
+//!   history ─▶ plan steps of 5 minutes (or the history's own, if coarser), each
+//!              its busiest minute (the capacity it needs)
 //!           ─▶ forecast from now to one cold start + one interval ahead, at the
 //!              interval level the service's highest active tier asks for
 //!           ─▶ predictive need = peak upper bound / per-instance capacity
@@ -14,7 +14,7 @@
 //! ```
 //! The floor is what keeps a spike nobody forecast from being met worse than a reactive
 //! autoscaler meets it. The model is the forecasting engine's, chosen by its
-//! recency-weighted backtest (a day of origins) among MSTL + ETS on the hourly, daily and
+//! recency-weighted backtest (288 origins: a day of 5-minute steps) among MSTL + ETS on the hourly, daily and
 //! weekly patterns the history holds two cycles of, Holt and the seasonal naive; chosen
 //! again on a schedule and refitted as history arrives. A decision only ever sees the
 //! history it is given, so replaying a truncated trace gives the same decisions up to
@@ -74,7 +74,8 @@ pub struct Decision {
     pub predictive: Option<u32>,
     /// Instances the recent rate asks for.
     pub reactive: u32,
-    /// The forecast's peak upper bound over the lead time, requests/s.
+    /// The forecast's peak upper bound over the lead time, requests/s (`decide`: of a
+    /// planning step's busiest minute; `decide_with`: as the given forecast's steps).
     pub forecast_upper_rps: Option<f64>,
     /// Its point forecast at the same step, requests/s.
     pub forecast_point_rps: Option<f64>,
@@ -107,8 +108,9 @@ pub struct Planner {
     forecast: Option<(usize, Forecast)>,
     /// Wanted targets of the last `scale_down_delay`: (time s, wanted).
     recent: VecDeque<(f64, u32)>,
-    /// The history in planning steps (see `per_plan`): each the busiest history step in
-    /// it, in requests per planning step; and how many of the history's steps that took.
+    /// The history in planning steps (see `per_plan`): each its busiest minute, in
+    /// requests per planning step (see `extend_plan`); and how many of the history's
+    /// steps that took.
     plan: Vec<f64>,
     planned: usize,
 }
@@ -158,13 +160,26 @@ impl Planner {
         self.cfg.step.as_secs().max(1) * self.per_plan() as u64
     }
 
+    /// History steps per minute where the history is finer than a minute (and a
+    /// planning step holds whole minutes), else 1.
+    fn per_minute(&self) -> usize {
+        let s = self.cfg.step.as_secs().max(1);
+        let g = if s < 60 && 60 % s == 0 { 60 / s } else { 1 } as usize;
+        if self.per_plan().is_multiple_of(g) {
+            g
+        } else {
+            1
+        }
+    }
+
     /// Brings `plan` up to date with `history` (which only grows between decisions; a
     /// history that did not is planned afresh). A planning step holds its busiest
-    /// history step, scaled to the planning step: instances must serve the busiest
-    /// minute, and NASA's per-minute traffic peaks at 1.36 times its 5-minute mean in
-    /// the median 5 minutes (1.9 times in the 95th percentile).
-    fn sum_into_plan(&mut self, history: &[f64]) {
-        let k = self.per_plan();
+    /// minute (its busiest history step when that is coarser), scaled to the planning
+    /// step: instances must serve the busiest minute, and NASA's per-minute traffic
+    /// peaks at 1.36 times its 5-minute mean in the median 5 minutes (1.9 times in the
+    /// 95th percentile). Not the busiest second: a capacity is a sustained rate.
+    fn extend_plan(&mut self, history: &[f64]) {
+        let (k, g) = (self.per_plan(), self.per_minute());
         if history.len() < self.planned {
             self.plan.clear();
             self.planned = 0;
@@ -172,11 +187,11 @@ impl Planner {
             self.selected = None;
         }
         while self.planned + k <= history.len() {
-            let peak = history[self.planned..self.planned + k]
-                .iter()
-                .copied()
+            let busiest = history[self.planned..self.planned + k]
+                .chunks(g)
+                .map(|minute| minute.iter().sum::<f64>())
                 .fold(0.0, f64::max);
-            self.plan.push(peak * k as f64);
+            self.plan.push(busiest * (k / g) as f64);
             self.planned += k;
         }
     }
@@ -196,8 +211,8 @@ impl Planner {
         self.steps(self.cfg.cold_start + self.cfg.interval + Duration::from_secs(REFIT_S)) + 1
     }
 
-    /// The forecast for `history` from its end on: `(point, upper)` per step, requests
-    /// per step. Refitted (and the model chosen again) when due; else the last fit's,
+    /// The forecast of `plan` from its end on: `(point, upper)` per planning step, in
+    /// requests per planning step at its busiest minute. Refitted (and the model chosen again) when due; else the last fit's,
     /// shifted by its mean error on the steps that arrived since it was made.
     fn forecast(&mut self) -> Option<(Vec<f64>, Vec<f64>, String)> {
         let history = &self.plan;
@@ -214,21 +229,22 @@ impl Planner {
                 .map(|p| (p / step_s) as usize)
                 .collect();
             let h = self.horizon();
-            // Two cycles of the longest pattern the history can show, and the backtest.
+            // Two cycles of the longest pattern the history can show, and room for the
+            // engine's backtest span (288 origins: a day of 5-minute steps) after them.
             let longest = periods
                 .iter()
                 .copied()
                 .filter(|p| 2 * p + forecast::origins(h) * h + h <= n)
                 .max()
                 .unwrap_or(0);
-            let window = (2 * longest + 2 * forecast::origins(h) * h).clamp(256, WINDOW);
+            let window = (2 * longest + (10 * h).max(288) + h).clamp(256, WINDOW);
             let y = &history[n.saturating_sub(window)..];
             if self.selected.is_none() || n >= self.selected_at + reselect {
                 // Too little history yet: the reactive floor decides alone. No model is
                 // forced on the series: MSTL made to fit an hourly pattern takes a burst
                 // for one and provisions it again an hour later (see
                 // `a_burst_is_not_forecast_to_come_back_an_hour_later`), and the
-                // backtest's day of origins covers the day's turns.
+                // backtest's day of origins covers the day's turns (see `window`).
                 let s = forecast::select(y, h, &periods, &[self.cfg.level]).ok()?;
                 self.selected = Some(s);
                 self.selected_at = n;
@@ -256,7 +272,7 @@ impl Planner {
     /// `[i·step, (i+1)·step)`) from the complete steps of `history` (requests per step)
     /// and the rate observed over the last `OBSERVED_WINDOW`.
     pub fn decide(&mut self, now: f64, history: &[f64], observed_rps: f64) -> Decision {
-        self.sum_into_plan(history);
+        self.extend_plan(history);
         let peak = self.peak(now);
         self.decide_with(now, peak, observed_rps)
     }
@@ -391,6 +407,9 @@ mod tests {
         let pred = d.predictive.expect("a forecast after three days");
         assert!((6..=7).contains(&pred), "the ramp foreseen: {d:?}");
         assert_eq!(d.target, pred);
+        // The busiest minute, not the step's mean (08:27, 50.5 req/s).
+        let point = d.forecast_point_rps.expect("a forecast");
+        assert!((point - 53.5).abs() < 1.0, "{d:?}");
     }
 
     #[test]
@@ -410,24 +429,40 @@ mod tests {
         let pred = d
             .predictive
             .expect("the step under way still has a minute to come");
-        assert!(pred >= 3, "{d:?}");
+        assert_eq!(pred, 3, "{d:?}");
+        let upper = d.forecast_upper_rps.expect("a forecast");
+        assert!((15.5..=17.0).contains(&upper), "{d:?}");
         assert_eq!(d.target, pred);
     }
 
     #[test]
     fn a_plan_step_is_provisioned_for_its_busiest_minute() {
-        // Four days of 1-minute history repeating [10, 10, 10, 10, 30] req/s: each
-        // 5-minute plan step averages 14 req/s (2 instances of 10 req/s) but holds a
-        // minute at 30 (3 instances). At 00:00:30 the floor sees 10 req/s (2 instances
+        // Four days of 1-minute history repeating [10, 10, 10, 10, 28] req/s: each
+        // 5-minute plan step averages 13.6 req/s (2 instances of 10 req/s) but holds a
+        // minute at 28 (3 instances). At 00:00:30 the floor sees 10 req/s (2 instances
         // at its default 80% of capacity).
         let y: Vec<f64> = (0..4 * 1440)
-            .map(|i| if i % 5 == 4 { 30.0 * 60.0 } else { 10.0 * 60.0 })
+            .map(|i| if i % 5 == 4 { 28.0 * 60.0 } else { 10.0 * 60.0 })
             .collect();
         let cfg = PlannerConfig::new(10.0, Duration::from_secs(30), Duration::from_secs(60));
         let mut p = Planner::new(cfg);
         let d = p.decide(y.len() as f64 * 60.0 + 30.0, &y, 10.0);
         assert_eq!(d.reactive, 2, "{d:?}");
         assert_eq!(d.predictive, Some(3), "{d:?}");
+    }
+
+    #[test]
+    fn a_history_finer_than_a_minute_is_planned_at_its_busiest_minute() {
+        // Two days of 1-second history at 10 req/s with one second a minute at 70: each
+        // minute averages 11 req/s (2 instances of 10 req/s); sized for the busiest
+        // second, a plan step would want 7.
+        let y: Vec<f64> = (0..2 * 86_400)
+            .map(|i| if i % 60 == 59 { 70.0 } else { 10.0 })
+            .collect();
+        let cfg = PlannerConfig::new(10.0, Duration::from_secs(30), Duration::from_secs(1));
+        let mut p = Planner::new(cfg);
+        let d = p.decide(y.len() as f64 + 30.0, &y, 10.0);
+        assert_eq!(d.predictive, Some(2), "{d:?}");
     }
 
     #[test]
