@@ -41,7 +41,7 @@ pub struct ReplayArgs {
     schedule_out: Option<PathBuf>,
     /// Presage: the forecast interval level (percent) whose upper bound is provisioned
     /// for (95 for Gold, 80 for Silver; 50: the central half's upper bound, about the
-    /// 75th percentile).
+    /// 75th percentile, where the live planner provisions Bronze at the point forecast).
     #[arg(long, default_value_t = 95.0)]
     level: f64,
     /// Presage: the share of capacity the reactive floor plans to use.
