@@ -14,11 +14,11 @@
 //! ```
 //! The floor is what keeps a spike nobody forecast from being met worse than a reactive
 //! autoscaler meets it. The model is the forecasting engine's, chosen by its
-//! recency-weighted backtest (288 origins: a day of 5-minute steps) among MSTL + ETS on the hourly, daily and
-//! weekly patterns the history holds two cycles of, Holt and the seasonal naive; chosen
-//! again on a schedule and refitted as history arrives. A decision only ever sees the
-//! history it is given, so replaying a truncated trace gives the same decisions up to
-//! the cut.
+//! recency-weighted backtest (288 origins: a day of 5-minute steps) among MSTL + ETS on
+//! the hourly, daily and weekly patterns the history holds two cycles of, Holt and the
+//! seasonal naive; chosen again on a schedule and refitted as history arrives. A
+//! decision only ever sees the history it is given, so replaying a truncated trace gives
+//! the same decisions up to the cut.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -164,7 +164,11 @@ impl Planner {
     /// planning step holds whole minutes), else 1.
     fn per_minute(&self) -> usize {
         let s = self.cfg.step.as_secs().max(1);
-        let g = if s < 60 && 60 % s == 0 { 60 / s } else { 1 } as usize;
+        let g = if s < 60 && 60 % s == 0 {
+            (60 / s) as usize
+        } else {
+            1
+        };
         if self.per_plan().is_multiple_of(g) {
             g
         } else {
@@ -212,8 +216,9 @@ impl Planner {
     }
 
     /// The forecast of `plan` from its end on: `(point, upper)` per planning step, in
-    /// requests per planning step at its busiest minute. Refitted (and the model chosen again) when due; else the last fit's,
-    /// shifted by its mean error on the steps that arrived since it was made.
+    /// requests per planning step at its busiest minute. Refitted (and the model chosen
+    /// again) when due; else the last fit's, shifted by its mean error on the steps that
+    /// arrived since it was made.
     fn forecast(&mut self) -> Option<(Vec<f64>, Vec<f64>, String)> {
         let history = &self.plan;
         let n = history.len();
