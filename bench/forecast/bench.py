@@ -5,9 +5,14 @@ For each trace and horizon H in (1, 12, 60) steps, forecasts are made from 4 x O
 steps), each from a fixed
 window of history before it. Every method sees the same windows. Reported per cell:
 MASE (scaled by the window's in-sample seasonal-naive MAE), sMAPE, and 80%/95% interval
-coverage; and fit+forecast time per series (Presage: model choice by backtest, fit and forecast as
+coverage, and the interval score (Gneiting and Raftery 2007: width plus 2/alpha times
+each miss, scaled as MASE; lower is better, it rewards narrow intervals that still
+cover); and fit+forecast time per series (Presage: model choice by backtest, fit and forecast as
 timed inside `presage forecast`, and the whole process; statsforecast: fit + predict
 in-process, after a warm-up that excludes numba compilation).
+
+usage: bench.py [ORIGINS] [--presage-only]   (--presage-only: no statsforecast; a
+Presage change that leaves its point forecasts alone is compared with the last full run)
 """
 
 import csv
@@ -102,13 +107,15 @@ def scale(hist, m):
 def main():
     # Origins per cell at h = 60; shorter horizons get more (h = 12 twice, h = 1 four
     # times as many), so that a one-step cell is not judged on a handful of points.
-    origins = int(sys.argv[1]) if len(sys.argv) > 1 else 12
+    args = [a for a in sys.argv[1:] if a != "--presage-only"]
+    only = len(args) < len(sys.argv) - 1
+    origins = int(args[0]) if args else 12
     results = []
     warmed = False
     for name, y, periods, window in traces():
         m = periods[0]
-        sf = statsforecast_models(periods)
-        if not warmed:  # numba compiles on first use; keep that out of the timings
+        sf = {} if only else statsforecast_models(periods)
+        if not warmed and sf:  # numba compiles on first use; keep that out of the timings
             for make in sf.values():
                 run_sf(make, y[: window], 1)
             warmed = True
@@ -129,13 +136,16 @@ def main():
                     except Exception as e:  # a model that cannot fit this window is reported, not hidden
                         print(f"  {name} h={h}: {label} failed: {e}", file=sys.stderr)
                 for label, (pt, iv, dt, chosen) in cands.items():
-                    a = acc.setdefault(label, {"ae": [], "smape": [], "cov": {l: [] for l in LEVELS}, "time": [], "proc": [], "refit": [], "chosen": set()})
+                    a = acc.setdefault(label, {"ae": [], "smape": [], "cov": {l: [] for l in LEVELS}, "is": {l: [] for l in LEVELS}, "time": [], "proc": [], "refit": [], "chosen": set()})
                     a["ae"].append(np.mean(np.abs(actual - pt)) / s)
                     den = np.abs(actual) + np.abs(pt)
                     a["smape"].append(np.mean(np.where(den > 0, 2 * np.abs(actual - pt) / np.where(den > 0, den, 1), 0)) * 100)
                     if iv:
                         for l in LEVELS:
-                            a["cov"][l].extend(((iv[l][0] <= actual) & (actual <= iv[l][1])).tolist())
+                            lo, hi = iv[l]
+                            a["cov"][l].extend(((lo <= actual) & (actual <= hi)).tolist())
+                            miss = np.maximum(lo - actual, 0) + np.maximum(actual - hi, 0)
+                            a["is"][l].append(np.mean(hi - lo + 2 / (1 - l / 100) * miss) / s)
                     # In process (choice + fit + forecast), the whole process, a refit.
                     dt, proc, refit = dt if isinstance(dt, tuple) else (dt, dt, dt)
                     a["time"].append(dt)
@@ -145,18 +155,27 @@ def main():
                         a["chosen"].add(chosen)
             for label, a in acc.items():
                 cov = {l: (100 * np.mean(a["cov"][l]) if a["cov"][l] else None) for l in LEVELS}
+                cov.update({f"is{l}": (np.mean(a["is"][l]) if a["is"][l] else None) for l in LEVELS})
                 results.append((name, h, label, np.mean(a["ae"]), np.mean(a["smape"]), cov, (np.mean(a["time"]), np.mean(a["proc"]), np.mean(a["refit"])), ",".join(sorted(a["chosen"]))))
                 c80 = "-" if cov[80] is None else f"{cov[80]:.0f}%"
                 print(f"{name:24} h={h:<3} {label:15} MASE {np.mean(a['ae']):.3f}  sMAPE {np.mean(a['smape']):6.2f}  cov80 {c80}", flush=True)
     print(f"\n{origins * 4} / {origins * 2} / {origins} origins per cell at h = 1 / 12 / 60; MASE and sMAPE are means over origins.")
     print("Presage's time: model choice + fit + forecast in process; in brackets the whole `presage forecast` run and the refit alone")
     print("(fit + forecast of the chosen model: what each update of a series costs the live forecaster between choices).\n")
-    print("| trace | h | method | MASE | sMAPE % | cov 80% | cov 95% | ms per series | model chosen |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| trace | h | method | MASE | sMAPE % | cov 80% | cov 95% | interval score 80 / 95 | ms per series | model chosen |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, h, label, mase, smape, cov, (t, proc, refit), chosen in results:
         f = lambda v: "-" if v is None else f"{v:.0f}"
+        score = "-" if cov["is80"] is None else f"{cov['is80']:.2f} / {cov['is95']:.2f}"
         ms = f"{t * 1e3:.2f}" + (f" ({proc * 1e3:.1f} process; refit {refit * 1e3:.2f})" if proc != t else "")
-        print(f"| {name} | {h} | {label} | {mase:.3f} | {smape:.2f} | {f(cov[80])} | {f(cov[95])} | {ms} | {chosen} |")
+        print(f"| {name} | {h} | {label} | {mase:.3f} | {smape:.2f} | {f(cov[80])} | {f(cov[95])} | {score} | {ms} | {chosen} |")
+    if only:
+        cells = [c for c in results if c[2] == "presage"]
+        for l in LEVELS:
+            print(f"\nPresage's {l}% intervals: within 5 points of nominal in "
+                  f"{sum(abs(c[5][l] - l) <= 5 for c in cells)} of {len(cells)} cells, mean interval score "
+                  f"{np.mean([c[5][f'is{l}'] for c in cells]):.3f}.")
+        return
     summary(results)
 
 
