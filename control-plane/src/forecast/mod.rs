@@ -14,10 +14,9 @@
 //! really did on this series (model-based intervals only reflect the fit and are too
 //! narrow out of sample). An error counts in units of its forecast's size (`spread`), so
 //! a busy hour's interval is wider than a quiet one's. Both the choice and the quantiles
-//! weigh an origin by
-//! how recent it is (`CHOICE_HALF_LIFE`, `DECAY`): traffic changes regime (a storm, a
-//! launch, a new release) and the newest errors say more about the next ones than last
-//! week's do. The seasonal decomposition is augurs' (stlrs' MSTL); the known
+//! weigh an origin by how recent it is (`CHOICE_HALF_LIFE`, `DECAY`): traffic changes
+//! regime (a storm, a launch, a new release) and the newest errors say more about the
+//! next ones than last week's do. The seasonal decomposition is augurs' (stlrs' MSTL); the known
 //! periods are passed in (bucket units), and a period the series is too short for
 //! (fewer than two full cycles) is dropped.
 //!
@@ -166,8 +165,8 @@ pub struct Selected {
 /// `level`: errors of request rates grow with the rate (a busy hour errs by more
 /// requests than a quiet one), so conformal scores are errors in units of this and an
 /// interval is that many units of its own forecast's spread wide. Linear in the
-/// forecast, and half the mean level's spread at zero, so that a quiet night keeps an
-/// interval. Against absolute errors, on the shared traces (`bench/forecast`): the 80%
+/// forecast, and at a forecast of zero half what it is at the mean level, so that a
+/// quiet night keeps an interval. Against absolute errors, on the shared traces (`bench/forecast`): the 80%
 /// interval of AAPL's tweets at 60 steps covered 69% -> 82%, the NYC taxi's at one step
 /// 92% of its 5:30 half hours and 17% of its 11:30 ones before, 58% and 50% now (and
 /// see `intervals_are_as_wide_as_the_hour_is_busy`), and the 95% intervals of the spiky
