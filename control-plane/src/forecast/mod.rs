@@ -2,7 +2,8 @@
 //! calibrated prediction intervals.
 //!
 //! ```text
-//!  series ─▶ candidates: seasonal naive · Holt (damped-trend ETS) · MSTL + the same ETS
+//!  series ─▶ candidates: seasonal naive · the same scaled to today's level · Holt
+//!           (damped-trend ETS) · MSTL + the same ETS
 //!        ─▶ rolling-origin backtest (every step of the last day or ten horizons is an
 //!           origin, h steps each) ─▶ pick lowest recency-weighted MAE,
 //!           intervals per step                                               (select)
@@ -227,6 +228,14 @@ pub fn select(
     let season = periods.first().copied().unwrap_or(1);
     // The longest pattern's naive: a day's would copy a Sunday onto a Monday.
     let mut candidates = vec![Model::SeasonalNaive { period: longest }, Model::Holt];
+    if longest > 1 {
+        // Today's level over the last eighth of the shortest cycle (3 hours of a day).
+        let shortest = periods.iter().copied().min().unwrap_or(longest);
+        candidates.push(Model::ScaledNaive {
+            period: longest,
+            window: (shortest / 8).max(1),
+        });
+    }
     if !periods.is_empty() {
         candidates.push(Model::MstlEts { periods });
     }

@@ -19,6 +19,11 @@ pub enum Model {
     /// MSTL decomposition on the known periods (augurs' stlrs), the same damped-trend
     /// exponential smoothing on the deseasonalised series, the seasons repeated on top.
     MstlEts { periods: Vec<usize> },
+    /// The last season scaled by how the last `window` steps compare with the same
+    /// steps a season before: a copy of last Monday that follows today's level (a storm
+    /// that halves the traffic, a launch that doubles it), which the plain copy ignores
+    /// until a season has passed.
+    ScaledNaive { period: usize, window: usize },
 }
 
 impl Model {
@@ -26,6 +31,9 @@ impl Model {
         match self {
             Model::SeasonalNaive { period } => format!("seasonal-naive(period={period})"),
             Model::Holt => "holt".into(),
+            Model::ScaledNaive { period, window } => {
+                format!("scaled-naive(period={period}, window={window})")
+            }
             Model::MstlEts { periods } => {
                 let p: Vec<String> = periods.iter().map(|p| p.to_string()).collect();
                 format!("mstl-ets(periods={})", p.join("+"))
@@ -88,6 +96,29 @@ impl Model {
                     let m = (*period).clamp(1, o);
                     for (j, v) in f.iter_mut().enumerate() {
                         *v = y[o - m + j % m];
+                    }
+                    each(o, &f);
+                }
+            }
+            Model::ScaledNaive { period, window } => {
+                let (m, k) = (*period, *window);
+                for o in first..=n {
+                    // One request per step added to both sides: a quiet window a season
+                    // ago must not multiply the copy a hundredfold.
+                    let ratio = if o >= m + k {
+                        let now: f64 = y[o - k..o].iter().sum::<f64>() + k as f64;
+                        let before: f64 = y[o - m - k..o - m].iter().sum::<f64>() + k as f64;
+                        if before > 0.0 && now >= 0.0 {
+                            now / before
+                        } else {
+                            1.0
+                        }
+                    } else {
+                        1.0
+                    };
+                    let m = m.clamp(1, o);
+                    for (j, v) in f.iter_mut().enumerate() {
+                        *v = y[o - m + j % m] * ratio;
                     }
                     each(o, &f);
                 }

@@ -141,6 +141,10 @@ fn the_backtest_never_sees_past_its_origin() {
     let (first, at, h) = (3000, 3500, 12);
     for m in [
         Model::SeasonalNaive { period: DAY },
+        Model::ScaledNaive {
+            period: DAY,
+            window: DAY / 8,
+        },
         Model::Holt,
         Model::MstlEts { periods: vec![DAY] },
     ] {
@@ -329,4 +333,32 @@ fn intervals_are_as_wide_as_the_hour_is_busy() {
         (cb - cq).abs() <= 0.25,
         "covered: busy {cb:.2}, quiet {cq:.2}"
     );
+}
+
+#[test]
+fn a_copy_of_last_week_follows_todays_level() {
+    // 2015-01-26 18:00, the blizzard's first evening: the last three hours ran far below
+    // last Monday's, and the next six hours (the travel ban from 23:00) did too.
+    let y = taxi();
+    let o = 29 * 48 + 36;
+    let actual = &y[o..o + 12];
+    let mae = |f: &[f64]| {
+        f.iter()
+            .zip(actual)
+            .map(|(p, a)| (p - a).abs())
+            .sum::<f64>()
+            / 12.0
+    };
+    let copy = Model::SeasonalNaive { period: 336 }
+        .fit_predict(&y[..o], 12)
+        .unwrap();
+    let scaled = Model::ScaledNaive {
+        period: 336,
+        window: 6,
+    }
+    .fit_predict(&y[..o], 12)
+    .unwrap();
+    let (copy, scaled) = (mae(&copy), mae(&scaled));
+    eprintln!("MAE: last week's copy {copy:.0}, scaled {scaled:.0}");
+    assert!(scaled < 0.6 * copy, "copy {copy:.0}, scaled {scaled:.0}");
 }
