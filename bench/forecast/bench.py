@@ -18,6 +18,7 @@ Presage change that leaves its point forecasts alone is compared with the last f
 import csv
 import gzip
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,9 +75,10 @@ def presage(hist, h, periods):
     point = np.array([float(r["point"]) for r in rows])
     iv = {l: (np.array([float(r[f"lo{l}"]) for r in rows]), np.array([float(r[f"hi{l}"]) for r in rows])) for l in LEVELS}
     # The last stderr line: "model: M, backtest MASE: x, model choice: A ms, fit + forecast: B ms".
-    info = p.stderr.strip().splitlines()[-1].split(", ")
-    choose, refit = (float(i.split(": ")[1].split()[0]) / 1e3 for i in info[2:4])
-    return point, iv, (choose + refit, dt, refit), info[0].replace("model: ", "")
+    # Matched by name: a model's name may hold commas.
+    info = p.stderr.strip().splitlines()[-1]
+    choose, refit = (float(re.search(rf"{k}: ([\d.]+) ms", info).group(1)) / 1e3 for k in ("model choice", r"fit \+ forecast"))
+    return point, iv, (choose + refit, dt, refit), re.match(r"model: (.*), backtest MASE", info).group(1)
 
 
 def statsforecast_models(periods):
