@@ -9,10 +9,10 @@
 //!              horizon, every 5 min, or the last 30 s's error drifted to 2x the 5 min's)
 //!           ─▶ refit the chosen model, forecast ─▶ apply calendar events ─▶ publish
 //! ```
-//! The model choice is the forecasting engine's (`forecast::select`: seasonal naive,
-//! Holt, MSTL + damped-trend ETS by rolling-origin backtest); between choices only the chosen
-//! model is refitted, which is cheap. Seconds the history has no point for (no traffic,
-//! so no report) count as zero requests.
+//! The model choice is the forecasting engine's (`forecast::select`: seasonal naive, plain
+//! and scaled to today's level, Holt, MSTL + damped-trend ETS by rolling-origin backtest);
+//! between choices only the chosen model is refitted, which is cheap. Seconds the history
+//! has no point for (no traffic, so no report) count as zero requests.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -16,7 +16,7 @@
 //! autoscaler meets it. The model is the forecasting engine's, chosen by its
 //! recency-weighted backtest (288 origins: a day of 5-minute steps) among MSTL + ETS on
 //! the hourly, daily and weekly patterns the history holds two cycles of, Holt and the
-//! seasonal naive; chosen again on a schedule and refitted as history arrives. A
+//! seasonal naive (plain, and scaled to today's level); chosen again on a schedule and refitted as history arrives. A
 //! decision only ever sees the history it is given, so replaying a truncated trace gives
 //! the same decisions up to the cut.
 
