@@ -92,36 +92,25 @@ impl Model {
         let mut f = vec![0.0; h];
         match self {
             Model::SeasonalNaive { period } => {
-                for o in first..=n {
-                    let m = (*period).clamp(1, o);
-                    for (j, v) in f.iter_mut().enumerate() {
-                        *v = y[o - m + j % m];
-                    }
-                    each(o, &f);
-                }
+                seasonal_copy(y, first, *period, &|_| 1.0, &mut f, each)
             }
             Model::ScaledNaive { period, window } => {
                 let (m, k) = (*period, *window);
-                for o in first..=n {
-                    // One request per step added to both sides: a quiet window a season
-                    // ago must not multiply the copy a hundredfold.
-                    let ratio = if o >= m + k {
-                        let now: f64 = y[o - k..o].iter().sum::<f64>() + k as f64;
-                        let before: f64 = y[o - m - k..o - m].iter().sum::<f64>() + k as f64;
-                        if before > 0.0 && now >= 0.0 {
-                            now / before
-                        } else {
-                            1.0
-                        }
+                // One request per step added to both sides: a quiet window a season ago
+                // must not multiply the copy a hundredfold.
+                let level = |o: usize| {
+                    if o < m + k {
+                        return 1.0;
+                    }
+                    let now: f64 = y[o - k..o].iter().sum::<f64>() + k as f64;
+                    let before: f64 = y[o - m - k..o - m].iter().sum::<f64>() + k as f64;
+                    if before > 0.0 && now >= 0.0 {
+                        now / before
                     } else {
                         1.0
-                    };
-                    let m = m.clamp(1, o);
-                    for (j, v) in f.iter_mut().enumerate() {
-                        *v = y[o - m + j % m] * ratio;
                     }
-                    each(o, &f);
-                }
+                };
+                seasonal_copy(y, first, m, &level, &mut f, each)
             }
             Model::Holt => {
                 let (p, s) = Holt::fit(&y[..first]);
@@ -152,6 +141,25 @@ impl Model {
             model: self.name(),
             message: e.to_string(),
         }
+    }
+}
+
+/// At every origin `o` from `first` on, the `period` steps before it repeated, times
+/// `scale(o)`, to `each`.
+fn seasonal_copy(
+    y: &[f64],
+    first: usize,
+    period: usize,
+    scale: &dyn Fn(usize) -> f64,
+    f: &mut [f64],
+    each: &mut dyn FnMut(usize, &[f64]),
+) {
+    for o in first..=y.len() {
+        let (m, s) = (period.clamp(1, o), scale(o));
+        for (j, v) in f.iter_mut().enumerate() {
+            *v = y[o - m + j % m] * s;
+        }
+        each(o, f);
     }
 }
 
