@@ -170,9 +170,9 @@ pub struct Selected {
 /// quiet night keeps an interval. Against absolute errors, on the shared traces (`bench/forecast`): the 80%
 /// interval of AAPL's tweets at 60 steps covered 69% -> 82%, the NYC taxi's at one step
 /// 92% of its 5:30 half hours and 17% of its 11:30 ones before, 58% and 50% now (and
-/// see `intervals_are_as_wide_as_the_hour_is_busy`), and the 95% intervals of the spiky
-/// series (AAPL's and the 2021 stream's tweets) are a quarter to two thirds as wide at the
-/// same coverage.
+/// see `intervals_are_as_wide_as_the_hour_is_busy`), and at 1 and 12 steps the 95%
+/// intervals of the spiky series (AAPL's and the 2021 stream's tweets) are 0.25 to 0.7
+/// times as wide at the same coverage.
 fn spread(p: f64, level: f64) -> f64 {
     p.max(0.0) + level
 }
