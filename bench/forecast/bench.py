@@ -109,8 +109,8 @@ def scale(hist, m):
 def main():
     # Origins per cell at h = 60; shorter horizons get more (h = 12 twice, h = 1 four
     # times as many), so that a one-step cell is not judged on a handful of points.
+    only = "--presage-only" in sys.argv[1:]
     args = [a for a in sys.argv[1:] if a != "--presage-only"]
-    only = len(args) < len(sys.argv) - 1
     origins = int(args[0]) if args else 12
     results = []
     warmed = False
