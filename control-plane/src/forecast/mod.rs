@@ -239,37 +239,37 @@ pub fn select(
     if !periods.is_empty() {
         candidates.push(Model::MstlEts { periods });
     }
-    let mut best: Option<(Model, f64, Vec<Vec<f64>>)> = None;
+    // Residuals of the best candidate so far and of the one on trial, one flat row of
+    // `h` per origin: the buffers are reused, not allocated per origin.
+    let (mut best, mut residuals, mut trial) = (None::<(Model, f64)>, Vec::new(), Vec::new());
     // Every candidate has an origin at each of `first..=n - h`.
     let at = n + 1 - first - h;
     let weights = origin_weights(at, 0.5f64.powf(1.0 / CHOICE_HALF_LIFE));
     for m in candidates {
-        let residuals = backtest(&m, y, first, h)?;
-        let score = weighted_mae(&residuals, &weights);
-        if best.as_ref().is_none_or(|(_, b, _)| score < *b) {
-            best = Some((m, score, residuals));
+        backtest(&m, y, first, h, &mut trial)?;
+        let score = weighted_mae(&trial, h, &weights);
+        if best.as_ref().is_none_or(|(_, b)| score < *b) {
+            best = Some((m, score));
+            std::mem::swap(&mut residuals, &mut trial);
         }
     }
-    let (model, _, residuals) = best.expect("at least one candidate");
+    let (model, _) = best.expect("at least one candidate");
     let recent = &y[first..];
     // Positive, so that a series of zeros scores its errors (all zero) as zero.
     let level = (recent.iter().map(|v| v.abs()).sum::<f64>() / recent.len() as f64).max(1e-9);
+    let mae = residuals.iter().map(|e| e.abs()).sum::<f64>() / residuals.len().max(1) as f64;
     // Each error in units of the spread of the forecast it was the error of (actual -
     // residual), as in locally weighted conformal prediction (Lei et al., 2018).
-    let scores: Vec<Vec<f64>> = residuals
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.iter()
-                .enumerate()
-                .map(|(j, e)| e / spread(y[first + i + j] - e, level))
-                .collect()
-        })
-        .collect();
+    let mut scores = residuals;
+    for (i, row) in scores.chunks_exact_mut(h).enumerate() {
+        for (j, e) in row.iter_mut().enumerate() {
+            *e /= spread(y[first + i + j] - *e, level);
+        }
+    }
     Ok(Selected {
         model,
         h,
-        mae: mean_abs(&residuals),
+        mae,
         scale: naive_scale(y, season),
         half_widths: half_widths(&scores, &origin_weights(at, DECAY), h, levels),
         level,
@@ -299,21 +299,23 @@ pub fn predict(sel: &Selected, y: &[f64]) -> Result<Forecast, ForecastError> {
 }
 
 /// Residuals (actual - forecast) of `m` at every origin from `first` to `y.len() - h`,
-/// `h` steps each, the model fitted once on `y[..first]` (see `Model::rolling`).
+/// `h` steps each (one row of `h` per origin, in `out`), the model fitted once on
+/// `y[..first]` (see `Model::rolling`).
 pub fn backtest(
     m: &Model,
     y: &[f64],
     first: usize,
     h: usize,
-) -> Result<Vec<Vec<f64>>, ForecastError> {
+    out: &mut Vec<f64>,
+) -> Result<(), ForecastError> {
     let n = y.len();
-    let mut out = Vec::with_capacity((n + 1).saturating_sub(first + h));
+    out.clear();
+    out.reserve((n + 1).saturating_sub(first + h) * h);
     m.rolling(y, first, h, &mut |o, f| {
         if o + h <= n {
-            out.push(y[o..o + h].iter().zip(f).map(|(a, p)| a - p).collect());
+            out.extend(y[o..o + h].iter().zip(f).map(|(a, p)| a - p));
         }
-    })?;
-    Ok(out)
+    })
 }
 
 /// `decay^(age + 1)` for `n` origins, oldest first: the newest weighs `decay`, one step
@@ -326,12 +328,13 @@ fn origin_weights(n: usize, decay: f64) -> Vec<f64> {
     w
 }
 
-/// Mean absolute error over all steps, each origin's errors weighted by `weights`.
-fn weighted_mae(residuals: &[Vec<f64>], weights: &[f64]) -> f64 {
+/// Mean absolute error over all steps of `residuals` (rows of `h`), each origin's errors
+/// weighted by `weights`.
+fn weighted_mae(residuals: &[f64], h: usize, weights: &[f64]) -> f64 {
     let (mut sum, mut total) = (0.0, 0.0);
-    for (r, w) in residuals.iter().zip(weights) {
+    for (r, w) in residuals.chunks_exact(h).zip(weights) {
         sum += w * r.iter().map(|e| e.abs()).sum::<f64>();
-        total += w * r.len() as f64;
+        total += w * h as f64;
     }
     sum / total.max(f64::EPSILON)
 }
@@ -342,18 +345,23 @@ fn weighted_mae(residuals: &[Vec<f64>], weights: &[f64]) -> f64 {
 /// is never below (as split conformal counts n + 1 points); made non-decreasing in
 /// `j` (no horizon is more certain than a nearer one).
 fn half_widths(
-    residuals: &[Vec<f64>],
+    residuals: &[f64],
     weights: &[f64],
     h: usize,
     levels: &[f64],
 ) -> Vec<(f64, Vec<f64>)> {
     let mut out: Vec<(f64, Vec<f64>)> =
         levels.iter().map(|&l| (l, Vec::with_capacity(h))).collect();
-    let mut scored: Vec<(f64, f64)> = Vec::with_capacity(residuals.len());
+    let mut scored: Vec<(f64, f64)> = Vec::with_capacity(weights.len());
     let mut quantiles = Vec::with_capacity(levels.len());
     for j in 0..h {
         scored.clear();
-        scored.extend(residuals.iter().zip(weights).map(|(r, &w)| (r[j].abs(), w)));
+        scored.extend(
+            residuals
+                .chunks_exact(h)
+                .zip(weights)
+                .map(|(r, &w)| (r[j].abs(), w)),
+        );
         weighted_quantiles(&mut scored, levels, &mut quantiles);
         for ((_, widths), &q) in out.iter_mut().zip(&quantiles) {
             let widest = widths.last().copied().unwrap_or(0.0);
@@ -410,14 +418,6 @@ fn weighted_quantiles(scored: &mut [(f64, f64)], levels: &[f64], out: &mut Vec<f
         }
         out.push(q);
     }
-}
-
-fn mean_abs(r: &[Vec<f64>]) -> f64 {
-    let (s, n) = r
-        .iter()
-        .flatten()
-        .fold((0.0, 0usize), |(s, n), e| (s + e.abs(), n + 1));
-    s / n.max(1) as f64
 }
 
 /// In-sample MAE of the (seasonal) naive one-step forecast: the MASE denominator.

@@ -189,8 +189,8 @@ fn a_weekly_pattern_is_not_forecast_from_yesterday() {
 #[test]
 fn the_newest_errors_weigh_most_in_the_intervals() {
     // 200 origins that erred by 1, then 40 that erred by 10: the regime changed.
-    let r: Vec<Vec<f64>> = (0..240)
-        .map(|i| vec![if i < 200 { 1.0 } else { -10.0 }])
+    let r: Vec<f64> = (0..240)
+        .map(|i| if i < 200 { 1.0 } else { -10.0 })
         .collect();
     let weighted = half_widths(&r, &origin_weights(r.len(), DECAY), 1, &[80.0]);
     assert_eq!(weighted[0].1, vec![10.0]);
