@@ -252,7 +252,7 @@ fn mstl_forecasts_from_a_state_that_filtered_the_newest_points() {
 }
 
 #[test]
-fn quantiles_from_the_top_match_a_full_sort() {
+fn weighted_quantiles_match_a_full_sort() {
     // The reference: sort everything, take the first score whose running weight
     // reaches the level.
     let reference = |scored: &[(f64, f64)], total: f64, level: f64| {
@@ -277,17 +277,24 @@ fn quantiles_from_the_top_match_a_full_sort() {
     ];
     for n in [1, 2, 3, 7, 40, 100, 541] {
         for decay in [DECAY, 1.0, 0.9] {
-            // Random scores (with ties), and scores growing with age, so that the
-            // largest errors carry the least weight and the top must be widened.
+            // Random scores (with ties), scores growing with age (the largest errors
+            // carry the least weight), and scores over eight orders of magnitude with
+            // zeros among them (errors scaled by their forecast's size).
             let random: Vec<f64> = (0..n).map(|_| (rng.f64() * 100.0).round()).collect();
             let oldest_largest: Vec<f64> = (0..n).map(|i| (n - i) as f64).collect();
-            for scores in [random, oldest_largest] {
+            let magnitudes: Vec<f64> = (0..n)
+                .map(|i| match i % 5 {
+                    0 => 0.0,
+                    _ => 10f64.powf(rng.f64() * 8.0 - 4.0),
+                })
+                .collect();
+            for scores in [random, oldest_largest, magnitudes] {
                 let scored: Vec<(f64, f64)> =
                     scores.into_iter().zip(origin_weights(n, decay)).collect();
                 let total = scored.iter().map(|s| s.1).sum::<f64>() + 1.0;
                 for levels in level_sets {
                     let mut got = Vec::new();
-                    weighted_quantiles(&mut scored.clone(), levels, &mut got);
+                    weighted_quantiles(&scored, levels, &mut got);
                     let want: Vec<f64> = levels
                         .iter()
                         .map(|&l| reference(&scored, total, l))
