@@ -166,7 +166,12 @@ fn mstl_params(periods: &[usize]) -> MstlParams {
         .low_pass_jump(low_pass.div_ceil(5))
         .seasonal_jump(4);
     let mut params = Mstl::params();
-    params.stl_params(stl);
+    // One pass over the periods, not MSTL's default two (which re-extracts each season
+    // from the series less the others): with two periods it halves the fit, and on the
+    // taxi's bench windows one pass forecasts one step ahead better (0.289 -> 0.277
+    // MASE, 80% coverage 56% -> 65%) and 12 steps within 0.006. One period is always
+    // one pass.
+    params.iterations(1).stl_params(stl);
     params
 }
 
@@ -361,6 +366,12 @@ mod tests {
     use super::*;
     use crate::forecast::tests::nasa;
 
+    /// Root mean square.
+    fn rms(v: &mut dyn Iterator<Item = f64>) -> f64 {
+        let (s, n) = v.fold((0.0, 0.0), |(s, n), x| (s + x * x, n + 1.0));
+        (s / n).sqrt()
+    }
+
     #[test]
     fn the_holt_search_refines_between_grid_points() {
         let y = nasa();
@@ -407,6 +418,30 @@ mod tests {
     }
 
     #[test]
+    fn one_mstl_pass_decomposes_as_two_do() {
+        // The taxi's five weeks, daily and weekly periods: each seasonal component from
+        // one pass stays within a fifth of the series' noise (the two-pass
+        // decomposition's remainder) of the two-pass one. Measured: 224 and 125
+        // passengers RMS against 2,546.
+        let y = crate::forecast::tests::taxi();
+        let periods = [48, 336];
+        let one = mstl_params(&periods).fit(&y, &periods).unwrap();
+        let mut two = mstl_params(&periods);
+        let two = two.iterations(2).fit(&y, &periods).unwrap();
+        let noise = rms(&mut two.remainder().iter().copied());
+        for (p, (a, b)) in periods
+            .iter()
+            .zip(one.seasonal().iter().zip(two.seasonal()))
+        {
+            let moved = rms(&mut a.iter().zip(b).map(|(x, y)| x - y));
+            assert!(
+                moved < 0.2 * noise,
+                "period {p}: moved {moved:.1} RMS; the remainder is {noise:.1}"
+            );
+        }
+    }
+
+    #[test]
     fn sparser_loess_decomposes_as_the_default_does() {
         // NASA's two weeks, a daily period: loess evaluated half as often moves the
         // seasonal component by less than a tenth of the series' noise (the default
@@ -414,10 +449,6 @@ mod tests {
         let y = nasa();
         let fast = mstl_params(&[288]).fit(&y, &[288]).unwrap();
         let default = Mstl::fit(&y, &[288]).unwrap();
-        let rms = |v: &mut dyn Iterator<Item = f64>| {
-            let (s, n) = v.fold((0.0, 0.0), |(s, n), x| (s + x * x, n + 1.0));
-            (s / n).sqrt()
-        };
         let (a, b) = (&fast.seasonal()[0], &default.seasonal()[0]);
         let moved = rms(&mut a.iter().zip(b).map(|(x, y)| x - y));
         let noise = rms(&mut default.remainder().iter().copied());

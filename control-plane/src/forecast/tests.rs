@@ -9,7 +9,7 @@ pub(crate) fn nasa() -> Vec<f64> {
 
 /// NYC taxi passengers per half hour, 2014-12-28 to 2015-01-31 (NAB), with the blizzard
 /// of 26-27 January.
-fn taxi() -> Vec<f64> {
+pub(crate) fn taxi() -> Vec<f64> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/traces/nyc_taxi_5w.csv");
     series::load(&p).unwrap()
