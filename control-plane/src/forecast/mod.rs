@@ -408,10 +408,10 @@ fn weighted_quantiles(scored: &[(f64, f64)], levels: &[f64], out: &mut Vec<f64>)
         weights[bucket_of(s)] += s.1;
     }
     let weight: f64 = weights.iter().sum();
+    let largest = f64::from_bits(hi);
     let mut members = Vec::new();
     for &level in levels {
         let target = level / 100.0 * (weight + 1.0);
-        let largest = f64::from_bits(hi);
         if weight < target {
             out.push(largest);
             continue;

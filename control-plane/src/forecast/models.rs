@@ -146,13 +146,14 @@ impl Model {
     }
 }
 
-/// stlrs' MSTL with its loess smoothers evaluated half as often: the trend and
-/// low-pass smoothers at every fifth of their window (stlrs' default is a tenth) and
-/// the seasonal one at every fourth point of a cycle-subseries, the values between
-/// interpolated linearly. The windows are sized for the longest period, the one whose
-/// smoothers dominate the cost. On the shared traces this leaves the forecasts' MASE
-/// within 0.01 of the default's in every bench cell and halves the fit (`bench/forecast`,
-/// RESULTS "Loess evaluated half as often").
+/// stlrs' MSTL in one pass over the periods (see below), with its loess smoothers
+/// evaluated half as often: the trend and low-pass smoothers at every fifth of their
+/// window (stlrs' default is a tenth) and the seasonal one at every fourth point of a
+/// cycle-subseries, the values between interpolated linearly. The windows are sized for
+/// the longest period, the one whose smoothers dominate the cost. On the shared traces
+/// the sparser loess leaves the forecasts' MASE within 0.01 of the default's in every
+/// bench cell and halves the fit (`bench/forecast`, RESULTS "Loess evaluated half as
+/// often").
 fn mstl_params(periods: &[usize]) -> MstlParams {
     let longest = periods.iter().copied().max().unwrap_or(2).max(2);
     // stlrs' window lengths for the longest period (the last one MSTL fits, seasonal
