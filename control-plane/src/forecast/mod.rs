@@ -239,41 +239,65 @@ pub fn select(
     if !periods.is_empty() {
         candidates.push(Model::MstlEts { periods });
     }
-    // Residuals of the best candidate so far and of the one on trial, one flat row of
-    // `h` per origin: the buffers are reused, not allocated per origin.
-    let (mut best, mut residuals, mut trial) = (None::<(Model, f64)>, Vec::new(), Vec::new());
-    // Every candidate has an origin at each of `first..=n - h`.
+    // Every candidate has an origin at each of `first..=n - h`; the intervals keep the
+    // residuals of every `keep`-th, counted back from the last.
     let at = n + 1 - first - h;
+    let keep = interval_stride(h);
     let weights = origin_weights(at, 0.5f64.powf(1.0 / CHOICE_HALF_LIFE));
+    // The kept residuals of the best candidate so far and of the one on trial: the
+    // buffers are reused, not allocated per origin.
+    let (mut best, mut residuals, mut trial) = (None::<(Model, Backtest)>, Vec::new(), Vec::new());
     for m in candidates {
-        backtest(&m, y, first, h, &mut trial)?;
-        let score = weighted_mae(&trial, h, &weights);
-        if best.as_ref().is_none_or(|(_, b)| score < *b) {
-            best = Some((m, score));
+        let b = backtest(&m, y, first, h, &weights, keep, &mut trial)?;
+        if best.as_ref().is_none_or(|(_, a)| b.score < a.score) {
+            best = Some((m, b));
             std::mem::swap(&mut residuals, &mut trial);
         }
     }
-    let (model, _) = best.expect("at least one candidate");
+    let (model, b) = best.expect("at least one candidate");
     let recent = &y[first..];
     // Positive, so that a series of zeros scores its errors (all zero) as zero.
     let level = (recent.iter().map(|v| v.abs()).sum::<f64>() / recent.len() as f64).max(1e-9);
-    let mae = residuals.iter().map(|e| e.abs()).sum::<f64>() / residuals.len().max(1) as f64;
     // Each error in units of the spread of the forecast it was the error of (actual -
-    // residual), as in locally weighted conformal prediction (Lei et al., 2018).
+    // residual), as in locally weighted conformal prediction (Lei et al., 2018). The
+    // kept rows' origins end at the last, `n - h`.
     let mut scores = residuals;
+    let rows = scores.len() / h;
     for (i, row) in scores.chunks_exact_mut(h).enumerate() {
+        let o = n - h - (rows - 1 - i) * keep;
         for (j, e) in row.iter_mut().enumerate() {
-            *e /= spread(y[first + i + j] - *e, level);
+            *e /= spread(y[o + j] - *e, level);
         }
     }
+    let weights = interval_weights(rows, keep);
     Ok(Selected {
         model,
         h,
-        mae,
+        mae: b.mae,
         scale: naive_scale(y, season),
-        half_widths: half_widths(&scores, &origin_weights(at, DECAY), h, levels),
+        half_widths: half_widths(&scores, &weights, h, keep / 2, levels),
         level,
     })
+}
+
+/// Every how many backtest origins the intervals take their residuals, for horizon `h`:
+/// every one up to 11 steps, every `h / 6`-th beyond. Neighbouring origins' errors at a
+/// far step are nearly the same error (one forecast of 60 steps overlaps the next in 59
+/// targets), so every tenth at 60 steps, its weight ten times one origin's and each
+/// step's quantile pooled with the five steps either side, gives the same intervals as
+/// all of them (`strided_intervals_match_every_origin`) for a tenth of the quantile
+/// work and memory (`bench/RESULTS.md`). The model choice still counts every origin.
+fn interval_stride(h: usize) -> usize {
+    (h / 6).max(1)
+}
+
+/// Interval weights of `rows` residual rows kept every `keep` origins, oldest first:
+/// each stands for `keep` origins, as heavy as they would weigh together and decayed by
+/// its age in origins (see `DECAY`).
+fn interval_weights(rows: usize, keep: usize) -> Vec<f64> {
+    let mut w = origin_weights(rows, DECAY.powi(keep as i32));
+    w.iter_mut().for_each(|w| *w *= keep as f64);
+    w
 }
 
 /// Refits the selected model on `y` and forecasts its horizon, with the selection's
@@ -298,23 +322,57 @@ pub fn predict(sel: &Selected, y: &[f64]) -> Result<Forecast, ForecastError> {
     })
 }
 
-/// Residuals (actual - forecast) of `m` at every origin from `first` to `y.len() - h`,
-/// `h` steps each (one row of `h` per origin, in `out`), the model fitted once on
-/// `y[..first]` (see `Model::rolling`).
+/// A candidate's errors over a backtest.
+#[derive(Debug, Clone, Copy)]
+pub struct Backtest {
+    /// Mean absolute error, each origin's weighted (the model choice's score).
+    pub score: f64,
+    /// Mean absolute error, every origin counted alike.
+    pub mae: f64,
+}
+
+/// The errors of `m` at every origin from `first` to `y.len() - h`, `h` steps each, the
+/// model fitted once on `y[..first]` (see `Model::rolling`): the mean absolute error
+/// with origin `first + i` weighted by `weights[i]`, and in `kept` the residuals
+/// (actual - forecast, one row of `h` per origin) of every `keep`-th origin counted
+/// back from the last.
 pub fn backtest(
     m: &Model,
     y: &[f64],
     first: usize,
     h: usize,
-    out: &mut Vec<f64>,
-) -> Result<(), ForecastError> {
+    weights: &[f64],
+    keep: usize,
+    kept: &mut Vec<f64>,
+) -> Result<Backtest, ForecastError> {
     let n = y.len();
-    out.clear();
-    out.reserve((n + 1).saturating_sub(first + h) * h);
+    let keep = keep.max(1);
+    kept.clear();
+    kept.reserve((n + 1).saturating_sub(first + h).div_ceil(keep) * h);
+    let (mut sum, mut total, mut plain, mut count) = (0.0, 0.0, 0.0, 0usize);
     m.rolling(y, first, h, &mut |o, f| {
-        if o + h <= n {
-            out.extend(y[o..o + h].iter().zip(f).map(|(a, p)| a - p));
+        if o + h > n {
+            return;
         }
+        let errors = y[o..o + h].iter().zip(f).map(|(a, p)| a - p);
+        let mut row = 0.0;
+        if (n - h - o).is_multiple_of(keep) {
+            for e in errors {
+                kept.push(e);
+                row += e.abs();
+            }
+        } else {
+            row = errors.map(f64::abs).sum();
+        }
+        let w = weights.get(o - first).copied().unwrap_or(1.0);
+        sum += w * row;
+        total += w * h as f64;
+        plain += row;
+        count += h;
+    })?;
+    Ok(Backtest {
+        score: sum / total.max(f64::EPSILON),
+        mae: plain / count.max(1) as f64,
     })
 }
 
@@ -328,40 +386,32 @@ fn origin_weights(n: usize, decay: f64) -> Vec<f64> {
     w
 }
 
-/// Mean absolute error over all steps of `residuals` (rows of `h`), each origin's errors
-/// weighted by `weights`.
-fn weighted_mae(residuals: &[f64], h: usize, weights: &[f64]) -> f64 {
-    let (mut sum, mut total) = (0.0, 0.0);
-    for (r, w) in residuals.chunks_exact(h).zip(weights) {
-        sum += w * r.iter().map(|e| e.abs()).sum::<f64>();
-        total += w * h as f64;
-    }
-    sum / total.max(f64::EPSILON)
-}
-
 /// Weighted conformal half-widths per step, for each level: at step `j`, the smallest
-/// absolute backtest error at that step at or below which `level` percent of the total
-/// weight lies, the total counting the point to be covered as one more of weight 1 that
-/// is never below (as split conformal counts n + 1 points); made non-decreasing in
-/// `j` (no horizon is more certain than a nearer one).
+/// absolute backtest error at that step (and at the `pool` steps either side, each a
+/// share of its origin's weight) at or below which `level` percent of the total weight
+/// lies, the total counting the point to be covered as one more of weight 1 that is
+/// never below (as split conformal counts n + 1 points); made non-decreasing in `j` (no
+/// horizon is more certain than a nearer one). Pooling keeps each step's sample as large
+/// when fewer origins are kept: a quantile from a few origins per step would wander from
+/// step to step, and the running maximum would keep its highs.
 fn half_widths(
     residuals: &[f64],
     weights: &[f64],
     h: usize,
+    pool: usize,
     levels: &[f64],
 ) -> Vec<(f64, Vec<f64>)> {
     let mut out: Vec<(f64, Vec<f64>)> =
         levels.iter().map(|&l| (l, Vec::with_capacity(h))).collect();
-    let mut scored: Vec<(f64, f64)> = Vec::with_capacity(weights.len());
+    let mut scored: Vec<(f64, f64)> = Vec::with_capacity(weights.len() * (2 * pool + 1));
     let mut quantiles = Vec::with_capacity(levels.len());
     for j in 0..h {
         scored.clear();
-        scored.extend(
-            residuals
-                .chunks_exact(h)
-                .zip(weights)
-                .map(|(r, &w)| (r[j].abs(), w)),
-        );
+        let steps = j.saturating_sub(pool)..(j + pool + 1).min(h);
+        let share = 1.0 / steps.len() as f64;
+        for (r, &w) in residuals.chunks_exact(h).zip(weights) {
+            scored.extend(r[steps.clone()].iter().map(|e| (e.abs(), w * share)));
+        }
         weighted_quantiles(&scored, levels, &mut quantiles);
         for ((_, widths), &q) in out.iter_mut().zip(&quantiles) {
             let widest = widths.last().copied().unwrap_or(0.0);

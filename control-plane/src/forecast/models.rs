@@ -330,8 +330,20 @@ impl Holt {
         season: &[f64],
         each: &mut dyn FnMut(usize, &[f64]),
     ) {
+        // The damped trend's multiplier at each step, phi + ... + phi^j: the same at
+        // every origin.
+        let damp: Vec<f64> = f
+            .iter()
+            .scan((0.0, 1.0), |(damp, phi_j), _| {
+                *phi_j *= self.phi;
+                *damp += *phi_j;
+                Some(*damp)
+            })
+            .collect();
         for o in first..=y.len() {
-            self.forecast(&s, f);
+            for (v, d) in f.iter_mut().zip(&damp) {
+                *v = s.level + d * s.trend;
+            }
             if let Some(ahead) = season.get(o - first..o - first + f.len()) {
                 for (v, s) in f.iter_mut().zip(ahead) {
                     *v += s;
@@ -350,15 +362,6 @@ impl Holt {
         let level = pred + self.alpha * (v - pred);
         s.trend = self.beta * (level - s.level) + (1.0 - self.beta) * self.phi * s.trend;
         s.level = level;
-    }
-
-    fn forecast(&self, s: &State, out: &mut [f64]) {
-        let (mut damp, mut phi_j) = (0.0, 1.0);
-        for v in out {
-            phi_j *= self.phi;
-            damp += phi_j;
-            *v = s.level + damp * s.trend;
-        }
     }
 }
 

@@ -192,10 +192,10 @@ fn the_newest_errors_weigh_most_in_the_intervals() {
     let r: Vec<f64> = (0..240)
         .map(|i| if i < 200 { 1.0 } else { -10.0 })
         .collect();
-    let weighted = half_widths(&r, &origin_weights(r.len(), DECAY), 1, &[80.0]);
+    let weighted = half_widths(&r, &origin_weights(r.len(), DECAY), 1, 0, &[80.0]);
     assert_eq!(weighted[0].1, vec![10.0]);
     // Counted alike, 83% of the origins erred by 1 and the change would not show.
-    let alike = half_widths(&r, &vec![1.0; r.len()], 1, &[80.0]);
+    let alike = half_widths(&r, &vec![1.0; r.len()], 1, 0, &[80.0]);
     assert_eq!(alike[0].1, vec![1.0]);
 }
 
@@ -368,4 +368,40 @@ fn a_copy_of_last_week_follows_todays_level() {
     let (copy, scaled) = (mae(&copy), mae(&scaled));
     eprintln!("MAE: last week's copy {copy:.0}, scaled {scaled:.0}");
     assert!(scaled < 0.6 * copy, "copy {copy:.0}, scaled {scaled:.0}");
+}
+
+#[test]
+fn strided_intervals_match_every_origin() {
+    // NASA's requests, a day of origins 60 steps ahead: the rows of every tenth origin,
+    // pooled over neighbouring steps, against the rows of all of them.
+    let y = nasa();
+    let (h, first) = (60, y.len() - DAY - 60);
+    let (at, keep) = (y.len() + 1 - first - h, interval_stride(60));
+    assert_eq!(keep, 10);
+    let rows = |keep: usize| {
+        let mut kept = Vec::new();
+        backtest(&Model::Holt, &y, first, h, &vec![1.0; at], keep, &mut kept).unwrap();
+        kept
+    };
+    let (all, some) = (rows(1), rows(keep));
+    assert_eq!(all.len(), at * h);
+    assert_eq!(some.len(), at.div_ceil(keep) * h);
+    // The newest origin is kept: its row is the last of both.
+    assert_eq!(all[all.len() - h..], some[some.len() - h..]);
+    let levels = [80.0, 95.0];
+    let reference = half_widths(&all, &origin_weights(at, DECAY), h, 0, &levels);
+    let weights = interval_weights(some.len() / h, keep);
+    let mean_ratio = |pool: usize, level: usize| {
+        let w = &half_widths(&some, &weights, h, pool, &levels)[level].1;
+        let r = &reference[level].1;
+        w.iter().zip(r).map(|(a, b)| a / b).sum::<f64>() / h as f64
+    };
+    for (i, level) in levels.iter().enumerate() {
+        let pooled = mean_ratio(keep / 2, i);
+        assert!((pooled - 1.0).abs() < 0.05, "{level}%: {pooled}");
+    }
+    // Unpooled, each step's quantile of 29 errors wanders and the running maximum keeps
+    // its highs: the 95% intervals come out wider.
+    let (unpooled, pooled) = (mean_ratio(0, 1), mean_ratio(keep / 2, 1));
+    assert!(unpooled > pooled + 0.1, "{unpooled} {pooled}");
 }
