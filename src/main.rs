@@ -261,15 +261,18 @@ fn forecast(a: ForecastArgs) -> ExitCode {
             } else {
                 a.seasons.clone()
             };
+            // Before the clock: the CPU feature probe is once per process (the live
+            // forecaster pays it once), not part of any one series' forecast.
+            let isa = forecast::models::instruction_set();
             // Timed apart: choosing runs once per schedule, refitting on every update.
             let t0 = std::time::Instant::now();
             let selected = forecast::select(&y, a.horizon, &seasons, &a.interval);
             let t1 = std::time::Instant::now();
             let f = selected.and_then(|s| forecast::predict(&s, &y));
-            f.map(|f| (f, t1 - t0, t1.elapsed()))
+            f.map(|f| (f, t1 - t0, t1.elapsed(), isa))
                 .map_err(|e| e.to_string())
         });
-    let (f, choosing, fitting) = match result {
+    let (f, choosing, fitting, isa) = match result {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{e}");
@@ -277,7 +280,7 @@ fn forecast(a: ForecastArgs) -> ExitCode {
         }
     };
     eprintln!(
-        "model: {}, backtest MASE: {:.3}, model choice: {:.3} ms, fit + forecast: {:.3} ms",
+        "model: {}, backtest MASE: {:.3}, model choice: {:.3} ms, fit + forecast: {:.3} ms, vectors: {isa}",
         f.model,
         f.backtest_mase,
         choosing.as_secs_f64() * 1e3,

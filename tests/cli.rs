@@ -274,6 +274,10 @@ fn forecast_prints_points_and_intervals_and_rejects_bad_input() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.starts_with("model: "), "{err}");
+    // The timings the forecast bench reads, and the vectors Holt's search ran with.
+    for key in ["model choice: ", " ms, fit + forecast: ", " ms, vectors: "] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows[0], "step,point,lo80,hi80,lo95,hi95");
     assert_eq!(rows.len(), 7);

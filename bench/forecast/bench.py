@@ -74,7 +74,7 @@ def presage(hist, h, periods):
     rows = list(csv.DictReader(p.stdout.splitlines()))
     point = np.array([float(r["point"]) for r in rows])
     iv = {l: (np.array([float(r[f"lo{l}"]) for r in rows]), np.array([float(r[f"hi{l}"]) for r in rows])) for l in LEVELS}
-    # The last stderr line: "model: M, backtest MASE: x, model choice: A ms, fit + forecast: B ms".
+    # The last stderr line: "model: M, backtest MASE: x, model choice: A ms, fit + forecast: B ms, vectors: V".
     # Matched by name: a model's name may hold commas.
     info = p.stderr.strip().splitlines()[-1]
     choose, refit = (float(re.search(rf"{k}: ([\d.]+) ms", info).group(1)) / 1e3 for k in ("model choice", r"fit \+ forecast"))

@@ -146,6 +146,20 @@ impl Model {
     }
 }
 
+/// The instruction set Holt's grid search runs with on this CPU (`Holt::search`). The
+/// first call in a process probes the CPU's features (CPUID, which a hypervisor traps:
+/// about 50 us on the bench machine), later ones read the cached answer.
+pub fn instruction_set() -> &'static str {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    return match pulp::Arch::new() {
+        pulp::Arch::V4(_) => "AVX-512",
+        pulp::Arch::V3(_) => "AVX2",
+        _ => "SSE2",
+    };
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    "the target's baseline"
+}
+
 /// stlrs' MSTL in one pass over the periods (see below), with its loess smoothers
 /// evaluated half as often: the trend and low-pass smoothers at every fifth of their
 /// window (stlrs' default is a tenth) and the seasonal one at every fourth point of a
