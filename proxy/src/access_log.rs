@@ -1,11 +1,13 @@
 //! The JSON access log: each request's line (`Entry`) and the writer. Lines are formatted on the request path and handed to a
 //! dedicated thread, so a slow or blocked stdout never stalls a request. If the writer
 //! falls more than `CAPACITY` lines behind, new lines are dropped and counted
-//! (`presage_access_log_dropped_total`) rather than queued without bound.
+//! (`presage_access_log_dropped_total`) rather than queued without bound. The thread and
+//! its buffer start with the first line: a proxy that never logs has neither.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, StatusCode, Version};
@@ -18,13 +20,23 @@ const CAPACITY: usize = 8192;
 
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    /// The writer's queue once the first line started it; `None` if its thread could not
+    /// be started (every line is then dropped and counted).
+    tx: OnceLock<Option<SyncSender<String>>>,
     dropped: Counter,
 }
 
 impl AccessLog {
-    /// Starts the writer thread; it ends when the `AccessLog` is dropped.
-    pub fn start(dropped: Counter) -> std::io::Result<Self> {
+    pub fn new(dropped: Counter) -> Self {
+        AccessLog {
+            tx: OnceLock::new(),
+            dropped,
+        }
+    }
+
+    /// Starts the writer thread; it ends when the `AccessLog` is dropped. The queue's
+    /// slots are allocated and initialised here (256 KiB), hence not before a line.
+    fn start() -> std::io::Result<SyncSender<String>> {
         let (tx, rx) = sync_channel::<String>(CAPACITY);
         std::thread::Builder::new()
             .name("access-log".into())
@@ -39,12 +51,18 @@ impl AccessLog {
                     let _ = out.flush();
                 }
             })?;
-        Ok(AccessLog { tx, dropped })
+        Ok(tx)
     }
 
-    /// Queues one line; never blocks.
+    /// Queues one line; never blocks (but for starting the writer with the first).
     pub fn write(&self, line: String) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
+        let tx = self.tx.get_or_init(|| {
+            Self::start()
+                .inspect_err(|error| tracing::error!(%error, "cannot start the access log's writer: its lines are dropped"))
+                .ok()
+        });
+        let sent = tx.as_ref().map(|tx| tx.try_send(line));
+        if let None | Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) = sent {
             self.dropped.inc();
         }
     }

@@ -3,8 +3,8 @@
 //! The request path never looks up a label set: each route holds pre-resolved handles
 //! (`RouteStats`) created when the route is built, so recording is an atomic add and one
 //! uncontended lock for the latency histogram. Latencies are recorded with HdrHistogram
-//! (microseconds, 3 significant digits) and exported as a Prometheus histogram plus exact
-//! quantile gauges. Endpoint health is read from the live config at scrape time.
+//! (microseconds, 2 significant digits, as Envoy's histograms keep) and exported as a
+//! Prometheus histogram plus quantile gauges. Endpoint health is read from the live config at scrape time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -375,8 +375,10 @@ impl LatencyCollector {
         let mut s = self.series.lock().expect("latency registry lock poisoned");
         s.entry((route.into(), cluster.into()))
             .or_insert_with(|| {
-                // 1 µs .. 1 h at 3 significant digits: about 30 KiB per series.
-                let h = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                // 1 µs .. 1 h at 2 significant digits (1% resolution): 3,328 counters,
+                // 26 KiB per series, allocated and zeroed when the route is built; 3
+                // digits would take 23,552 (184 KiB) for precision the buckets drop.
+                let h = Histogram::new_with_bounds(1, 3_600_000_000, 2)
                     .expect("static bounds are valid");
                 Arc::new(Mutex::new(h))
             })
@@ -421,7 +423,7 @@ impl Collector for LatencyCollector {
         }
         let mut m = encoder.encode_descriptor(
             "request_duration_quantile_seconds",
-            "Latency quantiles since start (HdrHistogram, 3 significant digits)",
+            "Latency quantiles since start (HdrHistogram, 2 significant digits)",
             None,
             MetricType::Gauge,
         )?;
@@ -446,4 +448,30 @@ pub fn encode(registry: &Registry) -> String {
     prometheus_client::encoding::text::encode(&mut out, registry)
         .expect("writing to a String cannot fail");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latency_series_is_tens_of_kib_at_one_percent_and_shared_by_name() {
+        let c = LatencyCollector::default();
+        let h = c.get("api", "backend");
+        assert!(Arc::ptr_eq(&h, &c.get("api", "backend")));
+        assert!(!Arc::ptr_eq(&h, &c.get("api", "other")));
+        let mut h = h.lock().unwrap();
+        // Each series' counters are zeroed when its route is built: a hundred routes
+        // hold 2.6 MiB of them, not the 18 MiB that 3 digits would.
+        assert!(
+            h.distinct_values() * 8 <= 32 * 1024,
+            "{}",
+            h.distinct_values()
+        );
+        for v in [150, 12_345, 2_500_000, 3_000_000_000] {
+            h.record(v).unwrap();
+            let back = h.highest_equivalent(v) as f64;
+            assert!(back / v as f64 - 1.0 < 0.01, "{v} -> {back}");
+        }
+    }
 }

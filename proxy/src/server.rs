@@ -27,8 +27,6 @@ pub enum ServeError {
     },
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
-    #[error("cannot start: {0}")]
-    Start(std::io::Error),
 }
 
 /// Serves `config` until SIGTERM or SIGINT, then drains. `path` enables hot reload.
@@ -51,7 +49,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     };
     let drain = config.drain_timeout;
     let control_plane = config.control_plane.clone();
-    let shared = Shared::new(config).map_err(ServeError::Start)?;
+    let shared = Shared::new(config);
     let _watcher = path.map(|p| reload::watch(shared.clone(), p)).transpose()?;
     if let Some(spec) = &control_plane {
         if let Some(id) = spec.identity.clone() {

@@ -97,8 +97,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fails only if the access-log thread cannot be started.
-    pub fn new(config: Config) -> std::io::Result<Arc<Shared>> {
+    pub fn new(config: Config) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::new());
         let telemetry = config.control_plane.clone().map(|spec| {
             let node = presage_api::Node {
@@ -122,8 +121,8 @@ impl Shared {
         registry
             .sub_registry_with_prefix("presage")
             .register_collector(Box::new(EndpointHealth(live.clone())));
-        let access_log = AccessLog::start(metrics.access_log_dropped.clone())?;
-        Ok(Arc::new(Shared {
+        let access_log = AccessLog::new(metrics.access_log_dropped.clone());
+        Arc::new(Shared {
             access_log,
             no_route: metrics.route_stats("-", "-"),
             live,
@@ -138,7 +137,7 @@ impl Shared {
             dynamic: Mutex::new(Dynamic::default()),
             xds: XdsStatus::new(),
             telemetry,
-        }))
+        })
     }
 }
 
