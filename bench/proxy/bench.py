@@ -8,7 +8,8 @@ is the median over rounds:
 - max throughput: wrk -t1 -c64 (HTTP/1.1) and h2load -c64 -m10 (h2c), 8 s each;
 - CPU-seconds per 10k requests of the proxy's processes during those runs (from /proc);
 - latency p50/p99/p99.9 at a fixed rate of half nginx's maximum (oha, latency-corrected);
-- peak RSS (VmHWM) of the proxy's processes.
+- RSS of the proxy's processes once warm (one HTTP/1.1 and one h2c request served,
+  before any load: what an idle sidecar holds) and at peak (VmHWM, after every run).
 """
 
 import json
@@ -71,15 +72,22 @@ def cpu_seconds(pids):
     return total / TICK
 
 
-def peak_rss_kib(pids):
+def rss_kib(pids, field="VmHWM"):
     total = 0
     for p in pids:
         try:
-            m = re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{p}/status").read())
+            m = re.search(rf"{field}:\s+(\d+)", open(f"/proc/{p}/status").read())
             total += int(m.group(1)) if m else 0
         except OSError:
             pass
     return total
+
+
+def warm_rss_kib(t):
+    """RSS after one HTTP/1.1 and one h2c request through the target, before any load."""
+    for port, flag in ((t.h1, "--http1.1"), (t.h2, "--http2-prior-knowledge")):
+        subprocess.run(["curl", "-s", "-o", "/dev/null", flag, f"http://127.0.0.1:{port}/"], check=True)
+    return rss_kib(t.pids(), "VmRSS")
 
 
 class Target:
@@ -216,6 +224,7 @@ def main():
     upstream, targets = start_all(tmp)
     res = {}
     try:
+        warm = {t.name: warm_rss_kib(t) / 1024 for t in targets if t.proc}
         for r in range(rounds):
             order = targets[r % len(targets):] + targets[: r % len(targets)]
             for proto in ("h1", "h2"):
@@ -232,7 +241,7 @@ def main():
                     for k, v in zip(("p50", "p99", "p999"), lat):
                         res.setdefault((t.name, proto, k), []).append(v)
                     print(f"round {r + 1} {proto} {t.name:8} @{rate:.0f}/s  p50 {lat[0]:.3f} ms  p99 {lat[1]:.3f}  p99.9 {lat[2]:.3f}", flush=True)
-        rss = {t.name: peak_rss_kib(t.pids()) / 1024 for t in targets if t.proc}
+        rss = {t.name: (warm[t.name], rss_kib(t.pids()) / 1024) for t in targets if t.proc}
     finally:
         for t in targets:
             t.stop()
@@ -243,7 +252,7 @@ def main():
 def report(res, rss, rounds):
     m = lambda n, p, k: median(res.get((n, p, k), []))
     print(f"\nMedians over {rounds} round(s); 1 worker each; loadgen on CPU {LOADGEN_CPU}, proxy+upstream on CPU {SERVER_CPU}.\n")
-    print("| proto | target | max req/s | CPU-s/10k req | p50 ms | p99 ms | p99.9 ms | added p50 ms | peak RSS MiB | errors |")
+    print("| proto | target | max req/s | CPU-s/10k req | p50 ms | p99 ms | p99.9 ms | added p50 ms | RSS MiB warm / peak | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for proto in ("h1", "h2"):
         direct = m("direct", proto, "p50")
@@ -253,7 +262,7 @@ def report(res, rss, rounds):
             cpu = m(n, proto, "cpu")
             added = m(n, proto, "p50") - direct if n != "direct" else 0.0
             print(f"| {proto} | {n} | {m(n, proto, 'rps'):.0f} | {'-' if cpu is None else f'{cpu:.3f}'} | {m(n, proto, 'p50'):.3f} | "
-                  f"{m(n, proto, 'p99'):.3f} | {m(n, proto, 'p999'):.3f} | {added:+.3f} | {rss.get(n, 0):.1f} | {sum(res[(n, proto, 'err')])} |")
+                  f"{m(n, proto, 'p99'):.3f} | {m(n, proto, 'p999'):.3f} | {added:+.3f} | {'%.1f / %.1f' % rss[n] if n in rss else '-'} | {sum(res[(n, proto, 'err')])} |")
     print("\nPresage's ratios (throughput: higher is better; CPU and added latency: lower is better):\n")
     print("| proto | vs | throughput | CPU per request | added p50 |")
     print("|---|---|---|---|---|")
