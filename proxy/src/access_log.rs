@@ -58,7 +58,9 @@ impl AccessLog {
     pub fn write(&self, line: String) {
         let tx = self.tx.get_or_init(|| {
             Self::start()
-                .inspect_err(|error| tracing::error!(%error, "cannot start the access log's writer: its lines are dropped"))
+                .inspect_err(|error| {
+                    tracing::error!(%error, "cannot start the access log's writer: lines are dropped")
+                })
                 .ok()
         });
         let sent = tx.as_ref().map(|tx| tx.try_send(line));

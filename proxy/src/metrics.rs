@@ -4,7 +4,8 @@
 //! (`RouteStats`) created when the route is built, so recording is an atomic add and one
 //! uncontended lock for the latency histogram. Latencies are recorded with HdrHistogram
 //! (microseconds, 2 significant digits, as Envoy's histograms keep) and exported as a
-//! Prometheus histogram plus quantile gauges. Endpoint health is read from the live config at scrape time.
+//! Prometheus histogram plus quantile gauges. Endpoint health is read from the live
+//! config at scrape time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
