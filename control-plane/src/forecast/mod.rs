@@ -364,7 +364,7 @@ pub fn backtest(
         } else {
             row = errors.map(f64::abs).sum();
         }
-        let w = weights.get(o - first).copied().unwrap_or(1.0);
+        let w = weights[o - first];
         sum += w * row;
         total += w * h as f64;
         plain += row;
