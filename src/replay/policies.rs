@@ -4,12 +4,14 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use presage_control_plane::planner::{Decision, Planner, PlannerConfig, OBSERVED_WINDOW};
+use presage_control_plane::planner::{
+    Decision, Planner, PlannerConfig, BURST_WINDOW, OBSERVED_WINDOW,
+};
 
 use super::sim::{Observed, Policy};
 
 /// Presage: the control plane's planner, every 5 s, on the trace's complete steps and the
-/// rate of its observed window (the live control plane's).
+/// higher of the rates of its observed and burst windows (as the live control plane).
 pub struct Presage {
     planner: Planner,
     pub decisions: Vec<(u64, Decision)>,
@@ -51,7 +53,8 @@ impl Policy for Presage {
         let d = self.planner.decide(
             o.now as f64,
             o.steps,
-            o.mean_rate(OBSERVED_WINDOW.as_secs()),
+            o.mean_rate(OBSERVED_WINDOW.as_secs())
+                .max(o.mean_rate(BURST_WINDOW.as_secs())),
         );
         let target = d.target;
         self.last_upper_rps = d.forecast_upper_rps;
@@ -199,5 +202,25 @@ impl Policy for Oracle {
             .copied()
             .max()
             .unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::sim;
+
+    #[test]
+    fn the_floor_meets_a_jump_one_control_interval_after_it_starts() {
+        // Minute steps: 10 req/s, then 100; instances of 10 req/s. Two steps are too
+        // little history to forecast, so only the reactive floor decides. At 65 s the
+        // last 15 s held 10 s at 10 req/s and 5 s at 100 (a mean of 40: 4 instances);
+        // the burst window's 5 s all ran at 100.
+        let mut p = Presage::new(10.0, 30, 60, 95.0, 1.0, 15);
+        let out = sim::run(&[600.0, 6000.0], 60, 10.0, 30, &mut p);
+        // One instance until the jump (the service starts with what its first step
+        // needs), ten from the first decision that saw it: not 4, 7, then 10.
+        assert_eq!(out.schedule, vec![(65, 10)]);
+        assert!(p.decisions.iter().all(|(_, d)| d.predictive.is_none()));
     }
 }

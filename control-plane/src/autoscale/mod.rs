@@ -44,8 +44,10 @@ use crate::store::Store;
 
 /// An actuator's call may take at least this long (or one interval, if longer).
 const ACTUATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-/// The observed rate is averaged over this many closed seconds (the planner's window).
+/// The observed rate is averaged over this many closed seconds (the planner's window),
+/// and over the newest `BURST_WINDOW_S` of them for the floor's quick scale-up.
 const OBSERVED_WINDOW_S: i64 = crate::planner::OBSERVED_WINDOW.as_secs() as i64;
+const BURST_WINDOW_S: i64 = crate::planner::BURST_WINDOW.as_secs() as i64;
 
 /// One scaling decision that changed a service's target, and why.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -347,18 +349,42 @@ pub async fn run(
     }
 }
 
-/// Requests and the highest p99 latency of the last `OBSERVED_WINDOW_S` closed seconds.
-fn observed(load: &Load, service: &str, now_s: i64) -> (f64, f64) {
+/// What the last closed seconds held for one service.
+struct Observed {
+    /// Mean requests/s of the last `OBSERVED_WINDOW_S` closed seconds.
+    rps: f64,
+    /// Mean requests/s of the newest `BURST_WINDOW_S` of them.
+    burst_rps: f64,
+    /// The highest p99 latency of the `OBSERVED_WINDOW_S` seconds (ms).
+    p99_ms: f64,
+}
+
+impl Observed {
+    /// The rate the reactive floor sizes for (and negotiation takes as flowing): the
+    /// higher of the two windows' means, so that a jump is met one interval after it.
+    fn floor_rps(&self) -> f64 {
+        self.rps.max(self.burst_rps)
+    }
+}
+
+fn observed(load: &Load, service: &str, now_s: i64) -> Observed {
     let end = now_s - crate::load::GRACE_SECONDS;
-    let start = end - OBSERVED_WINDOW_S;
-    let (requests, p99) = load.with(service, now_s, |h| {
-        h.map_or((0, 0.0), |h| {
+    let (start, burst) = (end - OBSERVED_WINDOW_S, end - BURST_WINDOW_S);
+    let (requests, newest, p99_ms) = load.with(service, now_s, |h| {
+        h.map_or((0, 0, 0.0), |h| {
             h.seconds()
                 .filter(|p| p.unix_s >= start && p.unix_s < end)
-                .fold((0, 0.0f64), |(r, l), p| (r + p.requests, l.max(p.p99_ms)))
+                .fold((0, 0, 0.0f64), |(r, b, l), p| {
+                    let in_burst = if p.unix_s >= burst { p.requests } else { 0 };
+                    (r + p.requests, b + in_burst, l.max(p.p99_ms))
+                })
         })
     });
-    (requests as f64 / OBSERVED_WINDOW_S as f64, p99)
+    Observed {
+        rps: requests as f64 / OBSERVED_WINDOW_S as f64,
+        burst_rps: newest as f64 / BURST_WINDOW_S as f64,
+        p99_ms,
+    }
 }
 
 /// One service's decision before it is applied.
@@ -391,7 +417,8 @@ fn plan(
     let snap = inputs.resources.snapshot();
     let active = peak::active_qos(&snap, &inputs.sla, &service, now_s);
     let mut adjustments = Vec::new();
-    let (rps, p99) = observed(&inputs.load, &service, now_s);
+    let seen = observed(&inputs.load, &service, now_s);
+    let (rps, p99) = (seen.rps, seen.p99_ms);
     if s.cfg.learn_capacity.unwrap_or(true) && status.ready > 0 {
         if let Some(target) = active.latency_target_ms {
             let per = rps / f64::from(status.ready);
@@ -411,7 +438,8 @@ fn plan(
     } else {
         None
     };
-    let decision = s.planner.decide_with(now_s as f64, peak, rps);
+    // Capacity is learned from the longer window (its p99 is that window's).
+    let decision = s.planner.decide_with(now_s as f64, peak, seen.floor_rps());
     let current = s.target.unwrap_or(status.ready + status.starting);
     let policy = shared
         .policy(&service)

@@ -324,7 +324,12 @@ pub(super) async fn run(
         .collect();
     let mut own: BTreeMap<String, f64> = names
         .iter()
-        .map(|n| (n.to_string(), super::observed(&inputs.load, n, now_s).0))
+        .map(|n| {
+            (
+                n.to_string(),
+                super::observed(&inputs.load, n, now_s).floor_rps(),
+            )
+        })
         .collect();
     let mut capacity = BTreeMap::new();
     for (s, p) in scaled.iter().zip(planned.iter()) {
