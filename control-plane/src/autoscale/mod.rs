@@ -723,3 +723,36 @@ pub fn reason(d: &Decision, capacity_rps: f64) -> String {
     }
     parts.join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_takes_the_burst_window_when_the_rate_jumps_and_the_longer_one_when_it_falls() {
+        let load = Load::default();
+        let second = |unix_s: i64, requests: u64| presage_api::LoadReport {
+            unix_ms: unix_s * 1000,
+            services: vec![presage_api::ServiceLoad {
+                service: "web".into(),
+                requests,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // Seconds 100..110 at 10 req/s, 110..115 at 100, then 115..130 at 10.
+        for s in 100..130 {
+            let n = if (110..115).contains(&s) { 100 } else { 10 };
+            load.ingest(&second(s, n));
+        }
+        // Closed up to 115 (the grace): the last 15 s mean 40 req/s, the last 5 s 100.
+        let jump = observed(&load, "web", 115 + crate::load::GRACE_SECONDS);
+        assert_eq!((jump.rps, jump.burst_rps), (40.0, 100.0));
+        assert_eq!(jump.floor_rps(), 100.0);
+        // Ten seconds after the fall the burst window is back at 10; the 15 s window
+        // still holds the jump, and the floor keeps it.
+        let fell = observed(&load, "web", 125 + crate::load::GRACE_SECONDS);
+        assert_eq!((fell.rps, fell.burst_rps), (40.0, 10.0));
+        assert_eq!(fell.floor_rps(), 40.0);
+    }
+}
