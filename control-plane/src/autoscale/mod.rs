@@ -378,6 +378,8 @@ fn plan(
     let active = peak::active_qos(&snap, &inputs.sla, &service, now_s);
     let mut adjustments = Vec::new();
     let seen = observed(&inputs.load, &service, now_s);
+    // Capacity is learned from the longer window (its p99 is that window's); the floor
+    // also takes the burst window (`Observed::floor_rps`).
     let (rps, p99) = (seen.rps, seen.p99_ms);
     if s.cfg.learn_capacity.unwrap_or(true) && status.ready > 0 {
         if let Some(target) = active.latency_target_ms {
@@ -398,7 +400,6 @@ fn plan(
     } else {
         None
     };
-    // Capacity is learned from the longer window (its p99 is that window's).
     let decision = s.planner.decide_with(now_s as f64, peak, seen.floor_rps());
     let current = s.target.unwrap_or(status.ready + status.starting);
     let policy = shared

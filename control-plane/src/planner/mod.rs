@@ -8,8 +8,8 @@
 //!           ─▶ forecast from now to one cold start + one interval ahead, at the
 //!              interval level the service's highest active tier asks for
 //!           ─▶ predictive need = peak upper bound / per-instance capacity
-//!   recent rate ─▶ reactive floor = rate / (capacity × floor utilisation), the rate
-//!              the higher of the last 15 s's and the last 5 s's means
+//!   recent rate ─▶ reactive floor = rate / (capacity × floor utilisation), where the
+//!              rate is the higher of the last 15 s's and the last 5 s's means
 //!   target = max(predictive, floor) within [min, max]; a lower target waits until it
 //!            has held for `scale_down_delay` (no flapping on a forecast's wiggles)
 //! ```
@@ -131,7 +131,7 @@ const REFIT_S: u64 = 900;
 pub const OBSERVED_WINDOW: Duration = Duration::from_secs(15);
 /// The floor sizes for the mean of this much closed time instead when it is higher: a
 /// jump is met one control interval after it starts, not once the longer window has
-/// filled with it, which is a tenth of a 2-minute cold start saved on every jump
+/// filled with it: 10 s, a twelfth of a 2-minute cold start, saved on every jump
 /// (Knative's 6 s panic window is there for the same reason). A falling rate still
 /// takes the longer window, and then the scale-down delay.
 pub const BURST_WINDOW: Duration = Duration::from_secs(5);
