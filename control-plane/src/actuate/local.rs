@@ -5,7 +5,7 @@
 //! interceptor reads.
 //!
 //! ```text
-//!  scale(n) ─▶ launch: free port ─▶ spawn ─▶ cgroup limits ─▶ probe until ready
+//!  scale(n) ─▶ launch: port (ports.rs) ─▶ spawn ─▶ cgroup limits ─▶ probe until ready
 //!                                                 └─▶ registered ─▶ endpoints pushed
 //!          ─▶ retire: deregistered ─▶ drain ─▶ SIGTERM ─▶ (stop timeout) SIGKILL
 //! ```
@@ -25,6 +25,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cgroup::{Group, Limits};
+use super::ports;
 use super::{ActuateError, Actuator, BoxFuture, Status, TierResources, Want};
 use crate::config::humantime_opt;
 use crate::discovery::record::Record;
@@ -425,14 +426,6 @@ fn setpriv() -> Option<String> {
         .clone()
 }
 
-/// A port free right now on `host`.
-fn free_port(host: IpAddr) -> Result<u16, ActuateError> {
-    std::net::TcpListener::bind((host, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| ActuateError::Failed(format!("no free port on {host}: {e}")))
-}
-
 impl Actuator for Local {
     fn kind(&self) -> &'static str {
         "local"
@@ -473,13 +466,17 @@ impl Actuator for Local {
                     }
                     for _ in n..target {
                         // No port: launch what has one; the next decision tries again.
-                        let port = match free_port(inner.host()) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
-                        };
+                        let host = inner.host();
+                        let port =
+                            match ports::pick(host, |p| st.slots.values().any(|s| s.port == p)) {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    failed = Some(ActuateError::Failed(format!(
+                                        "no free port on {host}: {e}"
+                                    )));
+                                    break;
+                                }
+                            };
                         let index = st.next;
                         st.next += 1;
                         let (tx, rx) = oneshot::channel();

@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod kubernetes;
 pub mod local;
+mod ports;
 pub mod usage;
 
 use std::future::Future;
