@@ -103,15 +103,13 @@ async fn one_line_reverse_proxy() {
 
 #[tokio::test]
 async fn up_runs_the_mesh_and_answers_through_the_proxy() {
-    // Free ports for the sample services (bound and released; the test owns them).
+    // Free ports for the sample services (the test owns them).
     let mut ports = Vec::new();
-    for _ in 0..2 {
-        ports.push(
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap(),
-        );
+    while ports.len() < 2 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], unused_port()));
+        if !ports.contains(&addr) {
+            ports.push(addr);
+        }
     }
     let dir = TempDir::new();
     let path = dir.0.join("demo.yaml");

@@ -454,10 +454,7 @@ async fn endpoint_health_combines_the_registry_with_the_proxies_ejections() {
 #[tokio::test]
 async fn ready_waits_for_the_first_resources_from_the_control_plane() {
     // Nothing listens here: the proxy cannot sync, so it must not claim to be ready.
-    let unused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], unused_port()));
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: http://{unused}\n  initial_fetch_timeout: 60s\n"
     )))

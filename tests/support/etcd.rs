@@ -15,18 +15,13 @@ pub struct Etcd {
     _dir: TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Etcd {
     pub async fn start() -> Etcd {
         let dir = TempDir::new();
-        let (client, peer) = (free_port(), free_port());
+        let client = super::unused_port();
+        let peer = std::iter::repeat_with(super::unused_port)
+            .find(|p| *p != client)
+            .unwrap();
         let curl = format!("http://127.0.0.1:{client}");
         let purl = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")

@@ -41,6 +41,22 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A loopback port nothing listens on, for a server the test starts itself. Taken
+/// from 20000-29999, under the kernel's ephemeral range (32768-60999), so that no
+/// other test's `bind(0)` or outgoing connection can take it before the server binds
+/// it (the readiness wait would then find the wrong server, or the server fail).
+pub fn unused_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20000 + (h.finish() % 10000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 // === temp dirs ===
 
 pub struct TempDir(pub PathBuf);
