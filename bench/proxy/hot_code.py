@@ -1,0 +1,197 @@
+"""Writes link/hot.order: the functions a proxy executes to start and serve its first
+HTTP/1.1 and h2c requests, which the release link places together at the front of the
+binary's text (lld's --symbol-ordering-file; see build.rs and link/cc-ordered).
+
+Why: the binary holds the control plane too (22 MiB of code), and the kernel maps code
+64 KiB at a time around each page executed (fault-around) and reads ahead around each
+miss. The ~3 MiB a proxy runs is spread over the whole text, so an idle proxy held 8.7 to
+9.5 MiB of code pages; packed together they are about the size of what runs.
+
+How: with read-ahead off for the binary's disk and its pages evicted from the page cache,
+a fault reads and maps only pages executed (plus already-cached neighbours, which are
+themselves executed ones), so the text pages present in /proc/PID/pagemap of a warm
+proxy are the pages it ran. Their functions (from `nm`) are written in address order,
+the one-line proxy's first, then what the config-file proxy adds. ThinLTO's
+`NAME.llvm.<hash>` names change between builds: they are written `NAME.llvm.*`, which
+link/cc-ordered expands to the current build's at link time.
+
+usage (root: it sets the disk's read_ahead_kb and restores it):
+    cargo build --release --bin presage && python3 bench/proxy/hot_code.py [BINARY]
+Then rebuild; bench/proxy/bench.py shows the warm RSS.
+"""
+
+import bisect
+import http.server
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OUT = os.path.join(ROOT, "link", "hot.order")
+PAGE = 4096
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def read_ahead_file(path):
+    """The sysfs read_ahead_kb of the disk `path` is on (a partition's is its disk's)."""
+    dev = os.stat(path).st_dev
+    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for q in (f"{base}/queue/read_ahead_kb", f"{base}/../queue/read_ahead_kb"):
+        if os.path.exists(q):
+            return q
+    sys.exit(f"no read_ahead_kb for the disk of {path} (overlay or tmpfs?): run on a real disk")
+
+
+def evict(path):
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+
+
+def text_pages(pid, exe):
+    """File offsets of the executable mapping's pages present in `pid`."""
+    out = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pm:
+        for line in maps:
+            f = line.split()
+            if len(f) < 6 or f[5] != exe or f[1] != "r-xp":
+                continue
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            pm.seek(lo // PAGE * 8)
+            data = pm.read((hi - lo) // PAGE * 8)
+            for i in range(len(data) // 8):
+                if struct.unpack_from("<Q", data, i * 8)[0] >> 63:
+                    out.add(int(f[2], 16) + i * PAGE)
+    return out
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def run(exe, args, ports):
+    """Pages executed by a proxy started with `args` that serves one HTTP/1.1 and one
+    h2c request on each of `ports`."""
+    evict(exe)
+    proc = subprocess.Popen([exe] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for port in ports:
+            wait_port(port)
+            for flag in ("--http1.1", "--http2-prior-knowledge"):
+                url = f"http://127.0.0.1:{port}/"
+                subprocess.run(["curl", "-sf", "-o", "/dev/null", flag, url], check=True)
+        time.sleep(0.2)
+        return text_pages(proc.pid, exe)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def functions(exe):
+    """(start, size, name) of the binary's functions, by address; and the executable
+    segment's (file offset, address)."""
+    syms = []
+    nm = subprocess.run(["nm", "-S", "--defined-only", exe], capture_output=True, text=True, check=True)
+    for line in nm.stdout.splitlines():
+        f = line.split()
+        if len(f) == 4 and f[2] in "tTwW":
+            syms.append((int(f[0], 16), int(f[1], 16), f[3]))
+    syms.sort()
+    elf = subprocess.run(["readelf", "-lW", exe], capture_output=True, text=True, check=True)
+    seg = next(l.split() for l in elf.stdout.splitlines() if l.split()[:1] == ["LOAD"] and " R E " in l)
+    return syms, (int(seg[1], 16), int(seg[2], 16))
+
+
+def names_on(pages, syms, seg):
+    starts = [s[0] for s in syms]
+    off0, addr0 = seg
+    found = {}
+    for off in pages:
+        lo = off - (off0 & ~(PAGE - 1)) + (addr0 & ~(PAGE - 1))
+        i = max(bisect.bisect_right(starts, lo) - 1, 0)
+        while i < len(syms) and syms[i][0] < lo + PAGE:
+            a, size, name = syms[i]
+            if a + max(size, 1) > lo:
+                found[name] = a
+            i += 1
+    return sorted(found, key=found.get)
+
+
+def main():
+    exe = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/presage"))
+    if os.geteuid() != 0:
+        sys.exit("needs root: it turns the disk's read-ahead off while it measures")
+    up = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=up.serve_forever, daemon=True).start()
+    upstream = f"127.0.0.1:{up.server_address[1]}"
+    ra = read_ahead_file(exe)
+    saved = open(ra).read().strip()
+    try:
+        open(ra, "w").write("0")
+        p = free_port()
+        one_line = run(exe, ["proxy", "--listen", f"127.0.0.1:{p}", "--to", f"http://{upstream}"], [p])
+        p1, p2 = free_port(), free_port()
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as cfg:
+            cfg.write(f"""listeners:
+  - {{ name: h1, address: "127.0.0.1:{p1}" }}
+  - {{ name: h2, address: "127.0.0.1:{p2}" }}
+runtime: {{ workers: 1 }}
+routes: [{{ cluster: up }}]
+clusters: [{{ name: up, endpoints: [{{ address: "{upstream}" }}] }}]
+""")
+            cfg.flush()
+            config = run(exe, ["proxy", "--config", cfg.name], [p1, p2])
+    finally:
+        open(ra, "w").write(saved)
+        up.shutdown()
+    syms, seg = functions(exe)
+    first = names_on(one_line, syms, seg)
+    seen = set(first)
+    more = [n for n in names_on(config - one_line, syms, seg) if n not in seen]
+    # ThinLTO's NAME.llvm.HASH differs from build to build: link/cc-ordered expands
+    # NAME.llvm.* to the build's own.
+    names = list(dict.fromkeys(re.sub(r"\.llvm\.\d+$", ".llvm.*", n) for n in first + more))
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    listed = set(names)
+    size = sum(s for _, s, n in syms if n in listed)
+    print(f"{len(one_line)} + {len(config - one_line)} pages executed; {len(names)} functions, "
+          f"{size / 1048576:.2f} MiB, written to {os.path.relpath(OUT, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
