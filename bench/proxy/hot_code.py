@@ -11,7 +11,8 @@ How: with read-ahead off for the binary's disk and its pages evicted from the pa
 a fault reads and maps only pages executed (plus already-cached neighbours, which are
 themselves executed ones), so the text pages present in /proc/PID/pagemap of a warm
 proxy are the pages it ran. Their functions (from `nm`) are written in address order,
-the one-line proxy's first, then what the config-file proxy adds. ThinLTO's
+the one-line proxy's first, then what the config-file proxy adds, then what a sidecar
+(the same proxy connected to a control plane) adds. ThinLTO's
 `NAME.llvm.<hash>` names change between builds: they are written `NAME.llvm.*`, which
 link/cc-ordered expands to the current build's at link time.
 
@@ -27,6 +28,7 @@ import bisect
 import http.server
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -87,9 +89,9 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def run(exe, args, ports):
+def run(exe, args, ports, settle=0.2):
     """Pages executed by a proxy started with `args` that serves one HTTP/1.1 and one
-    h2c request on each of `ports`."""
+    h2c request on each of `ports`, `settle` seconds after the last."""
     evict(exe)
     proc = subprocess.Popen([exe] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -98,7 +100,7 @@ def run(exe, args, ports):
             for flag in ("--http1.1", "--http2-prior-knowledge"):
                 url = f"http://127.0.0.1:{port}/"
                 subprocess.run(["curl", "-sf", "-o", "/dev/null", flag, url], check=True)
-        time.sleep(0.2)
+        time.sleep(settle)
         return text_pages(proc.pid, exe)
     finally:
         proc.terminate()
@@ -144,38 +146,58 @@ def main():
     upstream = f"127.0.0.1:{up.server_address[1]}"
     ra = read_ahead_file(exe)
     saved = open(ra).read().strip()
+    stages = []
     try:
         open(ra, "w").write("0")
         p = free_port()
-        one_line = run(exe, ["proxy", "--listen", f"127.0.0.1:{p}", "--to", f"http://{upstream}"], [p])
+        stages.append(("one-line proxy", run(exe, ["proxy", "--listen", f"127.0.0.1:{p}", "--to", f"http://{upstream}"], [p])))
         p1, p2 = free_port(), free_port()
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as cfg:
-            cfg.write(f"""listeners:
+        config = f"""listeners:
   - {{ name: h1, address: "127.0.0.1:{p1}" }}
   - {{ name: h2, address: "127.0.0.1:{p2}" }}
 runtime: {{ workers: 1 }}
 routes: [{{ cluster: up }}]
 clusters: [{{ name: up, endpoints: [{{ address: "{upstream}" }}] }}]
-""")
-            cfg.flush()
-            config = run(exe, ["proxy", "--config", cfg.name], [p1, p2])
+"""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "proxy.yaml")
+            open(path, "w").write(config)
+            stages.append(("config file", run(exe, ["proxy", "--config", path], [p1, p2])))
+            # A sidecar: the same proxy with a control plane's streams and load reports.
+            # The control plane runs from a copy of the binary, so that the pages it
+            # reads are not in the proxy's page cache.
+            cp_exe = os.path.join(tmp, "presage-control-plane")
+            shutil.copy(exe, cp_exe)
+            grpc = free_port()
+            cp = subprocess.Popen([cp_exe, "control-plane", "--grpc", f"127.0.0.1:{grpc}", "--api", f"127.0.0.1:{free_port()}",
+                                   "--store", os.path.join(tmp, "cp.redb")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_port(grpc)
+                open(path, "w").write(config + f"control_plane: {{ address: \"http://127.0.0.1:{grpc}\", node_id: hot-code, report_interval: 100ms }}\n")
+                stages.append(("sidecar", run(exe, ["proxy", "--config", path], [p1, p2], settle=0.5)))
+            finally:
+                cp.terminate()
+                cp.wait()
     finally:
         open(ra, "w").write(saved)
         up.shutdown()
     syms, seg = functions(exe)
-    first = names_on(one_line, syms, seg)
-    seen = set(first)
-    more = [n for n in names_on(config - one_line, syms, seg) if n not in seen]
+    # Each stage's functions after the earlier stages': the common path stays packed.
     # ThinLTO's NAME.llvm.HASH differs from build to build: link/cc-ordered expands
     # NAME.llvm.* to the build's own.
-    names = list(dict.fromkeys(re.sub(r"\.llvm\.\d+$", ".llvm.*", n) for n in first + more))
+    names, seen, report = [], set(), []
+    for label, pages in stages:
+        new = [re.sub(r"\.llvm\.\d+$", ".llvm.*", n) for n in names_on(pages, syms, seg)]
+        new = [n for n in dict.fromkeys(new) if n not in seen]
+        seen.update(new)
+        names += new
+        report.append(f"{label}: {len(pages)} pages, +{len(new)} functions")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         f.write("".join(n + "\n" for n in names))
-    listed = set(names)
-    size = sum(s for _, s, n in syms if n in listed)
-    print(f"{len(one_line)} + {len(config - one_line)} pages executed; {len(names)} functions, "
-          f"{size / 1048576:.2f} MiB, written to {os.path.relpath(OUT, ROOT)}")
+    size = sum(s for _, s, n in syms if re.sub(r"\.llvm\.\d+$", ".llvm.*", n) in seen)
+    print("; ".join(report))
+    print(f"{len(names)} functions, {size / 1048576:.2f} MiB, written to {os.path.relpath(OUT, ROOT)}")
 
 
 if __name__ == "__main__":
