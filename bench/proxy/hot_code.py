@@ -89,9 +89,10 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def run(exe, args, ports, settle=0.2):
-    """Pages executed by a proxy started with `args` that serves one HTTP/1.1 and one
-    h2c request on each of `ports`, `settle` seconds after the last."""
+def run(exe, args, ports, settle=0.2, read=text_pages):
+    """`read(pid, exe)` (by default the pages executed) of a proxy started with `args`,
+    its binary evicted from the page cache first, once it has served one HTTP/1.1 and
+    one h2c request on each of `ports` and `settle` seconds more."""
     evict(exe)
     proc = subprocess.Popen([exe] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -101,7 +102,7 @@ def run(exe, args, ports, settle=0.2):
                 url = f"http://127.0.0.1:{port}/"
                 subprocess.run(["curl", "-sf", "-o", "/dev/null", flag, url], check=True)
         time.sleep(settle)
-        return text_pages(proc.pid, exe)
+        return read(proc.pid, exe)
     finally:
         proc.terminate()
         proc.wait()
@@ -137,50 +138,60 @@ def names_on(pages, syms, seg):
     return sorted(found, key=found.get)
 
 
-def main():
-    exe = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/presage"))
-    if os.geteuid() != 0:
-        sys.exit("needs root: it turns the disk's read-ahead off while it measures")
+def upstream():
+    """A plain HTTP/1.1 upstream in this process (not the presage binary: its pages
+    would be the proxy's); its `host:port`."""
     up = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=up.serve_forever, daemon=True).start()
-    upstream = f"127.0.0.1:{up.server_address[1]}"
-    ra = read_ahead_file(exe)
-    saved = open(ra).read().strip()
-    stages = []
-    try:
-        open(ra, "w").write("0")
-        p = free_port()
-        stages.append(("one-line proxy", run(exe, ["proxy", "--listen", f"127.0.0.1:{p}", "--to", f"http://{upstream}"], [p])))
-        p1, p2 = free_port(), free_port()
-        config = f"""listeners:
+    return f"127.0.0.1:{up.server_address[1]}"
+
+
+def modes(exe, upstream, tmp):
+    """`(label, args, ports, settle)` of each way a proxy runs: one-line, from a config
+    file with an HTTP/1.1 and an h2c listener, and as a sidecar (the same config with a
+    control plane's streams and load reports). The control plane runs from a copy of
+    the binary, so that the pages it reads are not in the proxy's page cache."""
+    p = free_port()
+    yield "one-line proxy", ["proxy", "--listen", f"127.0.0.1:{p}", "--to", f"http://{upstream}"], [p], 0.2
+    p1, p2 = free_port(), free_port()
+    config = f"""listeners:
   - {{ name: h1, address: "127.0.0.1:{p1}" }}
   - {{ name: h2, address: "127.0.0.1:{p2}" }}
 runtime: {{ workers: 1 }}
 routes: [{{ cluster: up }}]
 clusters: [{{ name: up, endpoints: [{{ address: "{upstream}" }}] }}]
 """
+    path = os.path.join(tmp, "proxy.yaml")
+    open(path, "w").write(config)
+    yield "config file", ["proxy", "--config", path], [p1, p2], 0.2
+    cp_exe = os.path.join(tmp, "presage-control-plane")
+    shutil.copy(exe, cp_exe)
+    grpc = free_port()
+    cp = subprocess.Popen([cp_exe, "control-plane", "--grpc", f"127.0.0.1:{grpc}", "--api", f"127.0.0.1:{free_port()}",
+                           "--store", os.path.join(tmp, "cp.redb")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(grpc)
+        open(path, "w").write(config + f"control_plane: {{ address: \"http://127.0.0.1:{grpc}\", node_id: proxy-1, report_interval: 100ms }}\n")
+        yield "sidecar", ["proxy", "--config", path], [p1, p2], 0.5
+    finally:
+        cp.terminate()
+        cp.wait()
+
+
+def main():
+    exe = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/presage"))
+    if os.geteuid() != 0:
+        sys.exit("needs root: it turns the disk's read-ahead off while it measures")
+    ra = read_ahead_file(exe)
+    saved = open(ra).read().strip()
+    stages = []
+    try:
+        open(ra, "w").write("0")
         with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "proxy.yaml")
-            open(path, "w").write(config)
-            stages.append(("config file", run(exe, ["proxy", "--config", path], [p1, p2])))
-            # A sidecar: the same proxy with a control plane's streams and load reports.
-            # The control plane runs from a copy of the binary, so that the pages it
-            # reads are not in the proxy's page cache.
-            cp_exe = os.path.join(tmp, "presage-control-plane")
-            shutil.copy(exe, cp_exe)
-            grpc = free_port()
-            cp = subprocess.Popen([cp_exe, "control-plane", "--grpc", f"127.0.0.1:{grpc}", "--api", f"127.0.0.1:{free_port()}",
-                                   "--store", os.path.join(tmp, "cp.redb")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                wait_port(grpc)
-                open(path, "w").write(config + f"control_plane: {{ address: \"http://127.0.0.1:{grpc}\", node_id: hot-code, report_interval: 100ms }}\n")
-                stages.append(("sidecar", run(exe, ["proxy", "--config", path], [p1, p2], settle=0.5)))
-            finally:
-                cp.terminate()
-                cp.wait()
+            for label, args, ports, settle in modes(exe, upstream(), tmp):
+                stages.append((label, run(exe, args, ports, settle)))
     finally:
         open(ra, "w").write(saved)
-        up.shutdown()
     syms, seg = functions(exe)
     # Each stage's functions after the earlier stages': the common path stays packed.
     # ThinLTO's NAME.llvm.HASH differs from build to build: link/cc-ordered expands
