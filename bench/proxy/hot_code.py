@@ -12,7 +12,7 @@ a fault reads and maps only pages executed (plus already-cached neighbours, whic
 themselves executed ones), so the text pages present in /proc/PID/pagemap of a warm
 proxy are the pages it ran. Their functions (from `nm`) are written in address order,
 the one-line proxy's first, then what the config-file proxy adds, then what a sidecar
-(the same proxy connected to a control plane) adds. ThinLTO's
+(the same proxy connected to a control plane) adds, then what TLS termination adds. ThinLTO's
 `NAME.llvm.<hash>` names change between builds: they are written `NAME.llvm.*`, which
 link/cc-ordered expands to the current build's at link time.
 
@@ -89,18 +89,19 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def run(exe, args, ports, settle=0.2, read=text_pages):
+def run(exe, args, urls, settle=0.2, read=text_pages):
     """`read(pid, exe)` (by default the pages executed) of a proxy started with `args`,
     its binary evicted from the page cache first, once it has served one HTTP/1.1 and
-    one h2c request on each of `ports` and `settle` seconds more."""
+    one HTTP/2 request on each of `urls` (`http://` h2c, `https://` ALPN h2) and
+    `settle` seconds more."""
     evict(exe)
     proc = subprocess.Popen([exe] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for port in ports:
-            wait_port(port)
-            for flag in ("--http1.1", "--http2-prior-knowledge"):
-                url = f"http://127.0.0.1:{port}/"
-                subprocess.run(["curl", "-sf", "-o", "/dev/null", flag, url], check=True)
+        for url in urls:
+            wait_port(int(url.rsplit(":", 1)[1].rstrip("/")))
+            h2 = "--http2" if url.startswith("https") else "--http2-prior-knowledge"
+            for flag in ("--http1.1", h2):
+                subprocess.run(["curl", "-sfk", "-o", "/dev/null", flag, url], check=True)
         time.sleep(settle)
         return read(proc.pid, exe)
     finally:
@@ -147,13 +148,15 @@ def upstream():
 
 
 def modes(exe, upstream, tmp):
-    """`(label, args, ports, settle)` of each way a proxy runs: one-line, from a config
-    file with an HTTP/1.1 and an h2c listener, and as a sidecar (the same config with a
-    control plane's streams and load reports). The control plane runs from a copy of
-    the binary, so that the pages it reads are not in the proxy's page cache."""
+    """`(label, args, urls, settle)` of each way a proxy runs: one-line, from a config
+    file with an HTTP/1.1 and an h2c listener, as a sidecar (the same config with a
+    control plane's streams and load reports), and terminating TLS. The control plane
+    runs from a copy of the binary, so that the pages it reads are not in the proxy's
+    page cache."""
     p = free_port()
-    yield "one-line proxy", ["proxy", "--listen", f"127.0.0.1:{p}", "--to", f"http://{upstream}"], [p], 0.2
+    yield "one-line proxy", ["proxy", "--listen", f"127.0.0.1:{p}", "--to", f"http://{upstream}"], [f"http://127.0.0.1:{p}/"], 0.2
     p1, p2 = free_port(), free_port()
+    urls = [f"http://127.0.0.1:{p1}/", f"http://127.0.0.1:{p2}/"]
     config = f"""listeners:
   - {{ name: h1, address: "127.0.0.1:{p1}" }}
   - {{ name: h2, address: "127.0.0.1:{p2}" }}
@@ -163,7 +166,7 @@ clusters: [{{ name: up, endpoints: [{{ address: "{upstream}" }}] }}]
 """
     path = os.path.join(tmp, "proxy.yaml")
     open(path, "w").write(config)
-    yield "config file", ["proxy", "--config", path], [p1, p2], 0.2
+    yield "config file", ["proxy", "--config", path], urls, 0.2
     cp_exe = os.path.join(tmp, "presage-control-plane")
     shutil.copy(exe, cp_exe)
     grpc = free_port()
@@ -172,10 +175,18 @@ clusters: [{{ name: up, endpoints: [{{ address: "{upstream}" }}] }}]
     try:
         wait_port(grpc)
         open(path, "w").write(config + f"control_plane: {{ address: \"http://127.0.0.1:{grpc}\", node_id: proxy-1, report_interval: 100ms }}\n")
-        yield "sidecar", ["proxy", "--config", path], [p1, p2], 0.5
+        yield "sidecar", ["proxy", "--config", path], urls, 0.5
     finally:
         cp.terminate()
         cp.wait()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=localhost", "-days", "1", "-keyout", os.path.join(tmp, "key.pem"),
+                    "-out", os.path.join(tmp, "cert.pem")], check=True, capture_output=True)
+    pt = free_port()
+    open(path, "w").write(config.replace("listeners:\n", f"""listeners:
+  - {{ name: tls, address: "127.0.0.1:{pt}", tls: {{ cert: cert.pem, key: key.pem }} }}
+"""))
+    yield "TLS", ["proxy", "--config", path], [f"https://127.0.0.1:{pt}/"], 0.2
 
 
 def main():
@@ -188,8 +199,8 @@ def main():
     try:
         open(ra, "w").write("0")
         with tempfile.TemporaryDirectory() as tmp:
-            for label, args, ports, settle in modes(exe, upstream(), tmp):
-                stages.append((label, run(exe, args, ports, settle)))
+            for label, args, urls, settle in modes(exe, upstream(), tmp):
+                stages.append((label, run(exe, args, urls, settle)))
     finally:
         open(ra, "w").write(saved)
     syms, seg = functions(exe)

@@ -1,7 +1,7 @@
 """Idle RSS of proxies, each binary evicted from the page cache before each start (so
 that what is mapped does not depend on what earlier runs left cached): a one-line proxy,
-a proxy from a config file, and a sidecar (the same with a control plane), each after
-one HTTP/1.1 and one h2c request per listener. Medians of ROUNDS starts, binaries
+a proxy from a config file, a sidecar (the same with a control plane) and a proxy
+terminating TLS, each after one HTTP/1.1 and one HTTP/2 request per listener. Medians of ROUNDS starts, binaries
 interleaved.
 
 usage: python3 bench/proxy/idle_rss.py [--rounds N] BINARY [BINARY ...]
@@ -33,8 +33,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
             for exe in args:
-                for label, argv, ports, settle in modes(exe, up, tmp):
-                    rss.setdefault((label, exe), []).append(run(exe, argv, ports, settle, read=vm_rss_mib))
+                for label, argv, urls, settle in modes(exe, up, tmp):
+                    rss.setdefault((label, exe), []).append(run(exe, argv, urls, settle, read=vm_rss_mib))
     print("| binary | " + " | ".join(dict.fromkeys(label for label, _ in rss)) + " |")
     print("|---" * (1 + len({label for label, _ in rss})) + "|")
     for exe in args:
