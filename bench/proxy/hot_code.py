@@ -12,16 +12,17 @@ a fault reads and maps only pages executed (plus already-cached neighbours, whic
 themselves executed ones), so the text pages present in /proc/PID/pagemap of a warm
 proxy are the pages it ran. Their functions (from `nm`) are written in address order,
 the one-line proxy's first, then what the config-file proxy adds, then what a sidecar
-(the same proxy connected to a control plane) adds, then what TLS termination adds. ThinLTO's
-`NAME.llvm.<hash>` names change between builds: they are written `NAME.llvm.*`, which
-link/cc-ordered expands to the current build's at link time.
+(the same proxy connected to a control plane) adds, then what TLS termination adds.
+ThinLTO's `NAME.llvm.<hash>` names change between builds: they are written
+`NAME.llvm.*`, which link/cc-ordered expands to the current build's at link time.
 
 usage (root: it sets the disk's read_ahead_kb and restores it):
     cargo build --release --bin presage && python3 bench/proxy/hot_code.py [BINARY]
 Then rebuild; bench/proxy/bench.py shows the warm RSS. A list measured on a build that
 already uses one is tighter: whole functions on the pages executed include neighbours
 that never ran, and packed together the hot ones are mostly each other's neighbours
-(from a build without the list 4.0 MiB of functions, then 3.3, then 3.2).
+(the standalone proxy's: 4.0 MiB of functions from a build without a list, then 3.3,
+then 3.2).
 """
 
 import bisect
@@ -125,6 +126,7 @@ def functions(exe):
 
 
 def names_on(pages, syms, seg):
+    """The functions on the text pages at file offsets `pages`, by address."""
     starts = [s[0] for s in syms]
     off0, addr0 = seg
     found = {}
