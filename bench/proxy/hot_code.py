@@ -125,6 +125,12 @@ def functions(exe):
     return syms, (int(seg[1], 16), int(seg[2], 16))
 
 
+def listed(name):
+    """`name` as the list has it: ThinLTO's NAME.llvm.HASH differs from build to build,
+    so NAME.llvm.*, which link/cc-ordered expands to the build's own."""
+    return re.sub(r"\.llvm\.\d+$", ".llvm.*", name)
+
+
 def names_on(pages, syms, seg):
     """The functions on the text pages at file offsets `pages`, by address."""
     starts = [s[0] for s in syms]
@@ -207,11 +213,9 @@ def main():
         open(ra, "w").write(saved)
     syms, seg = functions(exe)
     # Each stage's functions after the earlier stages': the common path stays packed.
-    # ThinLTO's NAME.llvm.HASH differs from build to build: link/cc-ordered expands
-    # NAME.llvm.* to the build's own.
     names, seen, report = [], set(), []
     for label, pages in stages:
-        new = [re.sub(r"\.llvm\.\d+$", ".llvm.*", n) for n in names_on(pages, syms, seg)]
+        new = [listed(n) for n in names_on(pages, syms, seg)]
         new = [n for n in dict.fromkeys(new) if n not in seen]
         seen.update(new)
         names += new
@@ -219,7 +223,7 @@ def main():
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         f.write("".join(n + "\n" for n in names))
-    size = sum(s for _, s, n in syms if re.sub(r"\.llvm\.\d+$", ".llvm.*", n) in seen)
+    size = sum(s for _, s, n in syms if listed(n) in seen)
     print("; ".join(report))
     print(f"{len(names)} functions, {size / 1048576:.2f} MiB, written to {os.path.relpath(OUT, ROOT)}")
 
