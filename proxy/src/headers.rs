@@ -18,22 +18,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    if let Some(conn) = h.get(header::CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    if n != header::TE {
-                        h.remove(n);
-                    }
-                }
-            }
-        }
-        if !keep_upgrade {
-            h.remove(header::CONNECTION);
-        }
+    // Taken out rather than cloned when it goes anyway.
+    let conn = if keep_upgrade {
+        h.get(header::CONNECTION).cloned()
+    } else {
+        h.remove(header::CONNECTION)
+    };
+    if let Some(conn) = conn {
+        remove_listed(h, conn.as_bytes(), keep_upgrade);
     }
     h.remove(&KEEP_ALIVE);
     h.remove(&PROXY_CONNECTION);
@@ -48,7 +40,24 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
+/// Removes the headers a `Connection` value names (`TE` excepted, and `Upgrade` with
+/// `keep_upgrade`).
+pub fn remove_listed(h: &mut HeaderMap, connection: &[u8], keep_upgrade: bool) {
+    let Ok(list) = std::str::from_utf8(connection) else {
+        return;
+    };
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let kept = name.eq_ignore_ascii_case("te")
+            || (keep_upgrade && name.eq_ignore_ascii_case("upgrade"));
+        if !kept {
+            // A `&str` key is looked up without allocating a `HeaderName`.
+            h.remove(name);
+        }
+    }
+}
+
+/// True for the headers that end at the next hop (RFC 9110 §7.6.1).
+pub fn is_hop_by_hop(n: &HeaderName) -> bool {
     *n == header::CONNECTION
         || *n == header::TRANSFER_ENCODING
         || *n == header::UPGRADE

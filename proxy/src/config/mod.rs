@@ -44,8 +44,9 @@ pub mod defaults {
     use std::time::Duration;
     /// nginx's `large_client_header_buffers` is 4 x 8 KiB; HAProxy's `tune.bufsize` 16 KiB.
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-    /// HAProxy's `tune.http.maxhdr` default.
-    pub const MAX_HEADERS: usize = 101;
+    /// hyper's own default (HAProxy's `tune.http.maxhdr` is 101): up to 100 fields, hyper
+    /// parses a request head in arrays on the stack; above it, two heap arrays per request.
+    pub const MAX_HEADERS: usize = 100;
     /// nginx's `client_max_body_size` is 1 MiB; proxies of APIs need more.
     pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
     /// nginx's `client_header_timeout` is 60 s; slowloris needs far less to hurt.

@@ -288,11 +288,10 @@ fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
     let mut coded = false;
     let mut chunked = false;
     let mut close = version == Version::HTTP_10;
+    let mut listed = false;
     for f in r.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| format!("invalid header name {:?}", f.name))?;
-        let value = HeaderValue::from_bytes(f.value)
-            .map_err(|_| format!("invalid value of header {}", f.name))?;
         if name == header::CONTENT_LENGTH {
             // Digits only (RFC 9110 §8.6): `+5` or `5, 5` would parse elsewhere.
             let n = std::str::from_utf8(f.value)
@@ -308,21 +307,37 @@ fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
         } else if name == header::TRANSFER_ENCODING {
             coded = true;
             // Only the final coding says how the message ends.
-            chunked = value
-                .to_str()
+            chunked = std::str::from_utf8(f.value)
                 .ok()
                 .and_then(|s| s.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if name == header::CONNECTION {
-            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            for token in std::str::from_utf8(f.value).unwrap_or("").split(',') {
+                let token = token.trim();
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                    close = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    close &= version != Version::HTTP_10;
+                } else if !token.is_empty() {
+                    listed = true;
                 }
             }
         }
+        // Hop-by-hop fields end here (the response never switches protocols): not
+        // copied only to be stripped again.
+        if crate::headers::is_hop_by_hop(&name) {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(f.value)
+            .map_err(|_| format!("invalid value of header {}", f.name))?;
         headers.append(name, value);
+    }
+    if listed {
+        for f in r.headers.iter() {
+            if f.name.eq_ignore_ascii_case("connection") {
+                crate::headers::remove_listed(&mut headers, f.value, false);
+            }
+        }
     }
     let framing =
         if no_body || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {

@@ -116,6 +116,25 @@ async fn a_sized_body_is_read_and_its_connection_reused() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_fields_and_those_connection_names_stay_at_this_hop() {
+    let ok: &[u8] =
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-secret\r\nkeep-alive: timeout=5\r\n\
+        x-secret: 1\r\nx-kept: 2\r\ntransfer-encoding: chunked\r\nproxy-connection: close\r\n\r\n\
+        2\r\nhi\r\n0\r\n\r\n";
+    let up = upstream(vec![vec![vec![ok]]]).await;
+    let pool = Pool::new(Duration::from_secs(60), Counter::default());
+    let (status, headers, body, _) = fetch(&pool, &up, get("/")).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hi"[..]));
+    let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["x-kept"], "only the end-to-end field is left");
+    assert_eq!(
+        pool.idle(),
+        1,
+        "`keep-alive` among the options still lets the connection be reused"
+    );
+}
+
+#[tokio::test]
 async fn chunked_bodies_and_trailers_survive_any_split() {
     let pieces: Vec<&[u8]> = vec![
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
