@@ -130,7 +130,9 @@ pub async fn handle(
         if conn.inbound {
             headers::set_client_cert(req.headers_mut(), conn.peer_id.as_deref());
         }
-        let mut res = crate::transparent::http(&shared, req, dst)
+        // Boxed, as every path off the common one: a request's future is as large as
+        // its largest path, and hyper moves it (an h2 stream's future on every spawn).
+        let mut res = Box::pin(crate::transparent::http(&shared, req, dst))
             .await
             .unwrap_or_else(|e| {
                 tracing::debug!(error = %e, %dst, "passthrough failed");
@@ -365,7 +367,7 @@ async fn proxy(
         }
     }
     if req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()) {
-        return upgrade(route, conn, req).await;
+        return Box::pin(upgrade(route, conn, req)).await;
     }
     let timeout = qos
         .budget
@@ -469,7 +471,14 @@ async fn proxy(
                     );
                     Some((other, up))
                 };
-                let hedged = attempt::hedged(cluster, ep, up, delay, copy, qos.per_endpoint);
+                let hedged = Box::pin(attempt::hedged(
+                    cluster,
+                    ep,
+                    up,
+                    delay,
+                    copy,
+                    qos.per_endpoint,
+                ));
                 tokio::time::timeout_at(deadline, hedged).await
             }
         };

@@ -137,7 +137,9 @@ async fn serve(
     let service = |conn: Conn| {
         let shared = shared.clone();
         hyper::service::service_fn(move |req| {
-            crate::workflow::handle(shared.clone(), conn.clone(), req)
+            // Boxed: hyper moves a request's future (an h2 stream's into the task it
+            // spawns), and that future holds every await point of the request path.
+            Box::pin(crate::workflow::handle(shared.clone(), conn.clone(), req))
         })
     };
     let peer = conn.peer;

@@ -43,19 +43,21 @@ pub async fn handle(
     conn: Conn,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    if conn.inbound || !req.uri().path().starts_with(PREFIX) {
+    // One await of the proxied path (two would each take room in this future).
+    if conn.inbound
+        || !req.uri().path().starts_with(PREFIX)
+        || shared.live.load().config.workflows.is_empty()
+    {
         return crate::forward::handle(shared, conn, req).await;
     }
     let rt = shared.live.load_full();
-    if rt.config.workflows.is_empty() {
-        return crate::forward::handle(shared, conn, req).await;
-    }
     let request_id = headers::ensure_request_id(req.headers_mut());
     let mut res = match crate::forward::authorize(&shared, &rt, &conn, &req) {
         Err(e) => e.into_response(),
         Ok(()) => match req.uri().path().strip_prefix(STATUS_PREFIX) {
             Some(id) => status(&shared, id, req.method()),
-            None => invoke(shared, rt, req, request_id.clone()).await,
+            // Boxed: the proxied request's future need not be as large as this path's.
+            None => Box::pin(invoke(shared, rt, req, request_id.clone())).await,
         },
     };
     res.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
