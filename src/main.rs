@@ -190,6 +190,9 @@ struct ProxyArgs {
     control_plane: Option<String>,
 }
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
