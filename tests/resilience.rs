@@ -123,13 +123,28 @@ async fn dead_endpoint_is_retried_on_another() {
     let live = Upstream::spawn("live").await;
     let dead = Upstream::spawn("dead").await;
     dead.kill();
-    let proxy = Proxy::start(&one_cluster(&[live.addr, dead.addr], "")).await;
+    // Round robin, so that requests do go to the dead endpoint first (until it is ejected).
+    let lb = "    load_balancer: weighted_round_robin\n";
+    let proxy = Proxy::start(&one_cluster(&[live.addr, dead.addr], lb)).await;
     let c = h1_client();
     for _ in 0..50 {
-        let a = get(&c, &proxy.url("/")).await;
+        let req = http::Request::get(proxy.url("/"))
+            .header("x-test", "kept")
+            .body(Default::default())
+            .unwrap();
+        let a = send(&c, req).await;
         assert_eq!(a.status, 200);
-        assert_eq!(a.json()["service"], "live");
+        let echoed = a.json();
+        assert_eq!(echoed["service"], "live");
+        // A retry sends the request as it was: the client's headers and the proxy's own.
+        assert_eq!(echoed["headers"]["x-test"], "kept");
+        assert_eq!(
+            echoed["headers"]["x-request-id"],
+            a.headers["x-request-id"].to_str().unwrap()
+        );
     }
+    let retries = proxy.metric("presage_retries_total", &[]).await;
+    assert!(retries > 0.0, "the dead endpoint was tried: {retries} retries");
 }
 
 #[tokio::test]

@@ -26,6 +26,16 @@ pub struct Tried<'a> {
     pub ep: &'a Endpoint,
     pub res: Answered,
     pub rtt: Duration,
+    /// The request back, when the attempt only borrowed it (`in_task`): a retry sends
+    /// it again without a copy made in advance.
+    pub request: Option<Request<RequestBody>>,
+}
+
+/// True when an attempt runs in the request's own task (`crate::h1`): body-less
+/// requests to plain HTTP/1.1 clusters. (CONNECT asks for a tunnel, not an answer:
+/// hyper's client knows it.)
+pub fn in_task(cluster: &Cluster, method: &Method, body_less: bool) -> bool {
+    cluster.direct && body_less && method != Method::CONNECT
 }
 
 /// Keeps an attempt in its endpoint's pending count until dropped (cancelled too).
@@ -65,26 +75,27 @@ async fn send_uncounted<'a>(
 ) -> Tried<'a> {
     let _pending = Pending::new(&ep.pending);
     let t0 = Instant::now();
-    // Body-less requests to plain HTTP/1.1 endpoints run in this task (`h1`).
-    // (CONNECT asks for a tunnel, not an answer: hyper's client knows it.)
-    let res = if cluster.direct && up.body().is_end_stream() && up.method() != Method::CONNECT {
+    let (res, request) = if in_task(cluster, up.method(), up.body().is_end_stream()) {
         let to = &ep.spec.authority;
-        crate::h1::send(&ep.pool, to, cluster.spec.connect_timeout, &up)
+        let res = crate::h1::send(&ep.pool, to, cluster.spec.connect_timeout, &up)
             .await
             .map(|r| r.map(Either::Right))
-            .map_err(ProxyError::from_h1)
+            .map_err(ProxyError::from_h1);
+        (res, Some(up))
     } else {
-        cluster
+        let res = cluster
             .client
             .request(up)
             .await
             .map(|r| r.map(Either::Left))
-            .map_err(ProxyError::from_client)
+            .map_err(ProxyError::from_client);
+        (res, None)
     };
     Tried {
         ep,
         res,
         rtt: t0.elapsed(),
+        request,
     }
 }
 

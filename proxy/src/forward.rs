@@ -422,11 +422,19 @@ async fn proxy(
                 qos.missed.inc();
             }
         }
+        // The first attempt of a hedging profile's replayable request may be hedged.
+        let hedge = qos
+            .retry
+            .and_then(|r| r.hedge_after)
+            .filter(|_| attempt == 0 && may_retry && idempotent && cluster.endpoints.len() > 1);
         let mut up = Request::new(body.take().unwrap_or(RequestBody::Empty));
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = endpoint_uri(ep, &path)?;
         *up.version_mut() = version;
-        *up.headers_mut() = if may_retry {
+        // A retry or a hedge sends the headers again: copied first, unless the attempt
+        // only borrows the request and hands it back (`Tried::request`).
+        let lent = attempt::in_task(cluster, &parts.method, replayable);
+        *up.headers_mut() = if may_retry && (hedge.is_some() || !lent) {
             parts.headers.clone()
         } else {
             std::mem::take(&mut parts.headers)
@@ -440,11 +448,6 @@ async fn proxy(
             );
         }
 
-        // The first attempt of a hedging profile's replayable request may be hedged.
-        let hedge = qos
-            .retry
-            .and_then(|r| r.hedge_after)
-            .filter(|_| attempt == 0 && may_retry && idempotent && cluster.endpoints.len() > 1);
         let tried = match hedge {
             None => {
                 tokio::time::timeout_at(deadline, attempt::send(cluster, ep, up, qos.per_endpoint))
@@ -483,7 +486,12 @@ async fn proxy(
             }
         };
         let (ep, rtt, sent) = match tried {
-            Ok(t) => (t.ep, t.rtt, Ok(t.res)),
+            Ok(t) => {
+                if let Some(back) = t.request {
+                    parts.headers = back.into_parts().0.headers;
+                }
+                (t.ep, t.rtt, Ok(t.res))
+            }
             Err(elapsed) => (ep, timeout, Err(elapsed)),
         };
 
