@@ -144,7 +144,10 @@ async fn dead_endpoint_is_retried_on_another() {
         );
     }
     let retries = proxy.metric("presage_retries_total", &[]).await;
-    assert!(retries > 0.0, "the dead endpoint was tried: {retries} retries");
+    assert!(
+        retries > 0.0,
+        "the dead endpoint was tried: {retries} retries"
+    );
 }
 
 #[tokio::test]
