@@ -1,0 +1,125 @@
+"""User-space instructions per proxied request, counted: Presage, nginx and HAProxy.
+
+A proxy's time per request moves more from one run to the next on this machine than
+most changes to it do; the instructions it executes do not. Each proxy runs under
+valgrind's callgrind (one worker, on CPU 1) in front of the bench's nginx upstream (a
+fixed 1 KiB body); after WARMUP requests the counters are zeroed (`callgrind_control
+-z`), then h2load sends N requests (`--h1 -c64`, or h2c `-c64 -m10`) and the counters
+are dumped (`-d`): instructions / N. Kernel time is not counted (bench.py measures
+time and CPU).
+
+usage: python3 bench/proxy/instructions.py [BINARY]   (default target/release/presage)
+Needs valgrind, h2load, nginx and haproxy (bench/proxy/run.sh installs all but valgrind).
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench import BODY, ROOT, SERVER_CPU, free_port, wait_port
+
+WARMUP = 2000
+N = {"h1": 20000, "h2": 40000}
+
+
+def count(name, cmd, port, proto, tmp):
+    """Instructions per request of `cmd` (listening on `port`) under `proto` load."""
+    out = os.path.join(tmp, f"{name}-{proto}.cg")
+    log = open(os.path.join(tmp, f"{name}-{proto}.log"), "w")
+    vg = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + cmd,
+        stdout=log, stderr=log)
+    try:
+        wait_port(port, timeout=60)
+        url = f"http://127.0.0.1:{port}/"
+        load = ["taskset", "-c", "0", "h2load", "-c64", "-t1"] + (["--h1", "-m1"] if proto == "h1" else ["-m10"])
+        subprocess.run(load + ["-n", str(WARMUP), url], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-z", str(vg.pid)], check=True, capture_output=True)
+        res = subprocess.run(load + ["-n", str(N[proto]), url], check=True, capture_output=True, text=True).stdout
+        if f"{N[proto]} succeeded" not in res:
+            raise RuntimeError(f"{name} {proto}: not every request succeeded:\n{res}")
+        subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, capture_output=True)
+        dump = None
+        for _ in range(100):  # the dump is written by the proxy's own thread
+            dumps = glob.glob(f"{out}.*.1")
+            if dumps and open(dumps[0]).read().find("\ntotals:") >= 0:
+                dump = dumps[0]
+                break
+            time.sleep(0.1)
+        if not dump:
+            raise RuntimeError(f"{name} {proto}: callgrind wrote no dump")
+        totals = next(line for line in open(dump) if line.startswith("totals:"))
+        return int(totals.split()[1]) / N[proto]
+    finally:
+        vg.terminate()
+        vg.wait(30)
+
+
+def main():
+    presage = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/presage")
+    tmp = tempfile.mkdtemp(prefix="presage-instr-")
+    up = free_port()
+    up_conf = os.path.join(tmp, "upstream.conf")
+    open(up_conf, "w").write(f"""
+worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log stderr error;
+events {{ worker_connections 8192; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; default_type text/plain;
+  server {{ listen 127.0.0.1:{up}; location / {{ return 200 "{BODY}"; }} }} }}
+""")
+    upstream = subprocess.Popen(["taskset", "-c", SERVER_CPU, "nginx", "-c", up_conf])
+    try:
+        wait_port(up)
+        rows = []
+        for proto in ("h1", "h2"):
+            p = free_port()
+            targets = [("presage", [presage, "proxy", "--listen", f"127.0.0.1:{p}",
+                                    "--to", f"http://127.0.0.1:{up}", "--workers", "1"], p)]
+            n = free_port()
+            ngx = os.path.join(tmp, f"nginx-{proto}.conf")
+            # No master process: callgrind follows the one process that serves.
+            open(ngx, "w").write(f"""
+worker_processes 1; daemon off; master_process off; pid {tmp}/nginx-{proto}.pid; error_log stderr error;
+events {{ worker_connections 8192; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 128; }}
+  server {{ listen 127.0.0.1:{n}{" http2" if proto == "h2" else ""};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+            targets.append(("nginx", ["nginx", "-c", ngx], n))
+            h = free_port()
+            hap = os.path.join(tmp, f"haproxy-{proto}.cfg")
+            open(hap, "w").write(f"""
+global
+  nbthread 1
+  maxconn 5000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{h}{" proto h2" if proto == "h2" else ""}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{up}
+""")
+            targets.append(("haproxy", ["haproxy", "-f", hap], h))
+            for name, cmd, port in targets:
+                ir = count(name, cmd, port, proto, tmp)
+                rows.append((proto, name, ir))
+                print(f"{proto} {name:8s} {ir:,.0f} instructions per request", flush=True)
+        print("\n| proto | target | instructions per request |\n|---|---|---|")
+        for proto, name, ir in rows:
+            print(f"| {proto} | {name} | {ir:,.0f} |")
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+
+
+if __name__ == "__main__":
+    main()
