@@ -13,50 +13,30 @@
 //! free of per-layer boxing; each concern's logic lives in its own module.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::PathAndQuery;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::Either;
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tower::retry::budget::Budget;
 
 use crate::attempt;
 use crate::balance::Needs;
-use crate::body::{Paced, RequestBody, ResponseBody, UpstreamBody};
-use crate::config::Protocol;
+use crate::body::{RequestBody, ResponseBody};
+use crate::downstream::Conn;
 use crate::errors::ProxyError;
 use crate::h1::is_idempotent;
 use crate::headers;
 use crate::metrics;
 use crate::qos;
+use crate::rewrite::{endpoint_uri, prepare_headers, response, rewritten_path, upstream_version};
 use crate::routing::{self, RequestView};
 use crate::runtime::{Route, Runtime};
 use crate::state::Shared;
-use crate::upstream::{Cluster, Endpoint, Outcome};
-
-/// Per-connection facts the request path needs.
-#[derive(Debug, Clone)]
-pub struct Conn {
-    pub peer: SocketAddr,
-    /// `peer`'s address as an `x-forwarded-for` entry.
-    pub forwarded_for: HeaderValue,
-    pub tls: bool,
-    /// Where a connection redirected to a transparent listener was headed.
-    pub original_dst: Option<SocketAddr>,
-    /// Redirected inbound traffic: not routed, passed to the local application.
-    pub inbound: bool,
-    /// The SPIFFE ID of a mesh peer (verified client certificate); checked against the
-    /// listener's authorization rules.
-    pub peer_id: Option<Arc<str>>,
-    /// The listener the connection came in on.
-    pub listener: Arc<str>,
-}
+use crate::upstream::Outcome;
 
 /// The listener's authorization rules on the caller's mesh identity.
 pub(crate) fn authorize(
@@ -367,7 +347,7 @@ async fn proxy(
         }
     }
     if req.version() <= Version::HTTP_11 && headers::is_upgrade(req.headers()) {
-        return Box::pin(upgrade(route, conn, req)).await;
+        return Box::pin(crate::upgrade::upgrade(route, conn, req)).await;
     }
     let timeout = qos
         .budget
@@ -555,131 +535,6 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(max);
     cap.mul_f64(fastrand::f64())
-}
-
-pub(crate) fn upstream_version(c: &Cluster) -> Version {
-    match c.spec.protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::Http2 => Version::HTTP_2,
-    }
-}
-
-/// The upstream path and query. Without a rewrite this is the request's own, shared
-/// (no copy, no re-parse); a rewrite builds and validates the new one once.
-fn rewritten_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
-    let original = || {
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-    };
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    let rewritten = match &route.spec.rewrite_prefix {
-        Some((from, to)) if pq.starts_with(from.as_str()) => {
-            let rest = &pq[from.len()..];
-            // Avoid `//x` when both the replacement ends and the rest starts with a slash.
-            if to.ends_with('/') && rest.starts_with('/') {
-                format!("{to}{}", &rest[1..])
-            } else if to.is_empty() && !rest.starts_with('/') {
-                format!("/{rest}")
-            } else {
-                format!("{to}{rest}")
-            }
-        }
-        _ => return Ok(original()),
-    };
-    PathAndQuery::try_from(rewritten)
-        .map_err(|e| ProxyError::Upstream(format!("rewritten path is invalid: {e}")))
-}
-
-pub(crate) fn endpoint_uri(ep: &Endpoint, path: &PathAndQuery) -> Result<Uri, ProxyError> {
-    Uri::builder()
-        .scheme(ep.scheme.clone())
-        .authority(ep.spec.authority.clone())
-        .path_and_query(path.clone())
-        .build()
-        .map_err(|e| ProxyError::Upstream(format!("bad upstream URI: {e}")))
-}
-
-fn prepare_headers(h: &mut HeaderMap, uri: &Uri, route: &Route, conn: &Conn, upgrade: bool) {
-    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
-    if !h.contains_key(header::HOST) {
-        if let Some(v) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            h.insert(header::HOST, v);
-        }
-    }
-    headers::strip_hop_by_hop(h, upgrade);
-    headers::add_forwarded(h, &conn.forwarded_for, conn.tls);
-    route.spec.request_headers.apply(h);
-}
-
-/// The upstream's response toward the client, paced at `rate` bytes/s (0: not).
-fn response(route: &Route, res: Response<UpstreamBody>, rate: f64) -> Response<ResponseBody> {
-    let (mut parts, body) = res.into_parts();
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    headers::strip_hop_by_hop(&mut parts.headers, switching);
-    route.spec.response_headers.apply(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(Paced::new(body, rate)))
-}
-
-/// HTTP/1.1 protocol switch (WebSocket): forward the handshake, then splice the two
-/// upgraded connections until either side closes.
-async fn upgrade(
-    route: &Route,
-    conn: &Conn,
-    mut req: Request<Incoming>,
-) -> Result<Answer, ProxyError> {
-    let cluster = &route.cluster;
-    if cluster.spec.protocol != Protocol::Http1 {
-        return Err(ProxyError::Upgrade(format!(
-            "cluster {} speaks HTTP/2; protocol upgrades need http1",
-            cluster.spec.name
-        )));
-    }
-    let downstream = hyper::upgrade::on(&mut req);
-    let (mut parts, _) = req.into_parts();
-    let path = rewritten_path(route, &parts.uri)?;
-    prepare_headers(&mut parts.headers, &parts.uri, route, conn, true);
-    let ep = cluster
-        .balancer
-        .pick(&cluster.endpoints, None)
-        .ok_or_else(|| ProxyError::NoEndpoint(cluster.spec.name.clone()))?;
-    let mut up = Request::new(RequestBody::Empty);
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = endpoint_uri(ep, &path)?;
-    *up.headers_mut() = parts.headers;
-    let t0 = Instant::now();
-    let mut res = match tokio::time::timeout(route.spec.timeout, cluster.client.request(up)).await {
-        Err(_) => return Err(ProxyError::Timeout(route.spec.timeout)),
-        Ok(Err(e)) => {
-            let err = ProxyError::from_client(e);
-            cluster.record(ep, Outcome::failed(&err));
-            return Err(err);
-        }
-        Ok(Ok(res)) => res,
-    };
-    cluster.record(ep, Outcome::Success(t0.elapsed()));
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream = hyper::upgrade::on(&mut res);
-        tokio::spawn(async move {
-            match tokio::try_join!(downstream, upstream) {
-                Ok((d, u)) => {
-                    let mut d = hyper_util::rt::TokioIo::new(d);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    if let Err(error) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        tracing::debug!(%error, "upgraded connection ended with an error");
-                    }
-                }
-                Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
-            }
-        });
-    }
-    Ok((
-        response(route, res.map(Either::Left), 0.0),
-        Some(ep.spec.authority.clone()),
-    ))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! ```
 //! Layering, lowest first: `config` (and `routing`, `tls`), `load`, `metrics`,
 //! `outlier`/`balance`, `qos`, `upstream`, `runtime`, `control_plane`, `telemetry`, `state`,
-//! `forward`, `listen`/`admin`/`reload`/`xds`, then `server`.
+//! `downstream`, `rewrite`, `upgrade`, `forward`, `listen`/`admin`/`reload`/`xds`, then `server`.
 //! No feature flags.
 
 #![forbid(unsafe_code)]
@@ -25,6 +25,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod control_plane;
+pub mod downstream;
 pub mod errors;
 pub mod forward;
 pub mod h1;
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod outlier;
 pub mod qos;
 pub mod reload;
+pub mod rewrite;
 pub mod routing;
 pub mod runtime;
 pub mod server;
@@ -43,6 +45,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod transparent;
+pub mod upgrade;
 pub mod upstream;
 pub mod warm;
 pub mod workflow;

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::Limits;
-use crate::forward::Conn;
+use crate::downstream::Conn;
 use crate::state::Shared;
 use crate::transparent::Sniffed;
 

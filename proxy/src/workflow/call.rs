@@ -60,8 +60,8 @@ impl Run {
             data: body.map(Bytes::from),
         });
         *up.method_mut() = c.method.clone();
-        *up.uri_mut() = crate::forward::endpoint_uri(ep, &path).map_err(|e| fail(e.to_string()))?;
-        *up.version_mut() = crate::forward::upstream_version(cluster);
+        *up.uri_mut() = crate::rewrite::endpoint_uri(ep, &path).map_err(|e| fail(e.to_string()))?;
+        *up.version_mut() = crate::rewrite::upstream_version(cluster);
         let h = up.headers_mut();
         for (name, template) in &c.headers {
             let v =

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::body::{full, ResponseBody};
 use crate::config::DEFAULT_DEADLINE;
-use crate::forward::Conn;
+use crate::downstream::Conn;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::qos;
 use crate::runtime::Runtime;
