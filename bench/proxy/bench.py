@@ -147,20 +147,38 @@ clusters: [{{ name: up, endpoints: [{{ address: "127.0.0.1:{up1}" }}] }}]
         targets.append(Target("before", [before, "proxy", "--config", before_cfg], b1, b2, tmp))
 
     n1, n2 = free_port(), free_port()
-    nginx_cfg = os.path.join(tmp, "nginx.conf")
-    open(nginx_cfg, "w").write(f"""
-worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log stderr error;
-events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 1000000;
-  upstream up {{ server 127.0.0.1:{up1}; keepalive 128; }}
-  server {{ listen 127.0.0.1:{n1}; listen 127.0.0.1:{n2} http2;
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
-""")
+    nginx_cfg = nginx_proxy_conf(tmp, "nginx", up1, h1=n1, h2=n2)
     targets.append(Target("nginx", ["nginx", "-c", nginx_cfg], n1, n2, tmp))
 
     h1, h2 = free_port(), free_port()
-    haproxy_cfg = os.path.join(tmp, "haproxy.cfg")
-    open(haproxy_cfg, "w").write(f"""
+    haproxy_cfg = haproxy_conf(tmp, "haproxy", up1, h1=h1, h2=h2)
+    targets.append(Target("haproxy", ["haproxy", "-f", haproxy_cfg], h1, h2, tmp))
+    return upstream, targets
+
+
+def nginx_proxy_conf(tmp, name, upstream, h1=None, h2=None, master=True):
+    """nginx as a reverse proxy to `upstream` (one worker, keep-alive), listening for
+    HTTP/1.1 on `h1` and h2c on `h2`; returns the config's path. Without `master` the
+    worker is the process started (for tools that follow one process)."""
+    listens = (f"listen 127.0.0.1:{h1}; " if h1 else "") + (f"listen 127.0.0.1:{h2} http2;" if h2 else "")
+    path = os.path.join(tmp, f"{name}.conf")
+    open(path, "w").write(f"""
+worker_processes 1; daemon off; {"" if master else "master_process off; "}pid {tmp}/{name}.pid; error_log stderr error;
+events {{ worker_connections 8192; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+  server {{ {listens}
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+    return path
+
+
+def haproxy_conf(tmp, name, upstream, h1=None, h2=None):
+    """HAProxy as a reverse proxy to `upstream` (one thread, connection reuse), bound for
+    HTTP/1.1 on `h1` and h2c on `h2`; returns the config's path."""
+    binds = (f"  bind 127.0.0.1:{h1}\n" if h1 else "") + (f"  bind 127.0.0.1:{h2} proto h2\n" if h2 else "")
+    path = os.path.join(tmp, f"{name}.cfg")
+    open(path, "w").write(f"""
 global
   nbthread 1
   maxconn 5000
@@ -172,14 +190,11 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{h1}
-  bind 127.0.0.1:{h2} proto h2
-  default_backend be
+{binds}  default_backend be
 backend be
-  server s1 127.0.0.1:{up1}
+  server s1 127.0.0.1:{upstream}
 """)
-    targets.append(Target("haproxy", ["haproxy", "-f", haproxy_cfg], h1, h2, tmp))
-    return upstream, targets
+    return path
 
 
 def loadgen(cmd):

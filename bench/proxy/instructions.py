@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from bench import BODY, ROOT, SERVER_CPU, free_port, wait_port
+from bench import BODY, ROOT, SERVER_CPU, free_port, haproxy_conf, nginx_proxy_conf, wait_port
 
 WARMUP = 2000
 N = {"h1": 20000, "h2": 40000}
@@ -78,36 +78,10 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; defa
             targets = [("presage", [presage, "proxy", "--listen", f"127.0.0.1:{p}",
                                     "--to", f"http://127.0.0.1:{up}", "--workers", "1"], p)]
             n = free_port()
-            ngx = os.path.join(tmp, f"nginx-{proto}.conf")
-            # No master process: callgrind follows the one process that serves.
-            open(ngx, "w").write(f"""
-worker_processes 1; daemon off; master_process off; pid {tmp}/nginx-{proto}.pid; error_log stderr error;
-events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 1000000;
-  upstream up {{ server 127.0.0.1:{up}; keepalive 128; }}
-  server {{ listen 127.0.0.1:{n}{" http2" if proto == "h2" else ""};
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
-""")
+            ngx = nginx_proxy_conf(tmp, f"nginx-{proto}", up, **{proto: n}, master=False)
             targets.append(("nginx", ["nginx", "-c", ngx], n))
             h = free_port()
-            hap = os.path.join(tmp, f"haproxy-{proto}.cfg")
-            open(hap, "w").write(f"""
-global
-  nbthread 1
-  maxconn 5000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{h}{" proto h2" if proto == "h2" else ""}
-  default_backend be
-backend be
-  server s1 127.0.0.1:{up}
-""")
+            hap = haproxy_conf(tmp, f"haproxy-{proto}", up, **{proto: h})
             targets.append(("haproxy", ["haproxy", "-f", hap], h))
             for name, cmd, port in targets:
                 ir = count(name, cmd, port, proto, tmp)
