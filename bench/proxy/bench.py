@@ -115,14 +115,7 @@ class Target:
 
 def start_all(tmp):
     up1, up2 = free_port(), free_port()
-    nginx_up = os.path.join(tmp, "upstream.conf")
-    open(nginx_up, "w").write(f"""
-worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log stderr error;
-events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; default_type text/plain;
-  server {{ listen 127.0.0.1:{up1}; location / {{ return 200 "{BODY}"; }} }}
-  server {{ listen 127.0.0.1:{up2} http2; location / {{ return 200 "{BODY}"; }} }} }}
-""")
+    nginx_up = upstream_conf(tmp, up1, h2=up2)
     upstream = Target("upstream", ["nginx", "-c", nginx_up], up1, up2, tmp)
     targets = [Target("direct", None, up1, up2, tmp)]
 
@@ -154,6 +147,23 @@ clusters: [{{ name: up, endpoints: [{{ address: "127.0.0.1:{up1}" }}] }}]
     haproxy_cfg = haproxy_conf(tmp, "haproxy", up1, h1=h1, h2=h2)
     targets.append(Target("haproxy", ["haproxy", "-f", haproxy_cfg], h1, h2, tmp))
     return upstream, targets
+
+
+def upstream_conf(tmp, h1, h2=None, body=f'"{BODY}"', content_type="text/plain"):
+    """nginx as a fixed upstream (one worker, keep-alive) answering every request with
+    `body` (an nginx string, quoted), HTTP/1.1 on `h1` and h2c on `h2`; returns the
+    config's path."""
+    servers = f"  server {{ listen 127.0.0.1:{h1}; location / {{ return 200 {body}; }} }}\n"
+    if h2:
+        servers += f"  server {{ listen 127.0.0.1:{h2} http2; location / {{ return 200 {body}; }} }}\n"
+    path = os.path.join(tmp, "upstream.conf")
+    open(path, "w").write(f"""
+worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log stderr error;
+events {{ worker_connections 8192; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; default_type {content_type};
+{servers}}}
+""")
+    return path
 
 
 def nginx_proxy_conf(tmp, name, upstream, h1=None, h2=None, master=True):

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from bench import BODY, ROOT, SERVER_CPU, free_port, haproxy_conf, nginx_proxy_conf, wait_port
+from bench import ROOT, SERVER_CPU, free_port, haproxy_conf, nginx_proxy_conf, upstream_conf, wait_port
 
 WARMUP = 2000
 N = {"h1": 20000, "h2": 40000}
@@ -62,13 +62,7 @@ def main():
     presage = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/presage")
     tmp = tempfile.mkdtemp(prefix="presage-instr-")
     up = free_port()
-    up_conf = os.path.join(tmp, "upstream.conf")
-    open(up_conf, "w").write(f"""
-worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log stderr error;
-events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; default_type text/plain;
-  server {{ listen 127.0.0.1:{up}; location / {{ return 200 "{BODY}"; }} }} }}
-""")
+    up_conf = upstream_conf(tmp, up)
     upstream = subprocess.Popen(["taskset", "-c", SERVER_CPU, "nginx", "-c", up_conf])
     try:
         wait_port(up)

@@ -77,13 +77,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="presage-wf-bench-")
     log = open(os.path.join(tmp, "servers.log"), "w")
     up = free_port()
-    conf = os.path.join(tmp, "upstream.conf")
-    open(conf, "w").write(f"""
-worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log stderr error;
-events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; default_type application/json;
-  server {{ listen 127.0.0.1:{up}; location / {{ return 200 '{{"service":"up","id":"a1","items":[1,2,3]}}'; }} }} }}
-""")
+    conf = _P.upstream_conf(tmp, up, body="""'{"service":"up","id":"a1","items":[1,2,3]}'""",
+                            content_type="application/json")
     port = free_port()
     cfg = os.path.join(tmp, "presage.yaml")
     open(cfg, "w").write(f"""
