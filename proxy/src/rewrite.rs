@@ -14,6 +14,7 @@ use crate::headers;
 use crate::runtime::Route;
 use crate::upstream::{Cluster, Endpoint};
 
+/// The HTTP version a cluster's endpoints are spoken to in.
 pub(crate) fn upstream_version(c: &Cluster) -> Version {
     match c.spec.protocol {
         Protocol::Http1 => Version::HTTP_11,
