@@ -390,10 +390,17 @@ fn origin_weights(n: usize, decay: f64) -> Vec<f64> {
 /// absolute backtest error at that step (and at the `pool` steps either side, each a
 /// share of its origin's weight) at or below which `level` percent of the total weight
 /// lies, the total counting the point to be covered as one more of weight 1 that is
-/// never below (as split conformal counts n + 1 points); made non-decreasing in `j` (no
-/// horizon is more certain than a nearer one). Pooling keeps each step's sample as large
-/// when fewer origins are kept: a quantile from a few origins per step would wander from
-/// step to step, and the running maximum would keep its highs.
+/// never below (as split conformal counts n + 1 points); the largest such error when
+/// none is. Made non-decreasing in `j` (no horizon is more certain than a nearer one).
+/// Pooling keeps each step's sample as large when fewer origins are kept: a quantile
+/// from a few origins per step would wander from step to step, and the running maximum
+/// would keep its highs.
+///
+/// Each step's weights are summed into the buckets of `Buckets` and only the bucket
+/// where a level's running weight crosses is sorted: linear in the origins (selecting
+/// the largest 40% and sorting them cost 1.2-1.5 times as much). The errors are
+/// bucketed once for every step, each is in up to 2 * `pool` + 1 steps' samples: 5-6%
+/// of a 60-step model choice against bucketing each step's sample anew.
 fn half_widths(
     residuals: &[f64],
     weights: &[f64],
@@ -403,16 +410,64 @@ fn half_widths(
 ) -> Vec<(f64, Vec<f64>)> {
     let mut out: Vec<(f64, Vec<f64>)> =
         levels.iter().map(|&l| (l, Vec::with_capacity(h))).collect();
-    let mut scored: Vec<(f64, f64)> = Vec::with_capacity(weights.len() * (2 * pool + 1));
-    let mut quantiles = Vec::with_capacity(levels.len());
+    let scores: Vec<f64> = residuals.iter().map(|e| e.abs()).collect();
+    let buckets = Buckets::over(&scores);
+    let ids: Vec<u16> = scores.iter().map(|&s| buckets.of(s)).collect();
+    let rows = weights.len().min(scores.len() / h.max(1));
+    let (mut quantiles, mut members) = (Vec::with_capacity(levels.len()), Vec::new());
     for j in 0..h {
-        scored.clear();
         let steps = j.saturating_sub(pool)..(j + pool + 1).min(h);
         let share = 1.0 / steps.len() as f64;
-        for (r, &w) in residuals.chunks_exact(h).zip(weights) {
-            scored.extend(r[steps.clone()].iter().map(|e| (e.abs(), w * share)));
+        // The step's sample, row by row (where the row starts in `scores`, its weight):
+        // each row's scores at `steps`.
+        let each_row = || (0..rows).map(|r| (r * h, weights[r] * share));
+        let mut sums = [0.0; Buckets::COUNT];
+        for (at, w) in each_row() {
+            for &id in &ids[at + steps.start..at + steps.end] {
+                sums[usize::from(id)] += w;
+            }
         }
-        weighted_quantiles(&scored, levels, &mut quantiles);
+        let weight: f64 = sums.iter().sum();
+        quantiles.clear();
+        for &level in levels {
+            let target = level / 100.0 * (weight + 1.0);
+            let largest = || {
+                each_row()
+                    .flat_map(|(at, _)| &scores[at + steps.start..at + steps.end])
+                    .fold(0.0, |a: f64, &s| a.max(s))
+            };
+            if weight < target {
+                quantiles.push(largest());
+                continue;
+            }
+            let (mut below, mut b) = (0.0, 0);
+            while b + 1 < Buckets::COUNT && below + sums[b] < target {
+                below += sums[b];
+                b += 1;
+            }
+            if b == 0 {
+                // Among the zeros (a naive forecast of a steady count errs by none at
+                // most origins): nothing to sort.
+                quantiles.push(0.0);
+                continue;
+            }
+            members.clear();
+            for (at, w) in each_row() {
+                let (ids, scores) = (&ids[at..at + h], &scores[at..at + h]);
+                for c in steps.clone() {
+                    if usize::from(ids[c]) == b {
+                        members.push((scores[c], w));
+                    }
+                }
+            }
+            members.sort_unstable_by(|x: &(f64, f64), y| x.0.total_cmp(&y.0));
+            let crossing = members.iter().find(|(_, w)| {
+                below += w;
+                below >= target
+            });
+            // None only when rounding leaves the running weight a hair short.
+            quantiles.push(crossing.map_or_else(largest, |s| s.0));
+        }
         for ((_, widths), &q) in out.iter_mut().zip(&quantiles) {
             let widest = widths.last().copied().unwrap_or(0.0);
             widths.push(q.max(widest));
@@ -421,71 +476,37 @@ fn half_widths(
     out
 }
 
-/// For each level (percent), the smallest score in `scored` (`(score, weight)` pairs,
-/// scores not negative) at or below which `level` percent of the total weight lies, the
-/// total being their weights plus 1 for the point to be covered; the largest score when
-/// none is. The weights are summed into 256 buckets of the positive scores' bit
-/// patterns (which order non-negative floats as their values do, about logarithmically
-/// spaced) and one for zeros, and only the bucket where a level's running weight
-/// crosses is sorted: linear in the origins. Selecting the largest 40% and sorting them
-/// cost 1.2-1.5 times as much (60 steps of 541 origins); a 60-step forecast is 15-23%
-/// faster for it (`bench/RESULTS.md`).
-fn weighted_quantiles(scored: &[(f64, f64)], levels: &[f64], out: &mut Vec<f64>) {
-    const BUCKETS: usize = 257;
-    out.clear();
-    if scored.is_empty() {
-        out.extend(levels.iter().map(|_| 0.0));
-        return;
-    }
-    let key = |s: &(f64, f64)| s.0.to_bits();
-    debug_assert!(scored.iter().all(|s| s.0.is_sign_positive()));
-    // Zeros (an exact forecast) get a bucket of their own: between 0 and the smallest
-    // error lie a thousand binary orders of magnitude the buckets need not cover.
-    let (lo, hi) = scored.iter().fold((u64::MAX, 0), |(lo, hi), s| {
-        // A zero's key is 0: as the smallest it would stand for every positive key.
-        let k = key(s);
-        (lo.min(if k == 0 { u64::MAX } else { k }), hi.max(k))
-    });
-    // The bucket of a positive score: 1 + the top 8 bits of its key's distance from
-    // the smallest; of a zero, 0.
-    let shift = (u64::BITS - hi.saturating_sub(lo).leading_zeros()).saturating_sub(8);
-    let bucket_of = |s: &(f64, f64)| {
-        let k = key(s);
-        usize::from(k >= lo) + (k.saturating_sub(lo) >> shift) as usize
-    };
-    let mut weights = [0.0; BUCKETS];
-    for s in scored {
-        weights[bucket_of(s)] += s.1;
-    }
-    let weight: f64 = weights.iter().sum();
-    let largest = f64::from_bits(hi);
-    let mut members = Vec::new();
-    for &level in levels {
-        let target = level / 100.0 * (weight + 1.0);
-        if weight < target {
-            out.push(largest);
-            continue;
-        }
-        let (mut below, mut b) = (0.0, 0);
-        while b + 1 < BUCKETS && below + weights[b] < target {
-            below += weights[b];
-            b += 1;
-        }
-        if b == 0 {
-            // Among the zeros (a naive forecast of a steady count errs by none at most
-            // origins): nothing to sort.
-            out.push(0.0);
-            continue;
-        }
-        members.clear();
-        members.extend(scored.iter().filter(|s| bucket_of(s) == b));
-        members.sort_unstable_by(|x: &(f64, f64), y| x.0.total_cmp(&y.0));
-        let crossing = members.iter().find(|(_, w)| {
-            below += w;
-            below >= target
+/// Non-negative scores in `COUNT` buckets ordered as the scores are: one for zeros and
+/// 256 for the positive scores' bit patterns (which order non-negative floats as their
+/// values do, about logarithmically spaced), by the top 8 bits of their distance from
+/// the smallest's. Zeros (an exact forecast) get a bucket of their own: between 0 and
+/// the smallest error lie a thousand binary orders of magnitude the buckets need not
+/// cover.
+struct Buckets {
+    /// The smallest positive score's bits (`u64::MAX` when there is none).
+    lo: u64,
+    shift: u32,
+}
+
+impl Buckets {
+    const COUNT: usize = 257;
+
+    fn over(scores: &[f64]) -> Buckets {
+        debug_assert!(scores.iter().all(|s| s.is_sign_positive()));
+        let (lo, hi) = scores.iter().fold((u64::MAX, 0), |(lo, hi), s| {
+            // A zero's bits are 0: as the smallest it would stand for every positive one.
+            let k = s.to_bits();
+            (lo.min(if k == 0 { u64::MAX } else { k }), hi.max(k))
         });
-        // None only when rounding leaves the running weight a hair short.
-        out.push(crossing.map_or(largest, |s| s.0));
+        let shift = (u64::BITS - hi.saturating_sub(lo).leading_zeros()).saturating_sub(8);
+        Buckets { lo, shift }
+    }
+
+    /// The bucket of `score`: 1 + the top 8 bits of its bits' distance from the
+    /// smallest's; of a zero, 0.
+    fn of(&self, score: f64) -> u16 {
+        let k = score.to_bits();
+        u16::from(k >= self.lo) + (k.saturating_sub(self.lo) >> self.shift) as u16
     }
 }
 

@@ -224,8 +224,18 @@ fn seasonal_copy(
 ) {
     for o in first..=y.len() {
         let (m, s) = (period.clamp(1, o), scale(o));
-        for (v, last) in f.iter_mut().zip(y[o - m..o].iter().cycle()) {
-            *v = last * s;
+        let last = &y[o - m..o];
+        if let Some(ahead) = last.get(..f.len()) {
+            // The horizon within one cycle (a day's or a week's copy): two slices the
+            // compiler vectorises, where the cycling iterator below costs a branch a
+            // step (3% of the taxi's 60-step model choice).
+            for (v, l) in f.iter_mut().zip(ahead) {
+                *v = l * s;
+            }
+        } else {
+            for (v, l) in f.iter_mut().zip(last.iter().cycle()) {
+                *v = l * s;
+            }
         }
         each(o, f);
     }

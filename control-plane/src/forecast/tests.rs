@@ -252,10 +252,10 @@ fn mstl_forecasts_from_a_state_that_filtered_the_newest_points() {
 }
 
 #[test]
-fn weighted_quantiles_match_a_full_sort() {
+fn half_widths_match_a_full_sort() {
     // The reference: sort everything, take the first score whose running weight
     // reaches the level.
-    let reference = |scored: &[(f64, f64)], total: f64, level: f64| {
+    fn reference(scored: &[(f64, f64)], total: f64, level: f64) -> f64 {
         let mut all = scored.to_vec();
         all.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut below = 0.0;
@@ -266,7 +266,7 @@ fn weighted_quantiles_match_a_full_sort() {
             })
             .or(all.last())
             .map_or(0.0, |s| s.0)
-    };
+    }
     let mut rng = fastrand::Rng::with_seed(6);
     let level_sets: [&[f64]; 5] = [
         &[50.0, 80.0, 95.0, 99.0],
@@ -288,19 +288,51 @@ fn weighted_quantiles_match_a_full_sort() {
                     _ => 10f64.powf(rng.f64() * 8.0 - 4.0),
                 })
                 .collect();
+            let weights = origin_weights(n, decay);
             for scores in [random, oldest_largest, magnitudes] {
-                let scored: Vec<(f64, f64)> =
-                    scores.into_iter().zip(origin_weights(n, decay)).collect();
-                let total = scored.iter().map(|s| s.1).sum::<f64>() + 1.0;
                 for levels in level_sets {
-                    let mut got = Vec::new();
-                    weighted_quantiles(&scored, levels, &mut got);
-                    let want: Vec<f64> = levels
-                        .iter()
-                        .map(|&l| reference(&scored, total, l))
-                        .collect();
-                    assert_eq!(got, want, "n = {n}, decay = {decay}, levels {levels:?}");
+                    check(&scores, &weights, 1, 0, levels);
                 }
+            }
+            // Several steps, each pooled with its neighbours: each step's sample is its
+            // own and its neighbours' rows, bucketed with every other step's scores.
+            for (h, pool) in [(3, 1), (12, 2), (12, 0)] {
+                let residuals: Vec<f64> = (0..n * h)
+                    .map(|i| match i % 7 {
+                        0 => 0.0,
+                        _ => (rng.f64() - 0.5) * 10f64.powf(rng.f64() * 6.0 - 2.0),
+                    })
+                    .collect();
+                check(&residuals, &weights, h, pool, &[80.0, 95.0]);
+            }
+        }
+    }
+
+    /// `half_widths` against the reference on each step's pooled sample, made
+    /// non-decreasing over the steps as it makes them.
+    fn check(residuals: &[f64], weights: &[f64], h: usize, pool: usize, levels: &[f64]) {
+        let got = half_widths(residuals, weights, h, pool, levels);
+        for ((level, widths), &l) in got.iter().zip(levels) {
+            assert_eq!(*level, l);
+            let mut widest = 0.0f64;
+            for (j, &width) in widths.iter().enumerate() {
+                let steps = j.saturating_sub(pool)..(j + pool + 1).min(h);
+                let share = 1.0 / steps.len() as f64;
+                let scored: Vec<(f64, f64)> = residuals
+                    .chunks_exact(h)
+                    .zip(weights)
+                    .flat_map(|(row, w)| {
+                        row[steps.clone()].iter().map(move |e| (e.abs(), w * share))
+                    })
+                    .collect();
+                let total = scored.iter().map(|s| s.1).sum::<f64>() + 1.0;
+                widest = widest.max(reference(&scored, total, l));
+                assert_eq!(
+                    width,
+                    widest,
+                    "{} origins, h = {h}, pool = {pool}, step {j}, level {l}",
+                    weights.len()
+                );
             }
         }
     }
