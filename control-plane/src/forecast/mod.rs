@@ -7,8 +7,9 @@
 //!        ─▶ rolling-origin backtest (every step of the last day or ten horizons is an
 //!           origin, h steps each) ─▶ pick lowest recency-weighted MAE,
 //!           intervals per step                                               (select)
-//!        ─▶ refit on everything (MSTL's fit stops a quarter cycle short and the
-//!           newest points are filtered), forecast h                          (predict)
+//!        ─▶ refit on everything with the backtest's smoothing parameters (MSTL's
+//!           fit stops a quarter cycle short and the newest points are filtered),
+//!           forecast h                                                      (predict)
 //! ```
 //! Intervals are conformal: at each step ahead, the chosen model's out-of-sample errors
 //! at that step give the quantile for each level, so their width reflects how the model
@@ -26,7 +27,7 @@
 pub mod models;
 pub mod series;
 
-use models::Model;
+use models::{Model, Smoothing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
@@ -160,6 +161,8 @@ pub struct Selected {
     half_widths: Vec<(f64, Vec<f64>)>,
     /// The series' mean level over the backtest (see `spread`).
     level: f64,
+    /// The smoothing parameters the backtest's fit chose, which refits keep.
+    smoothing: Option<Smoothing>,
 }
 
 /// The scale of the error of a forecast of `p` on a series whose recent mean is
@@ -277,6 +280,7 @@ pub fn select(
         scale: naive_scale(y, season),
         half_widths: half_widths(&scores, &weights, h, keep / 2, levels),
         level,
+        smoothing: b.smoothing,
     })
 }
 
@@ -301,9 +305,12 @@ fn interval_weights(rows: usize, keep: usize) -> Vec<f64> {
 }
 
 /// Refits the selected model on `y` and forecasts its horizon, with the selection's
-/// intervals.
+/// intervals. The refit keeps the smoothing parameters the backtest's fit chose (as
+/// statsforecast's `forward` keeps a fitted model's): searching them again was most of
+/// a refit, and on the bench the kept ones forecast as well or better in 14 of 18
+/// cells (`bench/RESULTS.md`, "A refit keeps the chosen smoothing").
 pub fn predict(sel: &Selected, y: &[f64]) -> Result<Forecast, ForecastError> {
-    let point = sel.model.fit_predict(y, sel.h)?;
+    let point = sel.model.refit(y, sel.h, sel.smoothing)?;
     let intervals = sel
         .half_widths
         .iter()
@@ -329,6 +336,8 @@ pub struct Backtest {
     pub score: f64,
     /// Mean absolute error, every origin counted alike.
     pub mae: f64,
+    /// The smoothing parameters the candidate's fit chose (see `Model::rolling`).
+    pub smoothing: Option<Smoothing>,
 }
 
 /// The errors of `m` at every origin from `first` to `y.len() - h`, `h` steps each, the
@@ -350,7 +359,7 @@ pub fn backtest(
     kept.clear();
     kept.reserve((n + 1).saturating_sub(first + h).div_ceil(keep) * h);
     let (mut sum, mut total, mut plain, mut count) = (0.0, 0.0, 0.0, 0usize);
-    m.rolling(y, first, h, &mut |o, f| {
+    let smoothing = m.rolling(y, first, h, None, &mut |o, f| {
         if o + h > n {
             return;
         }
@@ -373,6 +382,7 @@ pub fn backtest(
     Ok(Backtest {
         score: sum / total.max(f64::EPSILON),
         mae: plain / count.max(1) as f64,
+        smoothing,
     })
 }
 

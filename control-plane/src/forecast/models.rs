@@ -52,6 +52,18 @@ impl Model {
     /// `mstl_forecasts_from_a_state_that_filtered_the_newest_points`). The fit starts a
     /// whole number of the longest period before where it ends (see `whole_cycles`).
     pub fn fit_predict(&self, y: &[f64], h: usize) -> Result<Vec<f64>, ForecastError> {
+        self.refit(y, h, None)
+    }
+
+    /// `fit_predict`, keeping the smoothing parameters a backtest's fit chose (`keep`)
+    /// rather than searching them again: the live forecaster refits its choice at every
+    /// update, and the search is most of a Holt fit.
+    pub fn refit(
+        &self,
+        y: &[f64],
+        h: usize,
+        keep: Option<Smoothing>,
+    ) -> Result<Vec<f64>, ForecastError> {
         let (start, first) = match self {
             Model::MstlEts { periods } => {
                 let shortest = periods.iter().copied().min().unwrap_or(0);
@@ -68,7 +80,7 @@ impl Model {
         let y = &y[start..];
         let (n, first) = (y.len(), first - start);
         let mut out = Vec::with_capacity(h);
-        self.rolling(y, first, h, &mut |o, f| {
+        self.rolling(y, first, h, keep, &mut |o, f| {
             if o == n {
                 out.extend_from_slice(f)
             }
@@ -79,14 +91,17 @@ impl Model {
     /// Fits on `y[..first]`, then for every origin `o` from `first` on at which `h` steps
     /// can be forecast from `y[..o]` (the last one is `y.len()` itself, with nothing to
     /// compare against), calls `each(o, forecast)` with the `h`-step forecast made from
-    /// the data before `o`. Never looks at `y[o..]` for origin `o`.
+    /// the data before `o`. Never looks at `y[o..]` for origin `o`. Holt's smoothing
+    /// parameters are `keep`'s where given; returned, those it used (None for the
+    /// copies, which have none).
     pub fn rolling(
         &self,
         y: &[f64],
         first: usize,
         h: usize,
+        keep: Option<Smoothing>,
         each: &mut dyn FnMut(usize, &[f64]),
-    ) -> Result<(), ForecastError> {
+    ) -> Result<Option<Smoothing>, ForecastError> {
         let n = y.len();
         if first == 0 || first > n {
             return Err(self.error(&"no history before the first origin"));
@@ -94,7 +109,8 @@ impl Model {
         let mut f = vec![0.0; h];
         match self {
             Model::SeasonalNaive { period } => {
-                seasonal_copy(y, first, *period, &|_| 1.0, &mut f, each)
+                seasonal_copy(y, first, *period, &|_| 1.0, &mut f, each);
+                Ok(None)
             }
             Model::ScaledNaive { period, window } => {
                 let (m, k) = (*period, *window);
@@ -112,11 +128,13 @@ impl Model {
                         1.0
                     }
                 };
-                seasonal_copy(y, first, m, &level, &mut f, each)
+                seasonal_copy(y, first, m, &level, &mut f, each);
+                Ok(None)
             }
             Model::Holt => {
-                let (p, s) = Holt::fit(&y[..first]);
+                let (p, s) = Holt::fit_or_keep(&y[..first], keep);
                 p.run(s, y, first, &mut f, &[], each);
+                Ok(Some(Smoothing(p)))
             }
             Model::MstlEts { periods } => {
                 let fit = mstl_params(periods)
@@ -133,11 +151,11 @@ impl Model {
                 }
                 let deseasonalised: Vec<f64> =
                     trend.iter().zip(&remainder).map(|(t, r)| t + r).collect();
-                let (p, s) = Holt::fit(&deseasonalised);
+                let (p, s) = Holt::fit_or_keep(&deseasonalised, keep);
                 p.run(s, y, first, &mut f, &season, each);
+                Ok(Some(Smoothing(p)))
             }
         }
-        Ok(())
     }
 
     fn error(&self, e: &dyn std::fmt::Display) -> ForecastError {
@@ -261,7 +279,20 @@ struct State {
     trend: f64,
 }
 
+/// The smoothing parameters a fit chose (Holt's, or the ETS on MSTL's deseasonalised
+/// series), for a refit to keep (`Model::refit`).
+#[derive(Debug, Clone, Copy)]
+pub struct Smoothing(Holt);
+
 impl Holt {
+    /// `keep` and the state it ends in after `y`, or the best parameters for `y` (`fit`).
+    fn fit_or_keep(y: &[f64], keep: Option<Smoothing>) -> (Holt, State) {
+        match keep {
+            Some(Smoothing(p)) => (p, Holt::search(y, &[p]).2),
+            None => Holt::fit(y),
+        }
+    }
+
     /// The parameters with the least one-step squared error over `y`, and the state they
     /// end in: the best of a coarse grid (`coarse`), then of the midpoints between it and
     /// its grid neighbours (`around`). A grid, not an optimiser: the sets are filtered
@@ -465,6 +496,26 @@ mod tests {
             (a_state.level.to_bits(), a_state.trend.to_bits()),
             (b_state.level.to_bits(), b_state.trend.to_bits())
         );
+    }
+
+    #[test]
+    fn a_refit_keeps_the_smoothing_a_fit_chose() {
+        // Holt's parameters as a fit of NASA's first week chose them: refitting that week
+        // with them forecasts as the fit did, and over another series (the taxi's) they
+        // are kept where a search would choose others. MSTL's ETS returns its
+        // parameters too; the copies have none.
+        let week = &nasa()[..2016];
+        let taxi = crate::forecast::tests::taxi();
+        let chosen = |m: &Model, y: &[f64]| m.rolling(y, y.len(), 12, None, &mut |_, _| {});
+        let kept = chosen(&Model::Holt, week).unwrap();
+        assert!(kept.is_some());
+        let refit = |y: &[f64]| Model::Holt.refit(y, 12, kept).unwrap();
+        assert_eq!(refit(week), Model::Holt.fit_predict(week, 12).unwrap());
+        assert_ne!(refit(&taxi), Model::Holt.fit_predict(&taxi, 12).unwrap());
+        let mstl = Model::MstlEts { periods: vec![288] };
+        assert!(chosen(&mstl, week).unwrap().is_some());
+        let copy = Model::SeasonalNaive { period: 288 };
+        assert!(chosen(&copy, week).unwrap().is_none());
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn the_backtest_never_sees_past_its_origin() {
     ] {
         let at_origin = |y: &[f64]| {
             let mut out = Vec::new();
-            m.rolling(y, first, h, &mut |o, f| {
+            m.rolling(y, first, h, None, &mut |o, f| {
                 if o == at {
                     out = f.to_vec();
                 }
@@ -240,7 +240,7 @@ fn mstl_forecasts_from_a_state_that_filtered_the_newest_points() {
     for o in (y.len() - 336..y.len()).step_by(7) {
         let hist = &y[o - 1344..o];
         filtered += (m.fit_predict(hist, 1).unwrap()[0] - y[o]).abs();
-        m.rolling(hist, hist.len(), 1, &mut |_, f| {
+        m.rolling(hist, hist.len(), 1, None, &mut |_, f| {
             refit += (f[0] - y[o]).abs()
         })
         .unwrap();
