@@ -441,42 +441,22 @@ fn half_widths(
         quantiles.clear();
         for &level in levels {
             let target = level / 100.0 * (weight + 1.0);
-            let largest = || {
+            let members_of = |b: usize, members: &mut Vec<(f64, f64)>| {
+                for (at, w) in each_row() {
+                    let (ids, scores) = (&ids[at..at + h], &scores[at..at + h]);
+                    let inside = steps.clone().filter(|&c| usize::from(ids[c]) == b);
+                    members.extend(inside.map(|c| (scores[c], w)));
+                }
+            };
+            let q = (weight >= target)
+                .then(|| crossing(&sums, target, &mut members, members_of))
+                .flatten();
+            // The largest score of the sample where its weight falls short.
+            quantiles.push(q.unwrap_or_else(|| {
                 each_row()
                     .flat_map(|(at, _)| &scores[at + steps.start..at + steps.end])
                     .fold(0.0, |a: f64, &s| a.max(s))
-            };
-            if weight < target {
-                quantiles.push(largest());
-                continue;
-            }
-            let (mut below, mut b) = (0.0, 0);
-            while b + 1 < Buckets::COUNT && below + sums[b] < target {
-                below += sums[b];
-                b += 1;
-            }
-            if b == 0 {
-                // Among the zeros (a naive forecast of a steady count errs by none at
-                // most origins): nothing to sort.
-                quantiles.push(0.0);
-                continue;
-            }
-            members.clear();
-            for (at, w) in each_row() {
-                let (ids, scores) = (&ids[at..at + h], &scores[at..at + h]);
-                for c in steps.clone() {
-                    if usize::from(ids[c]) == b {
-                        members.push((scores[c], w));
-                    }
-                }
-            }
-            members.sort_unstable_by(|x: &(f64, f64), y| x.0.total_cmp(&y.0));
-            let crossing = members.iter().find(|(_, w)| {
-                below += w;
-                below >= target
-            });
-            // None only when rounding leaves the running weight a hair short.
-            quantiles.push(crossing.map_or_else(largest, |s| s.0));
+            }));
         }
         for ((_, widths), &q) in out.iter_mut().zip(&quantiles) {
             let widest = widths.last().copied().unwrap_or(0.0);
@@ -484,6 +464,35 @@ fn half_widths(
         }
     }
     out
+}
+
+/// The score at which a sample's running weight reaches `target`, its weight per bucket
+/// in `sums`: 0 among the zeros (a naive forecast of a steady count errs by none at most
+/// origins), otherwise the first of the crossing bucket's members (`members_of` fills
+/// them in) in sorted order; None only when rounding leaves the running weight a hair
+/// short.
+fn crossing(
+    sums: &[f64; Buckets::COUNT],
+    target: f64,
+    members: &mut Vec<(f64, f64)>,
+    members_of: impl FnOnce(usize, &mut Vec<(f64, f64)>),
+) -> Option<f64> {
+    let (mut below, mut b) = (0.0, 0);
+    while b + 1 < Buckets::COUNT && below + sums[b] < target {
+        below += sums[b];
+        b += 1;
+    }
+    if b == 0 {
+        return Some(0.0);
+    }
+    members.clear();
+    members_of(b, members);
+    members.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
+    let crossing = members.iter().find(|(_, w)| {
+        below += w;
+        below >= target
+    });
+    crossing.map(|s| s.0)
 }
 
 /// Non-negative scores in `COUNT` buckets ordered as the scores are: one for zeros and
