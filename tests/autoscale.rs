@@ -158,8 +158,17 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
         requests.contains(" 0 failed, 0 errored, 0 timeout"),
         "no request failed while instances joined: {requests}"
     );
-    let during = endpoints(&cp).await;
-    assert_eq!(during.len(), 4, "{during:?}");
+    // An instance is published to the registry just after it reports ready: await the
+    // fourth endpoint rather than read the list once.
+    let four = wait_until(Duration::from_secs(10), || async {
+        let e = endpoints(&cp).await;
+        (e.len() == 4).then_some(e)
+    })
+    .await;
+    let during = match four {
+        Some(e) => e,
+        None => panic!("four endpoints, have {:?}", endpoints(&cp).await),
+    };
     assert!(before.is_subset(&during));
     let names: BTreeSet<String> = {
         let mut n = BTreeSet::new();
