@@ -11,7 +11,7 @@
 //! ```
 //! Layering, lowest first: `config` (and `routing`, `tls`), `load`, `metrics`,
 //! `outlier`/`balance`, `qos`, `upstream`, `runtime`, `control_plane`, `telemetry`, `state`,
-//! `downstream`, `rewrite`, `upgrade`, `forward`, `listen`/`admin`/`reload`/`xds`, then `server`.
+//! `downstream`, `rewrite`, `upgrade`, `forward`, `coalesce`, `listen`/`admin`/`reload`/`xds`, then `server`.
 //! No feature flags.
 
 #![forbid(unsafe_code)]
@@ -23,6 +23,7 @@ pub mod attempt;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod coalesce;
 pub mod config;
 pub mod control_plane;
 pub mod downstream;

@@ -5,7 +5,8 @@
 //! The TLS config is read from the live runtime at each accept, so a reload with new
 //! certificates applies to new connections while old ones finish on the old certificate.
 //! A transparent listener's connections carry their original destination, and those
-//! that are not HTTP are passed through as TCP (see `transparent`).
+//! that are not HTTP are passed through as TCP (see `transparent`). An HTTP/2
+//! connection's writes are coalesced (see `coalesce`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::coalesce::Coalesce;
 use crate::config::Limits;
 use crate::downstream::Conn;
 use crate::state::Shared;
@@ -165,16 +167,22 @@ async fn serve(
             }
             watcher
                 .watch(
-                    b.serve_connection_with_upgrades(TokioIo::new(stream), service(conn))
-                        .into_owned(),
+                    b.serve_connection_with_upgrades(
+                        TokioIo::new(Coalesce::new(stream)),
+                        service(conn),
+                    )
+                    .into_owned(),
                 )
                 .await
         }
         None => {
             watcher
                 .watch(
-                    b.serve_connection_with_upgrades(TokioIo::new(stream), service(conn))
-                        .into_owned(),
+                    b.serve_connection_with_upgrades(
+                        TokioIo::new(Coalesce::new(stream)),
+                        service(conn),
+                    )
+                    .into_owned(),
                 )
                 .await
         }
