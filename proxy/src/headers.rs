@@ -1,7 +1,7 @@
 //! Header handling shared by both directions: hop-by-hop stripping (RFC 9110 §7.6.1),
 //! request ids and forwarding headers.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -84,16 +84,24 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
 /// h2 compares a new value with every indexed one of the same name before inserting it
 /// (a chain of about 50 request ids, 5% of the instructions per proxied h2c request).
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get_mut(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 128 {
-            v.set_sensitive(true);
-            return v.clone();
+    let fresh = || {
+        let mut id = new_request_id();
+        id.set_sensitive(true);
+        id
+    };
+    match h.entry(X_REQUEST_ID.clone()) {
+        Entry::Occupied(mut e) => {
+            let v = e.get_mut();
+            if !v.is_empty() && v.len() <= 128 {
+                v.set_sensitive(true);
+                return v.clone();
+            }
+            let id = fresh();
+            e.insert(id.clone());
+            id
         }
+        Entry::Vacant(e) => e.insert(fresh()).clone(),
     }
-    let mut id = new_request_id();
-    id.set_sensitive(true);
-    h.insert(X_REQUEST_ID.clone(), id.clone());
-    id
 }
 
 /// 128 random bits as 32 hex digits. Not a secret, so a fast PRNG will do.
@@ -112,28 +120,28 @@ pub fn forwarded_for(peer: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&peer.to_string()).expect("an IP address is a valid header value")
 }
 
-/// Appends the client's address (`forwarded_for`) to `x-forwarded-for` and sets
-/// `x-forwarded-proto`.
+/// Appends the client's address (`forwarded_for`) to `x-forwarded-for` (after every
+/// entry of every such field the request brought, joined as one list) and sets
+/// `x-forwarded-proto` unless the caller did. One lookup per field (`entry`).
 pub fn add_forwarded(h: &mut HeaderMap, client: &HeaderValue, tls: bool) {
-    let v = match h.get(&X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
+    match h.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Occupied(mut e) => {
+            let mut v = Vec::new();
+            for prev in e.iter() {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
             v.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                e.insert(v);
+            }
         }
-        None => Some(client.clone()),
-    };
-    if let Some(v) = v {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
     }
-    if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
-    }
+    h.entry(X_FORWARDED_PROTO.clone())
+        .or_insert_with(|| HeaderValue::from_static(if tls { "https" } else { "http" }));
 }
 
 /// `x-forwarded-client-cert` (Envoy's format): who called, as the inbound sidecar
@@ -187,6 +195,12 @@ mod tests {
         add_forwarded(&mut h, &client, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https", "a caller's proto is kept");
+        // Two fields are one list (RFC 9110 §5.3): every entry is kept, in order.
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2, 10.0.0.3".parse().unwrap());
+        add_forwarded(&mut h, &client, false);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 2001:db8::1"]);
     }
 
     #[test]
@@ -219,5 +233,14 @@ mod tests {
         // Never indexed in HPACK, in both copies (the upstream's and the client's).
         assert!(id.is_sensitive() && h["x-request-id"].is_sensitive());
         assert!(h2["x-request-id"].is_sensitive());
+        // An empty or overlong one is replaced, every field of it.
+        let mut h3 = HeaderMap::new();
+        h3.insert("x-request-id", "".parse().unwrap());
+        h3.append("x-request-id", "second".parse().unwrap());
+        let id = ensure_request_id(&mut h3);
+        assert_eq!(id.len(), 32);
+        let all: Vec<_> = h3.get_all("x-request-id").iter().collect();
+        assert_eq!(all, [&id]);
+        assert!(id.is_sensitive() && h3["x-request-id"].is_sensitive());
     }
 }

@@ -66,12 +66,12 @@ pub(crate) fn prepare_headers(
     upgrade: bool,
 ) {
     // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
-    if !h.contains_key(header::HOST) {
+    if let header::Entry::Vacant(e) = h.entry(header::HOST) {
         if let Some(v) = uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         {
-            h.insert(header::HOST, v);
+            e.insert(v);
         }
     }
     headers::strip_hop_by_hop(h, upgrade);
