@@ -133,6 +133,59 @@ async fn grpc_trailers_pass_through_intact() {
 }
 
 #[tokio::test]
+async fn an_h2_stream_is_relayed_message_by_message() {
+    // A bidirectional HTTP/2 stream (as gRPC streams are): the client sends each message
+    // only once the echo of the one before has come back through the proxy, so every
+    // message must leave the proxy's downstream connection while the stream is open (its
+    // writes are coalesced per poll of the connection: `coalesce`).
+    use hyper::body::Frame;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use std::convert::Infallible;
+    use std::time::Duration;
+    let up = Upstream::spawn("stream").await;
+    let proxy = Proxy::start(&one_cluster(&[up.addr], "    protocol: http2\n")).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let req = Request::post(proxy.url("/echo-stream"))
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let mut pending = Some(tokio::spawn(client.request(req)));
+    let bound = Duration::from_secs(10);
+    let mut body = None;
+    for msg in ["first message", "second", "the third"] {
+        tx.send(Bytes::from(msg)).await.unwrap();
+        let body = match &mut body {
+            Some(b) => b,
+            None => {
+                let res = tokio::time::timeout(bound, pending.take().unwrap())
+                    .await
+                    .expect("no response head while the stream is open")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                body.insert(res.into_body())
+            }
+        };
+        let frame = tokio::time::timeout(bound, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("{msg:?} was not relayed while the stream was open"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), msg);
+    }
+    drop(tx);
+    let rest = body.unwrap().collect().await.unwrap().to_bytes();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[tokio::test]
 async fn protocol_upgrade_is_spliced_both_ways() {
     let up = Upstream::spawn("ws").await;
     let proxy = Proxy::start(&one_cluster(&[up.addr], "")).await;

@@ -97,6 +97,7 @@ type UpBody = BoxBody<Bytes, hyper::Error>;
 /// - `/fail-at/NAME` answers 500 from the upstream named NAME (others answer as usual);
 /// - `/slow-at/NAME/MS` answers after MS ms from the upstream named NAME (others at once);
 /// - `application/grpc` requests are echoed with gRPC trailers (`grpc-status: 0`);
+/// - `/echo-stream` echoes the request body frame by frame as it arrives;
 /// - an `Upgrade` request is switched (101) and then echoes raw bytes;
 /// - anything else answers JSON: service, method, path, headers, body.
 pub struct Upstream {
@@ -206,6 +207,11 @@ async fn handle(
         res.headers_mut()
             .insert("connection", "upgrade".parse().unwrap());
         return Ok(res);
+    }
+    if path == "/echo-stream" {
+        // Each frame of the request body back as it arrives, the stream open until the
+        // client ends its side.
+        return Ok(Response::new(req.into_body().boxed()));
     }
     if let Some(ms) = req
         .uri()
