@@ -57,10 +57,6 @@ impl<T> Coalesce<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     fn coalescing(&self) -> bool {
         self.matched == PREFACE.len()
     }
@@ -268,13 +264,19 @@ mod tests {
         assert_eq!(got, b"first responsesecond response");
     }
 
-    #[tokio::test]
-    async fn a_read_writes_what_is_held_first() {
+    /// An HTTP/2 pair whose proxy end wrote and flushed `bytes`, held.
+    async fn holding(bytes: &[u8]) -> (TcpStream, Coalesce<TcpStream>) {
         let (mut client, mut server) = pair().await;
         first_bytes(&mut client, &mut server, PREFACE).await;
-        server.write_all(b"settings").await.unwrap();
+        server.write_all(bytes).await.unwrap();
         server.flush().await.unwrap();
         nothing_arrived(&client);
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_read_writes_what_is_held_first() {
+        let (mut client, mut server) = holding(b"settings").await;
         // The client answers only what it received: the proxy's read must send first.
         let echo = tokio::spawn(async move {
             let mut got = [0u8; 8];
@@ -294,10 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_writes_what_is_held() {
-        let (mut client, mut server) = pair().await;
-        first_bytes(&mut client, &mut server, PREFACE).await;
-        server.write_all(b"goaway").await.unwrap();
-        server.flush().await.unwrap();
+        let (mut client, mut server) = holding(b"goaway").await;
         server.shutdown().await.unwrap();
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
