@@ -34,10 +34,10 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CAP: usize = 64 * 1024;
 
 /// The buffer's first allocation, h2's write buffer size: room for a batch of small
-/// responses without growing. Kept between batches up to this size (freeing it after
-/// each batch cost 10% more CPU per h2c request in `bench/proxy`: the allocator hands
-/// the pages back and faults them in again); a buffer a burst grew larger is freed
-/// once written out.
+/// responses without growing. Kept between batches up to this size (freed after each
+/// batch, one round of `bench/proxy` measured 10% more CPU per h2c request, presumably
+/// pages the allocator handed back and faulted in again); a buffer a burst grew larger
+/// is freed once written out.
 const FIRST: usize = 16 * 1024;
 
 /// A downstream connection that coalesces writes once it has seen HTTP/2's preface.
