@@ -111,12 +111,25 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
         self.fresh = true;
     }
 
-    /// Makes room for `len` more bytes: writes out what is held when they would not fit.
-    fn room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<()>> {
+    /// A coalescing connection's write: `bufs` held, after what is held is written out
+    /// when they would not fit beside it; written at once, uncopied, when they alone
+    /// fill the buffer.
+    fn gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
         if self.held.len() - self.sent + len > CAP {
             ready!(self.drain(cx))?;
         }
-        Poll::Ready(Ok(()))
+        if self.held.is_empty() && len >= CAP {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            self.hold(b);
+        }
+        Poll::Ready(Ok(len))
     }
 }
 
@@ -151,12 +164,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         if !this.coalescing() {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
-        ready!(this.room(cx, data.len()))?;
-        if this.held.is_empty() && data.len() >= CAP {
-            return Pin::new(&mut this.inner).poll_write(cx, data);
-        }
-        this.hold(data);
-        Poll::Ready(Ok(data.len()))
+        this.gather(cx, &[io::IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
@@ -168,15 +176,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         if !this.coalescing() {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
-        let len: usize = bufs.iter().map(|b| b.len()).sum();
-        ready!(this.room(cx, len))?;
-        if this.held.is_empty() && len >= CAP {
-            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        }
-        for b in bufs {
-            this.hold(b);
-        }
-        Poll::Ready(Ok(len))
+        this.gather(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
