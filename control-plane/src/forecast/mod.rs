@@ -152,7 +152,7 @@ fn span(n: usize, h: usize, train: usize) -> usize {
 pub struct Selected {
     pub model: Model,
     pub h: usize,
-    /// Mean absolute error of the model in the backtest (every origin counted alike), in
+    /// Mean absolute error of the model in the backtest (every origin scored counted alike), in
     /// the series' units.
     pub mae: f64,
     /// The MASE denominator (see `naive_scale`).
@@ -242,8 +242,8 @@ pub fn select(
     if !periods.is_empty() {
         candidates.push(Model::MstlEts { periods });
     }
-    // Every candidate has an origin at each of `first..=n - h`; the intervals keep the
-    // residuals of every `keep`-th, counted back from the last.
+    // Every candidate is scored at every `keep`-th origin of `first..=n - h`, counted
+    // back from the last, and the intervals take those origins' residuals.
     let at = n + 1 - first - h;
     let keep = interval_stride(h);
     let weights = origin_weights(at, 0.5f64.powf(1.0 / CHOICE_HALF_LIFE));
@@ -284,13 +284,16 @@ pub fn select(
     })
 }
 
-/// Every how many backtest origins the intervals take their residuals, for horizon `h`:
-/// every one up to 11 steps, every `h / 6`-th beyond. Neighbouring origins' errors at a
-/// far step are nearly the same error (one forecast of 60 steps overlaps the next in 59
-/// targets), so every tenth at 60 steps, its weight ten times one origin's and each
-/// step's quantile pooled with the five steps either side, gives the same intervals as
-/// all of them (`strided_intervals_match_every_origin`) for a tenth of the quantile
-/// work and memory (`bench/RESULTS.md`). The model choice still counts every origin.
+/// Every how many backtest origins a model is scored and the intervals take their
+/// residuals, for horizon `h`: every one up to 11 steps, every `h / 6`-th beyond.
+/// Neighbouring origins' errors at a far step are nearly the same error (one forecast
+/// of 60 steps overlaps the next in 59 targets), so every tenth at 60 steps, its weight
+/// ten times one origin's and each step's quantile pooled with the five steps either
+/// side, gives the same intervals as all of them (`strided_intervals_match_every_origin`)
+/// for a tenth of the quantile work and memory. The model choice made from every
+/// `h / 6`-th origin differed from every origin's in 4 of 18 bench cells, two for the
+/// better and two for the worse, and cut a 60-step choice by a sixth (`bench/RESULTS.md`,
+/// "Fewer origins scored, a cheaper decomposition").
 fn interval_stride(h: usize) -> usize {
     (h / 6).max(1)
 }
@@ -334,17 +337,16 @@ pub fn predict(sel: &Selected, y: &[f64]) -> Result<Forecast, ForecastError> {
 pub struct Backtest {
     /// Mean absolute error, each origin's weighted (the model choice's score).
     pub score: f64,
-    /// Mean absolute error, every origin counted alike.
+    /// Mean absolute error, every origin scored counted alike.
     pub mae: f64,
     /// The smoothing parameters the candidate's fit chose (see `Model::rolling`).
     pub smoothing: Option<Smoothing>,
 }
 
-/// The errors of `m` at every origin from `first` to `y.len() - h`, `h` steps each, the
-/// model fitted once on `y[..first]` (see `Model::rolling`): the mean absolute error
-/// with origin `first + i` weighted by `weights[i]`, and in `kept` the residuals
-/// (actual - forecast, one row of `h` per origin) of every `keep`-th origin counted
-/// back from the last.
+/// The errors of `m` at every `keep`-th origin from `y.len() - h` back to `first`, `h`
+/// steps each, the model fitted once on `y[..first]` (see `Model::rolling`): the mean
+/// absolute error with origin `first + i` weighted by `weights[i]`, and in `kept` the
+/// residuals (actual - forecast, one row of `h` per origin, oldest first).
 pub fn backtest(
     m: &Model,
     y: &[f64],
@@ -359,19 +361,15 @@ pub fn backtest(
     kept.clear();
     kept.reserve((n + 1).saturating_sub(first + h).div_ceil(keep) * h);
     let (mut sum, mut total, mut plain, mut count) = (0.0, 0.0, 0.0, 0usize);
-    let smoothing = m.rolling(y, first, h, None, &mut |o, f| {
-        if o + h > n {
-            return;
-        }
-        let errors = y[o..o + h].iter().zip(f).map(|(a, p)| a - p);
+    let at = models::Origins {
+        last: n - h,
+        every: keep,
+    };
+    let smoothing = m.rolling(y, first, h, None, at, &mut |o, f| {
         let mut row = 0.0;
-        if (n - h - o).is_multiple_of(keep) {
-            for e in errors {
-                kept.push(e);
-                row += e.abs();
-            }
-        } else {
-            row = errors.map(f64::abs).sum();
+        for (a, p) in y[o..o + h].iter().zip(f) {
+            kept.push(a - p);
+            row += (a - p).abs();
         }
         let w = weights[o - first];
         sum += w * row;
@@ -408,9 +406,13 @@ fn origin_weights(n: usize, decay: f64) -> Vec<f64> {
 ///
 /// Each step's weights are summed into the buckets of `Buckets` and only the bucket
 /// where a level's running weight crosses is sorted: linear in the origins (selecting
-/// the largest 40% and sorting them cost 1.2-1.5 times as much). The errors are
-/// bucketed once for every step, each is in up to 2 * `pool` + 1 steps' samples: 5-6%
-/// of a 60-step model choice against bucketing each step's sample anew.
+/// the largest 40% and sorting them cost 1.2-1.5 times as much). Each step's rows are
+/// ordered by bucket once, so a bucket's members at a step are one run found by binary
+/// search, and the sums slide from step to step: the step that enters the pool is
+/// added, the one that leaves it taken off. Weights are summed in the rows' own units
+/// (the step's share of each is a common factor, taken out of the target): at 60
+/// steps, pooled 5 either side, a third of the work of summing each step's sample anew
+/// and scanning it for the crossing bucket's members (`bench/RESULTS.md`).
 fn half_widths(
     residuals: &[f64],
     weights: &[f64],
@@ -422,30 +424,41 @@ fn half_widths(
         levels.iter().map(|&l| (l, Vec::with_capacity(h))).collect();
     let scores: Vec<f64> = residuals.iter().map(|e| e.abs()).collect();
     let buckets = Buckets::over(&scores);
-    let ids: Vec<u16> = scores.iter().map(|&s| buckets.of(s)).collect();
     let rows = weights.len().min(scores.len() / h.max(1));
+    // Step after step, each step's (bucket, row) in order.
+    let mut by_bucket: Vec<(u16, u32)> = Vec::with_capacity(rows * h);
+    for c in 0..h {
+        let start = by_bucket.len();
+        let ids = (0..rows).map(|r| (buckets.of(scores[r * h + c]), r as u32));
+        by_bucket.extend(ids);
+        by_bucket[start..].sort_unstable();
+    }
+    let step = |c: usize| &by_bucket[c * rows..(c + 1) * rows];
+    let score = |c: usize, r: u32| scores[r as usize * h + c];
     let (mut quantiles, mut members) = (Vec::with_capacity(levels.len()), Vec::new());
+    let (mut sums, mut pooled) = ([0.0; Buckets::COUNT], 0..0);
     for j in 0..h {
         let steps = j.saturating_sub(pool)..(j + pool + 1).min(h);
-        let share = 1.0 / steps.len() as f64;
-        // The step's sample, row by row (where the row starts in `scores`, its weight):
-        // each row's scores at `steps`.
-        let each_row = || (0..rows).map(|r| (r * h, weights[r] * share));
-        let mut sums = [0.0; Buckets::COUNT];
-        for (at, w) in each_row() {
-            for &id in &ids[at + steps.start..at + steps.end] {
-                sums[usize::from(id)] += w;
+        for (c, sign) in (pooled.end..steps.end)
+            .map(|c| (c, 1.0))
+            .chain((pooled.start..steps.start).map(|c| (c, -1.0)))
+        {
+            for &(b, r) in step(c) {
+                sums[usize::from(b)] += sign * weights[r as usize];
             }
         }
+        pooled = steps.clone();
         let weight: f64 = sums.iter().sum();
         quantiles.clear();
         for &level in levels {
-            let target = level / 100.0 * (weight + 1.0);
+            // The point to be covered weighs one share: as many rows' units as steps.
+            let target = level / 100.0 * (weight + steps.len() as f64);
             let members_of = |b: usize, members: &mut Vec<(f64, f64)>| {
-                for (at, w) in each_row() {
-                    let (ids, scores) = (&ids[at..at + h], &scores[at..at + h]);
-                    let inside = steps.clone().filter(|&c| usize::from(ids[c]) == b);
-                    members.extend(inside.map(|c| (scores[c], w)));
+                for c in steps.clone() {
+                    let run = step(c);
+                    let from = run.partition_point(|&(id, _)| usize::from(id) < b);
+                    let inside = run[from..].iter().take_while(|e| usize::from(e.0) == b);
+                    members.extend(inside.map(|&(_, r)| (score(c, r), weights[r as usize])));
                 }
             };
             let q = (weight >= target)
@@ -453,9 +466,10 @@ fn half_widths(
                 .flatten();
             // The largest score of the sample where its weight falls short.
             quantiles.push(q.unwrap_or_else(|| {
-                each_row()
-                    .flat_map(|(at, _)| &scores[at + steps.start..at + steps.end])
-                    .fold(0.0, |a: f64, &s| a.max(s))
+                steps
+                    .clone()
+                    .flat_map(|c| step(c).iter().map(move |&(_, r)| score(c, r)))
+                    .fold(0.0, f64::max)
             }));
         }
         for ((_, widths), &q) in out.iter_mut().zip(&quantiles) {

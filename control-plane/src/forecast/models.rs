@@ -3,7 +3,8 @@
 //! parameters (and MSTL's seasonal profile) are fitted once on the data before the first
 //! origin, then the state is updated one observation at a time, as the live forecaster
 //! updates between refits. That makes choosing a model cost one fit per candidate
-//! instead of one per origin, so every step of the backtest can be an origin.
+//! instead of one per origin, so every step of the backtest can be an origin; only
+//! the origins asked for (`Origins`) get a forecast.
 
 use augurs::mstl::stlrs::{Mstl, MstlParams, StlParams};
 
@@ -80,18 +81,16 @@ impl Model {
         let y = &y[start..];
         let (n, first) = (y.len(), first - start);
         let mut out = Vec::with_capacity(h);
-        self.rolling(y, first, h, keep, &mut |o, f| {
-            if o == n {
-                out.extend_from_slice(f)
-            }
+        self.rolling(y, first, h, keep, Origins::last(n), &mut |_, f| {
+            out.extend_from_slice(f)
         })?;
         Ok(out)
     }
 
-    /// Fits on `y[..first]`, then for every origin `o` from `first` on at which `h` steps
-    /// can be forecast from `y[..o]` (the last one is `y.len()` itself, with nothing to
-    /// compare against), calls `each(o, forecast)` with the `h`-step forecast made from
-    /// the data before `o`. Never looks at `y[o..]` for origin `o`. Holt's smoothing
+    /// Fits on `y[..first]`, then for every origin `o` of `at` from `first` on (at most
+    /// `y.len()` itself, with nothing to compare against), calls `each(o, forecast)`
+    /// with the `h`-step forecast made from the data before `o`; the state goes through
+    /// every step between. Never looks at `y[o..]` for origin `o`. Holt's smoothing
     /// parameters are `keep`'s where given; returned, those it used (None for the
     /// copies, which have none).
     pub fn rolling(
@@ -100,6 +99,7 @@ impl Model {
         first: usize,
         h: usize,
         keep: Option<Smoothing>,
+        at: Origins,
         each: &mut dyn FnMut(usize, &[f64]),
     ) -> Result<Option<Smoothing>, ForecastError> {
         let n = y.len();
@@ -109,7 +109,7 @@ impl Model {
         let mut f = vec![0.0; h];
         match self {
             Model::SeasonalNaive { period } => {
-                seasonal_copy(y, first, *period, &|_| 1.0, &mut f, each);
+                seasonal_copy(y, first, *period, &|_| 1.0, at, &mut f, each);
                 Ok(None)
             }
             Model::ScaledNaive { period, window } => {
@@ -128,12 +128,12 @@ impl Model {
                         1.0
                     }
                 };
-                seasonal_copy(y, first, m, &level, &mut f, each);
+                seasonal_copy(y, first, m, &level, at, &mut f, each);
                 Ok(None)
             }
             Model::Holt => {
                 let (p, s) = Holt::fit_or_keep(&y[..first], keep);
-                p.run(s, y, first, &mut f, &[], each);
+                p.run((s, first), y, at, &mut f, &[], each);
                 Ok(Some(Smoothing(p)))
             }
             Model::MstlEts { periods } => {
@@ -152,7 +152,7 @@ impl Model {
                 let deseasonalised: Vec<f64> =
                     trend.iter().zip(&remainder).map(|(t, r)| t + r).collect();
                 let (p, s) = Holt::fit_or_keep(&deseasonalised, keep);
-                p.run(s, y, first, &mut f, &season, each);
+                p.run((s, first), y, at, &mut f, &season, each);
                 Ok(Some(Smoothing(p)))
             }
         }
@@ -163,6 +163,40 @@ impl Model {
             model: self.name(),
             message: e.to_string(),
         }
+    }
+}
+
+/// The origins a rolling evaluation forecasts from: `last`, `last - every`, and so on
+/// back to the first (a backtest's scored ones, or a refit's one).
+#[derive(Debug, Clone, Copy)]
+pub struct Origins {
+    pub last: usize,
+    pub every: usize,
+}
+
+impl Origins {
+    /// Every origin up to `last`.
+    pub fn all(last: usize) -> Origins {
+        Origins { last, every: 1 }
+    }
+
+    /// `last` alone.
+    pub fn last(last: usize) -> Origins {
+        Origins {
+            last,
+            every: usize::MAX,
+        }
+    }
+
+    fn has(&self, o: usize) -> bool {
+        o <= self.last && (self.last - o).is_multiple_of(self.every.max(1))
+    }
+
+    /// The origins from `first` on, oldest first.
+    fn from(self, first: usize) -> impl Iterator<Item = usize> {
+        let every = self.every.max(1);
+        let start = self.last - self.last.saturating_sub(first) / every * every;
+        (start.max(first)..=self.last).step_by(every)
     }
 }
 
@@ -195,13 +229,16 @@ pub fn instruction_set() -> &'static str {
 }
 
 /// stlrs' MSTL in one pass over the periods (see below), each STL in one inner loop,
-/// with its loess smoothers evaluated sparsely: the low-pass smoother at every fifth of
-/// its window (stlrs' default is a tenth) and the seasonal one at every fourth point of a
-/// cycle-subseries, the values between interpolated linearly. The windows are sized for
-/// the longest period, the one whose smoothers dominate the cost. On the shared traces
-/// the sparser loess leaves the forecasts' MASE within 0.01 of the default's in every
-/// bench cell and halves the fit (`bench/forecast`, RESULTS "Loess evaluated half as
-/// often").
+/// with its loess smoothers evaluated sparsely: the low-pass smoother at every half of
+/// its window (stlrs' default is a tenth; after three moving averages at least a period
+/// long the curve has no bend shorter than that) and the seasonal one at every fourth
+/// point of a cycle-subseries, the values between interpolated linearly. The windows are
+/// sized for the longest period, the one whose smoothers dominate the cost. On the
+/// shared traces the sparser loess leaves the forecasts' MASE within 0.01 of the
+/// default's in every bench cell and halves the fit (`bench/forecast`, RESULTS "Loess
+/// evaluated half as often"); the low-pass at every half rather than every fifth moved
+/// one cell by 0.001 and took a third off the fit (RESULTS "Fewer origins scored, a
+/// cheaper decomposition").
 ///
 /// One inner loop, not stlrs' two: the second re-extracts the season from the series
 /// less the first loop's trend. Since the fit covers whole cycles (`whole_cycles`) the
@@ -209,7 +246,8 @@ pub fn instruction_set() -> &'static str {
 /// 0.947 -> 0.962; the taxi's one step 0.198 -> 0.196) and the fit took half as long. In
 /// one loop the trend is smoothed after the season is fixed and only splits the
 /// deseasonalised series into trend and remainder, which the ETS sees summed (each
-/// period's STL starts from a zero trend): it is evaluated at the two ends only.
+/// period's STL starts from a zero trend): it is the shortest loess stlrs allows (3
+/// points), evaluated at the two ends only (`the_trend_split_leaves_the_ets_series_alone`).
 fn mstl_params(periods: &[usize]) -> MstlParams {
     let longest = periods.iter().copied().max().unwrap_or(2).max(2);
     // stlrs' low-pass window for the longest period (the last one MSTL fits), made odd
@@ -217,8 +255,9 @@ fn mstl_params(periods: &[usize]) -> MstlParams {
     let low_pass = longest | 1;
     let mut stl = StlParams::new();
     stl.inner_loops(1)
+        .trend_length(3)
         .trend_jump(usize::MAX)
-        .low_pass_jump(low_pass.div_ceil(5))
+        .low_pass_jump(low_pass.div_ceil(2))
         .seasonal_jump(4);
     let mut params = Mstl::params();
     // One pass over the periods, not MSTL's default two (which re-extracts each season
@@ -230,17 +269,18 @@ fn mstl_params(periods: &[usize]) -> MstlParams {
     params
 }
 
-/// At every origin `o` from `first` on, the `period` steps before it repeated, times
-/// `scale(o)`, to `each`.
+/// At every origin `o` of `at` from `first` on, the `period` steps before it repeated,
+/// times `scale(o)`, to `each`.
 fn seasonal_copy(
     y: &[f64],
     first: usize,
     period: usize,
     scale: &dyn Fn(usize) -> f64,
+    at: Origins,
     f: &mut [f64],
     each: &mut dyn FnMut(usize, &[f64]),
 ) {
-    for o in first..=y.len() {
+    for o in at.from(first) {
         let (m, s) = (period.clamp(1, o), scale(o));
         let last = &y[o - m..o];
         if let Some(ahead) = last.get(..f.len()) {
@@ -395,14 +435,14 @@ impl Holt {
         (grid[k], sse[k], state)
     }
 
-    /// From state `s` after `y[..first]`: at every origin `o` from `first` to `y.len()`,
-    /// the forecast (plus `season[o - first + j]` at step `j`, where `season` is not
-    /// empty) to `each`, then `y[o]` (less its season) into the state.
+    /// From state `s` after `y[..first]`: at every origin `o` of `at` from `first` to
+    /// `y.len()`, the forecast (plus `season[o - first + j]` at step `j`, where `season`
+    /// is not empty) to `each`; at every step, `y[o]` (less its season) into the state.
     fn run(
         &self,
-        mut s: State,
+        (mut s, first): (State, usize),
         y: &[f64],
-        first: usize,
+        at: Origins,
         f: &mut [f64],
         season: &[f64],
         each: &mut dyn FnMut(usize, &[f64]),
@@ -418,15 +458,17 @@ impl Holt {
             })
             .collect();
         for o in first..=y.len() {
-            for (v, d) in f.iter_mut().zip(&damp) {
-                *v = s.level + d * s.trend;
-            }
-            if let Some(ahead) = season.get(o - first..o - first + f.len()) {
-                for (v, s) in f.iter_mut().zip(ahead) {
-                    *v += s;
+            if at.has(o) {
+                for (v, d) in f.iter_mut().zip(&damp) {
+                    *v = s.level + d * s.trend;
                 }
+                if let Some(ahead) = season.get(o - first..o - first + f.len()) {
+                    for (v, s) in f.iter_mut().zip(ahead) {
+                        *v += s;
+                    }
+                }
+                each(o, f);
             }
-            each(o, f);
             if let Some(&v) = y.get(o) {
                 let now = season.get(o - first).copied().unwrap_or(0.0);
                 self.update(&mut s, v - now);
@@ -506,7 +548,9 @@ mod tests {
         // parameters too; the copies have none.
         let week = &nasa()[..2016];
         let taxi = crate::forecast::tests::taxi();
-        let chosen = |m: &Model, y: &[f64]| m.rolling(y, y.len(), 12, None, &mut |_, _| {});
+        let chosen = |m: &Model, y: &[f64]| {
+            m.rolling(y, y.len(), 12, None, Origins::last(y.len()), &mut |_, _| {})
+        };
         let kept = chosen(&Model::Holt, week).unwrap();
         assert!(kept.is_some());
         let refit = |y: &[f64]| Model::Holt.refit(y, 12, kept).unwrap();
@@ -566,6 +610,74 @@ mod tests {
                 "period {p}: moved {moved:.1} RMS; the remainder is {noise:.1}"
             );
         }
+    }
+
+    #[test]
+    fn a_strided_rolling_forecasts_as_every_origin_does() {
+        // Every 7th origin back from the last: forecasts at exactly those origins, each
+        // the one every origin's pass made there (the state still steps through all).
+        let y = &nasa()[..3000];
+        let (first, h) = (2300, 12);
+        let at = Origins {
+            last: y.len() - h,
+            every: 7,
+        };
+        for m in [
+            Model::SeasonalNaive { period: 288 },
+            Model::ScaledNaive {
+                period: 288,
+                window: 36,
+            },
+            Model::Holt,
+            Model::MstlEts { periods: vec![288] },
+        ] {
+            let forecasts = |at: Origins| {
+                let mut out = Vec::new();
+                m.rolling(y, first, h, None, at, &mut |o, f| out.push((o, f.to_vec())))
+                    .unwrap();
+                out
+            };
+            let all = forecasts(Origins::all(y.len() - h));
+            let some = forecasts(at);
+            let expected: Vec<_> = all
+                .into_iter()
+                .filter(|(o, _)| (y.len() - h - o).is_multiple_of(7))
+                .collect();
+            assert_eq!(
+                some.first().map(|s| s.0),
+                Some(first + (y.len() - h - first) % 7)
+            );
+            assert_eq!(some.last().map(|s| s.0), Some(y.len() - h));
+            assert_eq!(some, expected, "{}", m.name());
+        }
+    }
+
+    #[test]
+    fn the_trend_split_leaves_the_ets_series_alone() {
+        // With one inner loop the trend is smoothed after the seasons are fixed: its
+        // window changes how the deseasonalised series splits into trend and remainder,
+        // not their sum, which is all the ETS sees. Two loops would feed the trend back
+        // into the seasons and fail this.
+        let y = crate::forecast::tests::taxi();
+        let periods = [48, 336];
+        let sum = |params: &MstlParams| {
+            let fit = params.fit(&y, &periods).unwrap();
+            let (_, trend, remainder) = fit.into_parts();
+            trend
+                .iter()
+                .zip(&remainder)
+                .map(|(t, r)| t + r)
+                .collect::<Vec<f64>>()
+        };
+        let short = sum(&mstl_params(&periods));
+        let mut stl = StlParams::new();
+        stl.inner_loops(1).low_pass_jump(169).seasonal_jump(4);
+        let mut wide = Mstl::params();
+        wide.iterations(1).stl_params(stl);
+        let wide = sum(&wide);
+        let scale = rms(&mut short.iter().copied());
+        let apart = rms(&mut short.iter().zip(&wide).map(|(a, b)| a - b));
+        assert!(apart < 1e-9 * scale, "{apart} apart, series {scale}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-use super::models::Model;
+use super::models::{Model, Origins};
 use super::*;
 
 pub(crate) fn nasa() -> Vec<f64> {
@@ -150,7 +150,7 @@ fn the_backtest_never_sees_past_its_origin() {
     ] {
         let at_origin = |y: &[f64]| {
             let mut out = Vec::new();
-            m.rolling(y, first, h, None, &mut |o, f| {
+            m.rolling(y, first, h, None, Origins::all(y.len()), &mut |o, f| {
                 if o == at {
                     out = f.to_vec();
                 }
@@ -240,9 +240,14 @@ fn mstl_forecasts_from_a_state_that_filtered_the_newest_points() {
     for o in (y.len() - 336..y.len()).step_by(7) {
         let hist = &y[o - 1344..o];
         filtered += (m.fit_predict(hist, 1).unwrap()[0] - y[o]).abs();
-        m.rolling(hist, hist.len(), 1, None, &mut |_, f| {
-            refit += (f[0] - y[o]).abs()
-        })
+        m.rolling(
+            hist,
+            hist.len(),
+            1,
+            None,
+            Origins::last(hist.len()),
+            &mut |_, f| refit += (f[0] - y[o]).abs(),
+        )
         .unwrap();
     }
     assert!(
@@ -316,16 +321,17 @@ fn half_widths_match_a_full_sort() {
             assert_eq!(*level, l);
             let mut widest = 0.0f64;
             for (j, &width) in widths.iter().enumerate() {
+                // Each of the step's scores weighs its row's share, the point to be
+                // covered one share: in the rows' units (times the number of steps
+                // pooled, which leaves the quantile as it is and sums weights of 1
+                // exactly), its row's weight and as many as steps.
                 let steps = j.saturating_sub(pool)..(j + pool + 1).min(h);
-                let share = 1.0 / steps.len() as f64;
                 let scored: Vec<(f64, f64)> = residuals
                     .chunks_exact(h)
                     .zip(weights)
-                    .flat_map(|(row, w)| {
-                        row[steps.clone()].iter().map(move |e| (e.abs(), w * share))
-                    })
+                    .flat_map(|(row, &w)| row[steps.clone()].iter().map(move |e| (e.abs(), w)))
                     .collect();
-                let total = scored.iter().map(|s| s.1).sum::<f64>() + 1.0;
+                let total = scored.iter().map(|s| s.1).sum::<f64>() + steps.len() as f64;
                 widest = widest.max(reference(&scored, total, l));
                 assert_eq!(
                     width,
