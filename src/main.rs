@@ -64,7 +64,8 @@ enum Command {
     /// a most-frequent and a first-order Markov baseline.
     ProfileEval(ProfileEvalArgs),
     /// Forecast a series: reads `timestamp,value` rows (the history) and prints CSV rows
-    /// `step,point,lo80,hi80,...` (the model and its backtest error go to stderr).
+    /// `step,point,lo80,hi80,...` (the model and its backtest error go to stderr); with
+    /// several inputs, `input,step,point,...`.
     Forecast(ForecastArgs),
     /// Add the Presage sidecar to Kubernetes workloads: reads manifests (multi-document
     /// YAML: Deployments, StatefulSets, DaemonSets, Jobs, CronJobs, Pods) and writes them
@@ -133,9 +134,11 @@ struct ControlPlaneArgs {
 
 #[derive(Args)]
 struct ForecastArgs {
-    /// CSV with a `timestamp,value` header; timestamps increasing.
-    #[arg(long)]
-    input: PathBuf,
+    /// CSV with a `timestamp,value` header; timestamps increasing. Repeat to forecast
+    /// several series in one run: every file is read and checked first, then each is
+    /// forecast in turn, and each output row starts with its file's path.
+    #[arg(long, required = true)]
+    input: Vec<PathBuf>,
     /// Steps to forecast, in the series' own buckets.
     #[arg(long)]
     horizon: usize,
@@ -254,58 +257,82 @@ fn init_tracing() {
 
 fn forecast(a: ForecastArgs) -> ExitCode {
     use presage_control_plane::forecast;
-    let result = forecast::series::load(&a.input)
-        .map_err(|e| e.to_string())
-        .and_then(|y| {
-            let seasons = if a.seasons.is_empty() {
-                let found = forecast::detect_periods(&y);
-                eprintln!("no --season given; detected periods: {found:?}");
-                found
-            } else {
-                a.seasons.clone()
-            };
-            // Before the clock: the CPU feature probe is once per process (the live
-            // forecaster pays it once), not part of any one series' forecast.
-            let isa = forecast::models::instruction_set();
-            // Timed apart: choosing runs once per schedule, refitting on every update.
-            let t0 = std::time::Instant::now();
-            let selected = forecast::select(&y, a.horizon, &seasons, &a.interval);
-            let t1 = std::time::Instant::now();
-            let f = selected.and_then(|s| forecast::predict(&s, &y));
-            f.map(|f| (f, t1 - t0, t1.elapsed(), isa))
-                .map_err(|e| e.to_string())
-        });
-    let (f, choosing, fitting, isa) = match result {
-        Ok(f) => f,
+    // Every file checked before any is forecast: a bad one stops the run with its
+    // error, not half-way through the output.
+    let series: Result<Vec<Vec<f64>>, _> =
+        a.input.iter().map(|p| forecast::series::load(p)).collect();
+    let series = match series {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EX_USAGE);
         }
     };
-    eprintln!(
-        "model: {}, backtest MASE: {:.3}, model choice: {:.3} ms, fit + forecast: {:.3} ms, vectors: {isa}",
-        f.model,
-        f.backtest_mase,
-        choosing.as_secs_f64() * 1e3,
-        fitting.as_secs_f64() * 1e3
-    );
-    let mut header = String::from("step,point");
-    for (l, _, _) in &f.intervals {
-        header.push_str(&format!(",lo{l},hi{l}"));
-    }
-    let mut rows = vec![header];
-    for (j, p) in f.point.iter().enumerate() {
-        let mut row = format!("{},{p:.4}", j + 1);
-        for (_, lo, hi) in &f.intervals {
-            row.push_str(&format!(",{:.4},{:.4}", lo[j], hi[j]));
-        }
-        rows.push(row);
-    }
+    // Before the clock: the CPU feature probe is once per process (the live
+    // forecaster pays it once), not part of any one series' forecast.
+    let isa = forecast::models::instruction_set();
+    // With several inputs, each row and message says which it is about.
+    let several = a.input.len() > 1;
+    let from = |p: &std::path::Path, sep: &str| match several {
+        true => format!("{}{sep}", p.display()),
+        false => String::new(),
+    };
     // A closed pipe (`| head`) just ends the output.
     let mut out = std::io::stdout().lock();
-    for r in rows {
-        if writeln!(out, "{r}").is_err() {
-            break;
+    let mut header_written = false;
+    for (path, y) in a.input.iter().zip(&series) {
+        let seasons = if a.seasons.is_empty() {
+            let found = forecast::detect_periods(y);
+            eprintln!("no --season given; detected periods: {found:?}");
+            found
+        } else {
+            a.seasons.clone()
+        };
+        // Timed apart: choosing runs once per schedule, refitting on every update.
+        let t0 = std::time::Instant::now();
+        let selected = forecast::select(y, a.horizon, &seasons, &a.interval);
+        let t1 = std::time::Instant::now();
+        let f = match selected.and_then(|s| forecast::predict(&s, y)) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{}{e}", from(path, ": "));
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        let (choosing, fitting) = (t1 - t0, t1.elapsed());
+        eprintln!(
+            "{}model: {}, backtest MASE: {:.3}, model choice: {:.3} ms, fit + forecast: {:.3} ms, vectors: {isa}",
+            from(path, ": "),
+            f.model,
+            f.backtest_mase,
+            choosing.as_secs_f64() * 1e3,
+            fitting.as_secs_f64() * 1e3
+        );
+        let lead = from(path, ",");
+        let mut rows = Vec::with_capacity(f.point.len() + 1);
+        if !header_written {
+            let mut header = String::from(if several {
+                "input,step,point"
+            } else {
+                "step,point"
+            });
+            for (l, _, _) in &f.intervals {
+                header.push_str(&format!(",lo{l},hi{l}"));
+            }
+            rows.push(header);
+            header_written = true;
+        }
+        for (j, p) in f.point.iter().enumerate() {
+            let mut row = format!("{lead}{},{p:.4}", j + 1);
+            for (_, lo, hi) in &f.intervals {
+                row.push_str(&format!(",{:.4},{:.4}", lo[j], hi[j]));
+            }
+            rows.push(row);
+        }
+        for r in rows {
+            if writeln!(out, "{r}").is_err() {
+                return ExitCode::SUCCESS;
+            }
         }
     }
     ExitCode::SUCCESS

@@ -326,6 +326,53 @@ fn forecast_prints_points_and_intervals_and_rejects_bad_input() {
     );
 }
 
+#[test]
+fn forecast_runs_several_series_in_one_process() {
+    // Two histories (the fixture and its first ten days): each file's rows, led by its
+    // path, are the rows a run on that file alone prints; a bad file among them stops
+    // the run before any output, named in the error.
+    let trace = fixture("traces/nasa_5min_14d.csv");
+    let dir = TempDir::new();
+    let shorter = dir.0.join("ten_days.csv");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().take(1 + 10 * 288).collect();
+    std::fs::write(&shorter, lines.join("\n") + "\n").unwrap();
+    let (a, b) = (trace.to_str().unwrap(), shorter.to_str().unwrap());
+    let args = |inputs: &[&str]| {
+        let mut v = vec!["forecast", "--horizon", "6", "--season", "288"];
+        for i in inputs {
+            v.extend(["--input", i]);
+        }
+        run(&v)
+    };
+    let (code, out, err) = args(&[a, b]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows[0], "input,step,point,lo80,hi80,lo95,hi95");
+    assert_eq!(rows.len(), 1 + 2 * 6);
+    for (k, path) in [a, b].iter().enumerate() {
+        let (code, alone, _) = args(&[path]);
+        assert_eq!(code, 0);
+        let led: Vec<String> = alone
+            .lines()
+            .skip(1)
+            .map(|r| format!("{path},{r}"))
+            .collect();
+        assert_eq!(rows[1 + 6 * k..7 + 6 * k], led, "{path}");
+        let info = err
+            .lines()
+            .find(|l| l.starts_with(&format!("{path}: model: ")));
+        assert!(info.is_some_and(|l| l.contains("model choice: ")), "{err}");
+    }
+
+    let bad = dir.0.join("bad.csv");
+    std::fs::write(&bad, "timestamp,value\n1,5\nx,6\n").unwrap();
+    let (code, out, err) = args(&[a, bad.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("bad.csv:3"), "{err}");
+}
+
 /// `presage inject` on real-world manifests (the Kubernetes documentation's examples and a
 /// multi-document app, sources in tests/fixtures/inject/README.md) against reviewed
 /// golden files; injecting the result again changes nothing.

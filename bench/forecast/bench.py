@@ -8,8 +8,9 @@ MASE (scaled by the window's in-sample seasonal-naive MAE), sMAPE, and 80%/95% i
 coverage, and the interval score (Gneiting and Raftery 2007: width plus 2/alpha times
 each miss, scaled as MASE; lower is better, it rewards narrow intervals that still
 cover); and fit+forecast time per series (Presage: model choice by backtest, fit and forecast as
-timed inside `presage forecast`, and the whole process; statsforecast: fit + predict
-in-process, after a warm-up that excludes numba compilation).
+timed inside `presage forecast`, which forecasts all of a cell's windows in one run, and
+that whole run divided by the windows; statsforecast: fit + predict in one process,
+after a warm-up that excludes numba compilation).
 
 usage: bench.py [ORIGINS] [--presage-only]   (--presage-only: no statsforecast; a
 Presage change that leaves its point forecasts alone is compared with the last full run)
@@ -60,25 +61,40 @@ def traces():
     ]
 
 
-def presage(hist, h, periods):
-    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
-        f.write("timestamp,value\n")
-        f.writelines(f"{i},{v}\n" for i, v in enumerate(hist))
-    args = [PRESAGE, "forecast", "--input", f.name, "--horizon", str(h)]
-    for p in periods:
-        args += ["--season", str(p)]
-    t0 = time.perf_counter()
-    p = subprocess.run(args, capture_output=True, text=True, check=True)
-    dt = time.perf_counter() - t0
-    os.unlink(f.name)
-    rows = list(csv.DictReader(p.stdout.splitlines()))
-    point = np.array([float(r["point"]) for r in rows])
-    iv = {l: (np.array([float(r[f"lo{l}"]) for r in rows]), np.array([float(r[f"hi{l}"]) for r in rows])) for l in LEVELS}
-    # The last stderr line: "model: M, backtest MASE: x, model choice: A ms, fit + forecast: B ms, vectors: V".
-    # Matched by name: a model's name may hold commas.
-    info = p.stderr.strip().splitlines()[-1]
-    choose, refit = (float(re.search(rf"{k}: ([\d.]+) ms", info).group(1)) / 1e3 for k in ("model choice", r"fit \+ forecast"))
-    return point, iv, (choose + refit, dt, refit), re.match(r"model: (.*), backtest MASE", info).group(1)
+def presage(hists, h, periods):
+    """Every window of a cell in one `presage forecast` run (several --input files), as
+    statsforecast fits them all in one warm process: per window, the points, the
+    intervals, (in-process choice + fit + forecast, the whole run's time per window,
+    the refit alone) and the model chosen."""
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for k, hist in enumerate(hists):
+            paths.append(os.path.join(d, f"w{k}.csv"))
+            with open(paths[-1], "w") as f:
+                f.write("timestamp,value\n")
+                f.writelines(f"{i},{v}\n" for i, v in enumerate(hist))
+        args = [PRESAGE, "forecast", "--horizon", str(h)]
+        for p in paths:
+            args += ["--input", p]
+        for p in periods:
+            args += ["--season", str(p)]
+        t0 = time.perf_counter()
+        run = subprocess.run(args, capture_output=True, text=True, check=True)
+        per_window = (time.perf_counter() - t0) / len(hists)
+    rows = list(csv.DictReader(run.stdout.splitlines()))
+    info = run.stderr.strip().splitlines()
+    out = []
+    for p in paths:
+        mine = [r for r in rows if r.get("input", p) == p]
+        point = np.array([float(r["point"]) for r in mine])
+        iv = {l: (np.array([float(r[f"lo{l}"]) for r in mine]), np.array([float(r[f"hi{l}"]) for r in mine])) for l in LEVELS}
+        # "[PATH: ]model: M, backtest MASE: x, model choice: A ms, fit + forecast: B ms, vectors: V";
+        # matched by name: a model's name may hold commas.
+        line = info[-1] if len(paths) == 1 else next(l for l in info if l.startswith(f"{p}: model: "))
+        line = line.removeprefix(f"{p}: ")
+        choose, refit = (float(re.search(rf"{k}: ([\d.]+) ms", line).group(1)) / 1e3 for k in ("model choice", r"fit \+ forecast"))
+        out.append((point, iv, (choose + refit, per_window, refit), re.match(r"model: (.*), backtest MASE", line).group(1)))
+    return out
 
 
 def statsforecast_models(periods):
@@ -124,12 +140,12 @@ def main():
         for h in HORIZONS:
             step = max(h, 12)
             acc = {}
-            for k in range(origins * {1: 4, 12: 2}.get(h, 1), 0, -1):
-                o = len(y) - h - (k - 1) * step
+            ends = [len(y) - h - (k - 1) * step for k in range(origins * {1: 4, 12: 2}.get(h, 1), 0, -1)]
+            ours = presage([y[o - window : o] for o in ends], h, periods)
+            for o, (pp, piv, pdt, pm) in zip(ends, ours):
                 hist, actual = y[o - window : o], y[o : o + h]
                 s = scale(hist, m)
                 cands = {"seasonal naive": (np.array([hist[len(hist) - m + (j % m)] for j in range(h)]), None, 0.0, "")}
-                pp, piv, pdt, pm = presage(hist, h, periods)
                 cands["presage"] = (pp, piv, pdt, pm)
                 for label, make in sf.items():
                     try:
@@ -162,7 +178,7 @@ def main():
                 c80 = "-" if cov[80] is None else f"{cov[80]:.0f}%"
                 print(f"{name:24} h={h:<3} {label:15} MASE {np.mean(a['ae']):.3f}  sMAPE {np.mean(a['smape']):6.2f}  cov80 {c80}", flush=True)
     print(f"\n{origins * 4} / {origins * 2} / {origins} origins per cell at h = 1 / 12 / 60; MASE and sMAPE are means over origins.")
-    print("Presage's time: model choice + fit + forecast in process; in brackets the whole `presage forecast` run and the refit alone")
+    print("Presage's time: model choice + fit + forecast in process; in brackets the whole `presage forecast` run (one per cell) per window and the refit alone")
     print("(fit + forecast of the chosen model: what each update of a series costs the live forecaster between choices).\n")
     print("| trace | h | method | MASE | sMAPE % | cov 80% | cov 95% | interval score 80 / 95 | ms per series | model chosen |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -434,6 +434,7 @@ fn half_widths(
         by_bucket[start..].sort_unstable();
     }
     let step = |c: usize| &by_bucket[c * rows..(c + 1) * rows];
+    let row_weight: f64 = weights[..rows].iter().sum();
     let score = |c: usize, r: u32| scores[r as usize * h + c];
     let (mut quantiles, mut members) = (Vec::with_capacity(levels.len()), Vec::new());
     let (mut sums, mut pooled) = ([0.0; Buckets::COUNT], 0..0);
@@ -448,7 +449,8 @@ fn half_widths(
             }
         }
         pooled = steps.clone();
-        let weight: f64 = sums.iter().sum();
+        // Each row has one score at each step pooled.
+        let weight = row_weight * steps.len() as f64;
         quantiles.clear();
         for &level in levels {
             // The point to be covered weighs one share: as many rows' units as steps.
@@ -462,8 +464,7 @@ fn half_widths(
                 }
             };
             let q = (weight >= target)
-                .then(|| crossing(&sums, target, &mut members, members_of))
-                .flatten();
+                .then(|| crossing(&sums, weight, target, &mut members, members_of));
             // The largest score of the sample where its weight falls short.
             quantiles.push(q.unwrap_or_else(|| {
                 steps
@@ -481,24 +482,28 @@ fn half_widths(
 }
 
 /// The score at which a sample's running weight reaches `target`, its weight per bucket
-/// in `sums`: 0 among the zeros (a naive forecast of a steady count errs by none at most
-/// origins), otherwise the first of the crossing bucket's members (`members_of` fills
-/// them in) in sorted order; None only when rounding leaves the running weight a hair
-/// short.
+/// in `sums` and `weight` in all: 0 among the zeros (a naive forecast of a steady count
+/// errs by none at most origins), otherwise the first of the crossing bucket's members
+/// (`members_of` fills them in) in sorted order, or its last where rounding leaves their
+/// running weight a hair short. The buckets are scanned from the top: the levels asked
+/// for are high and the largest scores few, where from the bottom the scan crossed the
+/// empty buckets below the bulk too.
 fn crossing(
     sums: &[f64; Buckets::COUNT],
+    weight: f64,
     target: f64,
     members: &mut Vec<(f64, f64)>,
     members_of: impl FnOnce(usize, &mut Vec<(f64, f64)>),
-) -> Option<f64> {
-    let (mut below, mut b) = (0.0, 0);
-    while b + 1 < Buckets::COUNT && below + sums[b] < target {
-        below += sums[b];
-        b += 1;
+) -> f64 {
+    let (room, mut above, mut b) = (weight - target, 0.0, Buckets::COUNT - 1);
+    while b > 0 && above + sums[b] <= room {
+        above += sums[b];
+        b -= 1;
     }
     if b == 0 {
-        return Some(0.0);
+        return 0.0;
     }
+    let mut below = weight - above - sums[b];
     members.clear();
     members_of(b, members);
     members.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
@@ -506,7 +511,7 @@ fn crossing(
         below += w;
         below >= target
     });
-    crossing.map(|s| s.0)
+    crossing.or(members.last()).map_or(0.0, |s| s.0)
 }
 
 /// Non-negative scores in `COUNT` buckets ordered as the scores are: one for zeros and
