@@ -270,7 +270,7 @@ fn forecast(a: ForecastArgs) -> ExitCode {
     };
     // Before the clock: the CPU feature probe is once per process (the live
     // forecaster pays it once), not part of any one series' forecast.
-    let isa = forecast::models::instruction_set();
+    let isa = forecast::holt::instruction_set();
     // With several inputs, each row and message says which it is about.
     let several = a.input.len() > 1;
     let from = |p: &std::path::Path, sep: &str| match several {

@@ -24,10 +24,13 @@
 //!
 //! Pure: no I/O beyond `series::load`, which reads the CLI's CSV.
 
+pub mod holt;
 pub mod models;
+pub mod origins;
 pub mod series;
 
-use models::{Model, Smoothing};
+use holt::Smoothing;
+use models::Model;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
@@ -361,7 +364,7 @@ pub fn backtest(
     kept.clear();
     kept.reserve((n + 1).saturating_sub(first + h).div_ceil(keep) * h);
     let (mut sum, mut total, mut plain, mut count) = (0.0, 0.0, 0.0, 0usize);
-    let at = models::Origins {
+    let at = origins::Origins {
         last: n - h,
         every: keep,
     };

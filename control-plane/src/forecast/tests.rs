@@ -1,4 +1,5 @@
-use super::models::{Model, Origins};
+use super::models::Model;
+use super::origins::Origins;
 use super::*;
 
 pub(crate) fn nasa() -> Vec<f64> {
