@@ -277,13 +277,23 @@ fn forecast(a: ForecastArgs) -> ExitCode {
         true => format!("{}{sep}", p.display()),
         false => String::new(),
     };
+    // A path as a CSV field: quoted where it holds a comma or a quote.
+    let field = |p: &std::path::Path| {
+        let p = p.display().to_string();
+        match p.contains([',', '"', '\n']) {
+            true => format!("\"{}\",", p.replace('"', "\"\"")),
+            false => format!("{p},"),
+        }
+    };
     // A closed pipe (`| head`) just ends the output.
     let mut out = std::io::stdout().lock();
-    let mut header_written = false;
-    for (path, y) in a.input.iter().zip(&series) {
+    for (k, (path, y)) in a.input.iter().zip(&series).enumerate() {
         let seasons = if a.seasons.is_empty() {
             let found = forecast::detect_periods(y);
-            eprintln!("no --season given; detected periods: {found:?}");
+            eprintln!(
+                "{}no --season given; detected periods: {found:?}",
+                from(path, ": ")
+            );
             found
         } else {
             a.seasons.clone()
@@ -308,9 +318,9 @@ fn forecast(a: ForecastArgs) -> ExitCode {
             choosing.as_secs_f64() * 1e3,
             fitting.as_secs_f64() * 1e3
         );
-        let lead = from(path, ",");
+        let lead = if several { field(path) } else { String::new() };
         let mut rows = Vec::with_capacity(f.point.len() + 1);
-        if !header_written {
+        if k == 0 {
             let mut header = String::from(if several {
                 "input,step,point"
             } else {
@@ -320,7 +330,6 @@ fn forecast(a: ForecastArgs) -> ExitCode {
                 header.push_str(&format!(",lo{l},hi{l}"));
             }
             rows.push(header);
-            header_written = true;
         }
         for (j, p) in f.point.iter().enumerate() {
             let mut row = format!("{lead}{},{p:.4}", j + 1);

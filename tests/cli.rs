@@ -329,11 +329,11 @@ fn forecast_prints_points_and_intervals_and_rejects_bad_input() {
 #[test]
 fn forecast_runs_several_series_in_one_process() {
     // Two histories (the fixture and its first ten days): each file's rows, led by its
-    // path, are the rows a run on that file alone prints; a bad file among them stops
-    // the run before any output, named in the error.
+    // path (quoted where it holds a comma), are the rows a run on that file alone
+    // prints; a bad file among them stops the run before any output, named in the error.
     let trace = fixture("traces/nasa_5min_14d.csv");
     let dir = TempDir::new();
-    let shorter = dir.0.join("ten_days.csv");
+    let shorter = dir.0.join("ten,days.csv");
     let text = std::fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = text.lines().take(1 + 10 * 288).collect();
     std::fs::write(&shorter, lines.join("\n") + "\n").unwrap();
@@ -353,10 +353,14 @@ fn forecast_runs_several_series_in_one_process() {
     for (k, path) in [a, b].iter().enumerate() {
         let (code, alone, _) = args(&[path]);
         assert_eq!(code, 0);
+        let field = match path.contains(',') {
+            true => format!("\"{path}\""),
+            false => path.to_string(),
+        };
         let led: Vec<String> = alone
             .lines()
             .skip(1)
-            .map(|r| format!("{path},{r}"))
+            .map(|r| format!("{field},{r}"))
             .collect();
         assert_eq!(rows[1 + 6 * k..7 + 6 * k], led, "{path}");
         let info = err

@@ -440,15 +440,27 @@ fn half_widths(
     let row_weight: f64 = weights[..rows].iter().sum();
     let score = |c: usize, r: u32| scores[r as usize * h + c];
     let (mut quantiles, mut members) = (Vec::with_capacity(levels.len()), Vec::new());
-    let (mut sums, mut pooled) = ([0.0; Buckets::COUNT], 0..0);
+    // Per bucket the pooled weight and how many scores it holds: a bucket emptied by
+    // the slide is set to exactly zero, not left at a rounding residue the scan for
+    // the crossing could stop at with no member in it.
+    let (mut sums, mut counts, mut pooled) = ([0.0; Buckets::COUNT], [0u32; Buckets::COUNT], 0..0);
     for j in 0..h {
         let steps = j.saturating_sub(pool)..(j + pool + 1).min(h);
-        for (c, sign) in (pooled.end..steps.end)
-            .map(|c| (c, 1.0))
-            .chain((pooled.start..steps.start).map(|c| (c, -1.0)))
-        {
+        for c in pooled.end..steps.end {
             for &(b, r) in step(c) {
-                sums[usize::from(b)] += sign * weights[r as usize];
+                sums[usize::from(b)] += weights[r as usize];
+                counts[usize::from(b)] += 1;
+            }
+        }
+        for c in pooled.start..steps.start {
+            for &(b, r) in step(c) {
+                let b = usize::from(b);
+                counts[b] -= 1;
+                sums[b] = if counts[b] == 0 {
+                    0.0
+                } else {
+                    sums[b] - weights[r as usize]
+                };
             }
         }
         pooled = steps.clone();
