@@ -9,8 +9,9 @@
 //!   actuator status ─▶ measured cold start ─▶ lead = cold start + interval
 //!   Forecast resource (1 s steps if the lead fits its minute, else 1 min steps)
 //!       ─▶ highest upper bound within the lead, at the level of the highest active tier
-//!   load history ─▶ rate of the last 15 closed seconds (the reactive floor)
-//!       ─▶ Planner::decide_with ─▶ target ─▶ Actuator::scale (every interval: it also
+//!   load history ─▶ rate of the last 15 closed seconds (the reactive floor), and its
+//!                   whole minutes (the planner's near-term bound, by minute of the hour)
+//!       ─▶ Planner::decide_with_minutes ─▶ target ─▶ Actuator::scale (every interval: it also
 //!                                                   replaces instances that died)
 //!                                        └─ changed? ─▶ record (store, /v1/decisions, metrics)
 //! ```
@@ -400,7 +401,31 @@ fn plan(
     } else {
         None
     };
-    let decision = s.planner.decide_with(now_s as f64, peak, seen.floor_rps());
+    // The service's whole minutes, for the planner's near-term bound (by minute of the
+    // hour on the wall clock); with prediction off the floor decides alone.
+    let minutes = s
+        .cfg
+        .predictive
+        .unwrap_or(true)
+        .then(|| {
+            inputs.load.with(&service, now_s, |h| {
+                h.map(|h| crate::predict::series(h, &crate::predict::MINUTES, now_s))
+            })
+        })
+        .flatten();
+    let decision = match minutes {
+        Some((y, end)) => {
+            let first = (end / 60).max(0) as usize;
+            s.planner.decide_with_minutes(
+                now_s as f64,
+                peak,
+                first.saturating_sub(y.len()),
+                &y,
+                seen.floor_rps(),
+            )
+        }
+        None => s.planner.decide_with(now_s as f64, peak, seen.floor_rps()),
+    };
     let current = s.target.unwrap_or(status.ready + status.starting);
     let policy = shared
         .policy(&service)

@@ -10,6 +10,10 @@
 //!           ─▶ predictive need = peak upper bound / per-instance capacity
 //!   recent rate ─▶ reactive floor = rate / (capacity × floor utilisation), where the
 //!              rate is the higher of the last 15 s's and the last 5 s's means
+//!   minutes ─▶ near-term bound (`near`): the current rate plus the level's quantile
+//!              of how far this minute of the hour's successors peaked above it; it
+//!              replaces the plan step's bound once it has provisioned better on the
+//!              service's own minutes (quantile loss, decayed over about a day)
 //!   target = max(predictive, floor) within [min, max]; a lower target waits until it
 //!            has held for `scale_down_delay` (no flapping on a forecast's wiggles)
 //! ```
@@ -27,6 +31,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::forecast::{self, Forecast, Selected};
+
+mod near;
+
+pub use near::{Bound, NearTerm};
 
 #[derive(Debug, Clone)]
 pub struct PlannerConfig {
@@ -80,6 +88,10 @@ pub struct Decision {
     pub forecast_upper_rps: Option<f64>,
     /// Its point forecast at the same step, requests/s.
     pub forecast_point_rps: Option<f64>,
+    /// The near-term bound (`near`): what the minutes after the current one within the
+    /// lead time peak at, at the level's quantile of this minute of the hour's past
+    /// jumps, requests/s.
+    pub near_term_rps: Option<f64>,
     pub level: f64,
     pub model: Option<String>,
     /// How far ahead the forecast was read: one cold start and one interval (seconds).
@@ -114,6 +126,8 @@ pub struct Planner {
     /// steps that took.
     plan: Vec<f64>,
     planned: usize,
+    /// The near-term bound, for a history at a minute or finer.
+    near: Option<NearTerm>,
 }
 
 /// Repeating patterns looked for: an hour, a day, a week.
@@ -135,11 +149,14 @@ pub const OBSERVED_WINDOW: Duration = Duration::from_secs(15);
 /// (Knative's 6 s panic window is there for the same reason). A falling rate still
 /// takes the longer window, and then the scale-down delay.
 pub const BURST_WINDOW: Duration = Duration::from_secs(5);
+/// The model named in a decision the near-term bound made.
+pub const NEAR_TERM: &str = "near-term (minute of the hour)";
 /// The coarsest planning step finer histories are planned in (seconds).
 const PLAN_STEP_S: u64 = 300;
 
 impl Planner {
     pub fn new(cfg: PlannerConfig) -> Planner {
+        let cfg_step_s = cfg.step.as_secs();
         Planner {
             cfg,
             selected: None,
@@ -148,6 +165,7 @@ impl Planner {
             recent: VecDeque::new(),
             plan: Vec::new(),
             planned: 0,
+            near: NearTerm::new(cfg_step_s),
         }
     }
 
@@ -286,7 +304,54 @@ impl Planner {
     pub fn decide(&mut self, now: f64, history: &[f64], observed_rps: f64) -> Decision {
         self.extend_plan(history);
         let peak = self.peak(now);
-        self.decide_with(now, peak, observed_rps)
+        self.decide_near(now, peak, observed_rps, |near| near.extend(history))
+    }
+
+    /// As `decide_with`, with the service's whole minutes (requests/s, the first being
+    /// minute `first` since the Unix epoch, `now` on the same clock) for the near-term
+    /// bound: the live control plane's per-minute series.
+    pub fn decide_with_minutes(
+        &mut self,
+        now: f64,
+        peak: Option<Peak>,
+        first: usize,
+        minutes: &[f64],
+        observed_rps: f64,
+    ) -> Decision {
+        self.decide_near(now, peak, observed_rps, |near| {
+            near.extend_minutes(first, minutes)
+        })
+    }
+
+    /// Feeds the near-term bound with `feed`, then decides from it or `peak`, whichever
+    /// has provisioned better (see `near`).
+    fn decide_near(
+        &mut self,
+        now: f64,
+        peak: Option<Peak>,
+        observed_rps: f64,
+        feed: impl FnOnce(&mut NearTerm),
+    ) -> Decision {
+        let (lead, level) = (self.lead().as_secs_f64(), self.cfg.level);
+        let Some(near) = self.near.as_mut() else {
+            return self.decide_inner(now, peak, None, observed_rps);
+        };
+        near.prepare(now, lead);
+        feed(near);
+        let bound = near.bound(now, lead, observed_rps, level);
+        if let (Some(b), Some(p)) = (&bound, &peak) {
+            near.compare(b, p.upper_rps, level);
+        }
+        // The bound that has provisioned better on this service's own minutes decides.
+        let chosen = match &bound {
+            Some(b) if near.preferred() => Some(Peak {
+                upper_rps: b.upper_rps,
+                point_rps: observed_rps,
+                model: NEAR_TERM.to_string(),
+            }),
+            _ => peak,
+        };
+        self.decide_inner(now, chosen, bound.map(|b| b.upper_rps), observed_rps)
     }
 
     /// The own forecast's highest upper bound from `now` to one lead time ahead.
@@ -337,6 +402,16 @@ impl Planner {
     /// Decides from a forecast made elsewhere (the live control plane's, with its events
     /// calendar applied): `peak` is its highest upper bound over the next lead time.
     pub fn decide_with(&mut self, now: f64, peak: Option<Peak>, observed_rps: f64) -> Decision {
+        self.decide_inner(now, peak, None, observed_rps)
+    }
+
+    fn decide_inner(
+        &mut self,
+        now: f64,
+        peak: Option<Peak>,
+        near_term_rps: Option<f64>,
+        observed_rps: f64,
+    ) -> Decision {
         let cfg = self.cfg.clone();
         let reactive = (observed_rps / (cfg.capacity_rps * cfg.floor_utilisation))
             .ceil()
@@ -371,6 +446,7 @@ impl Planner {
             reactive,
             forecast_upper_rps,
             forecast_point_rps,
+            near_term_rps,
             level: cfg.level,
             model,
             lead_s: (cfg.cold_start + cfg.interval).as_secs_f64(),
@@ -503,6 +579,55 @@ mod tests {
         // interval, 9 -> 13 instances, but its level stays).
         let point = |d: &Decision| d.forecast_point_rps.expect("a forecast");
         assert!(point(&b) <= 1.1 * point(&c), "{c:?}\n{b:?}");
+    }
+
+    #[test]
+    fn a_jump_on_the_hour_is_provisioned_by_the_near_term_bound_once_it_proves_better() {
+        // Per-minute history, 100 req/s with noise, and minute 0 of every hour at 400
+        // (posts scheduled on the hour). Instances of 10 req/s, a 30 s cold start, the
+        // floor at full capacity, decisions every 5 s from day 2 on. A plan step's
+        // forecast averages the jump into its 5 minutes' busiest-minute level; the
+        // near-term bound learns that minute 59 is followed by a jump.
+        let rate = |m: usize| {
+            if m.is_multiple_of(60) {
+                400.0
+            } else {
+                100.0 + (m * 7 % 11) as f64
+            }
+        };
+        let y: Vec<f64> = (0..3 * 1440).map(|m| rate(m) * 60.0).collect();
+        let mut cfg = PlannerConfig::new(10.0, Duration::from_secs(30), Duration::from_secs(60));
+        cfg.floor_utilisation = 1.0;
+        cfg.scale_down_delay = Duration::from_secs(15);
+        let mut p = Planner::new(cfg);
+        let at = |p: &mut Planner, t: usize| {
+            let m = (t - 1) / 60;
+            p.decide(t as f64, &y[..t / 60], rate(m))
+        };
+        let start = 1440 * 60;
+        let first = at(&mut p, start + 59 * 60 + 30);
+        assert_ne!(
+            first.model.as_deref(),
+            Some(NEAR_TERM),
+            "not before it is judged: {first:?}"
+        );
+        for t in (start + 59 * 60 + 35..start + 4 * 3600).step_by(5) {
+            at(&mut p, t);
+        }
+        // 04:59:30: the lead reaches into 05:00.
+        let d = at(&mut p, start + 4 * 3600 + 59 * 60 + 30);
+        assert_eq!(d.model.as_deref(), Some(NEAR_TERM), "{d:?}");
+        // 400 req/s, and the noise of minute 59's rate (100-110) in its scores: at most 42.
+        assert!((40..=42).contains(&d.target), "{d:?}");
+        let near = d.near_term_rps.unwrap();
+        assert!((400.0..=420.0).contains(&near), "{d:?}");
+        // 05:29:30: the next minute is like this one, and so is the target.
+        for t in (start + 4 * 3600 + 59 * 60 + 35..start + 5 * 3600 + 29 * 60 + 30).step_by(5) {
+            at(&mut p, t);
+        }
+        let d = at(&mut p, start + 5 * 3600 + 29 * 60 + 30);
+        assert_eq!(d.model.as_deref(), Some(NEAR_TERM), "{d:?}");
+        assert!(d.target <= 12, "{d:?}");
     }
 
     #[test]
