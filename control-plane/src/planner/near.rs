@@ -130,6 +130,8 @@ pub struct NearTerm {
 const JUDGE_WARM: usize = 720;
 /// The losses' decay per scored decision: about a day of 5-second decisions weighs.
 const JUDGE_DECAY: f64 = 0.99995;
+/// Decisions waiting for their minutes, at most.
+const MAX_PENDING: usize = 4096;
 /// How much lower the loss of the bound by minute of the hour must be than the pooled
 /// one's for the pattern to count.
 const PATTERN_GAIN: f64 = 0.9;
@@ -189,9 +191,7 @@ impl NearTerm {
     /// the Unix epoch, live: the minute of the hour is then the wall clock's). Minutes
     /// already taken are skipped; a gap since the last call starts afresh.
     pub fn extend_minutes(&mut self, first: usize, rates: &[f64]) {
-        if self.recent.is_empty() && self.leads.iter().all(|l| l.all.len() == 0) {
-            self.minutes = self.minutes.max(first);
-        }
+        // (The first call lands here too: nothing is lost.)
         if first > self.minutes {
             let leads = self.leads.len();
             *self = NearTerm::new(60 / self.per_minute as u64).expect("a valid step");
@@ -263,6 +263,11 @@ impl NearTerm {
     /// Queues a decision's bounds to be scored once its minutes are complete.
     pub fn compare(&mut self, near: &Bound, plan_upper_rps: f64, level: f64) {
         if near.minutes_ahead > 0 {
+            // Bounded for a service whose minutes stop coming (each is scored within the
+            // lead's minutes, a dozen decisions a minute).
+            if self.pending.len() == MAX_PENDING {
+                self.pending.pop_front();
+            }
             let tau = (level / 100.0).clamp(0.0, 1.0);
             let bounds = [near.upper_rps, near.pooled_rps, plan_upper_rps];
             self.pending
