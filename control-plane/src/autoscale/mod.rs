@@ -401,28 +401,17 @@ fn plan(
     } else {
         None
     };
-    // The service's whole minutes, for the planner's near-term bound (by minute of the
-    // hour on the wall clock); with prediction off the floor decides alone.
+    // With prediction off the floor decides alone.
     let minutes = s
         .cfg
         .predictive
         .unwrap_or(true)
-        .then(|| {
-            inputs.load.with(&service, now_s, |h| {
-                h.map(|h| crate::predict::series(h, &crate::predict::MINUTES, now_s))
-            })
-        })
+        .then(|| observed::minutes(&inputs.load, &service, now_s))
         .flatten();
     let decision = match minutes {
-        Some((y, end)) => {
-            let first = (end / 60).max(0) as usize;
-            s.planner.decide_with_minutes(
-                now_s as f64,
-                peak,
-                first.saturating_sub(y.len()),
-                &y,
-                seen.floor_rps(),
-            )
+        Some((first, y)) => {
+            s.planner
+                .decide_with_minutes(now_s as f64, peak, first, &y, seen.floor_rps())
         }
         None => s.planner.decide_with(now_s as f64, peak, seen.floor_rps()),
     };

@@ -1,6 +1,7 @@
 //! What a service's last closed seconds held, as the scaling loop and negotiation read
 //! it: the mean rate of the planner's observed window, the mean of its newest (burst)
-//! seconds, and the window's highest p99.
+//! seconds, and the window's highest p99; and its whole minutes, for the planner's
+//! near-term bound.
 
 use crate::load::Load;
 
@@ -46,6 +47,17 @@ pub(super) fn observed(load: &Load, service: &str, now_s: i64) -> Observed {
         burst_rps: newest as f64 / BURST_WINDOW_S as f64,
         p99_ms,
     }
+}
+
+/// `service`'s whole minutes before `now_s`: the first's index (minutes since the Unix
+/// epoch, so that the planner groups them by the wall clock's minute of the hour) and
+/// their rates (requests/s); None before its first report.
+pub(super) fn minutes(load: &Load, service: &str, now_s: i64) -> Option<(usize, Vec<f64>)> {
+    let (y, end) = load.with(service, now_s, |h| {
+        h.map(|h| crate::predict::series(h, &crate::predict::MINUTES, now_s))
+    })?;
+    let first = ((end / 60).max(0) as usize).saturating_sub(y.len());
+    Some((first, y))
 }
 
 #[cfg(test)]
