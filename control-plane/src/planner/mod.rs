@@ -156,8 +156,8 @@ const PLAN_STEP_S: u64 = 300;
 
 impl Planner {
     pub fn new(cfg: PlannerConfig) -> Planner {
-        let cfg_step_s = cfg.step.as_secs();
         Planner {
+            near: NearTerm::new(cfg.step.as_secs()),
             cfg,
             selected: None,
             selected_at: 0,
@@ -165,7 +165,6 @@ impl Planner {
             recent: VecDeque::new(),
             plan: Vec::new(),
             planned: 0,
-            near: NearTerm::new(cfg_step_s),
         }
     }
 
@@ -344,6 +343,7 @@ impl Planner {
         }
         // The bound that has provisioned better on this service's own minutes decides.
         let chosen = match &bound {
+            // Its point is the rate it starts from.
             Some(b) if near.preferred() => Some(Peak {
                 upper_rps: b.upper_rps,
                 point_rps: observed_rps,
@@ -586,8 +586,8 @@ mod tests {
         // Per-minute history, 100 req/s with noise, and minute 0 of every hour at 400
         // (posts scheduled on the hour). Instances of 10 req/s, a 30 s cold start, the
         // floor at full capacity, decisions every 5 s from day 2 on. A plan step's
-        // forecast averages the jump into its 5 minutes' busiest-minute level; the
-        // near-term bound learns that minute 59 is followed by a jump.
+        // forecast holds the jump's 5 minutes at their busiest minute, 400 req/s for all
+        // five; the near-term bound learns that only minute 59 is followed by a jump.
         let rate = |m: usize| {
             if m.is_multiple_of(60) {
                 400.0

@@ -174,7 +174,7 @@ impl NearTerm {
     /// history shorter than before starts afresh.
     pub fn extend(&mut self, history: &[f64]) {
         if history.len() < self.consumed {
-            *self = NearTerm::new(60 / self.per_minute as u64).expect("a valid step");
+            self.restart(0);
         }
         let g = self.per_minute;
         while self.consumed + g <= history.len() {
@@ -193,16 +193,22 @@ impl NearTerm {
     pub fn extend_minutes(&mut self, first: usize, rates: &[f64]) {
         // (The first call lands here too: nothing is lost.)
         if first > self.minutes {
-            let leads = self.leads.len();
-            *self = NearTerm::new(60 / self.per_minute as u64).expect("a valid step");
-            self.reach(leads);
-            self.minutes = first;
+            self.restart(first);
         }
         for (i, rate) in rates.iter().enumerate() {
             if first + i >= self.minutes {
                 self.push(*rate);
             }
         }
+    }
+
+    /// Forgets every minute and score, the next minute taken being `minute`; keeps the
+    /// leads learned (so that the history given next is scored in full).
+    fn restart(&mut self, minute: usize) {
+        let leads = self.leads.len();
+        *self = NearTerm::new(60 / self.per_minute as u64).expect("a valid step");
+        self.reach(leads);
+        self.minutes = minute;
     }
 
     fn push(&mut self, rate: f64) {
