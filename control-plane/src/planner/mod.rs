@@ -10,10 +10,11 @@
 //!           ─▶ predictive need = peak upper bound / per-instance capacity
 //!   recent rate ─▶ reactive floor = rate / (capacity × floor utilisation), where the
 //!              rate is the higher of the last 15 s's and the last 5 s's means
-//!   minutes ─▶ near-term bound (`near`): the current rate plus the level's quantile
-//!              of how far this minute of the hour's successors peaked above it; it
-//!              replaces the plan step's bound once it has provisioned better on the
-//!              service's own minutes (quantile loss, decayed over about a day)
+//!   minutes ─▶ near-term bounds: the current rate plus the level's quantile of how
+//!              far this minute of the hour's successors peaked above it (`near`), and
+//!              the service's weighted mean rate plus its hour of the day's (`level`);
+//!              either replaces the plan step's bound once it has provisioned better on
+//!              the service's own minutes (quantile loss, decayed over about a day)
 //!   target = max(predictive, floor) within [min, max]; a lower target waits until it
 //!            has held for `scale_down_delay` (no flapping on a forecast's wiggles)
 //! ```
@@ -32,9 +33,11 @@ use serde::Serialize;
 
 use crate::forecast::{self, Forecast, Selected};
 
+mod level;
 mod near;
+mod scores;
 
-pub use near::{Bound, NearTerm};
+pub use near::{Bound, Choice, NearTerm};
 
 #[derive(Debug, Clone)]
 pub struct PlannerConfig {
@@ -92,6 +95,9 @@ pub struct Decision {
     /// lead time peak at, at the level's quantile of this minute of the hour's past
     /// jumps, requests/s.
     pub near_term_rps: Option<f64>,
+    /// The level bound (`level`): what those minutes come to above the service's weighted
+    /// mean rate, at the level's quantile of this hour of the day's, requests/s.
+    pub level_term_rps: Option<f64>,
     pub level: f64,
     pub model: Option<String>,
     /// How far ahead the forecast was read: one cold start and one interval (seconds).
@@ -151,6 +157,8 @@ pub const OBSERVED_WINDOW: Duration = Duration::from_secs(15);
 pub const BURST_WINDOW: Duration = Duration::from_secs(5);
 /// The model named in a decision the near-term bound made.
 pub const NEAR_TERM: &str = "near-term (minute of the hour)";
+/// The model named in a decision the level bound made.
+pub const LEVEL_TERM: &str = "near-term (level, hour of the day)";
 /// The coarsest planning step finer histories are planned in (seconds).
 const PLAN_STEP_S: u64 = 300;
 
@@ -322,8 +330,8 @@ impl Planner {
         })
     }
 
-    /// Feeds the near-term bound with `feed`, then decides from it or `peak`, whichever
-    /// has provisioned better (see `near`).
+    /// Feeds the near-term bounds with `feed`, then decides from one of them or `peak`,
+    /// whichever has provisioned best (see `near`).
     fn decide_near(
         &mut self,
         now: f64,
@@ -341,17 +349,24 @@ impl Planner {
         if let (Some(b), Some(p)) = (&bound, &peak) {
             near.compare(b, p.upper_rps, level);
         }
-        // The bound that has provisioned better on this service's own minutes decides.
-        let chosen = match &bound {
-            // Its point is the rate it starts from.
-            Some(b) if near.preferred() => Some(Peak {
-                upper_rps: b.upper_rps,
-                point_rps: observed_rps,
-                model: NEAR_TERM.to_string(),
-            }),
+        // The bound that has provisioned best on this service's own minutes decides; its
+        // point is the rate it starts from.
+        let near_peak = |upper_rps: f64, model: &str| Peak {
+            upper_rps,
+            point_rps: observed_rps,
+            model: model.to_string(),
+        };
+        let chosen = match (&bound, near.choice()) {
+            (Some(b), Choice::MinuteOfHour) => Some(near_peak(b.upper_rps, NEAR_TERM)),
+            (
+                Some(Bound {
+                    level_rps: Some(l), ..
+                }),
+                Choice::Level,
+            ) => Some(near_peak(*l, LEVEL_TERM)),
             _ => peak,
         };
-        self.decide_inner(now, chosen, bound.map(|b| b.upper_rps), observed_rps)
+        self.decide_inner(now, chosen, bound, observed_rps)
     }
 
     /// The own forecast's highest upper bound from `now` to one lead time ahead.
@@ -409,7 +424,7 @@ impl Planner {
         &mut self,
         now: f64,
         peak: Option<Peak>,
-        near_term_rps: Option<f64>,
+        near: Option<Bound>,
         observed_rps: f64,
     ) -> Decision {
         let cfg = self.cfg.clone();
@@ -446,7 +461,8 @@ impl Planner {
             reactive,
             forecast_upper_rps,
             forecast_point_rps,
-            near_term_rps,
+            near_term_rps: near.as_ref().map(|b| b.upper_rps),
+            level_term_rps: near.and_then(|b| b.level_rps),
             level: cfg.level,
             model,
             lead_s: (cfg.cold_start + cfg.interval).as_secs_f64(),
@@ -628,6 +644,37 @@ mod tests {
         let d = at(&mut p, start + 5 * 3600 + 29 * 60 + 30);
         assert_eq!(d.model.as_deref(), Some(NEAR_TERM), "{d:?}");
         assert!(d.target <= 12, "{d:?}");
+    }
+
+    #[test]
+    fn a_noisy_level_is_provisioned_by_the_level_bound_once_it_proves_better() {
+        // Per-minute history at 100 req/s with independent noise of ±30 each minute (no
+        // minute of the hour stands out), instances of 10 req/s, a 30 s cold start. The
+        // level bound holds the weighted mean (about 100) plus the 95th percentile of how
+        // far a minute comes above it (about 24 req/s: 13 instances); the bound from the
+        // current minute's rate follows the noise.
+        let rate = |m: usize| {
+            // splitmix64 of the minute: uniform in [0, 1).
+            let mut z = (m as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            100.0 + 60.0 * (((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5)
+        };
+        let y: Vec<f64> = (0..3 * 1440).map(|m| rate(m) * 60.0).collect();
+        let mut cfg = PlannerConfig::new(10.0, Duration::from_secs(30), Duration::from_secs(60));
+        cfg.floor_utilisation = 1.0;
+        cfg.scale_down_delay = Duration::ZERO;
+        let mut p = Planner::new(cfg);
+        let start = 1440 * 60;
+        let mut last = None;
+        for t in (start + 30..start + 3 * 3600).step_by(5) {
+            last = Some(p.decide(t as f64, &y[..t / 60], rate((t - 1) / 60)));
+        }
+        let d = last.unwrap();
+        assert_eq!(d.model.as_deref(), Some(LEVEL_TERM), "{d:?}");
+        let level = d.level_term_rps.unwrap();
+        assert!((115.0..=135.0).contains(&level), "{d:?}");
+        assert!((12..=14).contains(&d.target), "{d:?}");
     }
 
     #[test]

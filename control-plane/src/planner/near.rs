@@ -16,92 +16,18 @@
 //! minutes' own history provisions for the jump before it, where one quantile over all
 //! minutes either misses it or pays for it every minute. The square root scales the
 //! spread to the rate as a count's noise scales (Poisson), so the quantiles of a busy
-//! hour and a quiet one pool. A minute of the hour with fewer than `PHASE_WARM` scores
+//! hour and a quiet one pool. A minute of the hour with fewer than `GROUP_WARM` scores
 //! takes the quantile of every minute's (once there are `ALL_WARM`); before that there
 //! is no bound. Every score uses only complete minutes before the decision, so a
 //! replay of a truncated history decides the same up to the cut.
 
 use std::collections::VecDeque;
 
+use super::level::LevelTerm;
+use super::scores::{Grouped, MIN_RATE};
+
 /// Minutes in the pattern the scores are grouped by: the hour.
 const PHASES: usize = 60;
-/// Scores kept per group: a week of minutes.
-const WINDOW: usize = 7 * 1440;
-/// Scores a minute of the hour needs before its own quantile is used.
-const PHASE_WARM: usize = 5;
-/// Scores in all before any bound is given.
-const ALL_WARM: usize = 60;
-/// The rate a score divides by is at least half a request a minute (requests/s), so a
-/// minute with no traffic does not make every following one an infinite jump.
-const MIN_RATE: f64 = 0.5 / 60.0;
-
-/// Scores in arrival order (to drop the oldest) and sorted (for quantiles).
-#[derive(Debug, Default, Clone)]
-struct Scores {
-    order: VecDeque<f64>,
-    sorted: Vec<f64>,
-    cap: usize,
-}
-
-impl Scores {
-    fn new(cap: usize) -> Scores {
-        Scores {
-            order: VecDeque::new(),
-            sorted: Vec::new(),
-            cap,
-        }
-    }
-
-    fn push(&mut self, s: f64) {
-        if self.order.len() == self.cap {
-            if let Some(old) = self.order.pop_front() {
-                let i = self.sorted.partition_point(|x| *x < old);
-                self.sorted.remove(i);
-            }
-        }
-        self.order.push_back(s);
-        let i = self.sorted.partition_point(|x| *x < s);
-        self.sorted.insert(i, s);
-    }
-
-    fn len(&self) -> usize {
-        self.sorted.len()
-    }
-
-    /// The `tau` quantile (the smallest score at or above that share of them).
-    fn quantile(&self, tau: f64) -> f64 {
-        let n = self.sorted.len();
-        let i = ((tau * n as f64) as usize).min(n - 1);
-        self.sorted[i]
-    }
-}
-
-/// The scores of one lead: by minute of the hour, and all of them.
-#[derive(Debug, Clone)]
-struct Lead {
-    phases: Vec<Scores>,
-    all: Scores,
-}
-
-impl Lead {
-    fn new() -> Lead {
-        Lead {
-            phases: vec![Scores::new(WINDOW / PHASES); PHASES],
-            all: Scores::new(WINDOW),
-        }
-    }
-
-    fn quantile(&self, phase: usize, tau: f64) -> Option<f64> {
-        let own = &self.phases[phase];
-        if own.len() >= PHASE_WARM {
-            Some(own.quantile(tau))
-        } else if self.all.len() >= ALL_WARM {
-            Some(self.all.quantile(tau))
-        } else {
-            None
-        }
-    }
-}
 
 /// Learns from a history at a minute or finer, one complete minute at a time.
 #[derive(Debug, Clone)]
@@ -115,13 +41,15 @@ pub struct NearTerm {
     recent: VecDeque<f64>,
     minutes: usize,
     /// `leads[h - 1]`: the scores of the peak over the next `h` minutes.
-    leads: Vec<Lead>,
+    leads: Vec<Grouped>,
+    /// The bound from the service's level by hour of the day, fed the same minutes.
+    level: LevelTerm,
     /// Decisions waiting for their minutes: (minute, minutes ahead, [this bound, the same
-    /// from every minute's scores, the plan step's bound], quantile level).
-    pending: VecDeque<(usize, usize, [f64; 3], f64)>,
-    /// Decayed quantile (pinball) losses of those three bounds against the peak that
+    /// from every minute's scores, the plan step's bound, the level bound], quantile level).
+    pending: VecDeque<(usize, usize, [f64; 4], f64)>,
+    /// Decayed quantile (pinball) losses of those four bounds against the peak that
     /// came, and how many decisions were scored.
-    loss: [f64; 3],
+    loss: [f64; 4],
     judged: usize,
 }
 
@@ -136,11 +64,25 @@ const MAX_PENDING: usize = 4096;
 /// one's for the pattern to count.
 const PATTERN_GAIN: f64 = 0.9;
 
+/// Which bound a decision provisions for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// The plan step's forecast (the planner's other half).
+    PlanStep,
+    /// This module's: the current rate and its minute of the hour's scores.
+    MinuteOfHour,
+    /// The level bound's: the service's level and its hour of the day's scores.
+    Level,
+}
+
 /// The bound at a decision, and what it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bound {
     /// Requests/s the minutes within the lead time are provisioned for.
     pub upper_rps: f64,
+    /// The bound from the service's level by hour of the day (`level`), requests/s; None
+    /// while it knows too little.
+    pub level_rps: Option<f64>,
     /// Whole minutes after the current one the lead time reaches into.
     pub minutes_ahead: usize,
     /// The same bound from every minute's scores pooled (no pattern), requests/s.
@@ -164,8 +106,9 @@ impl NearTerm {
             recent: VecDeque::new(),
             minutes: 0,
             leads: Vec::new(),
+            level: LevelTerm::default(),
             pending: VecDeque::new(),
-            loss: [0.0; 3],
+            loss: [0.0; 4],
             judged: 0,
         })
     }
@@ -222,10 +165,9 @@ impl NearTerm {
             let base = self.recent[n - 1 - h];
             let j = self.minutes - 1 - h;
             let s = (peak - base) / base.max(MIN_RATE).sqrt();
-            let lead = &mut self.leads[h - 1];
-            lead.phases[j % PHASES].push(s);
-            lead.all.push(s);
+            self.leads[h - 1].push(j % PHASES, s);
         }
+        self.level.push(self.minutes - 1, rate);
         while self.recent.len() > self.leads.len() + 1 {
             self.recent.pop_front();
         }
@@ -275,29 +217,40 @@ impl NearTerm {
                 self.pending.pop_front();
             }
             let tau = (level / 100.0).clamp(0.0, 1.0);
-            let bounds = [near.upper_rps, near.pooled_rps, plan_upper_rps];
+            // A level bound not known yet is scored as the plan step's: it cannot win.
+            let level_rps = near.level_rps.unwrap_or(plan_upper_rps);
+            let bounds = [near.upper_rps, near.pooled_rps, plan_upper_rps, level_rps];
             self.pending
                 .push_back((near.minute, near.minutes_ahead, bounds, tau));
         }
     }
 
-    /// Whether this bound has provisioned better than the plan step's over the decisions
-    /// scored (none before `JUDGE_WARM` of them), and the minutes of the hour differ: its
-    /// loss is under `PATTERN_GAIN` times that of the same bound from every minute's
-    /// scores pooled. Where they do not (NASA's page loads), a bound from the current
-    /// minute's noisy rate saves little over a plan step's smooth one, and follows the
-    /// noise down: the instances it sheds take a cold start to come back.
-    pub fn preferred(&self) -> bool {
-        self.judged >= JUDGE_WARM
-            && self.loss[0] < self.loss[2]
-            && self.loss[0] < PATTERN_GAIN * self.loss[1]
+    /// The bound that has provisioned best over the decisions scored (the plan step's
+    /// before `JUDGE_WARM` of them). The bound by minute of the hour must also show that
+    /// the minutes of the hour differ: its loss under `PATTERN_GAIN` times that of the
+    /// same bound from every minute's scores pooled. Where they do not (NASA's page
+    /// loads), a bound from the current minute's noisy rate follows the noise down, and
+    /// the instances it sheds take a cold start to come back; the level bound (`level`)
+    /// is the one for those.
+    pub fn choice(&self) -> Choice {
+        let [by_minute, pooled, plan, level] = self.loss;
+        if self.judged < JUDGE_WARM {
+            Choice::PlanStep
+        } else if by_minute < plan.min(level) && by_minute < PATTERN_GAIN * pooled {
+            Choice::MinuteOfHour
+        } else if level < plan {
+            Choice::Level
+        } else {
+            Choice::PlanStep
+        }
     }
 
     /// Keeps scores for leads of up to `minutes` (those it did not keep start empty).
     fn reach(&mut self, minutes: usize) {
         while self.leads.len() < minutes {
-            self.leads.push(Lead::new());
+            self.leads.push(Grouped::new(PHASES));
         }
+        self.level.reach(minutes);
     }
 
     /// Learns the scores a decision at `now` with a lead time of `lead_s` seconds needs:
@@ -332,20 +285,18 @@ impl NearTerm {
             return Some(Bound {
                 upper_rps: rate_rps,
                 pooled_rps: rate_rps,
+                level_rps: Some(rate_rps),
                 minutes_ahead: 0,
                 minute: k,
                 phase,
             });
         }
         let at = |q: f64| (rate_rps + q * rate_rps.max(MIN_RATE).sqrt()).max(0.0);
-        let pooled = if lead.all.len() >= ALL_WARM {
-            lead.all.quantile(tau)
-        } else {
-            q
-        };
+        let pooled = lead.pooled(tau).unwrap_or(q);
         Some(Bound {
             upper_rps: at(q),
             pooled_rps: at(pooled),
+            level_rps: self.level.bound(k, h, rate_rps, tau),
             minutes_ahead: h,
             minute: k,
             phase,
@@ -442,16 +393,5 @@ mod tests {
         assert_eq!(near.minutes, day0 + 705);
         let later = (day0 + 705) as f64 * 60.0 + 30.0;
         assert_eq!(near.bound(later, 35.0, 100.0, 95.0), None);
-    }
-
-    #[test]
-    fn the_oldest_score_leaves_a_full_window() {
-        let mut s = Scores::new(3);
-        for x in [5.0, 1.0, 3.0, 2.0] {
-            s.push(x);
-        }
-        assert_eq!(s.sorted, vec![1.0, 2.0, 3.0]);
-        assert_eq!(s.quantile(0.0), 1.0);
-        assert_eq!(s.quantile(0.99), 3.0);
     }
 }
