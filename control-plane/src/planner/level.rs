@@ -4,7 +4,8 @@
 //! ```text
 //!  each complete minute j:  e_j = e_(j-1) + ALPHA (rate_j - e_(j-1))
 //!     for d = 1..=D: score(d) = (rate_j - e_(j-d)) / sqrt(e_(j-d)), kept with the
-//!     scores of lead d in minute j's hour of the day, the last week's
+//!     scores of lead d in minute j's hour of the day, the last week's; not where
+//!     e_(j-d) was under a tenth of the typical rate then (a slower mean: a lull)
 //!  at a decision in minute k at rate r (minute k itself complete or under way):
 //!     E = e_k, or e_(k-1) + ALPHA (r - e_(k-1)) while minute k is under way
 //!     bound = max over d = 1..=h of E + q_d sqrt(E), q_d the level's quantile of
@@ -15,8 +16,11 @@
 //! the current minute's rate is mostly noise: a bound from it follows the noise down,
 //! shedding instances that a cold start brings back. A mean over about twenty minutes is
 //! the level the noise sits on, and the hour of the day says how far above it the noise
-//! reaches (a quiet night and a busy afternoon differ). Scores use only complete minutes
-//! before the decision, so a replay of a truncated history decides the same up to the cut.
+//! reaches (a quiet night and a busy afternoon differ). A level far under the service's
+//! typical rate is an outage or a lull (NASA's log has three and a half days without a
+//! request): scored, its quiet would push the week's scores out of the window. Scores use
+//! only complete minutes before the decision, so a replay of a truncated history decides
+//! the same up to the cut.
 
 use std::collections::VecDeque;
 
@@ -24,6 +28,10 @@ use super::scores::{Grouped, MIN_RATE};
 
 /// The weight of each new minute in the level: about twenty minutes' memory.
 const ALPHA: f64 = 0.05;
+/// The weight of each new minute in the typical rate: about a day's memory.
+const TYPICAL_ALPHA: f64 = 1.0 / 1440.0;
+/// A level under this share of the typical rate is a lull: no score is taken from it.
+const LULL: f64 = 0.1;
 /// The groups the scores are kept in: the hours of the day.
 const HOURS: usize = 24;
 
@@ -34,8 +42,9 @@ fn hour(minute: usize) -> usize {
 /// Learns from complete minutes, given in order by the near-term bound that owns it.
 #[derive(Debug, Clone, Default)]
 pub(super) struct LevelTerm {
-    /// The level after each of the last `leads.len()` complete minutes, oldest first.
-    levels: VecDeque<f64>,
+    /// The level and the typical rate after each of the last `leads.len()` complete
+    /// minutes, oldest first.
+    levels: VecDeque<(f64, f64)>,
     /// The minute after the last one taken in.
     next: usize,
     /// `leads[d - 1]`: the scores of the minute `d` after a level.
@@ -54,12 +63,16 @@ impl LevelTerm {
     pub(super) fn push(&mut self, j: usize, rate: f64) {
         let n = self.levels.len();
         for d in 1..=n.min(self.leads.len()) {
-            let base = self.levels[n - d];
-            let s = (rate - base) / base.max(MIN_RATE).sqrt();
-            self.leads[d - 1].push(hour(j), s);
+            let (base, typical) = self.levels[n - d];
+            if base >= LULL * typical {
+                let s = (rate - base) / base.max(MIN_RATE).sqrt();
+                self.leads[d - 1].push(hour(j), s);
+            }
         }
-        let level = self.levels.back().map_or(rate, |e| e + ALPHA * (rate - e));
-        self.levels.push_back(level);
+        let next = self.levels.back().map_or((rate, rate), |(e, t)| {
+            (e + ALPHA * (rate - e), t + TYPICAL_ALPHA * (rate - t))
+        });
+        self.levels.push_back(next);
         while self.levels.len() > self.leads.len().max(1) {
             self.levels.pop_front();
         }
@@ -70,7 +83,7 @@ impl LevelTerm {
     /// whose rate is `rate_rps`, at quantile `tau`. None while too little is known, or
     /// when the minutes before `k` are not all in.
     pub(super) fn bound(&self, k: usize, h: usize, rate_rps: f64, tau: f64) -> Option<f64> {
-        let last = *self.levels.back()?;
+        let (last, _) = *self.levels.back()?;
         let level = if self.next == k + 1 {
             last
         } else if self.next == k {
@@ -129,6 +142,28 @@ mod tests {
         }
         let quiet = early.bound(k, 1, rate(k), 0.95).unwrap();
         assert!((100.0..=106.0).contains(&quiet), "{quiet}");
+    }
+
+    #[test]
+    fn a_lull_leaves_the_scores_before_it_in_place() {
+        // A day alternating 60 and 140 req/s (scores of about ±4), then eight days without
+        // a request: more than the week's window of minutes. Traffic comes back at 100 in
+        // the minute under way: the level moves to 5 req/s, and the bound on the next
+        // minute is that plus the day's 95th percentile (about 4 × sqrt 5), not the
+        // lull's (about 0).
+        let mut level = LevelTerm::default();
+        level.reach(1);
+        let day: usize = 1440;
+        for j in 0..9 * day {
+            let rate = match j {
+                j if j >= day => 0.0,
+                j if j.is_multiple_of(2) => 140.0,
+                _ => 60.0,
+            };
+            level.push(j, rate);
+        }
+        let b = level.bound(9 * day, 1, 100.0, 0.95).unwrap();
+        assert!((12.0..=16.0).contains(&b), "{b}");
     }
 
     #[test]
