@@ -14,7 +14,7 @@ cost against the oracle's, which is what "at a violation budget of 0.1% of reque
 cost within 1.1 times the oracle's" asks about.
 
 usage: python3 bench/autoscale/bench.py [--levels 95,80,70,50] [--cold-starts 30,120] [TRACE ...]
-(default: the traces below; a Presage run takes 0.1-4 s, the whole bench about 2 minutes)
+(default: the traces below; a Presage run takes 0.1-6 s, the whole bench about 4 minutes)
 """
 
 import csv
