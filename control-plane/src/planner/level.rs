@@ -80,8 +80,9 @@ impl LevelTerm {
     }
 
     /// The bound (requests/s) on minutes `k + 1 ..= k + h` at a decision in minute `k`,
-    /// whose rate is `rate_rps`, at quantile `tau`. None while too little is known, or
-    /// when the minutes before `k` are not all in.
+    /// whose rate is `rate_rps`, at quantile `tau`. None while too little is known (or
+    /// no scores are kept for leads that far), or when the minutes before `k` are not all
+    /// in.
     pub(super) fn bound(&self, k: usize, h: usize, rate_rps: f64, tau: f64) -> Option<f64> {
         let (last, _) = *self.levels.back()?;
         let level = if self.next == k + 1 {
@@ -94,13 +95,14 @@ impl LevelTerm {
         if h == 0 {
             return Some(rate_rps);
         }
-        let spread = level.max(MIN_RATE).sqrt();
-        let mut upper = f64::MIN;
-        for d in 1..=h.min(self.leads.len()) {
-            let q = self.leads[d - 1].quantile(hour(k + d), tau)?;
-            upper = upper.max(level + q * spread);
+        if self.leads.len() < h {
+            return None;
         }
-        (upper > f64::MIN).then_some(upper.max(0.0))
+        let spread = level.max(MIN_RATE).sqrt();
+        (1..=h).try_fold(0.0_f64, |upper, d| {
+            let q = self.leads[d - 1].quantile(hour(k + d), tau)?;
+            Some(upper.max(level + q * spread))
+        })
     }
 }
 

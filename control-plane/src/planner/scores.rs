@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 /// Scores kept in all: a week of minutes (each group keeps its share).
-pub(super) const WINDOW: usize = 7 * 1440;
+const WINDOW: usize = 7 * 1440;
 /// Scores a group needs before its own quantile is used.
 const GROUP_WARM: usize = 5;
 /// Scores in all before any quantile is given.
@@ -16,7 +16,7 @@ pub(super) const MIN_RATE: f64 = 0.5 / 60.0;
 
 /// Scores in arrival order (to drop the oldest) and sorted (for quantiles).
 #[derive(Debug, Default, Clone)]
-pub(super) struct Scores {
+struct Scores {
     order: VecDeque<f64>,
     sorted: Vec<f64>,
     cap: usize,
