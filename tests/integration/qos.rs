@@ -1,7 +1,7 @@
 //! QoS enforcement in the proxy, end to end over real sockets: tier-priority shedding
 //! under overload, per-profile rate limits, and how a request's profile is chosen.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! schemas; installed into target/py by scripts/test.sh), as do the injected golden
 //! manifests. (`kubectl apply --dry-run` needs an API server, which this machine has not.)
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

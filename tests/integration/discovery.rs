@@ -2,7 +2,7 @@
 //! flow to a proxy's routing; bad registry data is skipped; an outage keeps the last
 //! known endpoints.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

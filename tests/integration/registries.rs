@@ -5,7 +5,7 @@
 //! `tests/fixtures/README.md`) with addresses pointing at real upstream servers, so
 //! the path registry → control plane → proxy → upstream runs over real sockets.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

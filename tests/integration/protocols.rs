@@ -1,7 +1,7 @@
 //! Protocols through the proxy, with real clients: HTTP/1.1, h2c, TLS with ALPN (curl),
 //! gRPC trailers, protocol upgrades, and TLS to upstreams.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::Request;

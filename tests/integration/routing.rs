@@ -1,7 +1,7 @@
 //! The routing table end to end: host, path, method and header matches, first match wins,
 //! prefix rewrite, header edits both ways, and the 404 for no match.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::Request;

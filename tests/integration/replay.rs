@@ -2,7 +2,7 @@
 //! planner against the HPA and KPA baselines and the oracle, decisions that never look
 //! ahead, and clear errors for bad input.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

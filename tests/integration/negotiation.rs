@@ -7,7 +7,7 @@
 //! it is marked degraded, and the proxy sheds the lowest tier's calls to it. The
 //! negotiations reach a real NATS server through the event bus exporter.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The `presage` command line: validate, the one-line reverse proxy, help, exit codes, and
 //! `presage up` (the README's main job) on free ports.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

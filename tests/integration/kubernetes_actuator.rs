@@ -3,7 +3,7 @@
 //! Kubernetes API reference (Deployment, Scale, PodList, the pods' `resize`
 //! subresource), and kube's real client talks to it over a real socket.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

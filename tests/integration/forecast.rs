@@ -3,7 +3,7 @@
 //! published and shaped by the events calendar, their quality exported as metrics; the
 //! behaviour profiler's predictions and expected arrivals, kept across a restart.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Failure handling over real sockets: a killed endpoint under load, retry budgets,
 //! timeouts, malformed requests and limits, and graceful drain on SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! destination, to mesh services, or passed to where it was headed; other protocols are
 //! spliced through as TCP.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Stdio;

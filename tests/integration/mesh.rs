@@ -2,7 +2,7 @@
 //! Discovery (push, ACK/NACK, outage and resync), telemetry, the durable store and the
 //! REST API.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

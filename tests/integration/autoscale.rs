@@ -4,7 +4,7 @@
 //! second service through the dry-run actuator. Decisions are read back from
 //! `/v1/decisions` with their reasons.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

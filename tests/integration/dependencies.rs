@@ -3,7 +3,7 @@
 //! telemetry: an edge proxy in front of `frontend` and `frontend`'s sidecar calling `api`,
 //! so the discovered ratio is the calls the sidecar sent per request frontend received.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! fallback, compensation, the deadline, asynchronous runs with status polling, and
 //! definitions rejected with the step named.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

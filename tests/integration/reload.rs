@@ -2,7 +2,7 @@
 //! invalid config is rejected with file:line:column and the old one keeps serving; SIGHUP
 //! reloads too.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
