@@ -13,7 +13,8 @@ level that keeps to it, by bisection to within a tenth of a point, up to 99.9) a
 cost against the oracle's, which is what "at a violation budget of 0.1% of requests,
 cost within 1.1 times the oracle's" asks about.
 
-usage: python3 bench/autoscale/bench.py [--levels 95,80,70,50] [--cold-starts 30,120] [TRACE ...]
+usage: python3 bench/autoscale/bench.py [--levels 95,80,70,50] [--cold-starts 30,120]
+                                       [--scale-down-delay 15] [TRACE ...]
 (default: the traces below; a Presage run takes 0.1-6 s, the whole bench about 4 minutes)
 """
 
@@ -130,13 +131,15 @@ def within_budget(path, cap, cold, runs, budget):
 def main():
     global LEVELS, POLICIES, COLD_STARTS
     args = sys.argv[1:]
-    while args and args[0] in ("--levels", "--cold-starts"):
+    while args and args[0] in ("--levels", "--cold-starts", "--scale-down-delay"):
         flag, value, args = args[0], args[1], args[2:]
         if flag == "--levels":
             LEVELS = tuple(value.split(","))
             POLICIES = tuple(f"presage@{l}" for l in LEVELS) + ("hpa", "kpa", "oracle")
-        else:
+        elif flag == "--cold-starts":
             COLD_STARTS = tuple(int(c) for c in value.split(","))
+        else:
+            PRESAGE_FLAGS[PRESAGE_FLAGS.index("--scale-down-delay") + 1] = str(int(value))
     traces = args or DEFAULT
     print("| trace | cold start | policy | violations % | instance-s | vs HPA (viol, cost) | cost / oracle | actions | after jumps % | run s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
