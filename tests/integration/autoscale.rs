@@ -83,9 +83,11 @@ async fn load(url: String, rps: u32, seconds: u32) -> String {
 async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
     let dir = TempDir::new();
     let catalog = Upstream::spawn("catalog").await;
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(&cfg, CONFIG.replace("CATALOG", &catalog.addr.to_string())).unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &CONFIG.replace("CATALOG", &catalog.addr.to_string()),
+    )
+    .await;
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
         cp.url()
@@ -295,9 +297,8 @@ async fn the_planner_scales_real_processes_with_the_load_and_records_why() {
 #[tokio::test]
 async fn instances_do_not_outlive_a_crashed_control_plane() {
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
+    let cp = ControlPlane::with_config(
+        &dir.0,
         r#"
 autoscaling:
   interval: 200ms
@@ -310,8 +311,7 @@ autoscaling:
           command: ["{presage}", "sample-service", "--listen", "127.0.0.1:{port}"]
 "#,
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     let ready = wait_until(Duration::from_secs(15), || async {
         let e = endpoints(&cp).await;
         (e.len() == 2).then_some(e)
@@ -355,7 +355,7 @@ autoscaling:
         );
     }
     // The policy outlives the crash: the store has it.
-    let cp = ControlPlane::start(&store, None, Some(&cfg)).await;
+    let cp = ControlPlane::start(&store, None, Some(&dir.0.join("cp.yaml"))).await;
     let kept = cp.get("/v1/autoscaling/api/policy").await;
     assert_eq!(kept["rules"][0]["add"], 2, "{kept}");
     assert_eq!(kept["cooldown_s"], 30.0);
@@ -402,10 +402,9 @@ async fn the_busiest_predicted_user_gets_a_warm_instance_of_her_own() {
 /// reserved `reservation`, that only alice reaches, and releases it after its window.
 async fn warm_instance_for_a_predicted_user(users: u32, reservation: &str) {
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        r#"
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &r#"
 services:
   - name: api
 routes:
@@ -425,8 +424,7 @@ autoscaling:
 "#
         .replace("USERS", &users.to_string()),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     cp.put("/v1/subjects/alice", r#"{"profile":"premium"}"#)
         .await;
     let proxy = Proxy::start(&config(&format!(
@@ -568,10 +566,9 @@ async fn call_as(proxy: &Proxy, path: &str, user: &str) -> String {
 async fn the_warm_instance_is_up_before_the_predicted_users_first_call() {
     let catalog = Upstream::spawn("catalog").await;
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
             r#"
 services:
   - name: api
@@ -594,8 +591,7 @@ autoscaling:
             catalog.addr
         ),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     cp.put("/v1/subjects/alice", r#"{"tier":"gold"}"#).await;
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",

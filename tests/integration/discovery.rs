@@ -61,16 +61,14 @@ async fn instance(etcd: &Etcd, id: &str, ttl: &str) -> Instance {
 }
 
 async fn mesh(etcd: &Etcd, dir: &TempDir) -> (ControlPlane, Proxy) {
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
             "discovery:\n  etcd:\n    endpoints: [\"{}\"]\nroutes:\n  - {{name: all, cluster: web}}\n",
             etcd.endpoint
         ),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: {}\n  node_id: p1\n  report_interval: 100ms\n",
         cp.url()

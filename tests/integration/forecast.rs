@@ -49,9 +49,7 @@ async fn metrics(cp: &ControlPlane) -> String {
 #[tokio::test]
 async fn forecasts_follow_telemetry_and_the_events_calendar() {
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(&cfg, "forecast_interval: 1s\n").unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let cp = ControlPlane::with_config(&dir.0, "forecast_interval: 1s\n").await;
 
     // Ten minutes of history, up to now, as a proxy would have reported it.
     let now_s = std::time::SystemTime::now()
@@ -220,9 +218,7 @@ async fn forecasts_follow_telemetry_and_the_events_calendar() {
 #[tokio::test]
 async fn the_next_hour_is_forecast_in_minutes_from_hours_of_history() {
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(&cfg, "forecast_interval: 1s\n").unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let cp = ControlPlane::with_config(&dir.0, "forecast_interval: 1s\n").await;
     let minutes = 380;
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

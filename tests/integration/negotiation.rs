@@ -65,16 +65,14 @@ async fn a_scale_up_is_negotiated_down_to_what_the_capped_database_carries() {
     let mut published = follower.subscribe("mesh.negotiation.>").await.unwrap();
     follower.flush().await.unwrap();
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        CONFIG
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &CONFIG
             .replace("FRONTEND", &frontend.addr.to_string())
             .replace("RECS", &recs.addr.to_string())
             .replace("NATS", &nats.url),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     // The frontend's sidecar (its calls to recs are frontend's).
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: {}\n  node_id: edge\n  service: frontend\n  report_interval: 100ms\n",

@@ -243,16 +243,14 @@ async fn a_subject_assigned_through_the_api_is_enforced_by_the_proxy_within_a_se
     use support::control_plane::ControlPlane;
     let up = Upstream::spawn("up").await;
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
             "qos_profiles:\n  - {{name: trickle, tier: bronze, rate_limit_rps: 1}}\n  - {{name: premium, tier: platinum}}\nservices:\n  - name: up\n    endpoints: [{{address: \"{}\"}}]\nroutes:\n  - {{name: all, cluster: up}}\n",
             up.addr
         ),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: {}\n  node_id: p1\n",
         cp.url()
@@ -499,15 +497,13 @@ async fn tenant_tokens_see_and_change_only_their_own_profiles_and_subjects() {
     const ACME: &str = "acme-token-0123456789";
     const GLOBEX: &str = "globex-token-012345678";
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
             "auth:\n  tokens:\n    - {{token: {ADMIN}}}\n    - {{token: {ACME}, tenant: acme}}\n    - {{token: {GLOBEX}, tenant: globex}}\n"
         ),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     let call = |token, method, path: &'static str, body: &'static str| {
         let cp = &cp;
         async move { cp.call_as(token, method, path, body).await }
@@ -664,16 +660,14 @@ async fn tier_allocations_are_served_kept_in_order_and_enforced_by_the_proxy() {
     use support::control_plane::ControlPlane;
     let up = Upstream::spawn("up").await;
     let dir = TempDir::new();
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
             "services:\n  - name: up\n    max_in_flight: 10\n    endpoints: [{{address: \"{}\"}}]\nroutes:\n  - {{name: all, cluster: up}}\n",
             up.addr
         ),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     let tiers = cp.get("/v1/qos/tiers").await;
     let names: Vec<&str> = tiers
         .as_array()

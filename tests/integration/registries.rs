@@ -16,17 +16,15 @@ use support::replay::{Replay, Reply};
 use support::*;
 
 async fn mesh(discovery: &str, dir: &TempDir) -> (ControlPlane, Proxy) {
-    let cfg = dir.0.join("cp.yaml");
-    std::fs::write(
-        &cfg,
-        // Round robin: every instance is tried within a few requests (P2C over latency
-        // may keep away from one for a while).
-        format!(
+    // Round robin: every instance is tried within a few requests (P2C over latency may
+    // keep away from one for a while).
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
             "discovery:\n{discovery}\nservices:\n  - {{name: web, load_balancer: weighted_round_robin}}\nroutes:\n  - {{name: all, cluster: web}}\n"
         ),
     )
-    .unwrap();
-    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    .await;
     let proxy = Proxy::start(&config(&format!(
         "control_plane:\n  address: {}\n  node_id: p1\n",
         cp.url()

@@ -75,6 +75,14 @@ impl ControlPlane {
         }
     }
 
+    /// Starts a control plane with `yaml` as its config file (`cp.yaml` in `dir`) and its
+    /// store in `dir`.
+    pub async fn with_config(dir: &Path, yaml: &str) -> ControlPlane {
+        let cfg = dir.join("cp.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        ControlPlane::start(&dir.join("cp.redb"), None, Some(&cfg)).await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
     }
