@@ -59,6 +59,45 @@ pub mod types {
     ];
 }
 
+/// The ranges a QoS profile's numbers (and a tier's bandwidth cap) must be in, the same on both sides: the control
+/// plane answers 400 outside them, the proxy rejects (or NACKs) them. Each bound keeps
+/// the durations and waits the proxy derives from a profile representable.
+pub mod qos_limits {
+    /// `latency_p50_ms`, `latency_p99_ms` and `deadline_ms`: at most a day.
+    pub const MAX_MS: f64 = 86_400_000.0;
+    /// `min_throughput_rps` and `rate_limit_rps`: at most a billion per second.
+    pub const MAX_RPS: f64 = 1e9;
+    /// A rate limit (`rate_limit_rps` above 0) of at least one request per 1,000 s, so
+    /// that the wait for a token is bounded.
+    pub const MIN_RATE_LIMIT_RPS: f64 = 0.001;
+    /// A tier's `bandwidth_max_mbps` above 0: from 1 kbit/s (a paced frame then waits at
+    /// most minutes) to 1 Tbit/s.
+    pub const MIN_BANDWIDTH_MBPS: f64 = 0.001;
+    pub const MAX_BANDWIDTH_MBPS: f64 = 1e6;
+
+    /// `None` when `v` is in range for `field` (a profile's number field, or a tier's
+    /// `bandwidth_max_mbps`; any other name is taken for a fraction, as `min_accuracy`
+    /// and `reliability` are), else what was expected.
+    pub fn check(field: &str, v: f64) -> Option<String> {
+        let (ok, want) = match field {
+            "latency_p50_ms" | "latency_p99_ms" | "deadline_ms" => {
+                ((0.0..=MAX_MS).contains(&v), format!("milliseconds in 0..={MAX_MS}"))
+            }
+            "min_throughput_rps" => ((0.0..=MAX_RPS).contains(&v), format!("a rate in 0..={MAX_RPS}")),
+            "rate_limit_rps" => (
+                v == 0.0 || (MIN_RATE_LIMIT_RPS..=MAX_RPS).contains(&v),
+                format!("0 (no limit) or a rate in {MIN_RATE_LIMIT_RPS}..={MAX_RPS}"),
+            ),
+            "bandwidth_max_mbps" => (
+                v == 0.0 || (MIN_BANDWIDTH_MBPS..=MAX_BANDWIDTH_MBPS).contains(&v),
+                format!("0 (no cap) or megabits per second in {MIN_BANDWIDTH_MBPS}..={MAX_BANDWIDTH_MBPS}"),
+            ),
+            _ => ((0.0..=1.0).contains(&v), "a fraction in 0..=1".to_string()),
+        };
+        (!ok).then(|| format!("expected {want}, found {v:?}"))
+    }
+}
+
 /// gRPC status code a NACK carries for a resource that does not validate.
 pub const INVALID_ARGUMENT: i32 = 3;
 

@@ -139,12 +139,23 @@ pub fn route(r: &Route) -> Vec<FieldError> {
             );
         }
     }
-    if !m.host.is_empty() && (m.host.contains('/') || m.host.contains(' ')) {
+    // As the proxy's `HostMatch::parse`: a wildcard only as a leading `*.`.
+    let wildcard_ok = match m.host.strip_prefix("*.") {
+        Some(rest) => !rest.is_empty() && !rest.contains('*'),
+        None => !m.host.contains('*'),
+    };
+    if !m.host.is_empty() && (m.host.contains('/') || m.host.contains(' ') || !wildcard_ok) {
         push(
             &mut e,
             "match.host",
             format!("expected a host name or *.suffix, found {:?}", m.host),
         );
+    }
+    // Compiled as the proxy compiles it (anchored), so that what it would NACK is a 400.
+    if !m.path_regex.is_empty() {
+        if let Err(err) = regex::Regex::new(&format!("^(?:{})$", m.path_regex)) {
+            push(&mut e, "match.path_regex", err.to_string());
+        }
     }
     for (i, meth) in m.methods.iter().enumerate() {
         if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -172,6 +183,26 @@ pub fn route(r: &Route) -> Vec<FieldError> {
     if !r.rewrite_prefix.is_empty() && m.path_prefix.is_empty() {
         push(&mut e, "rewrite_prefix", "needs match.path_prefix");
     }
+    for (f, added) in [
+        ("add_request_headers", &r.add_request_headers),
+        ("add_response_headers", &r.add_response_headers),
+    ] {
+        for (name, value) in added {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                push(
+                    &mut e,
+                    format!("{f}.{name}"),
+                    format!("expected a header name, found {name:?}"),
+                );
+            } else if http::HeaderValue::from_str(value).is_err() {
+                push(
+                    &mut e,
+                    format!("{f}.{name}"),
+                    format!("expected a header value of visible ASCII, found {value:?}"),
+                );
+            }
+        }
+    }
     e
 }
 
@@ -186,21 +217,11 @@ pub fn qos_profile(q: &QosProfile, tier_exists: impl Fn(&str) -> bool) -> Vec<Fi
         ("min_throughput_rps", q.min_throughput_rps),
         ("rate_limit_rps", q.rate_limit_rps),
         ("deadline_ms", q.deadline_ms),
-    ] {
-        if !(v.is_finite() && v >= 0.0) {
-            push(&mut e, f, format!("expected a number >= 0, found {v}"));
-        }
-    }
-    for (f, v) in [
         ("min_accuracy", q.min_accuracy),
         ("reliability", q.reliability),
     ] {
-        if !(0.0..=1.0).contains(&v) {
-            push(
-                &mut e,
-                f,
-                format!("expected a fraction in 0..=1, found {v}"),
-            );
+        if let Some(expected) = presage_api::qos_limits::check(f, v) {
+            push(&mut e, f, expected);
         }
     }
     e
@@ -290,9 +311,13 @@ pub fn qos_tier(t: &QosTier, stored: &[QosTier]) -> Vec<FieldError> {
             push(&mut e, f, format!("expected 1..=10000, found {v}"));
         }
     }
+    if let Some(expected) =
+        presage_api::qos_limits::check("bandwidth_max_mbps", t.bandwidth_max_mbps)
+    {
+        push(&mut e, "bandwidth_max_mbps", expected);
+    }
     for (f, v) in [
         ("bandwidth_min_mbps", t.bandwidth_min_mbps),
-        ("bandwidth_max_mbps", t.bandwidth_max_mbps),
         ("io_limit_mbps", t.io_limit_mbps),
         ("price_per_hour", t.price_per_hour),
     ] {
@@ -438,5 +463,45 @@ mod tests {
             ..Default::default()
         };
         assert!(route(&ok).is_empty());
+    }
+
+    /// What the proxy would reject (and NACK) is refused here with the field named:
+    /// otherwise every later push of routes would carry it and be NACKed too.
+    #[test]
+    fn routes_the_proxy_would_reject_are_refused() {
+        let r = Route {
+            name: "r".into(),
+            cluster: "web".into(),
+            r#match: Some(RouteMatch {
+                host: "a*.example.com".into(),
+                path_regex: "(".into(),
+                ..Default::default()
+            }),
+            add_request_headers: [("bad name".to_string(), "x".to_string())].into(),
+            add_response_headers: [("x-ok".to_string(), "line\nbreak".to_string())].into(),
+            ..Default::default()
+        };
+        let fields: Vec<_> = route(&r).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "match.host",
+                "match.path_regex",
+                "add_request_headers.bad name",
+                "add_response_headers.x-ok"
+            ]
+        );
+        let ok = Route {
+            name: "r".into(),
+            cluster: "web".into(),
+            r#match: Some(RouteMatch {
+                host: "*.example.com".into(),
+                path_regex: "/items/[0-9]+".into(),
+                ..Default::default()
+            }),
+            add_request_headers: [("x-from".to_string(), "mesh".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(route(&ok).is_empty(), "{:?}", route(&ok));
     }
 }

@@ -72,6 +72,19 @@ pub fn check(
     })
 }
 
+/// The stored workflows that name QoS profile `profile`, for themselves or a step.
+pub fn using_profile(profile: &str, stored: &[Workflow]) -> Vec<String> {
+    let all = parsed(stored, "");
+    let Ok(specs) = presage_workflow::build(&all, None, &Known::default()) else {
+        return Vec::new();
+    };
+    specs
+        .iter()
+        .filter(|s| s.profiles().contains(profile))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 /// The stored workflows that run `name` as a step.
 pub fn callers(name: &str, stored: &[Workflow]) -> Vec<String> {
     let all = parsed(stored, "");
@@ -159,5 +172,23 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e[0].field, "qos_profile");
+    }
+
+    #[test]
+    fn the_workflows_naming_a_profile_are_found_in_their_steps_too() {
+        let profiles = HashSet::from(["gold", "silver"]);
+        let top = check(
+            "top",
+            "name: top\nqos_profile: gold\nsteps: [ { name: a, call: { service: s } } ]\n",
+            &[],
+            Some(&profiles),
+        )
+        .unwrap();
+        let nested = "name: nested\nsteps:\n  - name: each\n    for_each: { items: \"[1]\", as: i }\n    steps: [ { name: b, qos_profile: silver, call: { service: s } } ]\n";
+        let nested = check("nested", nested, &[], Some(&profiles)).unwrap();
+        let stored = [top, nested];
+        assert_eq!(using_profile("gold", &stored), ["top"]);
+        assert_eq!(using_profile("silver", &stored), ["nested"]);
+        assert!(using_profile("bronze", &stored).is_empty());
     }
 }

@@ -102,7 +102,7 @@ impl Body for Paced {
             return Poll::Ready(Some(Ok(frame)));
         }
         // Overdrawn: hold the frame until the debt is paid.
-        let debt = std::time::Duration::from_secs_f64(-pace.tokens / pace.rate);
+        let debt = crate::qos::secs(-pace.tokens / pace.rate);
         let mut wait = Box::pin(tokio::time::sleep(debt));
         if wait.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Ok(frame)));

@@ -447,11 +447,15 @@ async fn proxy(
                     *up.uri_mut() = endpoint_uri(other, &path).ok()?;
                     *up.version_mut() = version;
                     *up.headers_mut() = parts.headers.clone();
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    up.headers_mut().insert(
-                        qos::X_PRESAGE_TIMEOUT_MS.clone(),
-                        HeaderValue::from(left.as_millis() as u64),
-                    );
+                    // As the first attempt: what is left of the budget, when there is one
+                    // (the copy's headers may come back for a retry).
+                    if qos.budget.is_some() {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        up.headers_mut().insert(
+                            qos::X_PRESAGE_TIMEOUT_MS.clone(),
+                            HeaderValue::from(left.as_millis() as u64),
+                        );
+                    }
                     Some((other, up))
                 };
                 let hedged = Box::pin(attempt::hedged(

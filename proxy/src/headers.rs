@@ -18,13 +18,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    // Taken out rather than cloned when it goes anyway.
-    let conn = if keep_upgrade {
-        h.get(header::CONNECTION).cloned()
-    } else {
-        h.remove(header::CONNECTION)
-    };
-    if let Some(conn) = conn {
+    // Every `Connection` field counts, not only the first (a list may be split over
+    // several lines); the rare second and later ones are copied out.
+    let mut values = h.get_all(header::CONNECTION).iter();
+    let first = values.next().cloned();
+    let more: Vec<HeaderValue> = values.cloned().collect();
+    if !keep_upgrade {
+        h.remove(header::CONNECTION);
+    }
+    for conn in first.iter().chain(&more) {
         remove_listed(h, conn.as_bytes(), keep_upgrade);
     }
     h.remove(&KEEP_ALIVE);
@@ -33,10 +35,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         h.remove(header::UPGRADE);
     }
-    if let Some(te) = h.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            h.remove(header::TE);
-        }
+    if h.get_all(header::TE)
+        .iter()
+        .any(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        h.remove(header::TE);
     }
 }
 
@@ -182,6 +185,26 @@ mod tests {
         );
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    /// A `Connection` list may be split over several fields (RFC 9110 §5.3): every one
+    /// names headers to drop, with or without an upgrade passing through.
+    #[test]
+    fn every_connection_field_counts() {
+        for keep_upgrade in [false, true] {
+            let mut h = HeaderMap::new();
+            h.append("connection", "keep-alive".parse().unwrap());
+            h.append("connection", "x-secret".parse().unwrap());
+            h.insert("x-secret", "1".parse().unwrap());
+            h.append("te", "trailers".parse().unwrap());
+            h.append("te", "gzip".parse().unwrap());
+            h.insert("x-kept", "1".parse().unwrap());
+            strip_hop_by_hop(&mut h, keep_upgrade);
+            assert!(h.get("x-secret").is_none(), "{h:?}");
+            assert!(h.get("te").is_none(), "`te: gzip` is not end-to-end: {h:?}");
+            assert_eq!(h.get("connection").is_some(), keep_upgrade);
+            assert_eq!(h.get("x-kept").unwrap(), "1");
+        }
     }
 
     #[test]

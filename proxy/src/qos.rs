@@ -86,7 +86,7 @@ impl ProfileRetry {
         Some(ProfileRetry {
             attempts,
             hedge_after: (attempts > 0 && spec.latency_p99_ms > 0.0)
-                .then(|| Duration::from_secs_f64(spec.latency_p99_ms / 1000.0)),
+                .then(|| secs(spec.latency_p99_ms / 1000.0)),
             budget: crate::runtime::retry_budget(
                 (nines as f32 * Self::PERCENT_PER_NINE).min(Self::MAX_PERCENT),
             ),
@@ -244,6 +244,13 @@ impl Profile {
     }
 }
 
+/// Seconds as a `Duration`, at most a day. Profiles and tiers are checked against
+/// `presage_api::qos_limits` before they get here; this only keeps a slip from
+/// panicking (`Duration::from_secs_f64` does on overflow) in the request path.
+pub(crate) fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.min(86_400.0)).unwrap_or_default()
+}
+
 /// A request's latency budget: the caller's `x-presage-timeout-ms` when it sent one
 /// (a chain of sidecars shares one deadline), else its profile's `deadline_ms`.
 pub fn budget(headers: &HeaderMap, profile: Option<&Profile>) -> Option<Duration> {
@@ -253,7 +260,7 @@ pub fn budget(headers: &HeaderMap, profile: Option<&Profile>) -> Option<Duration
         .map(Duration::from_millis);
     from_caller.or_else(|| {
         let ms = profile?.spec.deadline_ms;
-        (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+        (ms > 0.0).then(|| secs(ms / 1000.0))
     })
 }
 
@@ -290,7 +297,7 @@ impl TokenBucket {
             Ok(())
         } else {
             *s = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+            Err(secs((1.0 - tokens) / self.rate))
         }
     }
 }
@@ -342,6 +349,14 @@ mod tests {
             h.insert((*k).clone(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn seconds_out_of_range_do_not_panic() {
+        assert_eq!(secs(0.25), Duration::from_millis(250));
+        assert_eq!(secs(1e20), Duration::from_secs(86_400));
+        assert_eq!(secs(f64::INFINITY), Duration::from_secs(86_400));
+        assert_eq!(secs(-1.0), Duration::ZERO);
     }
 
     #[test]

@@ -298,6 +298,10 @@ async fn a_restart_keeps_everything_the_api_acknowledged() {
     let (s, _) = cp.call(Method::DELETE, "/v1/routes/all", "").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     cp.put("/v1/routes/again", r#"{"cluster":"web"}"#).await;
+    // A service a route names stays (proxies would refuse the route without it).
+    let (s, e) = cp.call(Method::DELETE, "/v1/services/web", "").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("\"again\""), "{e}");
     // A crash, not a clean stop: only what was committed can survive.
     cp.kill().await;
 
@@ -363,6 +367,20 @@ async fn the_api_names_bad_fields_and_documents_itself() {
         (s, e["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("name"))
     );
+    // A body is one JSON value: anything after it is refused, and nothing is stored.
+    for trailing in [
+        r#"{"endpoints":[]} garbage"#,
+        r#"{"endpoints":[]}{"endpoints":[]}"#,
+    ] {
+        let (s, e) = cp.call(Method::PUT, "/v1/services/web", trailing).await;
+        assert_eq!(
+            (s, e["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("(body)")),
+            "{trailing}: {e}"
+        );
+    }
+    let (s, _) = cp.call(Method::GET, "/v1/services/web", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no bad write stored the service");
     let (s, e) = cp.call(Method::GET, "/v1/services/ghost", "").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(e["message"].as_str().unwrap().contains("ghost"));

@@ -227,7 +227,7 @@ async fn bad_qos_config_is_rejected_with_its_location() {
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
         ":2:",
-        "qos_profiles[0].reliability: expected 0..=1, found 1.5",
+        "qos_profiles[0].reliability: expected a fraction in 0..=1, found 1.5",
         "subjects[0].profile: unknown QoS profile \"nope\"",
         "routes[0].qos_profile: unknown QoS profile \"ghost\"",
     ] {
@@ -280,6 +280,22 @@ async fn a_subject_assigned_through_the_api_is_enforced_by_the_proxy_within_a_se
         let (s, v) = cp.call(http::Method::PUT, "/v1/subjects/alice", body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["field"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+
+    // Numbers the proxies could not turn into durations are refused, never pushed.
+    for (body, field) in [
+        (
+            r#"{"reliability":0.999,"latency_p99_ms":1e23}"#,
+            "latency_p99_ms",
+        ),
+        (r#"{"deadline_ms":1e23}"#, "deadline_ms"),
+        (r#"{"rate_limit_rps":1e-30}"#, "rate_limit_rps"),
+    ] {
+        let (s, v) = cp
+            .call(http::Method::PUT, "/v1/qos/profiles/huge", body)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["field"], field, "{body}: {v}");
     }
 
     // alice gets the rate-limited profile: the proxy enforces it within a second.
@@ -1155,6 +1171,11 @@ clusters:
     let took = t0.elapsed();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["service"], "b", "the hedged copy answered first");
+    assert!(
+        r.json()["headers"]["x-presage-timeout-ms"].is_null(),
+        "no budget, none passed on by the copy either: {}",
+        r.json()
+    );
     assert!(
         took < Duration::from_millis(1500),
         "did not wait for a: {took:?}"

@@ -208,6 +208,13 @@ impl WorkflowSpec {
         out
     }
 
+    /// The QoS profiles it names, for itself and its steps.
+    pub fn profiles(&self) -> BTreeSet<&str> {
+        let mut out: BTreeSet<&str> = self.qos_profile.as_deref().into_iter().collect();
+        visit(&self.steps, &mut |s| out.extend(s.qos_profile.as_deref()));
+        out
+    }
+
     /// The workflows its steps run as steps.
     pub fn runs(&self) -> Vec<&str> {
         runs(&self.steps)

@@ -97,7 +97,7 @@ impl ScaledService {
                 format!("expected a rate above 0, found {}", s.capacity_rps),
             );
         }
-        let (min, max) = (s.min.unwrap_or(1), s.max.unwrap_or(MAX_INSTANCES));
+        let (min, max) = s.bounds();
         if max == 0 || min > max {
             err(
                 "max",
@@ -116,10 +116,15 @@ impl ScaledService {
         for e in s.warm_pool.iter().flat_map(|w| w.check()) {
             err("warm_pool", e);
         }
-        for (field, msg) in s.policy.check(min) {
+        for (field, msg) in s.policy.check(min, max) {
             err(&format!("policy.{field}"), msg);
         }
         errors
+    }
+
+    /// The service's minimum and maximum instance counts.
+    pub fn bounds(&self) -> (u32, u32) {
+        (self.min.unwrap_or(1), self.max.unwrap_or(MAX_INSTANCES))
     }
 
     /// The planner's settings (the level is chosen per decision).
@@ -130,8 +135,7 @@ impl ScaledService {
             Duration::from_secs(60),
         );
         p.interval = interval;
-        p.min_instances = self.min.unwrap_or(1);
-        p.max_instances = self.max.unwrap_or(MAX_INSTANCES);
+        (p.min_instances, p.max_instances) = self.bounds();
         if let Some(d) = self.scale_down_delay {
             p.scale_down_delay = d;
         }
@@ -227,7 +231,7 @@ autoscaling:
         for want in [
             "autoscaling.services[0]: capacity_rps: expected a rate above 0",
             "max: expected at least 1 and at least min (3), found 2",
-            "policy.rules[0].add: expected at least 1",
+            "policy.rules[0].add: expected 1..=2 (the service's max), found 0",
             "actuator: command: expected {port}",
             "actuator: cpu: expected a number of cores above 0",
         ] {

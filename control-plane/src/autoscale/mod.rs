@@ -22,6 +22,7 @@ pub mod negotiation;
 mod observed;
 pub mod peak;
 pub mod policy;
+mod tenant;
 pub mod warm;
 
 use std::collections::BTreeMap;
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use capacity::Capacity;
 pub use config::{AutoscalingConfig, ScaledService};
 use observed::observed;
-use policy::{Claim, Ledger, Policy, TenantCeiling};
+use policy::{Ledger, Policy};
 
 use crate::actuate::{Actuator, Status, TierResources, Want};
 use crate::discovery::Update;
@@ -103,14 +104,20 @@ pub struct ServiceState {
     pub decision: serde_json::Value,
 }
 
+/// A service's minimum and maximum instance counts.
+type Bounds = (u32, u32);
+
 /// What the REST API reads.
 #[derive(Debug)]
 pub struct Autoscaling {
     store: Store,
     seq: AtomicU64,
     now: Mutex<BTreeMap<String, ServiceState>>,
-    /// Each scaled service's policy: the config's, replaced by `PUT` (kept in the store).
-    policies: Mutex<BTreeMap<String, (Policy, u32)>>,
+    /// Each scaled service's policy (the config's, replaced by `PUT`, kept in the store)
+    /// and its min and max instance counts.
+    policies: Mutex<BTreeMap<String, (Policy, Bounds)>>,
+    /// The tenants a policy may name (`autoscaling.tenants`).
+    tenants: std::collections::BTreeSet<String>,
     /// Negotiations with dependencies before scale-ups (`/v1/negotiations`).
     pub negotiations: negotiation::Log,
     /// Each scaled service's instance CPU and memory, where its actuator sees them.
@@ -139,14 +146,14 @@ impl Autoscaling {
                     }
                 }
             }
-            let min = s.min.unwrap_or(1);
-            policies.insert(s.service.clone(), (policy, min));
+            policies.insert(s.service.clone(), (policy, s.bounds()));
         }
         Ok(Autoscaling {
             seq: AtomicU64::new(store.last_decision()?),
             store,
             now: Mutex::default(),
             policies: Mutex::new(policies),
+            tenants: cfg.tenants.keys().cloned().collect(),
             negotiations: negotiation::Log::default(),
             usage: Mutex::default(),
         })
@@ -164,7 +171,7 @@ impl Autoscaling {
         service: &str,
         policy: Policy,
     ) -> Result<Option<()>, PolicyError> {
-        let Some(min) = self
+        let Some((min, max)) = self
             .policies
             .lock()
             .expect("autoscaling lock poisoned")
@@ -173,7 +180,18 @@ impl Autoscaling {
         else {
             return Ok(None);
         };
-        let errors = policy.check(min);
+        let mut errors = policy.check(min, max);
+        if let Some(t) = policy
+            .tenant
+            .as_ref()
+            .filter(|t| !self.tenants.contains(*t))
+        {
+            let known = self.tenants.iter().cloned().collect::<Vec<_>>().join(", ");
+            errors.push((
+                "tenant".into(),
+                format!("{t:?} is not in autoscaling.tenants ({known})"),
+            ));
+        }
         if !errors.is_empty() {
             return Err(PolicyError::Invalid(errors));
         }
@@ -183,7 +201,7 @@ impl Autoscaling {
         self.policies
             .lock()
             .expect("autoscaling lock poisoned")
-            .insert(service.to_string(), (policy, min));
+            .insert(service.to_string(), (policy, (min, max)));
         Ok(Some(()))
     }
 
@@ -328,7 +346,7 @@ pub async fn run(
             .map(|s| plan(s, &shared, &inputs, predicted.as_ref(), now_ms, interval))
             .collect();
         for (tenant, ceiling) in &cfg.tenants {
-            contend(tenant, ceiling, &scaled, &mut planned);
+            tenant::contend(tenant, ceiling, &scaled, &shared, &mut planned);
         }
         negotiation::run(&scaled, &mut planned, &inputs, &shared, now_ms).await;
         negotiation::mark_degraded(&inputs, &shared.negotiations, now_ms).await;
@@ -425,6 +443,7 @@ fn plan(
         now_s as f64,
         decision.target,
         current,
+        s.planner.config().max_instances,
         decision.forecast_upper_rps,
         s.capacity.rps(),
         interval,
@@ -549,33 +568,6 @@ fn predicted_rates(inputs: &Inputs, now_ms: i64) -> Predicted {
         warm::through_workflows(&mut out, &crate::workflows::constituents(&workflows));
     }
     out
-}
-
-/// Shares `tenant`'s ceiling among its services, highest tier first.
-fn contend(tenant: &str, ceiling: &TenantCeiling, scaled: &[Scaled], planned: &mut [Planned]) {
-    let members: Vec<usize> = (0..scaled.len())
-        .filter(|i| scaled[*i].cfg.policy.tenant.as_deref() == Some(tenant))
-        .collect();
-    let claims: Vec<Claim> = members
-        .iter()
-        .map(|&i| Claim {
-            service: scaled[i].cfg.service.clone(),
-            priority: planned[i].active.as_ref().map_or(1, |a| a.priority),
-            min: scaled[i].planner.config().min_instances,
-            target: planned[i].target,
-            price_per_hour: scaled[i].cfg.policy.price_per_hour,
-        })
-        .collect();
-    let granted = policy::share(ceiling.max_cost_per_hour, &claims);
-    for (k, &i) in members.iter().enumerate() {
-        if granted[k] < planned[i].target {
-            planned[i].adjustments.push(format!(
-                "tenant {tenant} ceiling {}/h grants {} of {} (higher tiers first; the proxies shed the rest from the lowest tier)",
-                ceiling.max_cost_per_hour, granted[k], planned[i].target
-            ));
-            planned[i].target = granted[k];
-        }
-    }
 }
 
 /// Applies one service's decision; records it when the target changed.

@@ -43,8 +43,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Field errors, `field: message`; `min` is the service's minimum instance count.
-    pub fn check(&self, min: u32) -> Vec<(String, String)> {
+    /// Field errors, `field: message`; `min` and `max` are the service's instance
+    /// counts.
+    pub fn check(&self, min: u32, max: u32) -> Vec<(String, String)> {
         let mut e = Vec::new();
         for (i, r) in self.rules.iter().enumerate() {
             let t = r.if_predicted_utilisation_above;
@@ -54,8 +55,11 @@ impl Policy {
                     "expected a share above 0 (0.8: 80% of capacity)".into(),
                 ));
             }
-            if r.add == 0 {
-                e.push((format!("rules[{i}].add"), "expected at least 1".into()));
+            if r.add == 0 || r.add > max {
+                e.push((
+                    format!("rules[{i}].add"),
+                    format!("expected 1..={max} (the service's max), found {}", r.add),
+                ));
             }
         }
         if !(self.cooldown_s.is_finite() && self.cooldown_s >= 0.0) {
@@ -134,8 +138,9 @@ impl Ledger {
 }
 
 /// Applies rules, cooldown and the service's ceilings to the planner's `target`;
-/// `current` runs now, `upper_rps` is the forecast's upper bound over the lead time.
-/// Returns the target and why it moved.
+/// `current` runs now, `max` is the service's maximum (a rule never adds past it),
+/// `upper_rps` is the forecast's upper bound over the lead time. Returns the target
+/// and why it moved.
 #[allow(clippy::too_many_arguments)]
 pub fn apply(
     policy: &Policy,
@@ -143,6 +148,7 @@ pub fn apply(
     now: f64,
     target: u32,
     current: u32,
+    max: u32,
     upper_rps: Option<f64>,
     capacity_rps: f64,
     interval: Duration,
@@ -153,13 +159,19 @@ pub fn apply(
         let running = f64::from(current.max(1)) * capacity_rps;
         let u = upper / running;
         for r in &policy.rules {
-            if u > r.if_predicted_utilisation_above && t < current + r.add {
-                t = current + r.add;
+            let raised = current.saturating_add(r.add).min(max.max(current));
+            if u > r.if_predicted_utilisation_above && t < raised {
+                t = raised;
                 why.push(format!(
-                    "rule: predicted utilisation {:.0}% > {:.0}% adds {} to {current}",
+                    "rule: predicted utilisation {:.0}% > {:.0}% adds {} to {current}{}",
                     u * 100.0,
                     r.if_predicted_utilisation_above * 100.0,
-                    r.add
+                    r.add,
+                    if raised < current.saturating_add(r.add) {
+                        format!(" (max {max})")
+                    } else {
+                        String::new()
+                    }
                 ));
             }
         }
@@ -263,14 +275,36 @@ mod tests {
         };
         let l = Ledger::default();
         // 3 instances of 10 req/s; the forecast's bound is 27 req/s: 90% > 80%.
-        let (t, why) = apply(&p, &l, 0.0, 3, 3, Some(27.0), 10.0, I);
+        let (t, why) = apply(&p, &l, 0.0, 3, 3, 10, Some(27.0), 10.0, I);
         assert_eq!(t, 5);
         assert!(
             why[0].starts_with("rule: predicted utilisation 90% > 80%"),
             "{why:?}"
         );
         // 70%: the planner's target stands.
-        assert_eq!(apply(&p, &l, 0.0, 3, 3, Some(21.0), 10.0, I), (3, vec![]));
+        assert_eq!(
+            apply(&p, &l, 0.0, 3, 3, 10, Some(21.0), 10.0, I),
+            (3, vec![])
+        );
+        // A rule never adds past the service's maximum, however much it asks for.
+        let (t, why) = apply(&p, &l, 0.0, 9, 9, 10, Some(81.0), 10.0, I);
+        assert_eq!(t, 10);
+        assert!(why[0].ends_with("adds 2 to 9 (max 10)"), "{why:?}");
+        let huge = Policy {
+            rules: vec![Rule {
+                if_predicted_utilisation_above: 0.8,
+                add: u32::MAX,
+            }],
+            ..Policy::default()
+        };
+        assert_eq!(apply(&huge, &l, 0.0, 3, 3, 10, Some(27.0), 10.0, I).0, 10);
+        assert_eq!(
+            huge.check(1, 10),
+            [(
+                "rules[0].add".to_string(),
+                "expected 1..=10 (the service's max), found 4294967295".to_string()
+            )]
+        );
     }
 
     #[test]
@@ -283,10 +317,10 @@ mod tests {
         };
         let mut l = Ledger::default();
         l.record(100.0, 3, true);
-        let (t, why) = apply(&p, &l, 110.0, 4, 3, None, 10.0, I);
+        let (t, why) = apply(&p, &l, 110.0, 4, 3, 10, None, 10.0, I);
         assert_eq!(t, 3, "{why:?}");
         assert!(why[0].starts_with("cooldown"));
-        let (t, why) = apply(&p, &l, 140.0, 9, 3, None, 10.0, I);
+        let (t, why) = apply(&p, &l, 140.0, 9, 3, 10, None, 10.0, I);
         assert_eq!(t, 4, "1.0/h at 0.25/h is 4 instances: {why:?}");
     }
 
@@ -318,6 +352,7 @@ mod tests {
             0.0,
             d.target,
             3,
+            planner.config().max_instances,
             d.forecast_upper_rps,
             10.0,
             I,
@@ -340,10 +375,10 @@ mod tests {
         l.record(0.0, 3, true);
         let now = 16.0 * 3600.0;
         assert!((l.instance_hours(now) - 48.0).abs() < 1e-6);
-        let (t, why) = apply(&p, &l, now, 5, 3, None, 10.0, I);
+        let (t, why) = apply(&p, &l, now, 5, 3, 10, None, 10.0, I);
         assert_eq!(t, 3, "{why:?}");
         // A lower target is always allowed.
-        assert_eq!(apply(&p, &l, now, 2, 3, None, 10.0, I).0, 2);
+        assert_eq!(apply(&p, &l, now, 2, 3, 10, None, 10.0, I).0, 2);
     }
 
     #[test]

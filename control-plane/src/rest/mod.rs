@@ -363,14 +363,22 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 /// Parses a JSON body, naming the field at fault on error.
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let field = match e.path().to_string() {
             p if p == "." => "(body)".to_string(),
             p => p,
         };
         let message = e.inner().to_string();
         ApiError::invalid(vec![FieldError { field, message }])
-    })
+    })?;
+    // One JSON value and nothing after it (whitespace aside), as `from_slice` insists.
+    de.end().map_err(|e| {
+        ApiError::invalid(vec![FieldError {
+            field: "(body)".into(),
+            message: e.to_string(),
+        }])
+    })?;
+    Ok(value)
 }
 
 // === resources, generically ===
@@ -559,11 +567,24 @@ async fn put_service(
     .await
 }
 
-#[utoipa::path(delete, path = "/v1/services/{name}", responses((status = 204), (status = 404, body = ApiError)))]
+/// Deletes a service no route names (409 names those that do: proxies would refuse a
+/// route to a cluster they do not know, and every later push of routes with it).
+#[utoipa::path(delete, path = "/v1/services/{name}", responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn delete_service(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let routes: Vec<String> = items(&api, types::ROUTE, route)
+        .into_iter()
+        .filter(|r| r.cluster == name)
+        .map(|r| format!("{:?}", r.name))
+        .collect();
+    if !routes.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "service {name:?} is the cluster of route {}; delete or change them first",
+            routes.join(", ")
+        )));
+    }
     remove(&api, types::CLUSTER, "service", &name).await
 }
 

@@ -190,7 +190,9 @@ pub(super) async fn delete_qos_profile(
         }
         Some(_) => {}
     }
-    // Proxies would refuse a config whose routes or subjects name a missing profile.
+    // Proxies would refuse a config whose routes, subjects or workflows name a missing
+    // profile.
+    let workflows = items(&api, types::WORKFLOW, super::workflows::workflow);
     let users: Vec<String> = items(&api, types::SUBJECT, subject)
         .into_iter()
         .filter(|s| s.profile == name)
@@ -200,6 +202,11 @@ pub(super) async fn delete_qos_profile(
                 .into_iter()
                 .filter(|r| r.qos_profile == name)
                 .map(|r| format!("route {:?}", r.name)),
+        )
+        .chain(
+            crate::workflows::using_profile(&name, &workflows)
+                .into_iter()
+                .map(|w| format!("workflow {w:?}")),
         )
         .collect();
     if !users.is_empty() {

@@ -5,7 +5,7 @@
 use super::*;
 use presage_api::Workflow;
 
-fn workflow(b: &Body) -> Option<&Workflow> {
+pub(super) fn workflow(b: &Body) -> Option<&Workflow> {
     match b {
         Body::Workflow(w) => Some(w),
         _ => None,

@@ -127,15 +127,14 @@ impl Builder<'_> {
                 other => other.as_ref().map(|s| s.value),
             };
             let bandwidth = match &t.bandwidth_max_mbps {
-                Some(m) if !(m.value.is_finite() && m.value >= 0.0) => {
-                    self.err(
-                        m.referenced,
-                        f("bandwidth_max_mbps"),
-                        format!("expected a number >= 0, found {}", m.value),
-                    );
-                    continue;
-                }
-                other => other.as_ref().map(|m| m.value * 1_000_000.0 / 8.0),
+                Some(m) => match presage_api::qos_limits::check("bandwidth_max_mbps", m.value) {
+                    Some(expected) => {
+                        self.err(m.referenced, f("bandwidth_max_mbps"), expected);
+                        continue;
+                    }
+                    None => Some(m.value * 1_000_000.0 / 8.0),
+                },
+                None => None,
             };
             let priority = t.priority.as_ref().map(|p| p.value);
             match tiers.iter_mut().find(|(x, _)| &*x.name == name) {
@@ -238,28 +237,26 @@ impl Builder<'_> {
                     format!("duplicate QoS profile {:?}", p.name.value),
                 );
             }
-            let mut num = |v: &Option<Spanned<f64>>, field: &str, max: f64| match v {
-                Some(s) if !(0.0..=max).contains(&s.value) => {
-                    self.err(
-                        s.referenced,
-                        f(field),
-                        format!("expected 0..={max}, found {}", s.value),
-                    );
-                    0.0
-                }
-                Some(s) => s.value,
+            let mut num = |v: &Option<Spanned<f64>>, field: &str| match v {
+                Some(s) => match presage_api::qos_limits::check(field, s.value) {
+                    Some(expected) => {
+                        self.err(s.referenced, f(field), expected);
+                        0.0
+                    }
+                    None => s.value,
+                },
                 None => 0.0,
             };
             out.push(QosProfileSpec {
                 name: p.name.value.clone(),
                 tier: Tier::default(),
-                latency_p50_ms: num(&p.latency_p50_ms, "latency_p50_ms", f64::MAX),
-                latency_p99_ms: num(&p.latency_p99_ms, "latency_p99_ms", f64::MAX),
-                min_throughput_rps: num(&p.min_throughput_rps, "min_throughput_rps", f64::MAX),
-                min_accuracy: num(&p.min_accuracy, "min_accuracy", 1.0),
-                reliability: num(&p.reliability, "reliability", 1.0),
-                rate_limit_rps: num(&p.rate_limit_rps, "rate_limit_rps", f64::MAX),
-                deadline_ms: num(&p.deadline_ms, "deadline_ms", f64::MAX),
+                latency_p50_ms: num(&p.latency_p50_ms, "latency_p50_ms"),
+                latency_p99_ms: num(&p.latency_p99_ms, "latency_p99_ms"),
+                min_throughput_rps: num(&p.min_throughput_rps, "min_throughput_rps"),
+                min_accuracy: num(&p.min_accuracy, "min_accuracy"),
+                reliability: num(&p.reliability, "reliability"),
+                rate_limit_rps: num(&p.rate_limit_rps, "rate_limit_rps"),
+                deadline_ms: num(&p.deadline_ms, "deadline_ms"),
             });
             let tier = self.tier_ref(tiers, p.tier.as_ref(), f("tier"));
             out.last_mut().expect("just pushed").tier = tier;

@@ -217,6 +217,31 @@ qos_profiles:
     }
 }
 
+/// Out-of-range numbers would overflow the durations the request path derives from
+/// them (a profile's hedge delay and deadline, a rate limit's wait, a tier's pacing).
+#[test]
+fn qos_numbers_out_of_range_are_rejected_with_their_location() {
+    let e = errors(&format!(
+        "{GOOD}qos_tiers:
+  - {{name: silver, bandwidth_max_mbps: 1e-300}}
+qos_profiles:
+  - {{name: a, reliability: 0.999, latency_p99_ms: 1e23}}
+  - {{name: b, deadline_ms: 1e23, rate_limit_rps: 1e-30}}
+  - {{name: c, latency_p99_ms: 86400000, rate_limit_rps: 0.001, deadline_ms: 0}}
+"
+    ));
+    let want = [
+        "t.yaml:11:40: qos_tiers[0].bandwidth_max_mbps: expected 0 (no cap) or megabits per second in 0.001..=1000000, found 1e-300",
+        "t.yaml:13:51: qos_profiles[0].latency_p99_ms: expected milliseconds in 0..=86400000, found 1e23",
+        "t.yaml:14:28: qos_profiles[1].deadline_ms: expected milliseconds",
+        "t.yaml:14:50: qos_profiles[1].rate_limit_rps: expected 0 (no limit) or a rate in 0.001..=1000000000, found 1e-30",
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for w in want {
+        assert!(e.iter().any(|e| e.starts_with(w)), "{w}\nin {e:#?}");
+    }
+}
+
 #[test]
 fn shipped_examples_are_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");

@@ -287,7 +287,9 @@ fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
     let mut length: Option<u64> = None;
     let mut coded = false;
     let mut chunked = false;
-    let mut close = version == Version::HTTP_10;
+    // `close` wins over `keep-alive` wherever each appears; HTTP/1.0 closes unless
+    // asked to keep the connection.
+    let (mut close, mut keep_alive) = (false, false);
     let mut listed = false;
     for f in r.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
@@ -317,7 +319,7 @@ fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case("keep-alive") {
-                    close &= version != Version::HTTP_10;
+                    keep_alive = true;
                 } else if !token.is_empty() {
                     listed = true;
                 }
@@ -358,6 +360,7 @@ fn parse_head(buf: &[u8], no_body: bool) -> Result<Parsed, String> {
     }
     let suspect = (coded && (length.is_some() || version == Version::HTTP_10))
         || (status == StatusCode::NO_CONTENT && (coded || length.is_some_and(|l| l > 0)));
+    let close = close || (version == Version::HTTP_10 && !keep_alive);
     let reusable = !close && framing != Framing::UntilClose && !suspect;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
@@ -503,7 +506,19 @@ impl Body {
                         return Ok(Step::Done);
                     }
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let (n, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                    let parsed = httparse::parse_headers(buf, &mut fields);
+                    // httparse ends a line (and the section) at a bare LF; the chunk
+                    // lines here need CRLF, and so does the end of the body.
+                    if let Ok(httparse::Status::Complete((n, _))) = parsed {
+                        if buf[..n]
+                            .iter()
+                            .enumerate()
+                            .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+                        {
+                            return Err("trailer section line not ended by CRLF".into());
+                        }
+                    }
+                    let (n, trailers) = match parsed {
                         Ok(httparse::Status::Complete((n, fields))) => {
                             let mut trailers = HeaderMap::with_capacity(fields.len());
                             for f in fields {

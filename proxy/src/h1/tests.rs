@@ -271,20 +271,34 @@ async fn ambiguous_framing_is_refused_or_never_reused() {
     let empty_size: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\n";
     let bare_lf: &[u8] =
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n";
+    let trailer_lf: &[u8] =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\n";
     let both: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
     let old_chunked: &[u8] = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
     let no_content: &[u8] = b"HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n";
+    // `close` wins, wherever `keep-alive` appears.
+    let old_close: &[u8] =
+        b"HTTP/1.0 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok";
     let up = upstream(
-        [plus, empty_size, bare_lf, both, old_chunked, no_content]
-            .into_iter()
-            .map(|r| vec![vec![r]])
-            .collect(),
+        [
+            plus,
+            empty_size,
+            bare_lf,
+            trailer_lf,
+            both,
+            old_chunked,
+            no_content,
+            old_close,
+        ]
+        .into_iter()
+        .map(|r| vec![vec![r]])
+        .collect(),
     )
     .await;
     let pool = Pool::new(Duration::from_secs(60), Counter::default());
     let e = fetch(&pool, &up, get("/")).await.unwrap_err().to_string();
     assert!(e.contains("invalid Content-Length"), "{e}");
-    for _ in 0..2 {
+    for _ in 0..3 {
         let res = send(&pool, &up.authority, Duration::from_secs(2), &get("/"))
             .await
             .unwrap();
@@ -302,8 +316,10 @@ async fn ambiguous_framing_is_refused_or_never_reused() {
     assert_eq!(&body[..], b"ok");
     let (status, _, _, _) = fetch(&pool, &up, get("/")).await.unwrap();
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, body, _) = fetch(&pool, &up, get("/")).await.unwrap();
+    assert_eq!(&body[..], b"ok");
     assert_eq!(pool.idle(), 0, "none of these connections is reused");
-    assert_eq!(up.accepted.load(SeqCst), 6);
+    assert_eq!(up.accepted.load(SeqCst), 8);
 }
 
 #[test]

@@ -136,7 +136,7 @@ async fn invoke(
         .as_ref()
         .map(|p| p.spec.latency_p99_ms)
         .filter(|ms| *ms > 0.0)
-        .map(|ms| std::time::Duration::from_secs_f64(ms / 1000.0));
+        .map(|ms| qos::secs(ms / 1000.0));
     let budget = match (
         qos::budget(req.headers(), decision.profile.as_deref()).or(target),
         spec.deadline,
