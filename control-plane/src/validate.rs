@@ -398,8 +398,17 @@ pub fn demand_event(ev: &DemandEvent) -> Vec<FieldError> {
             );
         }
     }
-    if !ev.added_rps.is_finite() {
-        push(&mut e, "added_rps", "expected a finite number");
+    // As a QoS profile's rates: added to forecasts, so bounded (a removal is negative).
+    let max = presage_api::qos_limits::MAX_RPS;
+    if !(-max..=max).contains(&ev.added_rps) {
+        push(
+            &mut e,
+            "added_rps",
+            format!(
+                "expected a rate in -{max}..={max}, found {:?}",
+                ev.added_rps
+            ),
+        );
     }
     e
 }

@@ -395,7 +395,19 @@ async fn the_api_names_bad_fields_and_documents_itself() {
     let (s, e) = cp.call(Method::GET, "/v1/users/u/next?k=lots", "").await;
     assert_eq!(
         (s, e["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("(query)")),
+        (StatusCode::BAD_REQUEST, Some("k")),
+        "{e}"
+    );
+    // A misspelt key is refused, not ignored (it would have listed every service's).
+    let (s, e) = cp
+        .call(Method::GET, "/v1/dependencies?servce=web", "")
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `servce`"),
         "{e}"
     );
     let (s, e) = cp.call(Method::POST, "/v1/services", "{}").await;

@@ -681,3 +681,28 @@ impl Check<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A definition nested deeper than any workflow needs is refused (serde-saphyr's
+    /// recursion limit) before the recursive parse can exhaust a worker thread's stack
+    /// (tokio's 2 MiB): a REST PUT of one must get a 400, not abort the control plane.
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        let mut steps = "{ name: leaf, call: { service: s } }".to_string();
+        for i in 0..700 {
+            steps = format!("{{ name: s{i}, for_each: {{ items: \"[1]\" }}, steps: [ {steps} ] }}");
+        }
+        let text = format!("name: deep\nsteps: [ {steps} ]\n");
+        let res = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || parse(&text).map(|_| ()))
+            .unwrap()
+            .join()
+            .expect("the parse returns");
+        let e = res.unwrap_err();
+        assert!(e.message.contains("recursion limit exceeded"), "{e:?}");
+    }
+}

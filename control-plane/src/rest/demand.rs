@@ -5,6 +5,7 @@
 use super::*;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LoadQuery {
     /// `1s` or `1m`; default `1s`. Load: the last hour or the last week. Forecast: the
     /// next minute or the next hour.
@@ -38,9 +39,9 @@ pub struct LoadView {
 pub(super) async fn service_load(
     State(api): State<Api>,
     Path(name): Path<String>,
-    q: Result<Query<LoadQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<LoadView>, ApiError> {
-    let minutes = minutes(query(q)?)?;
+    let minutes = minutes(query::<LoadQuery>(q)?)?;
     let now_s = crate::time::unix_ms() / 1000;
     let view = api.load.with(&name, now_s, |h| LoadView {
         service: name.clone(),
@@ -61,9 +62,9 @@ pub(super) async fn service_load(
 pub(super) async fn service_forecast(
     State(api): State<Api>,
     Path(name): Path<String>,
-    q: Result<Query<LoadQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<presage_api::Forecast>, ApiError> {
-    let (key, needs) = if minutes(query(q)?)? {
+    let (key, needs) = if minutes(query::<LoadQuery>(q)?)? {
         (
             format!("{name}{}", crate::predict::MINUTES.suffix),
             "half an hour to six hours",
@@ -88,6 +89,7 @@ pub struct NextService {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ArrivalsQuery {
     /// The window ahead, e.g. `60s`, `10m` (1 s to 1 h, default 60 s).
     window: Option<String>,
@@ -99,9 +101,9 @@ pub(super) struct ArrivalsQuery {
     responses((status = 200, body = crate::behaviour::Arrivals), (status = 400, body = ApiError)))]
 pub(super) async fn expected_arrivals(
     State(api): State<Api>,
-    q: Result<Query<ArrivalsQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<crate::behaviour::Arrivals>, ApiError> {
-    let window = match query(q)?.window {
+    let window = match query::<ArrivalsQuery>(q)?.window {
         None => std::time::Duration::from_secs(60),
         Some(w) => humantime::parse_duration(&w)
             .ok()
@@ -119,6 +121,7 @@ pub(super) async fn expected_arrivals(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(super) struct NextQuery {
     /// How many services to return (1-20, default 3).
     k: Option<usize>,
@@ -129,9 +132,9 @@ pub(super) struct NextQuery {
 pub(super) async fn next_services(
     State(api): State<Api>,
     Path(user): Path<String>,
-    q: Result<Query<NextQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<Vec<NextService>>, ApiError> {
-    let k = query(q)?.k.unwrap_or(3);
+    let k = query::<NextQuery>(q)?.k.unwrap_or(3);
     if !(1..=20).contains(&k) {
         return Err(ApiError::invalid(vec![FieldError {
             field: "k".into(),

@@ -6,6 +6,7 @@ use crate::deps::{Edge, EdgeSpec};
 use crate::resources::blocking;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(super) struct EdgesQuery {
     /// Only the edges from or to this service.
     service: Option<String>,
@@ -18,9 +19,9 @@ pub(super) struct EdgesQuery {
     responses((status = 200, body = [Edge]), (status = 400, body = ApiError)))]
 pub(super) async fn list_edges(
     State(api): State<Api>,
-    q: Result<Query<EdgesQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<Vec<Edge>>, ApiError> {
-    let q = query(q)?;
+    let q: EdgesQuery = query(q)?;
     let mut edges = api.deps.edges(crate::time::unix_ms());
     if let Some(s) = q.service {
         edges.retain(|e| e.from == s || e.to == s);

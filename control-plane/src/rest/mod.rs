@@ -9,8 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -350,13 +349,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A query string that does not parse: a JSON 400 like every other error.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(q)| q).map_err(|e| {
-        ApiError::invalid(vec![FieldError {
-            field: "(query)".into(),
-            message: e.body_text(),
-        }])
+/// Parses a query string, naming the key at fault on error (a JSON 400 like every other
+/// error); unknown keys are refused by the query types.
+fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiError> {
+    let q = q.unwrap_or_default();
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "(query)".to_string(),
+            p => p,
+        };
+        let message = e.inner().to_string();
+        ApiError::invalid(vec![FieldError { field, message }])
     })
 }
 

@@ -6,6 +6,7 @@ use crate::autoscale::policy::Policy;
 use crate::autoscale::{DecisionRecord, PolicyError, ServiceState};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(super) struct DecisionsQuery {
     /// Only this service's.
     service: Option<String>,
@@ -19,9 +20,9 @@ pub(super) struct DecisionsQuery {
     responses((status = 200, body = [DecisionRecord]), (status = 400, body = ApiError)))]
 pub(super) async fn list_decisions(
     State(api): State<Api>,
-    q: Result<Query<DecisionsQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<Vec<DecisionRecord>>, ApiError> {
-    let q = query(q)?;
+    let q: DecisionsQuery = query(q)?;
     let limit = limit(q.limit)?;
     Ok(Json(api.autoscaling.decisions(q.service, limit).await?))
 }
@@ -76,9 +77,9 @@ pub(super) async fn put_policy(
     responses((status = 200, body = [crate::negotiate::Negotiation]), (status = 400, body = ApiError)))]
 pub(super) async fn list_negotiations(
     State(api): State<Api>,
-    q: Result<Query<DecisionsQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<Vec<crate::negotiate::Negotiation>>, ApiError> {
-    let q = query(q)?;
+    let q: DecisionsQuery = query(q)?;
     let limit = limit(q.limit)?;
     Ok(Json(
         api.autoscaling
@@ -100,6 +101,7 @@ fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub(super) struct UsageQuery {
     /// Seconds ahead to forecast (1-600, default 60).
     horizon: Option<usize>,
@@ -115,9 +117,9 @@ pub(super) struct UsageQuery {
 pub(super) async fn service_usage(
     State(api): State<Api>,
     Path(name): Path<String>,
-    q: Result<Query<UsageQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<Vec<crate::actuate::usage::InstanceUsage>>, ApiError> {
-    let q = query(q)?;
+    let q: UsageQuery = query(q)?;
     let horizon = q.horizon.unwrap_or(60);
     if !(1..=600).contains(&horizon) {
         return Err(ApiError::invalid(vec![FieldError {
