@@ -1,15 +1,20 @@
 //! Body types of the request path. Request bodies stream through untouched except for the
 //! size limit; their errors are tagged as the downstream's fault so `errors` can answer 4xx
-//! rather than blaming the upstream.
+//! rather than blaming the upstream. Response bodies are paced by their tier's bandwidth
+//! cap, and cut when their upstream falls silent for the cluster's `idle_timeout`.
 
 use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::{Instant, Sleep};
 
 /// What the proxy answers with: the upstream's stream (paced when its QoS tier has a
 /// bandwidth cap), or a small synthetic body.
@@ -21,11 +26,81 @@ pub type UpstreamBody = Either<Incoming, crate::h1::Body>;
 
 pin_project_lite::pin_project! {
     /// An upstream body passed on at most `rate` bytes per second (when set): a data
-    /// frame that would overdraw the allowance is held until it is paid for.
+    /// frame that would overdraw the allowance is held until it is paid for. A body whose
+    /// upstream sends nothing for `idle.limit` is cut (nginx's `proxy_read_timeout`).
     pub struct Paced {
         #[pin]
         inner: UpstreamBody,
         pace: Option<Pace>,
+        idle: Option<Idle>,
+    }
+}
+
+/// The wait for an upstream that has stopped sending. The timer is made only once the
+/// body has had to wait, so a body read at once (most are) costs no timer at all.
+#[derive(Debug)]
+pub struct Idle {
+    limit: Duration,
+    /// Counted when a body is cut (`presage_upstream_idle_timeouts_total`).
+    cut: Counter,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A frame came since the timer was last set: the next wait starts afresh.
+    heard: bool,
+}
+
+impl Idle {
+    /// None when `limit` is zero (no limit).
+    pub fn new(limit: Duration, cut: &Counter) -> Option<Idle> {
+        (!limit.is_zero()).then(|| Idle {
+            limit,
+            cut: cut.clone(),
+            timer: None,
+            heard: false,
+        })
+    }
+
+    fn heard(&mut self) {
+        self.heard = self.timer.is_some();
+    }
+
+    /// The upstream had nothing: pending, or the cut once it has been silent too long.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if std::mem::take(&mut self.heard) {
+            timer.as_mut().reset(Instant::now() + limit);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.cut.inc();
+        Poll::Ready(Some(Err(UpstreamIdle(limit).into())))
+    }
+}
+
+/// A response body cut because its upstream sent nothing for this long.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}; the response is cut")]
+pub struct UpstreamIdle(pub Duration);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `inner`'s next frame, minding how long the upstream has been silent.
+fn next(
+    inner: Pin<&mut UpstreamBody>,
+    idle: &mut Option<Idle>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let polled = inner.poll_frame(cx);
+    match (polled, idle) {
+        (Poll::Pending, Some(idle)) => idle.wait(cx),
+        (polled, Some(idle)) => {
+            idle.heard();
+            polled
+        }
+        (polled, None) => polled,
     }
 }
 
@@ -44,7 +119,7 @@ struct Pace {
 
 impl Paced {
     /// `rate` in bytes per second; 0 or less passes the body through untouched.
-    pub fn new(inner: UpstreamBody, rate: f64) -> Paced {
+    pub fn new(inner: UpstreamBody, rate: f64, idle: Option<Idle>) -> Paced {
         let pace = (rate > 0.0).then(|| {
             let burst = (rate / 10.0).max(16.0 * 1024.0);
             Pace {
@@ -56,7 +131,7 @@ impl Paced {
                 held: None,
             }
         });
-        Paced { inner, pace }
+        Paced { inner, pace, idle }
     }
 }
 
@@ -68,7 +143,7 @@ impl std::fmt::Debug for Paced {
 
 impl Body for Paced {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -76,7 +151,7 @@ impl Body for Paced {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let Some(pace) = this.pace.as_mut() else {
-            return this.inner.poll_frame(cx);
+            return next(this.inner, this.idle, cx);
         };
         if let Some(wait) = pace.wait.as_mut() {
             if wait.as_mut().poll(cx).is_pending() {
@@ -87,7 +162,7 @@ impl Body for Paced {
                 return Poll::Ready(Some(Ok(f)));
             }
         }
-        let frame = match this.inner.poll_frame(cx) {
+        let frame = match next(this.inner, this.idle, cx) {
             Poll::Ready(Some(Ok(f))) => f,
             other => return other,
         };

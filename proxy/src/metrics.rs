@@ -90,6 +90,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub retries: Family<ClusterLabels, Counter>,
     pub hedges: Family<ClusterLabels, Counter>,
+    pub idle_timeouts: Family<ClusterLabels, Counter>,
     /// Upstream connections opened by the in-task HTTP/1.1 path (`h1`).
     pub upstream_connections: Family<ClusterLabels, Counter>,
     /// Redirected connections passed through as TCP, and requests that matched no route
@@ -153,6 +154,7 @@ impl Metrics {
             requests: Family::default(),
             retries: Family::default(),
             hedges: Family::default(),
+            idle_timeouts: Family::default(),
             upstream_connections: Family::default(),
             passthrough_connections: Counter::default(),
             passthrough_requests: Counter::default(),
@@ -256,6 +258,11 @@ impl Metrics {
             "hedges",
             "Hedged requests: a copy sent to a second endpoint when the first had not answered within the profile's latency target",
             self.hedges.clone(),
+        );
+        r.register(
+            "upstream_idle_timeouts",
+            "Response bodies cut because their upstream sent nothing for the cluster's idle_timeout",
+            self.idle_timeouts.clone(),
         );
         r.register(
             "upstream_connections_opened",

@@ -6,7 +6,7 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 
-use crate::body::{Paced, ResponseBody, UpstreamBody};
+use crate::body::{Idle, Paced, ResponseBody, UpstreamBody};
 use crate::config::Protocol;
 use crate::downstream::Conn;
 use crate::errors::ProxyError;
@@ -89,5 +89,7 @@ pub(crate) fn response(
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, switching);
     route.spec.response_headers.apply(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(Paced::new(body, rate)))
+    let cluster = &route.cluster;
+    let idle = Idle::new(cluster.spec.idle_timeout, &cluster.idle_timeouts);
+    Response::from_parts(parts, Either::Left(Paced::new(body, rate, idle)))
 }

@@ -169,7 +169,7 @@ pub async fn http(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(
         parts,
-        Either::Left(Paced::new(Either::Left(body), 0.0)),
+        Either::Left(Paced::new(Either::Left(body), 0.0, None)),
     ))
 }
 

@@ -75,6 +75,8 @@ pub struct Cluster {
     pub retries: Counter,
     /// Hedged attempts: a copy sent to a second endpoint (see `attempt::hedged`).
     pub hedges: Counter,
+    /// Response bodies cut after `spec.idle_timeout` of silence (`body::Idle`).
+    pub idle_timeouts: Counter,
     /// Requests admitted and not yet answered (see `qos::admit`).
     pub in_flight: AtomicUsize,
     ejections: Counter,
@@ -172,6 +174,7 @@ impl Cluster {
             endpoints,
             retries: Metrics::cluster_counter(&metrics.retries, &spec.name),
             hedges: Metrics::cluster_counter(&metrics.hedges, &spec.name),
+            idle_timeouts: Metrics::cluster_counter(&metrics.idle_timeouts, &spec.name),
             in_flight: AtomicUsize::new(0),
             ejections: Metrics::cluster_counter(&metrics.ejections, &spec.name),
             connect_errors: err("connect"),

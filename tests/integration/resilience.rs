@@ -167,6 +167,76 @@ async fn slow_upstream_gets_a_504_at_the_route_timeout() {
     assert_eq!(up.hits(), 1, "a timed-out request is not retried");
 }
 
+/// A response whose upstream stops sending mid-body is cut at the cluster's idle
+/// timeout, not held open for as long as the client waits; one that keeps sending, if
+/// slowly (each byte within the timeout, the whole body well past it), is not.
+#[tokio::test]
+async fn a_silent_upstream_body_is_cut_at_the_idle_timeout() {
+    // A raw upstream: the head and half the body at once, then the rest a byte every
+    // 150 ms (`/trickle`) or nothing (any other path).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let trickle = head.starts_with(b"GET /trickle ");
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+                    .await;
+                if trickle {
+                    for b in b"world" {
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        let _ = s.write_all(&[*b]).await;
+                    }
+                }
+                // Silent, the connection open, until the proxy gives up on it.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let proxy = Proxy::start(&one_cluster(&[addr], "    idle_timeout: 400ms\n")).await;
+    // Everything the proxy sends on one request's connection, until it closes it.
+    let fetch = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let t0 = std::time::Instant::now();
+    let cut = fetch("/stall").await;
+    assert!(cut.starts_with("HTTP/1.1 200"), "{cut}");
+    assert!(
+        cut.ends_with("hello"),
+        "the half that came, then the end of the connection: {cut:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "cut, not held");
+    assert_eq!(
+        proxy
+            .metric("presage_upstream_idle_timeouts_total", &[("cluster", "up")])
+            .await,
+        1.0
+    );
+    let whole = fetch("/trickle").await;
+    assert!(whole.ends_with("\r\n\r\nhelloworld"), "{whole:?}");
+    assert_eq!(
+        proxy
+            .metric("presage_upstream_idle_timeouts_total", &[("cluster", "up")])
+            .await,
+        1.0,
+        "a slow body that keeps coming is not cut"
+    );
+}
+
 /// Sends raw bytes on a new connection and returns the status line.
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -53,6 +53,9 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Envoy's `stream_idle_timeout` (nginx's `proxy_read_timeout` is 60 s, which cuts
+    /// quiet server-sent event and gRPC streams).
+    pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
     pub const RETRY_ATTEMPTS: u32 = 2;
     /// At most 20% extra load from retries (Linkerd's default budget).
@@ -194,6 +197,8 @@ pub struct ClusterSpec {
     pub protocol: Protocol,
     pub load_balancer: LoadBalancer,
     pub connect_timeout: Duration,
+    /// A response body whose upstream sends nothing for this long is cut (zero: never).
+    pub idle_timeout: Duration,
     pub tls: Option<ClientTlsSpec>,
     pub outlier: OutlierPolicy,
     pub endpoints: Vec<EndpointSpec>,
@@ -653,6 +658,10 @@ impl Builder<'_> {
                     .connect_timeout
                     .as_ref()
                     .map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
+                idle_timeout: c
+                    .idle_timeout
+                    .as_ref()
+                    .map_or(defaults::UPSTREAM_IDLE_TIMEOUT, |d| d.0),
                 tls,
                 outlier: OutlierPolicy {
                     consecutive_failures: o

@@ -280,6 +280,8 @@ pub struct RawCluster {
     #[serde(default)]
     pub load_balancer: LoadBalancer,
     pub connect_timeout: Option<Dur>,
+    /// How long a response body may wait for its upstream's next bytes (`0s`: forever).
+    pub idle_timeout: Option<Dur>,
     pub tls: Option<RawClientTls>,
     #[serde(default)]
     pub outlier_detection: RawOutlier,
