@@ -31,13 +31,14 @@ pub mod types {
     pub const DEMAND_EVENT: &str = "presage.mesh.v1.DemandEvent";
     pub const WORKFLOW: &str = "presage.mesh.v1.Workflow";
     /// Every type the control plane stores and serves: those it pushes to proxies, in
-    /// the order a proxy subscribes (clusters before the routes naming them, profiles
-    /// before the subjects naming them), then those only the control plane reads.
+    /// the order a proxy subscribes (what is named before what names it: clusters and
+    /// profiles before the routes naming them, tiers before profiles, profiles before
+    /// subjects and workflows), then those only the control plane reads.
     pub const ALL: [&str; 10] = [
         CLUSTER,
-        ROUTE,
         QOS_TIER,
         QOS_PROFILE,
+        ROUTE,
         SUBJECT,
         WORKFLOW,
         FORECAST,
@@ -48,9 +49,9 @@ pub mod types {
     /// The types a proxy subscribes to.
     pub const PUSHED: [&str; 9] = [
         CLUSTER,
-        ROUTE,
         QOS_TIER,
         QOS_PROFILE,
+        ROUTE,
         SUBJECT,
         WORKFLOW,
         FORECAST,
@@ -97,6 +98,10 @@ pub mod qos_limits {
         (!ok).then(|| format!("expected {want}, found {v:?}"))
     }
 }
+
+/// The largest endpoint weight either side takes: weighted round robin keeps a table as
+/// long as its endpoints' weights added up, rebuilt with the cluster.
+pub const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 
 /// gRPC status code a NACK carries for a resource that does not validate.
 pub const INVALID_ARGUMENT: i32 = 3;

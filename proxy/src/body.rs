@@ -31,7 +31,9 @@ pin_project_lite::pin_project! {
     pub struct Paced {
         #[pin]
         inner: UpstreamBody,
-        pace: Option<Pace>,
+        // Boxed: few tiers cap bandwidth, and every response is moved several times on
+        // its way out; the common case carries a pointer, not the whole state.
+        pace: Option<Box<Pace>>,
         idle: Option<Idle>,
     }
 }
@@ -122,14 +124,14 @@ impl Paced {
     pub fn new(inner: UpstreamBody, rate: f64, idle: Option<Idle>) -> Paced {
         let pace = (rate > 0.0).then(|| {
             let burst = (rate / 10.0).max(16.0 * 1024.0);
-            Pace {
+            Box::new(Pace {
                 rate,
                 burst,
                 tokens: burst,
                 last: std::time::Instant::now(),
                 wait: None,
                 held: None,
-            }
+            })
         });
         Paced { inner, pace, idle }
     }

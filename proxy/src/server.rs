@@ -27,6 +27,8 @@ pub enum ServeError {
     },
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot handle SIGHUP: {0}")]
+    Signal(#[from] std::io::Error),
 }
 
 /// Serves `config` until SIGTERM or SIGINT, then drains. `path` enables hot reload.
@@ -50,7 +52,13 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> Result<(), ServeError
     let drain = config.drain_timeout;
     let control_plane = config.control_plane.clone();
     let shared = Shared::new(config);
-    let _watcher = path.map(|p| reload::watch(shared.clone(), p)).transpose()?;
+    let _watcher = match path {
+        Some(p) => Some(reload::watch(shared.clone(), p)?),
+        None => {
+            reload::ignore_hangup()?;
+            None
+        }
+    };
     if let Some(spec) = &control_plane {
         if let Some(id) = spec.identity.clone() {
             tokio::spawn(identity::run(spec.clone(), id, shared.metrics.clone()));

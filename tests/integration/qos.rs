@@ -341,6 +341,50 @@ async fn a_subject_assigned_through_the_api_is_enforced_by_the_proxy_within_a_se
 
 /// The spec's `requestService`: instances that meet the profile's accuracy, cheapest
 /// first; when none does, the best available serves and a miss is counted.
+/// A fresh proxy gets a route that names a QoS profile: profiles are subscribed to (and
+/// so applied) before routes; the other way round the first batch of routes was refused
+/// for naming a profile the proxy had not seen yet, until something else changed.
+#[tokio::test]
+async fn a_route_naming_a_profile_reaches_a_fresh_proxy() {
+    use support::control_plane::ControlPlane;
+    let up = Upstream::spawn("up").await;
+    let dir = TempDir::new();
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
+            "services:\n  - name: up\n    endpoints: [{{address: \"{}\"}}]\n",
+            up.addr
+        ),
+    )
+    .await;
+    cp.put(
+        "/v1/qos/profiles/gold-api",
+        r#"{"tier":"gold","latency_p99_ms":100}"#,
+    )
+    .await;
+    cp.put(
+        "/v1/routes/all",
+        r#"{"cluster":"up","qos_profile":"gold-api"}"#,
+    )
+    .await;
+    let proxy = Proxy::start(&config(&format!(
+        "control_plane:\n  address: {}\n  node_id: p1\n",
+        cp.url()
+    )))
+    .await;
+    let c = h1_client();
+    wait_until(Duration::from_secs(8), || async {
+        (send(&c, request(&proxy.url("/"), &[])).await.status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("the route and its profile are applied");
+    let p = cp.proxy("p1").await.unwrap();
+    assert!(
+        p["acked"].get(presage_api::types::ROUTE).is_some(),
+        "routes acknowledged: {p}"
+    );
+}
+
 #[tokio::test]
 async fn instances_are_chosen_by_accuracy_then_price() {
     let (a, b, c) = (

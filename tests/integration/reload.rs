@@ -1,6 +1,6 @@
 //! Hot reload under load: no request fails while the config is rewritten 50 times; an
 //! invalid config is rejected with file:line:column and the old one keeps serving; SIGHUP
-//! reloads too.
+//! reloads too, a Kubernetes ConfigMap update is seen, and bound listeners stay as bound.
 
 use crate::support;
 
@@ -131,4 +131,58 @@ async fn invalid_config_is_rejected_with_location_and_the_old_keeps_serving() {
     assert!(status["last_error"].is_null());
     assert_eq!(get(&c, &proxy.url("/")).await.json()["service"], "b");
     assert_eq!(proxy.admin_get("/config").await.1, variant(&a, &b, 1));
+}
+
+/// A Kubernetes ConfigMap update swaps the volume's `..data` symlink and never touches
+/// the file's own name: it is seen. SIGHUP rebuilds even an unchanged file (rotated TLS
+/// certificates are read again). A reload that renames a bound listener is refused (the
+/// port would otherwise serve without that listener's TLS and authorization), and the
+/// old config keeps serving.
+#[tokio::test]
+async fn a_configmap_swap_reloads_sighup_rebuilds_and_bound_listeners_stay() {
+    use std::os::unix::fs::symlink;
+    let (a, b) = (Upstream::spawn("a").await, Upstream::spawn("b").await);
+    // The layout of a ConfigMap volume: presage.yaml -> ..data/presage.yaml, ..data -> ..v0.
+    let dir = TempDir::new();
+    let root = dir.0.clone();
+    let version = |n: usize| {
+        let v = root.join(format!("..v{n}"));
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("presage.yaml"), variant(&a, &b, n)).unwrap();
+    };
+    version(0);
+    symlink("..v0", root.join("..data")).unwrap();
+    symlink("..data/presage.yaml", root.join("presage.yaml")).unwrap();
+    let path = root.join("presage.yaml").display().to_string();
+    let proxy = Proxy::spawn(vec!["proxy".into(), "--config".into(), path], dir).await;
+    let c = h1_client();
+    assert_eq!(get(&c, &proxy.url("/")).await.json()["service"], "a");
+
+    // The kubelet's atomic writer: a new version directory, then ..data swapped to it.
+    version(1);
+    symlink("..v1", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    proxy.wait_reload(|s| s["generation"] == 2).await;
+    assert_eq!(get(&c, &proxy.url("/")).await.json()["service"], "b");
+
+    proxy.signal("HUP");
+    proxy.wait_reload(|s| s["generation"] == 3).await;
+
+    let renamed = variant(&a, &b, 2).replacen("- name: main", "- name: other", 1);
+    proxy.write_config(&renamed);
+    let status = proxy.wait_reload(|s| s["failures"] == 1).await;
+    let err = status["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("listeners: the bound listeners (main@127.0.0.1:0) cannot change to other@127.0.0.1:0 without a restart"),
+        "{err}"
+    );
+    assert_eq!(status["generation"], 3);
+    let ans = get(&c, &proxy.url("/")).await;
+    assert_eq!(
+        (
+            ans.json()["service"].clone(),
+            ans.headers["x-config"].clone()
+        ),
+        ("b".into(), "v1".parse().unwrap())
+    );
 }

@@ -610,11 +610,12 @@ impl Builder<'_> {
                 );
             }
             for (j, e) in c.endpoints.iter().enumerate() {
-                if e.weight == 0 {
+                let max = presage_api::MAX_ENDPOINT_WEIGHT;
+                if e.weight == 0 || e.weight > max {
                     self.err(
                         c.name.referenced,
                         f(&format!("endpoints[{j}].weight")),
-                        "expected at least 1, found 0",
+                        format!("expected 1..={max}, found {}", e.weight),
                     );
                 }
             }

@@ -106,7 +106,7 @@ clusters:
     );
     assert!(
         e.iter()
-            .any(|m| m.contains("clusters[1].endpoints[0].weight: expected at least 1")),
+            .any(|m| m.contains("clusters[1].endpoints[0].weight: expected 1..=10000, found 0")),
         "{e:#?}"
     );
 }
@@ -120,6 +120,21 @@ fn missing_tls_file_is_reported_at_its_field() {
     let e = errors(&yaml);
     assert!(
         e[0].starts_with("t.yaml:4:18: listeners[0].tls.cert: cannot read /nonexistent/c.pem"),
+        "{e:#?}"
+    );
+}
+
+/// The weighted round robin's table is as long as the weights added up: a weight of
+/// billions would take the proxy's memory at the next reload.
+#[test]
+fn endpoint_weights_are_bounded() {
+    let e = errors(&GOOD.replace(
+        "      - address: 127.0.0.1:9000\n",
+        "      - address: 127.0.0.1:9000\n        weight: 4000000000\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].ends_with("clusters[0].endpoints[0].weight: expected 1..=10000, found 4000000000"),
         "{e:#?}"
     );
 }
