@@ -3,8 +3,6 @@
 //! unless all is well. The proxy validates again on its side (and NACKs what it cannot
 //! apply, e.g. a route to a cluster it does not know).
 
-use std::net::ToSocketAddrs as _;
-
 use presage_api::{Cluster, DemandEvent, QosProfile, QosTier, Route, Subject};
 use serde::Serialize;
 
@@ -84,11 +82,12 @@ pub fn cluster(c: &Cluster) -> Vec<FieldError> {
         if let Err(m) = address(&ep.address) {
             push(&mut e, format!("endpoints[{i}].address"), m);
         }
-        if ep.weight > 10_000 {
+        let max = presage_api::MAX_ENDPOINT_WEIGHT;
+        if ep.weight > max {
             push(
                 &mut e,
                 format!("endpoints[{i}].weight"),
-                format!("expected 0..=10000, found {}", ep.weight),
+                format!("expected 0..={max}, found {}", ep.weight),
             );
         }
     }
@@ -103,9 +102,10 @@ fn address(a: &str) -> Result<(), String> {
     if host.is_empty() || port == 0 || host.contains('/') {
         return Err(bad());
     }
-    // IP literals must parse; names are left to the proxy's resolver.
+    // IP literals must parse (without a resolver: this runs on the event loop); names
+    // are left to the proxy's resolver.
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && (host, port).to_socket_addrs().is_err()
+        && host.parse::<std::net::Ipv4Addr>().is_err()
     {
         return Err(bad());
     }

@@ -674,3 +674,59 @@ autoscaling:
     drop(proxy);
     cp.stop().await;
 }
+
+/// An instance started through a wrapper (`sh -c`, as start scripts do) is stopped whole:
+/// the actuator signals the instance's process group, so what the wrapper started does
+/// not outlive it.
+#[tokio::test]
+async fn a_wrapped_instance_stops_with_everything_it_started() {
+    let dir = TempDir::new();
+    let marker = dir.0.join("sleeper.pid");
+    let cp = ControlPlane::with_config(
+        &dir.0,
+        &format!(
+            r#"
+autoscaling:
+  interval: 200ms
+  services:
+    - service: api
+      capacity_rps: 20
+      min: 1
+      max: 1
+      actuator:
+        local:
+          command: ["sh", "-c", "sleep 600 & echo $! > {marker}; exec {{presage}} sample-service --listen 127.0.0.1:{{port}}"]
+"#,
+            marker = marker.display()
+        ),
+    )
+    .await;
+    wait_until(Duration::from_secs(15), || async {
+        (endpoints(&cp).await.len() == 1).then_some(())
+    })
+    .await
+    .expect("the instance is up");
+    let pid: u32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Running, not a zombie waiting to be reaped.
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(alive(pid), "the wrapper's sleep runs");
+    cp.stop().await;
+    let gone = wait_until(Duration::from_secs(15), || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the sleep the wrapper started stopped with the instance"
+    );
+}

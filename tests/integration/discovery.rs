@@ -241,3 +241,27 @@ async fn metrics_text(cp: &ControlPlane) -> String {
         .to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
 }
+
+/// A registration outlives etcd losing it: when etcd comes back empty (restarted without
+/// its data, every lease gone), the instance's lease is granted again and its record put
+/// back, with no restart of the instance.
+#[tokio::test]
+async fn a_registration_comes_back_after_etcd_loses_it() {
+    let mut etcd = Etcd::start().await;
+    let _a = instance(&etcd, "a-1", "2s").await;
+    const KEY: &str = "/presage/services/web/a-1";
+    let stored = |etcd: &Etcd| {
+        let endpoint = etcd.endpoint.clone();
+        async move {
+            let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+                .await
+                .ok()?;
+            let r = c.get(KEY, None).await.ok()?;
+            (!r.kvs().is_empty()).then_some(())
+        }
+    };
+    assert!(stored(&etcd).await.is_some(), "registered");
+    etcd.restart_empty().await;
+    let back = wait_until(Duration::from_secs(20), || stored(&etcd)).await;
+    assert!(back.is_some(), "the record was put back in the new etcd");
+}

@@ -116,11 +116,45 @@ fn requests(r: &TierResources) -> BTreeMap<String, Quantity> {
     .into()
 }
 
-/// Whether `c` already requests what `want` holds.
+/// Whether `c` already requests what `want` holds. Compared by amount: the API server
+/// stores quantities in canonical form (`1024Mi` comes back as `1Gi`, `1000m` as `1`).
 fn has_requests(c: &Container, want: &BTreeMap<String, Quantity>) -> bool {
     let have = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-    want.iter()
-        .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+    want.iter().all(|(k, v)| {
+        let h = have.and_then(|h| h.get(k));
+        match (h.and_then(|h| amount(&h.0)), amount(&v.0)) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
+            _ => h == Some(v),
+        }
+    })
+}
+
+/// A Kubernetes quantity's amount (`250m`, `1.5`, `128Mi`, `1G`, `1e3`), None if it is
+/// not one.
+fn amount(q: &str) -> Option<f64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e => 10f64.powi(e.strip_prefix(['e', 'E'])?.parse().ok()?),
+    };
+    Some(n * scale)
 }
 
 /// The strategic merge patch that sets `container`'s requests.
@@ -313,5 +347,42 @@ impl Actuator for Kubernetes {
     /// Pods are the cluster's: they keep running when the control plane stops.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+
+    #[test]
+    fn requests_compare_by_amount_not_spelling() {
+        assert_eq!(amount("1Gi"), amount("1024Mi"));
+        assert_eq!(amount("1"), amount("1000m"));
+        assert_eq!(amount("1e3"), amount("1k"));
+        assert_eq!(amount("250m"), Some(0.25));
+        assert_eq!(amount("lots"), None);
+        // Platinum's default allocation, as the API server gives it back.
+        let want = requests(&TierResources {
+            tier: "platinum".into(),
+            cpu_weight: 1024,
+            memory_mb: 1024,
+        });
+        let stored = |cpu: &str, memory: &str| Container {
+            resources: Some(ResourceRequirements {
+                requests: Some(
+                    [
+                        ("cpu".to_string(), Quantity(cpu.into())),
+                        ("memory".to_string(), Quantity(memory.into())),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(has_requests(&stored("1", "1Gi"), &want), "{want:?}");
+        assert!(!has_requests(&stored("1", "512Mi"), &want));
+        assert!(!has_requests(&Container::default(), &want));
     }
 }

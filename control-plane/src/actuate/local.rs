@@ -305,6 +305,9 @@ impl Inner {
             )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
+            // Its own process group, stopped as a whole: what a wrapper (`sh -c`, a
+            // start script, a forking server) starts goes with it.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
         {
@@ -395,13 +398,17 @@ impl Inner {
             self.publish().await;
             tokio::time::sleep(self.cfg.drain.unwrap_or(Duration::from_secs(1))).await;
             let stop_timeout = self.cfg.stop_timeout.unwrap_or(Duration::from_secs(10));
-            let term = rustix::process::Pid::from_raw(pid as i32)
-                .map(|p| rustix::process::kill_process(p, rustix::process::Signal::TERM));
+            let group = rustix::process::Pid::from_raw(pid as i32);
+            let signal_group = |sig| group.map(|g| rustix::process::kill_process_group(g, sig));
+            // The whole group gets SIGTERM; if the instance has not exited by the stop
+            // timeout, the whole group gets SIGKILL.
+            let term = signal_group(rustix::process::Signal::TERM);
             if !matches!(term, Some(Ok(())))
                 || tokio::time::timeout(stop_timeout, child.wait())
                     .await
                     .is_err()
             {
+                let _ = signal_group(rustix::process::Signal::KILL);
                 let _ = child.kill().await;
             }
             tracing::info!(%service, index, "instance stopped");

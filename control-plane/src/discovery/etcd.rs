@@ -10,9 +10,14 @@
 //! record, renews the lease at a third of its TTL, and revokes it on `deregister`.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions,
+};
 use tokio::sync::mpsc;
 
 use super::{Catalog, Instance, Update};
@@ -243,12 +248,30 @@ async fn send_service(
 
 // === registration ===
 
-/// A live registration: the record stays while this lives and its lease is renewed.
+/// A live registration: the record stays while this lives and its lease is renewed. A
+/// lease that is lost (etcd restarted without its data, or unreachable past the TTL) is
+/// granted again and the record put back, with a growing backoff while etcd is away.
 pub struct Registration {
     client: Client,
-    lease: i64,
+    /// The lease in force (it changes when the record is registered again).
+    lease: Arc<AtomicI64>,
     key: String,
     renewer: tokio::task::JoinHandle<()>,
+}
+
+/// A lease of `ttl_s`, the record put under it, and the lease's keep-alive stream.
+async fn lease_and_put(
+    client: &mut Client,
+    key: &str,
+    value: &[u8],
+    ttl_s: i64,
+) -> Result<(i64, LeaseKeeper, LeaseKeepAliveStream), etcd_client::Error> {
+    let lease = client.lease_grant(ttl_s, None).await?.id();
+    client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    let (keeper, responses) = client.lease_keep_alive(lease).await?;
+    Ok((lease, keeper, responses))
 }
 
 /// Registers `record` as `{prefix}{service}/{instance}` with a lease of `ttl`.
@@ -261,31 +284,38 @@ pub async fn register(
 ) -> Result<Registration, etcd_client::Error> {
     let mut client = connect(&cfg.endpoints).await?;
     let ttl_s = ttl.as_secs().max(1) as i64;
-    let lease = client.lease_grant(ttl_s, None).await?.id();
     let key = format!("{}{service}/{instance}", cfg.prefix);
     let value = serde_json::to_vec(record).expect("a record always serialises");
-    client
-        .put(
-            key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
-    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+    let (first, mut keeper, mut responses) =
+        lease_and_put(&mut client, &key, &value, ttl_s).await?;
+    let lease = Arc::new(AtomicI64::new(first));
     let every = Duration::from_secs((ttl_s as u64 / 3).max(1));
-    let k = key.clone();
+    let (k, current, mut c) = (key.clone(), lease.clone(), client.clone());
     let renewer = tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = keeper.keep_alive().await {
-                tracing::warn!(key = %k, error = %e, "lease renewal failed");
+            let renewed = match keeper.keep_alive().await {
+                Ok(()) => matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0),
+                Err(_) => false,
+            };
+            if renewed {
                 continue;
             }
-            match responses.message().await {
-                Ok(Some(r)) if r.ttl() > 0 => {}
-                other => {
-                    tracing::warn!(key = %k, response = ?other.map(|r| r.map(|r| r.ttl())), "lease lost; the record will expire");
-                    return;
+            tracing::warn!(key = %k, "lease lost; registering again");
+            let mut backoff = every;
+            loop {
+                match lease_and_put(&mut c, &k, &value, ttl_s).await {
+                    Ok((l, kp, rs)) => {
+                        current.store(l, Ordering::Relaxed);
+                        (keeper, responses) = (kp, rs);
+                        tracing::info!(key = %k, lease = l, "registered again");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %k, error = %e, retry_in = ?backoff, "registering again failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
                 }
             }
         }
@@ -302,7 +332,7 @@ impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
             .field("key", &self.key)
-            .field("lease", &self.lease)
+            .field("lease", &self.lease.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -315,7 +345,8 @@ impl Registration {
     /// Removes the record now (revokes its lease) instead of waiting for the TTL.
     pub async fn deregister(mut self) -> Result<(), etcd_client::Error> {
         self.renewer.abort();
-        self.client.lease_revoke(self.lease).await.map(|_| ())
+        let lease = self.lease.load(Ordering::Relaxed);
+        self.client.lease_revoke(lease).await.map(|_| ())
     }
 }
 

@@ -121,7 +121,7 @@ impl Instance {
     }
 
     /// Checks a record that a backend built from its registry's own format.
-    pub fn check(key: &str, id: &str, record: Record) -> Result<Instance, RecordError> {
+    pub fn check(key: &str, id: &str, mut record: Record) -> Result<Instance, RecordError> {
         let err = |message: String| RecordError {
             key: key.to_string(),
             message,
@@ -129,13 +129,33 @@ impl Instance {
         if record.port == 0 {
             return Err(err("port: expected 1..=65535, found 0".into()));
         }
-        if record.address.is_empty()
-            || record.address.contains(['/', ' ', ':']) && !record.address.starts_with('[')
+        // Registries give IPv6 addresses bare (Kubernetes, Consul): bracketed here, as
+        // `host:port` needs them.
+        if let Ok(v6) = record.address.parse::<std::net::Ipv6Addr>() {
+            record.address = format!("[{v6}]");
+        }
+        let a = &record.address;
+        let bad_v4 = a.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && a.parse::<std::net::Ipv4Addr>().is_err();
+        let bad_v6 = a.starts_with('[')
+            && a.strip_prefix('[')
+                .and_then(|a| a.strip_suffix(']'))
+                .is_none_or(|a| a.parse::<std::net::Ipv6Addr>().is_err());
+        if a.is_empty()
+            || a.contains(['/', ' '])
+            || (a.contains(':') && !a.starts_with('['))
+            || bad_v4
+            || bad_v6
         {
             return Err(err(format!(
                 "address: expected a host name or IP, found {:?}",
                 record.address
             )));
+        }
+        // One bad record must not make the whole service's endpoints fail validation.
+        let max = presage_api::MAX_ENDPOINT_WEIGHT;
+        if let Some(w) = record.weight.filter(|w| *w > max) {
+            return Err(err(format!("weight: expected 0..={max}, found {w}")));
         }
         let mut errors = Vec::new();
         validate::name(&mut errors, "instance", id);
@@ -205,11 +225,22 @@ mod tests {
         assert_eq!(e.metadata["price"], "0.12");
         assert_eq!(e.metadata["label.tier"], "gold");
         assert_eq!(e.metadata["instance"], "a");
+        // A bare IPv6 address, as Kubernetes and Consul give it, is bracketed.
+        let v6 = Instance::parse("/k", "b", br#"{"address":"fd00::7","port":80}"#).unwrap();
+        assert_eq!(v6.endpoint().address, "[fd00::7]:80");
+        let mut errors = Vec::new();
+        let c = presage_api::Cluster {
+            name: "web".into(),
+            endpoints: vec![v6.endpoint()],
+            ..Default::default()
+        };
+        errors.extend(validate::cluster(&c));
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     #[test]
     fn bad_records_name_the_key_and_the_field() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"{not json", "/k: key must be a string"),
             (br#"{"address":"10.0.0.1"}"#, "/k: missing field `port`"),
             (
@@ -223,6 +254,18 @@ mod tests {
             (
                 br#"{"address":"10.0.0.1","port":"80"}"#,
                 "/k: port: invalid type",
+            ),
+            (
+                br#"{"address":"10.0.0.256","port":80}"#,
+                "/k: address: expected a host name or IP",
+            ),
+            (
+                br#"{"address":"[fe80::1::2]","port":80}"#,
+                "/k: address: expected a host name or IP",
+            ),
+            (
+                br#"{"address":"10.0.0.9","port":80,"weight":20000}"#,
+                "/k: weight: expected 0..=10000, found 20000",
             ),
         ];
         for (json, want) in cases {

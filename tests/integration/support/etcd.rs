@@ -12,16 +12,29 @@ pub struct Etcd {
     pub child: Child,
     /// `127.0.0.1:port` of the client URL.
     pub endpoint: String,
+    ports: (u16, u16),
     _dir: TempDir,
 }
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        let dir = TempDir::new();
         let client = super::unused_port();
         let peer = std::iter::repeat_with(super::unused_port)
             .find(|p| *p != client)
             .unwrap();
+        Self::spawn(client, peer).await
+    }
+
+    /// Kills this etcd and starts an empty one on the same ports: an etcd that lost its
+    /// data (and every lease).
+    pub async fn restart_empty(&mut self) {
+        self.child.kill().await.unwrap();
+        let (client, peer) = self.ports;
+        *self = Self::spawn(client, peer).await;
+    }
+
+    async fn spawn(client: u16, peer: u16) -> Etcd {
+        let dir = TempDir::new();
         let curl = format!("http://127.0.0.1:{client}");
         let purl = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
@@ -58,6 +71,7 @@ impl Etcd {
         Etcd {
             child,
             endpoint,
+            ports: (client, peer),
             _dir: dir,
         }
     }
