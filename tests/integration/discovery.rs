@@ -265,3 +265,48 @@ async fn a_registration_comes_back_after_etcd_loses_it() {
     let back = wait_until(Duration::from_secs(20), || stored(&etcd)).await;
     assert!(back.is_some(), "the record was put back in the new etcd");
 }
+
+/// An instance that went while the control plane was down is not served from the store
+/// when it comes back: etcd's first listing no longer has the service, and the stored
+/// endpoints all came from etcd, so they are dropped.
+#[tokio::test]
+async fn an_instance_gone_while_the_control_plane_was_down_is_dropped() {
+    let etcd = Etcd::start().await;
+    let dir = TempDir::new();
+    let yaml = format!(
+        "discovery:\n  etcd:\n    endpoints: [\"{}\"]\n",
+        etcd.endpoint
+    );
+    let cp = ControlPlane::with_config(&dir.0, &yaml).await;
+    let mut a = instance(&etcd, "a-1", "2s").await;
+    let addr = a.addr.to_string();
+    wait_until(Duration::from_secs(10), || async {
+        (instances(&cp).await == [addr.clone()]).then_some(())
+    })
+    .await
+    .expect("the control plane serves the instance");
+    cp.stop().await;
+    // The instance dies (no deregistration) and its lease expires meanwhile.
+    a.child.kill().await.unwrap();
+    let expired = wait_until(Duration::from_secs(15), || async {
+        let r = etcd
+            .client()
+            .await
+            .get("/presage/services/web/a-1", None)
+            .await
+            .ok()?;
+        r.kvs().is_empty().then_some(())
+    })
+    .await;
+    assert!(expired.is_some(), "the lease expired");
+    let cp = ControlPlane::with_config(&dir.0, &yaml).await;
+    let dropped = wait_until(Duration::from_secs(10), || async {
+        instances(&cp).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        dropped.is_some(),
+        "the stored endpoint of the gone instance was dropped: {:?}",
+        instances(&cp).await
+    );
+}

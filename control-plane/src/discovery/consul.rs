@@ -156,6 +156,13 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
                 return;
             }
         }
+        let listed = Update::Listed {
+            registry: NAME,
+            services: names.clone(),
+        };
+        if tx.send(listed).await.is_err() {
+            return;
+        }
         for name in names {
             tasks.entry(name.clone()).or_insert_with(|| {
                 tokio::spawn(watch_service(cfg.clone(), client.clone(), name, tx.clone()))

@@ -126,6 +126,11 @@ async fn session(
     for s in services {
         send_service(tx, catalog, &s).await?;
     }
+    let listed = Update::Listed {
+        registry: NAME,
+        services: catalog.keys().cloned().collect(),
+    };
+    send(tx, listed).await?;
     send(
         tx,
         Update::Status {

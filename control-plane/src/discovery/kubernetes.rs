@@ -284,6 +284,12 @@ impl State {
             for service in services {
                 out.extend(self.recompute(&service));
             }
+            if everything {
+                out.push(Update::Listed {
+                    registry: NAME,
+                    services: self.sent.keys().cloned().collect(),
+                });
+            }
         }
         out
     }
@@ -551,8 +557,13 @@ mod tests {
             ],
             "not-ready web-2 left out; nil readiness counts as ready"
         );
-        let Some(Update::Service { instances, .. }) = out.last() else {
-            panic!()
+        // The listing ends with what it found, for services gone while nobody watched.
+        let Some(Update::Listed { services, .. }) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(services, &BTreeSet::from(["web".to_string()]));
+        let Some(Update::Service { instances, .. }) = out.iter().rev().nth(1) else {
+            panic!("{out:?}")
         };
         assert!(instances[0].record.mesh, "an injected pod has a sidecar");
         assert!(!instances[1].record.mesh);

@@ -20,6 +20,9 @@ pub struct Merger {
     pub metrics: Arc<Metrics>,
 }
 
+/// The endpoint metadata naming the registry an endpoint came from.
+const REGISTRY: &str = "registry";
+
 /// Most updates coalesced into one store transaction and one push.
 const MAX_BATCH: usize = 4096;
 
@@ -43,6 +46,7 @@ impl Merger {
     /// Applies updates in order; service lists are coalesced per service.
     pub async fn apply_all(&self, updates: Vec<Update>) {
         let mut services: BTreeMap<String, (&'static str, Vec<Instance>)> = BTreeMap::new();
+        let mut listings = Vec::new();
         for update in updates {
             match update {
                 Update::Status {
@@ -73,12 +77,33 @@ impl Merger {
                 } => {
                     services.insert(service, (registry, instances));
                 }
+                Update::Listed { registry, services } => listings.push((registry, services)),
+            }
+        }
+        let snap = self.resources.snapshot();
+        // Services a full listing no longer has, stored with only that registry's
+        // endpoints: emptied (unless an update in this batch speaks for them).
+        for (registry, listed) in listings {
+            let stored = snap
+                .get(types::CLUSTER)
+                .into_iter()
+                .flat_map(|s| s.items.iter());
+            for (name, r) in stored {
+                let Some(Body::Cluster(c)) = &r.body else {
+                    continue;
+                };
+                let only_this = !c.endpoints.is_empty()
+                    && c.endpoints
+                        .iter()
+                        .all(|e| e.metadata.get(REGISTRY).map(String::as_str) == Some(registry));
+                if only_this && !listed.contains(name) && !services.contains_key(name) {
+                    services.insert(name.clone(), (registry, Vec::new()));
+                }
             }
         }
         if services.is_empty() {
             return;
         }
-        let snap = self.resources.snapshot();
         let mut writes = Vec::new();
         for (service, (registry, mut instances)) in services {
             let stored = snap
@@ -96,7 +121,14 @@ impl Merger {
                 name: service.clone(),
                 ..Default::default()
             });
-            cluster.endpoints = instances.iter().map(|i| i.endpoint()).collect();
+            cluster.endpoints = instances
+                .iter()
+                .map(|i| {
+                    let mut e = i.endpoint();
+                    e.metadata.insert(REGISTRY.into(), registry.into());
+                    e
+                })
+                .collect();
             // Mutual TLS when every instance has a sidecar to answer it (the registry
             // knows; a mixed service is called in plain until all are meshed).
             if !instances.is_empty() {
@@ -207,6 +239,50 @@ mod tests {
         })
         .await;
         assert!(cluster(&m, "ghost").is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A listing that no longer has a service empties it only if all its endpoints came
+    /// from that registry: an operator's endpoints, or another registry's, stay.
+    #[tokio::test]
+    async fn a_listing_drops_only_the_services_its_registry_fed() {
+        let dir = std::env::temp_dir().join(format!("presage-listed-{}", std::process::id()));
+        let store = Store::open(&dir.join("s.redb")).unwrap();
+        let resources = Arc::new(Resources::load(store).unwrap());
+        let m = Merger {
+            resources,
+            metrics: Arc::default(),
+        };
+        for (registry, service) in [("etcd", "web"), ("etcd", "kept"), ("consul", "api")] {
+            m.apply(Update::Service {
+                registry,
+                service: service.into(),
+                instances: vec![instance("a", 1)],
+            })
+            .await;
+        }
+        let by_hand = Cluster {
+            name: "admin".into(),
+            endpoints: vec![presage_api::Endpoint {
+                address: "10.0.0.9:80".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        m.resources
+            .put(Resource::new("admin", Body::Cluster(by_hand)))
+            .await
+            .unwrap();
+        m.apply(Update::Listed {
+            registry: "etcd",
+            services: ["kept".to_string()].into(),
+        })
+        .await;
+        let count = |name| cluster(&m, name).unwrap().endpoints.len();
+        assert_eq!(
+            (count("web"), count("kept"), count("api"), count("admin")),
+            (0, 1, 1, 1)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -45,6 +45,13 @@ pub enum Update {
     },
     /// A record was skipped as bad (already logged with its key).
     Skipped { registry: &'static str },
+    /// After a full listing: the services the registry has instances of now. A stored
+    /// service whose endpoints all came from this registry and that is not listed has
+    /// none left (it went while the control plane was away: nothing else would say so).
+    Listed {
+        registry: &'static str,
+        services: std::collections::BTreeSet<String>,
+    },
 }
 
 /// Which registries to watch (`discovery:` in the control plane's YAML).
