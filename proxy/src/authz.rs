@@ -1,9 +1,16 @@
 //! Authorization by the caller's mesh identity: a listener's rules, each a request match
 //! (host, path, methods, headers, as a route's) with identities to allow and to deny.
-//! The first rule whose match holds decides; a request no rule matches is allowed.
+//! The first rule whose match holds decides; a request no rule matches is allowed. On a
+//! redirected listener with rules, traffic that is not HTTP is refused (`listen`), as
+//! raw TCP would pass the rules by.
 //!
 //! The identity is the SPIFFE ID of the peer's verified workload certificate (see
-//! `identity`); plain connections have none, so an `allow` list turns them away.
+//! `identity`); plain connections have none, so an `allow` list turns them away, and so
+//! does a `deny` list (a caller that cannot be told apart may be the one denied).
+//!
+//! Rules see the path normalised (`normalize_path`): the upstream app resolves `//`,
+//! `.`, `..` and percent-encoded letters before routing, so a rule on `/admin` must
+//! hold for `//admin`, `/./admin`, `/x/../admin` and `/%61dmin` too.
 
 use crate::routing::{RequestView, RouteMatch};
 
@@ -67,6 +74,12 @@ pub fn check(rules: &[AuthzRule], req: &RequestView<'_>, peer: Option<&str>) -> 
             reason: "the caller's identity is denied",
         });
     }
+    if !r.deny.is_empty() && peer.is_none() {
+        return Err(Denied {
+            rule,
+            reason: "the caller has no mesh identity (it could be one denied)",
+        });
+    }
     if !r.allow.is_empty() && !any(&r.allow) {
         let reason = if peer.is_none() {
             "the caller has no mesh identity"
@@ -76,6 +89,57 @@ pub fn check(rules: &[AuthzRule], req: &RequestView<'_>, peer: Option<&str>) -> 
         return Err(Denied { rule, reason });
     }
     Ok(())
+}
+
+/// `path` as the app will resolve it: `.` and `..` segments removed (RFC 3986 §5.2.4),
+/// runs of `/` merged, and percent-encoded unreserved characters decoded (RFC 3986
+/// §6.2.2.2). Other escapes (`%2F` among them) stay encoded. The query is not part of it.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let clean = !path.contains("//")
+        && !path.contains('%')
+        && !path.split('/').any(|s| s == "." || s == "..");
+    if clean {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/').filter(|s| !s.is_empty()) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut p = format!("/{}", out.join("/"));
+    if trailing && p.len() > 1 {
+        p.push('/');
+    }
+    std::borrow::Cow::Owned(p)
+}
+
+/// Decodes `%XX` where XX is an unreserved character (letters, digits, `-._~`).
+fn decode_unreserved(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(c) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    out.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -117,6 +181,14 @@ mod tests {
             "deny first"
         );
         assert!(!ok("/buy", None), "plain callers have no identity");
+        // A deny list alone: a caller without an identity may be the one denied.
+        let deny_only = vec![AuthzRule {
+            matcher: RouteMatch::default(),
+            allow: vec![],
+            deny: vec![p("spiffe://td/ns/shop/sa/intruder")],
+        }];
+        assert!(check(&deny_only, &view("/"), Some("spiffe://td/ns/shop/sa/web")).is_ok());
+        assert!(check(&deny_only, &view("/"), None).is_err());
         assert_eq!(check(&[], &view("/"), None), Ok(()), "no rules: allowed");
     }
 
@@ -128,5 +200,26 @@ mod tests {
             IdentityPattern::parse("spiffe://td/ns/a/*"),
             Ok(IdentityPattern::Prefix("spiffe://td/ns/a/".into()))
         );
+    }
+
+    /// What the app resolves is what the rules see.
+    #[test]
+    fn paths_are_normalised_as_the_app_resolves_them() {
+        for (raw, want) in [
+            ("/admin/reset", "/admin/reset"),
+            ("//admin/reset", "/admin/reset"),
+            ("/./admin/reset", "/admin/reset"),
+            ("/public/../admin/reset", "/admin/reset"),
+            ("/%61dmin/reset", "/admin/reset"),
+            ("/%2E%2E/admin", "/admin"),
+            ("/a/%2Fb", "/a/%2Fb"),
+            ("/a/b/", "/a/b/"),
+            ("/a/..", "/"),
+            ("/../../x", "/x"),
+            ("/%zz", "/%zz"),
+            ("/%6", "/%6"),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw}");
+        }
     }
 }

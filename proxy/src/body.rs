@@ -217,8 +217,8 @@ pin_project_lite::pin_project! {
     pub enum RequestBody {
         /// No body (also what a retry of a body-less request sends).
         Empty,
-        /// The downstream body, streamed, counting bytes against `remaining`.
-        Stream { #[pin] inner: Incoming, remaining: u64 },
+        /// The downstream body, streamed, counting bytes against `remaining` of `limit`.
+        Stream { #[pin] inner: Incoming, remaining: u64, limit: u64 },
         /// A body the proxy made (a workflow step's), sent in one frame.
         Bytes { data: Option<Bytes> },
     }
@@ -229,6 +229,7 @@ impl RequestBody {
         RequestBody::Stream {
             inner,
             remaining: limit,
+            limit,
         }
     }
 }
@@ -244,14 +245,16 @@ impl Body for RequestBody {
         match self.project() {
             RequestBodyProj::Empty => Poll::Ready(None),
             RequestBodyProj::Bytes { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RequestBodyProj::Stream { inner, remaining } => match inner.poll_frame(cx) {
+            RequestBodyProj::Stream {
+                inner,
+                remaining,
+                limit,
+            } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         let n = data.len() as u64;
                         if n > *remaining {
-                            return Poll::Ready(Some(Err(DownstreamBodyError::TooLarge(
-                                *remaining,
-                            ))));
+                            return Poll::Ready(Some(Err(DownstreamBodyError::TooLarge(*limit))));
                         }
                         *remaining -= n;
                     }

@@ -55,9 +55,10 @@ pub(crate) fn authorize(
         return Ok(());
     };
     let host = routing::request_host(req.uri(), req.headers());
+    let path = crate::authz::normalize_path(req.uri().path());
     let view = RequestView {
         host: host.as_deref(),
-        path: req.uri().path(),
+        path: &path,
         method: req.method(),
         headers: req.headers(),
     };

@@ -129,6 +129,21 @@ async fn serve(
             Sniffed::Http => {}
             Sniffed::Mesh => tls = Some(crate::identity::server_config()),
             Sniffed::Other => {
+                // Raw TCP would carry a request past the listener's authorization rules
+                // (they are checked per HTTP request): where rules guard the port, what
+                // is not HTTP or mesh TLS is refused.
+                let guarded = shared
+                    .live
+                    .load()
+                    .config
+                    .listeners
+                    .iter()
+                    .any(|l| *l.name == *conn.listener && !l.authorization.is_empty());
+                if guarded {
+                    shared.metrics.authz_denied.inc();
+                    tracing::debug!(listener = %conn.listener, %dst, "unrecognised traffic refused: the listener has authorization rules");
+                    return;
+                }
                 crate::transparent::tcp(&shared, stream, dst).await;
                 return;
             }
@@ -176,6 +191,17 @@ async fn serve(
                 .await
         }
         None => {
+            // Nothing bounds the wait for a connection's first bytes (the protocol is
+            // chosen from them; `header_read_timeout` starts once it is HTTP/1.1): a
+            // client that connects and says nothing is let go after that timeout too.
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "closed: nothing sent within the header read timeout");
+                return;
+            }
             watcher
                 .watch(
                     b.serve_connection_with_upgrades(

@@ -65,13 +65,21 @@ pub(crate) fn prepare_headers(
     conn: &Conn,
     upgrade: bool,
 ) {
-    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
-    if let header::Entry::Vacant(e) = h.entry(header::HOST) {
-        if let Some(v) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            e.insert(v);
+    // HTTP/2 carries the host in :authority, an absolute-form HTTP/1.1 request in its
+    // URI; either wins over a Host header that says otherwise (RFC 9112 §3.2.2), as it
+    // is what the request was routed and authorised by. An HTTP/1.1 upstream needs Host.
+    if let Some(v) = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        match h.entry(header::HOST) {
+            header::Entry::Occupied(mut e) if *e.get() != v => {
+                e.insert(v);
+            }
+            header::Entry::Occupied(_) => {}
+            header::Entry::Vacant(e) => {
+                e.insert(v);
+            }
         }
     }
     headers::strip_hop_by_hop(h, upgrade);

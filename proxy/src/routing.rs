@@ -133,6 +133,13 @@ pub fn request_host<'a>(
             strip_port(v)
         }
     };
+    // `example.com.` is `example.com` (a fully qualified name); IPv6 literals compare
+    // without brackets whichever way they came.
+    let raw = raw.strip_suffix('.').unwrap_or(raw);
+    let raw = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
     if raw.bytes().any(|b| b.is_ascii_uppercase()) {
         Some(std::borrow::Cow::Owned(raw.to_ascii_lowercase()))
     } else {
@@ -219,6 +226,14 @@ mod tests {
         assert_eq!(
             request_host(&"/".parse().unwrap(), &h).as_deref(),
             Some("::1")
+        );
+        // The same IPv6 host from an authority (h2, absolute form), and a FQDN's dot.
+        let uri: http::Uri = "http://[::1]:80/x".parse().unwrap();
+        assert_eq!(request_host(&uri, &h).as_deref(), Some("::1"));
+        h.insert("host", "api.test.".parse().unwrap());
+        assert_eq!(
+            request_host(&"/".parse().unwrap(), &h).as_deref(),
+            Some("api.test")
         );
     }
 }

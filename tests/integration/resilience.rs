@@ -358,6 +358,12 @@ async fn slow_client_is_cut_off_at_the_header_read_timeout() {
         "{head}"
     );
     assert_eq!(up.hits(), 0);
+    // A client that connects and sends nothing at all (before the protocol is known)
+    // is let go at the same timeout.
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the proxy closed the silent connection");
     assert_eq!(get(&h1_client(), &proxy.url("/")).await.status, 200);
 }
 

@@ -168,3 +168,34 @@ clusters:
     );
     assert!(m.ends_with("# EOF\n"));
 }
+
+/// An absolute-form request routes by its URI's authority, and the upstream gets that
+/// authority as Host, not a Host header that says otherwise (RFC 9112 §3.2.2): what the
+/// request was routed (and authorised) by is what the upstream serves.
+#[tokio::test]
+async fn the_routed_authority_is_the_host_the_upstream_gets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (public, other) = (
+        Upstream::spawn("public").await,
+        Upstream::spawn("other").await,
+    );
+    let proxy = Proxy::start(&config(&format!(
+        "routes:\n  - {{name: public, match: {{host: api.example.com}}, cluster: public}}\n  - {{name: rest, cluster: other}}\n\
+         clusters:\n  - {{name: public, endpoints: [{{address: \"{}\"}}]}}\n  - {{name: other, endpoints: [{{address: \"{}\"}}]}}\n",
+        public.addr, other.addr
+    )))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET http://api.example.com/v1 HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let j: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(j["service"], "public", "{out}");
+    assert_eq!(j["headers"]["host"], "api.example.com", "{out}");
+}

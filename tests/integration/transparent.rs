@@ -490,6 +490,29 @@ clusters:
     let mtls_before = metric(&pod, "presage_mtls_connections_total", &[]);
     assert!(mtls_before >= 1.0, "the calls came over mTLS");
     assert_eq!(metric(&pod, "presage_authorization_denied_total", &[]), 1.0);
+    // The rule holds for the path as the app resolves it, not only as written.
+    for sneaky in ["//admin/reset", "/public/../admin/reset", "/%61dmin/reset"] {
+        let url = format!("http://{pod_ip}:8080{sneaky}");
+        let out = as_app(&["curl", "-sS", "--path-as-is", "-D", "-", &url]);
+        assert!(out.starts_with("HTTP/1.1 403"), "{sneaky}: {out}");
+    }
+    // Silence before the request makes the sniffer give up on HTTP; on a listener with
+    // rules that is refused, not passed through as TCP past them.
+    let quiet = format!(
+        r#"import socket, time
+s = socket.create_connection(("{pod_ip}", 8080))
+time.sleep(0.5)
+s.sendall(b"GET /admin/reset HTTP/1.1\r\nHost: x\r\n\r\n")
+s.settimeout(5)
+try:
+    print(repr(s.recv(200)))
+except OSError as e:
+    print("error", e)
+"#
+    );
+    let out = as_app(&["python3", "-c", &quiet]);
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(metric(&pod, "presage_authorization_denied_total", &[]), 5.0);
 
     // Load across rotations: each round adds a connection, so the client sidecar's pool
     // keeps opening mTLS connections while certificates change under it.

@@ -326,6 +326,48 @@ async fn an_asynchronous_run_answers_202_and_its_status_shows_each_step() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
 
+/// A caller that goes away (an h2 stream reset) does not cancel a run half-way: it
+/// runs to its end, its status says so, and its request id is free again.
+#[tokio::test]
+async fn a_run_whose_caller_goes_away_still_ends() {
+    let (proxy, _users, orders, _flaky) = mesh().await;
+    let url = proxy.url("/workflows/later");
+    let call = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("x-request-id", "gone-1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        h2c_client().request(req).await.map(|r| r.status())
+    });
+    let status_url = proxy.url("/workflows/requests/gone-1");
+    wait_until(Duration::from_secs(10), || async {
+        (get(&h1_client(), &status_url).await.json()["state"] == "running").then_some(())
+    })
+    .await
+    .expect("the run started");
+    // The caller leaves while the first step (300 ms) is in flight.
+    call.abort();
+    let done = wait_until(Duration::from_secs(10), || async {
+        let s = get(&h1_client(), &status_url).await.json();
+        (s["state"] != "running").then_some(s)
+    })
+    .await
+    .expect("the run ended");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(orders.hits(), 1, "its last step ran");
+    let again = Request::post(proxy.url("/workflows/later"))
+        .header("x-request-id", "gone-1")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let again = send(&h1_client(), again).await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "the id is free: {}",
+        again.body
+    );
+}
+
 #[tokio::test]
 async fn invalid_definitions_are_rejected_with_the_step_named_and_never_replace_good_ones() {
     let users = Upstream::spawn("users").await;

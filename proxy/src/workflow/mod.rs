@@ -295,7 +295,17 @@ async fn invoke(
         );
         return res;
     }
-    let (status, mut body) = go.await;
+    // In a task of its own, awaited: a client that goes away must not cancel the run
+    // half-way (its compensations would never run, and it would stay `running`).
+    let (status, mut body) = match tokio::spawn(go).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("workflow run ended abnormally: {e}"),
+            )
+        }
+    };
     if !status.is_success() {
         let steps = progress.lock().expect("lock").steps.clone();
         body["steps"] = serde_json::to_value(steps).unwrap_or_default();
