@@ -76,6 +76,11 @@ impl Store {
                 std::fs::create_dir_all(dir).map_err(redb::Error::from)?;
             }
             let db = Database::create(path)?;
+            // Owner only: the store holds the mesh CA's private key (`secrets`), with
+            // which anyone who reads it could mint any workload identity.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(redb::Error::from)?;
             // Create every table up front so readers never meet a missing one.
             let tx = db.begin_write()?;
             tx.open_table(RESOURCES)?;
@@ -365,5 +370,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("presage-store-mode-{}", std::process::id()));
+        let path = dir.join("cp.redb");
+        Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

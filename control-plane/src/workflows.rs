@@ -72,39 +72,33 @@ pub fn check(
     })
 }
 
-/// The stored workflows that name QoS profile `profile`, for themselves or a step.
-pub fn using_profile(profile: &str, stored: &[Workflow]) -> Vec<String> {
-    let all = parsed(stored, "");
-    let Ok(specs) = presage_workflow::build(&all, None, &Known::default()) else {
-        return Vec::new();
-    };
-    specs
+/// The stored workflows, built (none if they no longer build together).
+fn built(stored: &[Workflow]) -> Vec<Arc<WorkflowSpec>> {
+    presage_workflow::build(&parsed(stored, ""), None, &Known::default()).unwrap_or_default()
+}
+
+/// The names of the stored workflows for which `pick` holds.
+fn named(stored: &[Workflow], pick: impl Fn(&WorkflowSpec) -> bool) -> Vec<String> {
+    built(stored)
         .iter()
-        .filter(|s| s.profiles().contains(profile))
+        .filter(|s| pick(s))
         .map(|s| s.name.clone())
         .collect()
+}
+
+/// The stored workflows that name QoS profile `profile`, for themselves or a step.
+pub fn using_profile(profile: &str, stored: &[Workflow]) -> Vec<String> {
+    named(stored, |s| s.profiles().contains(profile))
 }
 
 /// The stored workflows that run `name` as a step.
 pub fn callers(name: &str, stored: &[Workflow]) -> Vec<String> {
-    let all = parsed(stored, "");
-    let Ok(specs) = presage_workflow::build(&all, None, &Known::default()) else {
-        return Vec::new();
-    };
-    specs
-        .iter()
-        .filter(|s| s.name != name && s.runs().contains(&name))
-        .map(|s| s.name.clone())
-        .collect()
+    named(stored, |s| s.name != name && s.runs().contains(&name))
 }
 
 /// Workflow -> the services its steps call, through the workflows it runs.
 pub fn constituents(stored: &[Workflow]) -> BTreeMap<String, BTreeSet<String>> {
-    let all = parsed(stored, "");
-    match presage_workflow::build(&all, None, &Known::default()) {
-        Ok(specs) => resolve(&specs),
-        Err(_) => BTreeMap::new(),
-    }
+    resolve(&built(stored))
 }
 
 fn resolve(specs: &[Arc<WorkflowSpec>]) -> BTreeMap<String, BTreeSet<String>> {

@@ -339,8 +339,6 @@ async fn a_subject_assigned_through_the_api_is_enforced_by_the_proxy_within_a_se
     .expect("alice is no longer limited");
 }
 
-/// The spec's `requestService`: instances that meet the profile's accuracy, cheapest
-/// first; when none does, the best available serves and a miss is counted.
 /// A fresh proxy gets a route that names a QoS profile: profiles are subscribed to (and
 /// so applied) before routes; the other way round the first batch of routes was refused
 /// for naming a profile the proxy had not seen yet, until something else changed.
@@ -385,6 +383,8 @@ async fn a_route_naming_a_profile_reaches_a_fresh_proxy() {
     );
 }
 
+/// The spec's `requestService`: instances that meet the profile's accuracy, cheapest
+/// first; when none does, the best available serves and a miss is counted.
 #[tokio::test]
 async fn instances_are_chosen_by_accuracy_then_price() {
     let (a, b, c) = (
@@ -707,6 +707,19 @@ async fn tenant_tokens_see_and_change_only_their_own_profiles_and_subjects() {
         .await
         .0,
         StatusCode::FORBIDDEN
+    );
+    // Nor claim globex as a tenant subject before anyone assigns it.
+    let (s, v) = call(
+        Some(ACME),
+        Method::PUT,
+        "/v1/subjects/globex",
+        r#"{"kind":"tenant","tier":"bronze"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::FORBIDDEN, Some("id")),
+        "{v}"
     );
     // The admin sees everything.
     let (_, all) = call(Some(ADMIN), Method::GET, "/v1/subjects", "").await;

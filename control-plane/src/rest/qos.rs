@@ -305,7 +305,20 @@ pub(super) async fn put_subject(
         id.clone(),
         &bytes,
         |s: &mut Subject| &mut s.id,
-        |s| scope_write(&caller, &mut s.tenant, existing, "subject", &id),
+        |s| {
+            // Subject ids are global: a tenant names itself as a tenant subject, never
+            // another tenant (whose assignment it would otherwise set first).
+            if let Some(own) = caller
+                .tenant()
+                .filter(|own| s.kind == "tenant" && s.id != *own)
+            {
+                return Err(ApiError::forbidden(
+                    Some("id"),
+                    format!("tenant {own:?} cannot assign tenant {:?}", s.id),
+                ));
+            }
+            scope_write(&caller, &mut s.tenant, existing, "subject", &id)
+        },
         |s: &Subject| validate::subject(s, usable, |t| tier_exists(&api, t)),
         Body::Subject,
     )
