@@ -31,6 +31,12 @@ impl Drop for ConnGuard {
     }
 }
 
+/// TCP keep-alive on downstream connections: first probe after a minute of silence,
+/// then every 10 s (the kernel gives up after its default 9 unanswered probes).
+const DOWNSTREAM_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10));
+
 /// Accepts until `stop` fires. `watcher` is called per connection to register it for drain.
 pub async fn accept_loop(
     shared: Arc<Shared>,
@@ -54,6 +60,10 @@ pub async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        // A client that vanishes without a FIN (a dead host, a dropped route) is found
+        // within minutes: an upgraded tunnel or a long body would otherwise hold its
+        // socket and upstream connection for good.
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&DOWNSTREAM_KEEPALIVE);
         let (tls, transparent, inbound) = shared
             .live
             .load()

@@ -39,11 +39,13 @@ impl OutlierState {
 
     /// Records a failure; returns the ejection duration if this failure ejected the endpoint.
     pub fn on_failure(&self, policy: &OutlierPolicy, now_ms: u64) -> Option<Duration> {
+        // Failures of requests still in flight when it was ejected are not counted: a
+        // re-admitted endpoint starts afresh, not one failure short of a longer ejection.
+        if policy.consecutive_failures == 0 || self.is_ejected(now_ms) {
+            return None;
+        }
         let n = self.consecutive.fetch_add(1, Relaxed) + 1;
-        if policy.consecutive_failures == 0
-            || n < policy.consecutive_failures
-            || self.is_ejected(now_ms)
-        {
+        if n < policy.consecutive_failures {
             return None;
         }
         // Only one of several racing failures ejects.
@@ -97,6 +99,16 @@ mod tests {
         assert_eq!(s.on_failure(&p, 0), Some(Duration::from_secs(1)));
         assert!(s.is_ejected(999));
         assert!(!s.is_ejected(1000));
+        // Failures while ejected (requests already in flight) do not count afterwards.
+        for _ in 0..5 {
+            assert_eq!(s.on_failure(&p, 500), None);
+        }
+        assert_eq!(s.on_failure(&p, 1000), None, "re-admitted afresh");
+        assert_eq!(s.on_failure(&p, 1000), None);
+        assert!(
+            s.on_failure(&p, 1000).is_some(),
+            "three new failures eject again"
+        );
     }
 
     #[test]

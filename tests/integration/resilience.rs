@@ -391,3 +391,33 @@ async fn access_log_writes_one_json_line_per_request() {
     assert_eq!(v["upstream"], up.addr.to_string());
     assert!(v["duration_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// Downstream connections carry TCP keep-alive, so one whose client vanished without a
+/// FIN (an upgraded tunnel, a long body) is found and closed by the kernel.
+#[tokio::test]
+async fn downstream_connections_are_kept_alive_by_tcp() {
+    let up = Upstream::spawn("svc").await;
+    let proxy = Proxy::start(&one_cluster(&[up.addr], "")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "the connection is up"
+    );
+    // The proxy's side of this connection, as the kernel sees it (iproute2's ss).
+    let filter = format!(
+        "( sport = :{} and dport = :{} )",
+        proxy.addr.port(),
+        s.local_addr().unwrap().port()
+    );
+    let out = std::process::Command::new("ss")
+        .args(["-tno", "state", "established", &filter])
+        .output()
+        .expect("ss from iproute2");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("timer:(keepalive"), "{out}");
+}

@@ -48,7 +48,11 @@ async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
         .with_timeout(REQUEST_TIMEOUT)
         // Notice a dead member within seconds even while nothing changes.
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the rest answers watches with silence and leases with
+        // stale state: asking for a leader makes it fail instead, and the backend
+        // reconnects (to another member when given several).
+        .with_require_leader(true);
     Client::connect(endpoints, Some(opts)).await
 }
 
