@@ -27,6 +27,7 @@ use crate::proxies::{Proxies, ProxyStatus};
 use crate::resources::Resources;
 use crate::store::StoreError;
 use crate::validate::{self, FieldError};
+use input::{body, query};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -170,6 +171,7 @@ struct ApiDoc;
 mod demand;
 mod deps;
 mod events;
+mod input;
 mod qos;
 mod scaling;
 mod workflows;
@@ -347,42 +349,6 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self)).into_response()
     }
-}
-
-/// Parses a query string, naming the key at fault on error (a JSON 400 like every other
-/// error); unknown keys are refused by the query types.
-fn query<T: serde::de::DeserializeOwned>(q: Option<String>) -> Result<T, ApiError> {
-    let q = q.unwrap_or_default();
-    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = match e.path().to_string() {
-            p if p == "." => "(query)".to_string(),
-            p => p,
-        };
-        let message = e.inner().to_string();
-        ApiError::invalid(vec![FieldError { field, message }])
-    })
-}
-
-/// Parses a JSON body, naming the field at fault on error.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let field = match e.path().to_string() {
-            p if p == "." => "(body)".to_string(),
-            p => p,
-        };
-        let message = e.inner().to_string();
-        ApiError::invalid(vec![FieldError { field, message }])
-    })?;
-    // One JSON value and nothing after it (whitespace aside), as `from_slice` insists.
-    de.end().map_err(|e| {
-        ApiError::invalid(vec![FieldError {
-            field: "(body)".into(),
-            message: e.to_string(),
-        }])
-    })?;
-    Ok(value)
 }
 
 // === resources, generically ===
