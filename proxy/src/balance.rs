@@ -47,6 +47,14 @@ impl Default for PeakEwma {
 }
 
 impl PeakEwma {
+    /// The estimate as it stands, for the same endpoint in a rebuilt cluster.
+    pub fn carried(&self) -> PeakEwma {
+        PeakEwma {
+            rtt_ns: AtomicU64::new(self.rtt_ns.load(Relaxed)),
+            stamp_ms: AtomicU64::new(self.stamp_ms.load(Relaxed)),
+        }
+    }
+
     pub fn observe(&self, rtt: Duration) {
         self.observe_at(now_ms(), rtt);
     }
@@ -99,6 +107,15 @@ impl Default for FailureRate {
 }
 
 impl FailureRate {
+    /// The counts as they stand, for the same endpoint in a rebuilt cluster.
+    pub fn carried(&self) -> FailureRate {
+        FailureRate {
+            attempts: AtomicU64::new(self.attempts.load(Relaxed)),
+            failures: AtomicU64::new(self.failures.load(Relaxed)),
+            stamp_ms: AtomicU64::new(self.stamp_ms.load(Relaxed)),
+        }
+    }
+
     pub fn observe_at(&self, now: u64, failed: bool) {
         let stamp = self.stamp_ms.load(Relaxed);
         let halvings = now.saturating_sub(stamp) / HALF_LIFE_MS;

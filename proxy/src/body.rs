@@ -217,19 +217,34 @@ pin_project_lite::pin_project! {
     pub enum RequestBody {
         /// No body (also what a retry of a body-less request sends).
         Empty,
-        /// The downstream body, streamed, counting bytes against `remaining` of `limit`.
-        Stream { #[pin] inner: Incoming, remaining: u64, limit: u64 },
+        /// The downstream body, streamed, counting bytes against `remaining` of `limit`;
+        /// a failure is also left in `fault`.
+        Stream { #[pin] inner: Incoming, remaining: u64, limit: u64, fault: BodyFault },
         /// A body the proxy made (a workflow step's), sent in one frame.
         Bytes { data: Option<Bytes> },
     }
 }
 
+/// Where a streamed request body leaves its failure for the request path: hyper's
+/// HTTP/2 client sends the body from a task of its own and reports only a reset, which
+/// would read as the upstream's fault (502, and counted against the endpoint).
+pub type BodyFault = std::sync::Arc<std::sync::OnceLock<DownstreamFault>>;
+
+/// A downstream body failure, as the request path needs it (the error itself goes to
+/// hyper).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DownstreamFault {
+    TooLarge(u64),
+    Read(String),
+}
+
 impl RequestBody {
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
+    pub fn limited(inner: Incoming, limit: u64, fault: BodyFault) -> Self {
         RequestBody::Stream {
             inner,
             remaining: limit,
             limit,
+            fault,
         }
     }
 }
@@ -249,18 +264,24 @@ impl Body for RequestBody {
                 inner,
                 remaining,
                 limit,
+                fault,
             } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         let n = data.len() as u64;
                         if n > *remaining {
+                            let _ = fault.set(DownstreamFault::TooLarge(*limit));
                             return Poll::Ready(Some(Err(DownstreamBodyError::TooLarge(*limit))));
                         }
                         *remaining -= n;
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(DownstreamBodyError::Read(e)))),
+                Poll::Ready(Some(Err(e))) => {
+                    let e = DownstreamBodyError::Read(e);
+                    let _ = fault.set(DownstreamFault::Read(e.to_string()));
+                    Poll::Ready(Some(Err(e)))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },

@@ -37,6 +37,15 @@ pub enum ProxyError {
     Forbidden(String),
 }
 
+impl From<&crate::body::DownstreamFault> for ProxyError {
+    fn from(f: &crate::body::DownstreamFault) -> Self {
+        match f {
+            crate::body::DownstreamFault::TooLarge(n) => ProxyError::BodyTooLarge(*n),
+            crate::body::DownstreamFault::Read(m) => ProxyError::BadRequestBody(m.clone()),
+        }
+    }
+}
+
 impl ProxyError {
     /// Classifies a client error by walking its source chain: a downstream body failure
     /// anywhere in it is the client's fault, whatever wrapped it.

@@ -374,10 +374,11 @@ async fn proxy(
         budget.deposit();
     }
     let idempotent = is_idempotent(&parts.method);
-    let mut body = Some(if replayable {
-        RequestBody::Empty
-    } else {
-        RequestBody::limited(body, limits.max_body_bytes)
+    // Made only for a body that streams: where it leaves its own failure.
+    let fault = (!replayable).then(crate::body::BodyFault::default);
+    let mut body = Some(match &fault {
+        None => RequestBody::Empty,
+        Some(f) => RequestBody::limited(body, limits.max_body_bytes, f.clone()),
     });
     let mut avoid = None;
     let mut attempt = 0u32;
@@ -487,6 +488,12 @@ async fn proxy(
                 return Err(ProxyError::Timeout(timeout));
             }
             Ok(Err(err)) => {
+                // The downstream body failed under it: the client's fault, whatever the
+                // upstream connection made of it.
+                let err = match fault.as_ref().and_then(|f| f.get()) {
+                    Some(f) => ProxyError::from(f),
+                    None => err,
+                };
                 if err.is_client_fault() {
                     return Err(err);
                 }

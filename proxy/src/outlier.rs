@@ -27,6 +27,17 @@ pub struct OutlierState {
 }
 
 impl OutlierState {
+    /// The state as it stands (an ejection included), for the same endpoint in a
+    /// rebuilt cluster.
+    pub fn carried(&self) -> OutlierState {
+        OutlierState {
+            consecutive: AtomicU32::new(self.consecutive.load(Relaxed)),
+            ejected_until_ms: AtomicU64::new(self.ejected_until_ms.load(Relaxed)),
+            ejections: AtomicU32::new(self.ejections.load(Relaxed)),
+            last_ejected_ms: AtomicU64::new(self.last_ejected_ms.load(Relaxed)),
+        }
+    }
+
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Relaxed) > now_ms
     }

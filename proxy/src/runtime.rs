@@ -74,7 +74,10 @@ impl Runtime {
                 .and_then(|p| p.clusters.get(&spec.name))
                 .filter(|c| c.spec == spec)
                 .cloned();
-            let cluster = reused.unwrap_or_else(|| Arc::new(Cluster::new(spec.clone(), metrics)));
+            let cluster = reused.unwrap_or_else(|| {
+                let old = previous.and_then(|p| p.clusters.get(&spec.name));
+                Arc::new(Cluster::new(spec.clone(), metrics, old.map(|c| &**c)))
+            });
             clusters.insert(spec.name, cluster);
         }
         let bind = |spec: RouteSpec| {

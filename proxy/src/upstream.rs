@@ -121,34 +121,50 @@ impl Outcome {
 }
 
 impl Cluster {
-    pub fn new(spec: ClusterSpec, metrics: &Metrics) -> Self {
+    /// A cluster built from `spec`. An endpoint that `previous` (the cluster it replaces
+    /// after a reload or a push) also had keeps what was learnt of it: its latency
+    /// estimate, failure rate and ejection, and its idle connections when the transport
+    /// is the same. An autoscaled service's endpoints change often; the others must
+    /// not start over each time.
+    pub fn new(spec: ClusterSpec, metrics: &Metrics, previous: Option<&Cluster>) -> Self {
         let scheme = if spec.tls.is_some() {
             Scheme::HTTPS
         } else {
             Scheme::HTTP
         };
+        let same_transport =
+            previous.is_some_and(|p| p.spec.protocol == spec.protocol && p.spec.tls == spec.tls);
+        let known: std::collections::HashMap<&http::uri::Authority, &Endpoint> = previous
+            .map(|p| p.endpoints.iter().map(|e| (&e.spec.authority, e)).collect())
+            .unwrap_or_default();
         let endpoints: Vec<Endpoint> = spec
             .endpoints
             .iter()
             .enumerate()
-            .map(|(index, e)| Endpoint {
-                spec: e.clone(),
-                scheme: scheme.clone(),
-                ewma: PeakEwma::default(),
-                failures: FailureRate::default(),
-                pending: AtomicUsize::new(0),
-                pool: crate::h1::Pool::new(
-                    POOL_IDLE,
-                    Metrics::cluster_counter(&metrics.upstream_connections, &spec.name),
-                ),
-                outlier: OutlierState::default(),
-                index,
-                accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),
-                price: metadata_number(&e.metadata, "price").unwrap_or(0.0),
-                reserved_for: crate::warm::Reservation::of(&e.metadata),
-                load: metrics
-                    .service_load
-                    .get_endpoint(&spec.name, e.authority.as_ref()),
+            .map(|(index, e)| {
+                let old = known.get(&e.authority);
+                Endpoint {
+                    spec: e.clone(),
+                    scheme: scheme.clone(),
+                    ewma: old.map_or_else(PeakEwma::default, |o| o.ewma.carried()),
+                    failures: old.map_or_else(FailureRate::default, |o| o.failures.carried()),
+                    pending: AtomicUsize::new(0),
+                    pool: match old.filter(|_| same_transport) {
+                        Some(o) => o.pool.clone(),
+                        None => crate::h1::Pool::new(
+                            POOL_IDLE,
+                            Metrics::cluster_counter(&metrics.upstream_connections, &spec.name),
+                        ),
+                    },
+                    outlier: old.map_or_else(OutlierState::default, |o| o.outlier.carried()),
+                    index,
+                    accuracy: metadata_number(&e.metadata, "accuracy").unwrap_or(1.0),
+                    price: metadata_number(&e.metadata, "price").unwrap_or(0.0),
+                    reserved_for: crate::warm::Reservation::of(&e.metadata),
+                    load: metrics
+                        .service_load
+                        .get_endpoint(&spec.name, e.authority.as_ref()),
+                }
             })
             .collect();
         let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
@@ -258,4 +274,48 @@ fn build_client(spec: &ClusterSpec) -> UpstreamClient {
         .http2_initial_stream_window_size(1 << 20)
         .http2_initial_connection_window_size(4 << 20)
         .build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(endpoints: &str) -> ClusterSpec {
+        let yaml = format!(
+            "listeners: [{{address: \"127.0.0.1:0\"}}]\nroutes: [{{cluster: web}}]\n\
+             clusters:\n  - name: web\n    outlier_detection: {{consecutive_failures: 2}}\n    endpoints: {endpoints}\n"
+        );
+        crate::config::parse(&yaml, "t.yaml", None)
+            .unwrap()
+            .clusters
+            .remove(0)
+    }
+
+    /// An endpoint change (a scale-up, a new weight) rebuilds the cluster; the endpoints
+    /// it keeps keep their ejection, latency estimate and idle connections.
+    #[test]
+    fn a_rebuilt_cluster_keeps_what_it_knew_of_the_endpoints_it_keeps() {
+        let metrics = Metrics::new();
+        let a = Cluster::new(
+            spec("[{address: \"10.0.0.1:80\"}, {address: \"10.0.0.2:80\"}]"),
+            &metrics,
+            None,
+        );
+        let x = &a.endpoints[0];
+        let now = now_ms();
+        x.ewma.observe_at(now, Duration::from_millis(40));
+        assert!(x.outlier.on_failure(&a.spec.outlier, now).is_none());
+        assert!(x.outlier.on_failure(&a.spec.outlier, now).is_some());
+        let b = Cluster::new(
+            spec("[{address: \"10.0.0.1:80\", weight: 2}, {address: \"10.0.0.3:80\"}]"),
+            &metrics,
+            Some(&a),
+        );
+        let (kept, new) = (&b.endpoints[0], &b.endpoints[1]);
+        assert!(kept.outlier.is_ejected(now), "still ejected");
+        assert_eq!(kept.ewma.estimate_at(now), x.ewma.estimate_at(now));
+        assert!(Arc::ptr_eq(&kept.pool, &x.pool), "its idle connections");
+        assert!(!new.outlier.is_ejected(now));
+        assert!(!Arc::ptr_eq(&new.pool, &a.endpoints[1].pool));
+    }
 }

@@ -305,6 +305,31 @@ async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
     );
 }
 
+/// Over an HTTP/2 cluster too, a request body over the limit is the client's fault: 413,
+/// and nothing counted against the endpoint (hyper's HTTP/2 client sends the body from a
+/// task of its own and reports only a reset).
+#[tokio::test]
+async fn an_oversized_body_is_a_413_over_an_http2_cluster_too() {
+    let up = Upstream::spawn("svc").await;
+    let yaml = one_cluster(&[up.addr], "    protocol: http2\n")
+        .replace("admin:\n", "limits: { max_body_bytes: 1000 }\nadmin:\n");
+    let proxy = Proxy::start(&yaml).await;
+    let streamed = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n",
+        "b".repeat(2000)
+    );
+    let status = raw(proxy.addr, streamed.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    assert_eq!(
+        proxy
+            .metric("presage_upstream_errors_total", &[("cluster", "up")])
+            .await,
+        0.0,
+        "not the endpoint's fault"
+    );
+    assert_eq!(get(&h1_client(), &proxy.url("/ok")).await.status, 200);
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let up = Upstream::spawn("slow").await;
