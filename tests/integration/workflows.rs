@@ -100,6 +100,11 @@ workflows:
 "#;
 
 async fn mesh() -> (Proxy, Upstream, Upstream, Upstream) {
+    mesh_with("").await
+}
+
+/// `mesh()` with `extra` top-level config (e.g. limits).
+async fn mesh_with(extra: &str) -> (Proxy, Upstream, Upstream, Upstream) {
     let users = Upstream::spawn("users").await;
     let orders = Upstream::spawn("orders").await;
     let flaky = Upstream::spawn("flaky").await;
@@ -110,7 +115,7 @@ async fn mesh() -> (Proxy, Upstream, Upstream, Upstream) {
         cluster("flaky", &flaky)
     );
     let profiles = "qos_profiles:\n  - { name: gold, tier: gold }\n  - { name: quick, tier: silver, latency_p99_ms: 150 }\n";
-    let proxy = Proxy::start(&config(&format!("{clusters}{profiles}{FLOWS}"))).await;
+    let proxy = Proxy::start(&config(&format!("{extra}{clusters}{profiles}{FLOWS}"))).await;
     (proxy, users, orders, flaky)
 }
 
@@ -324,6 +329,17 @@ async fn an_asynchronous_run_answers_202_and_its_status_shows_each_step() {
     assert_eq!(names, ["wait", "done"]);
     let unknown = get(&h1_client(), &proxy.url("/workflows/requests/nope")).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+/// A workflow's input over the body limit is a 413, as a proxied request's is.
+#[tokio::test]
+async fn a_workflow_input_over_the_body_limit_is_a_413() {
+    let (proxy, _users, _orders, _flaky) = mesh_with("limits: { max_body_bytes: 3000 }\n").await;
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(4000));
+    let a = post(&proxy, "/workflows/later", &big, false).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.body);
+    let a = post(&proxy, "/workflows/later", "{}", false).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 }
 
 /// A caller that goes away (an h2 stream reset) does not cancel a run half-way: it

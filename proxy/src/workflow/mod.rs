@@ -170,6 +170,13 @@ async fn invoke(
     let limit = rt.config.limits.max_body_bytes as usize;
     let bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
+        // Over the limit is 413, as for a proxied request; a broken body is 400.
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body exceeds the limit of {limit} bytes"),
+            )
+        }
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
