@@ -421,14 +421,7 @@ async fn proxy(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        if qos.budget.is_some() {
-            // What is left of the budget, for the upstream (and its own sidecar's calls).
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            up.headers_mut().insert(
-                qos::X_PRESAGE_TIMEOUT_MS.clone(),
-                HeaderValue::from(left.as_millis() as u64),
-            );
-        }
+        pass_budget(&mut up, qos.budget, deadline);
 
         let tried = match hedge {
             None => {
@@ -449,15 +442,8 @@ async fn proxy(
                     *up.uri_mut() = endpoint_uri(other, &path).ok()?;
                     *up.version_mut() = version;
                     *up.headers_mut() = parts.headers.clone();
-                    // As the first attempt: what is left of the budget, when there is one
-                    // (the copy's headers may come back for a retry).
-                    if qos.budget.is_some() {
-                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        up.headers_mut().insert(
-                            qos::X_PRESAGE_TIMEOUT_MS.clone(),
-                            HeaderValue::from(left.as_millis() as u64),
-                        );
-                    }
+                    // As the first attempt (the copy's headers may come back for a retry).
+                    pass_budget(&mut up, qos.budget, deadline);
                     Some((other, up))
                 };
                 let hedged = Box::pin(attempt::hedged(
@@ -538,6 +524,18 @@ async fn proxy(
             return Err(ProxyError::Timeout(timeout));
         }
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// What is left of the request's budget, when it has one, for the upstream (and its own
+/// sidecar's calls) as `x-presage-timeout-ms`.
+fn pass_budget<B>(up: &mut Request<B>, budget: Option<Duration>, deadline: tokio::time::Instant) {
+    if budget.is_some() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        up.headers_mut().insert(
+            qos::X_PRESAGE_TIMEOUT_MS.clone(),
+            HeaderValue::from(left.as_millis() as u64),
+        );
     }
 }
 

@@ -72,15 +72,7 @@ pub(crate) fn prepare_headers(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
-        match h.entry(header::HOST) {
-            header::Entry::Occupied(mut e) if *e.get() != v => {
-                e.insert(v);
-            }
-            header::Entry::Occupied(_) => {}
-            header::Entry::Vacant(e) => {
-                e.insert(v);
-            }
-        }
+        h.insert(header::HOST, v);
     }
     headers::strip_hop_by_hop(h, upgrade);
     headers::add_forwarded(h, &conn.forwarded_for, conn.tls);
