@@ -11,7 +11,7 @@
 //! ```
 //! Layering, lowest first: `config` (and `routing`, `tls`), `load`, `metrics`,
 //! `outlier`/`balance`, `qos`, `upstream`, `runtime`, `control_plane`, `telemetry`, `state`,
-//! `downstream`, `rewrite`, `upgrade`, `forward`, `coalesce`, `listen`/`admin`/`reload`/`xds`, then `server`.
+//! `downstream`, `rewrite`, `splice`, `upgrade`, `forward`, `coalesce`, `listen`/`admin`/`reload`/`xds`, then `server`.
 //! No feature flags.
 
 #![forbid(unsafe_code)]
@@ -42,6 +42,7 @@ pub mod rewrite;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod splice;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

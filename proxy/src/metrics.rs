@@ -7,7 +7,7 @@
 //! Prometheus histogram plus quantile gauges. Endpoint health is read from the live
 //! config at scrape time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub struct ErrorLabels {
     pub cluster: String,
     pub kind: &'static str,
 }
+
+/// `ErrorLabels::kind` values.
+pub const ERROR_KINDS: [&str; 3] = ["connect", "other", "status_5xx"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct XdsLabels {
@@ -108,6 +111,7 @@ pub struct Metrics {
     /// Requests refused by a listener's authorization rules.
     pub authz_denied: Counter,
     pub ejections: Family<ClusterLabels, Counter>,
+    pub ejections_refused: Family<ClusterLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub generation: Gauge,
@@ -122,7 +126,28 @@ pub struct Metrics {
     /// Per-service counters for the control plane's telemetry (not exported here).
     pub service_load: crate::load::ServiceLoads,
     pub qos_requests: Family<QosLabels, Counter>,
+    /// Label values series were made for, so that `retain` can drop those of routes,
+    /// clusters and tiers a new config no longer has.
+    made: Mutex<Made>,
 }
+
+#[derive(Debug, Default)]
+struct Made {
+    routes: HashSet<(String, String)>,
+    clusters: HashSet<String>,
+    tiers: HashSet<String>,
+}
+
+/// The routes (name, cluster), clusters and tiers a config has: the series to keep.
+#[derive(Debug, Default)]
+pub struct LiveNames<'a> {
+    pub routes: HashSet<(&'a str, &'a str)>,
+    pub clusters: HashSet<&'a str>,
+    pub tiers: HashSet<&'a str>,
+}
+
+/// Route name of the stats for requests that matched no route; never dropped.
+pub const NO_ROUTE: &str = "-";
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
@@ -164,6 +189,7 @@ impl Metrics {
             mtls_connections: Counter::default(),
             authz_denied: Counter::default(),
             ejections: Family::default(),
+            ejections_refused: Family::default(),
             upstream_errors: Family::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
@@ -177,7 +203,83 @@ impl Metrics {
             telemetry_transitions_dropped: Counter::default(),
             service_load: Default::default(),
             qos_requests,
+            made: Mutex::default(),
         }
+    }
+
+    fn made(&self) -> std::sync::MutexGuard<'_, Made> {
+        self.made.lock().expect("metrics names lock poisoned")
+    }
+
+    /// Drops every series of a route, cluster or tier that `live` does not have, so a
+    /// removed one stops being exported (frozen) and its memory is freed: routes and
+    /// clusters come and go with every scale event and API change of a mesh. A request
+    /// still in flight on the old config records into handles no longer exported.
+    pub fn retain(&self, live: &LiveNames<'_>) {
+        let mut made = self.made();
+        made.routes.retain(|(route, cluster)| {
+            let keep =
+                route == NO_ROUTE || live.routes.contains(&(route.as_str(), cluster.as_str()));
+            if !keep {
+                for status_class in CLASSES {
+                    self.requests.remove(&RequestLabels {
+                        route: route.clone(),
+                        cluster: cluster.clone(),
+                        status_class,
+                    });
+                }
+                self.latency.remove(route, cluster);
+            }
+            keep
+        });
+        made.clusters.retain(|cluster| {
+            let keep = live.clusters.contains(cluster.as_str());
+            if !keep {
+                let labels = ClusterLabels {
+                    cluster: cluster.clone(),
+                };
+                for family in [
+                    &self.retries,
+                    &self.hedges,
+                    &self.idle_timeouts,
+                    &self.upstream_connections,
+                    &self.ejections,
+                    &self.ejections_refused,
+                ] {
+                    family.remove(&labels);
+                }
+                for kind in ERROR_KINDS {
+                    self.upstream_errors.remove(&ErrorLabels {
+                        cluster: cluster.clone(),
+                        kind,
+                    });
+                }
+            }
+            keep
+        });
+        made.tiers.retain(|tier| {
+            let keep = live.tiers.contains(tier.as_str());
+            if !keep {
+                for outcome in QOS_OUTCOMES {
+                    self.qos_requests.remove(&QosLabels {
+                        tier: tier.clone(),
+                        outcome,
+                    });
+                }
+            }
+            keep
+        });
+    }
+
+    /// A cluster's `upstream_errors` handle for `kind` (one of `ERROR_KINDS`).
+    pub fn upstream_error(&self, cluster: &str, kind: &'static str) -> Counter {
+        self.made().clusters.insert(cluster.to_string());
+        self.upstream_errors
+            .get_or_create(&ErrorLabels {
+                cluster: cluster.to_string(),
+                kind,
+            })
+            .clone()
     }
 
     /// Records a certificate renewal; `expires` is kept only when it succeeded.
@@ -196,6 +298,7 @@ impl Metrics {
 
     /// A tier's `qos_requests` handles, by outcome (`QOS_OUTCOMES`).
     pub fn qos_counters(&self, tier: &str) -> [Counter; QOS_OUTCOMES.len()] {
+        self.made().tiers.insert(tier.to_string());
         QOS_OUTCOMES.map(|outcome| {
             self.qos_requests
                 .get_or_create(&QosLabels {
@@ -261,7 +364,7 @@ impl Metrics {
         );
         r.register(
             "upstream_idle_timeouts",
-            "Response bodies cut because their upstream sent nothing for the cluster's idle_timeout",
+            "Response bodies cut because their upstream sent nothing, and upgraded connections closed because neither side did, for the cluster's idle_timeout",
             self.idle_timeouts.clone(),
         );
         r.register(
@@ -273,6 +376,11 @@ impl Metrics {
             "outlier_ejections",
             "Endpoints ejected by outlier detection",
             self.ejections.clone(),
+        );
+        r.register(
+            "outlier_ejections_refused",
+            "Ejections due but not made: the cluster's max_ejection_percent was already ejected",
+            self.ejections_refused.clone(),
         );
         r.register(
             "upstream_errors",
@@ -333,6 +441,9 @@ impl Metrics {
     }
 
     pub fn route_stats(&self, route: &str, cluster: &str) -> RouteStats {
+        self.made()
+            .routes
+            .insert((route.to_string(), cluster.to_string()));
         let by_class = CLASSES.map(|status_class| {
             self.requests
                 .get_or_create(&RequestLabels {
@@ -348,7 +459,13 @@ impl Metrics {
         }
     }
 
-    pub fn cluster_counter(family: &Family<ClusterLabels, Counter>, cluster: &str) -> Counter {
+    /// `family`'s handle for `cluster` (one of the per-cluster families above).
+    pub fn cluster_counter(
+        &self,
+        family: &Family<ClusterLabels, Counter>,
+        cluster: &str,
+    ) -> Counter {
+        self.made().clusters.insert(cluster.to_string());
         family
             .get_or_create(&ClusterLabels {
                 cluster: cluster.into(),
@@ -391,6 +508,11 @@ impl LatencyCollector {
                 Arc::new(Mutex::new(h))
             })
             .clone()
+    }
+
+    fn remove(&self, route: &str, cluster: &str) {
+        let mut s = self.series.lock().expect("latency registry lock poisoned");
+        s.remove(&(route.to_string(), cluster.to_string()));
     }
 
     fn snapshot(&self) -> Vec<((String, String), Histogram<u64>)> {
@@ -480,6 +602,48 @@ mod tests {
             h.record(v).unwrap();
             let back = h.highest_equivalent(v) as f64;
             assert!(back / v as f64 - 1.0 < 0.01, "{v} -> {back}");
+        }
+    }
+
+    /// Routes, clusters and tiers a new config no longer has stop being exported; those
+    /// it keeps keep their counts.
+    #[test]
+    fn retain_drops_the_series_of_what_the_config_no_longer_has() {
+        let m = Metrics::new();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        m.route_stats(NO_ROUTE, NO_ROUTE)
+            .record(404, Duration::from_millis(1));
+        m.route_stats("old", "gone")
+            .record(200, Duration::from_millis(1));
+        m.route_stats("kept", "up")
+            .record(200, Duration::from_millis(1));
+        m.cluster_counter(&m.retries, "gone").inc();
+        m.cluster_counter(&m.retries, "up").inc();
+        m.upstream_error("gone", ERROR_KINDS[0]).inc();
+        m.qos_counters("bronze")[ADMITTED].inc();
+        m.qos_counters("gold")[ADMITTED].inc();
+        let text = encode(&registry);
+        for s in [r#"route="old""#, r#"cluster="gone""#, r#"tier="bronze""#] {
+            assert!(text.contains(s), "{s} before: {text}");
+        }
+        m.retain(&LiveNames {
+            routes: [("kept", "up")].into(),
+            clusters: ["up"].into(),
+            tiers: ["gold"].into(),
+        });
+        let text = encode(&registry);
+        for s in [r#"route="old""#, r#"cluster="gone""#, r#"tier="bronze""#] {
+            assert!(!text.contains(s), "{s} after: {text}");
+        }
+        for s in [
+            r#"presage_requests_total{route="kept",cluster="up",status_class="2xx"} 1"#,
+            r#"presage_requests_total{route="-",cluster="-",status_class="4xx"} 1"#,
+            r#"presage_retries_total{cluster="up"} 1"#,
+            r#"presage_request_duration_seconds_count{route="kept",cluster="up"} 1"#,
+            r#"tier="gold""#,
+        ] {
+            assert!(text.contains(s), "{s} kept: {text}");
         }
     }
 }

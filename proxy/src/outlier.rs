@@ -3,7 +3,8 @@
 //!
 //! State is lock-free and updated on the request path; the balancer only reads
 //! `is_ejected`. Counting ejections for metrics is the caller's job (`ejected` returns true
-//! exactly once per ejection).
+//! exactly once per ejection). How many endpoints of a cluster may be ejected at once is
+//! the cluster's to decide (`Cluster::record`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -48,8 +49,15 @@ impl OutlierState {
         }
     }
 
-    /// Records a failure; returns the ejection duration if this failure ejected the endpoint.
-    pub fn on_failure(&self, policy: &OutlierPolicy, now_ms: u64) -> Option<Duration> {
+    /// Records a failure; returns the ejection duration if this failure ejected the
+    /// endpoint. An ejection due happens only if `may_eject` agrees (the cluster's cap on
+    /// the share ejected); if not, the count starts again.
+    pub fn on_failure(
+        &self,
+        policy: &OutlierPolicy,
+        now_ms: u64,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<Duration> {
         // Failures of requests still in flight when it was ejected are not counted: a
         // re-admitted endpoint starts afresh, not one failure short of a longer ejection.
         if policy.consecutive_failures == 0 || self.is_ejected(now_ms) {
@@ -64,6 +72,7 @@ impl OutlierState {
             .consecutive
             .compare_exchange(n, 0, Relaxed, Relaxed)
             .is_err()
+            || !may_eject()
         {
             return None;
         }
@@ -95,6 +104,7 @@ mod tests {
             consecutive_failures: 3,
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(10),
+            max_ejection_percent: 100,
         }
     }
 
@@ -102,22 +112,22 @@ mod tests {
     fn ejects_after_consecutive_failures_only() {
         let s = OutlierState::default();
         let p = policy();
-        assert_eq!(s.on_failure(&p, 0), None);
-        assert_eq!(s.on_failure(&p, 0), None);
+        assert_eq!(s.on_failure(&p, 0, || true), None);
+        assert_eq!(s.on_failure(&p, 0, || true), None);
         s.on_success();
-        assert_eq!(s.on_failure(&p, 0), None);
-        assert_eq!(s.on_failure(&p, 0), None);
-        assert_eq!(s.on_failure(&p, 0), Some(Duration::from_secs(1)));
+        assert_eq!(s.on_failure(&p, 0, || true), None);
+        assert_eq!(s.on_failure(&p, 0, || true), None);
+        assert_eq!(s.on_failure(&p, 0, || true), Some(Duration::from_secs(1)));
         assert!(s.is_ejected(999));
         assert!(!s.is_ejected(1000));
         // Failures while ejected (requests already in flight) do not count afterwards.
         for _ in 0..5 {
-            assert_eq!(s.on_failure(&p, 500), None);
+            assert_eq!(s.on_failure(&p, 500, || true), None);
         }
-        assert_eq!(s.on_failure(&p, 1000), None, "re-admitted afresh");
-        assert_eq!(s.on_failure(&p, 1000), None);
+        assert_eq!(s.on_failure(&p, 1000, || true), None, "re-admitted afresh");
+        assert_eq!(s.on_failure(&p, 1000, || true), None);
         assert!(
-            s.on_failure(&p, 1000).is_some(),
+            s.on_failure(&p, 1000, || true).is_some(),
             "three new failures eject again"
         );
     }
@@ -130,9 +140,9 @@ mod tests {
         let mut got = vec![];
         for _ in 0..6 {
             for _ in 0..2 {
-                s.on_failure(&p, now);
+                s.on_failure(&p, now, || true);
             }
-            let d = s.on_failure(&p, now).unwrap();
+            let d = s.on_failure(&p, now, || true).unwrap();
             got.push(d.as_secs());
             now += d.as_millis() as u64;
         }
@@ -147,7 +157,7 @@ mod tests {
             ..policy()
         };
         for _ in 0..100 {
-            assert_eq!(s.on_failure(&p, 0), None);
+            assert_eq!(s.on_failure(&p, 0, || true), None);
         }
     }
 }

@@ -63,11 +63,7 @@ pub fn reload(shared: &Shared, path: &Path, force: bool) -> Result<u64, ConfigEr
         {
             tracing::warn!("admin, worker and control-plane changes take effect at the next restart; the rest is applied now");
         }
-        let runtime = Runtime::build(next, Some(&prev), &shared.metrics);
-        let generation = runtime.generation;
-        shared.live.store(Arc::new(runtime));
-        shared.metrics.generation.set(generation as i64);
-        Ok(generation)
+        Ok(shared.install(Runtime::build(next, Some(&prev), &shared.metrics)))
     });
     drop(dynamic);
     let label = ResultLabels {
@@ -77,7 +73,6 @@ pub fn reload(shared: &Shared, path: &Path, force: bool) -> Result<u64, ConfigEr
     let mut status = shared.reload.lock().expect("reload status lock poisoned");
     match &result {
         Ok(g) => {
-            status.generation = *g;
             status.last_error = None;
             tracing::info!(generation = g, path = %path.display(), "config reloaded");
         }

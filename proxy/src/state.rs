@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use crate::access_log::AccessLog;
 use crate::config::dynamic::Dynamic;
 use crate::config::Config;
-use crate::metrics::{Metrics, RouteStats};
+use crate::metrics::{LiveNames, Metrics, RouteStats};
 use crate::outlier::now_ms;
 use crate::runtime::Runtime;
 use crate::telemetry::Telemetry;
@@ -124,7 +124,7 @@ impl Shared {
         let access_log = AccessLog::new(metrics.access_log_dropped.clone());
         Arc::new(Shared {
             access_log,
-            no_route: metrics.route_stats("-", "-"),
+            no_route: metrics.route_stats(crate::metrics::NO_ROUTE, crate::metrics::NO_ROUTE),
             live,
             metrics,
             registry,
@@ -138,6 +138,34 @@ impl Shared {
             xds: XdsStatus::new(),
             telemetry,
         })
+    }
+}
+
+impl Shared {
+    /// Makes `runtime` the live one (a reload or a control-plane update): new requests
+    /// use it, requests in flight finish on the one they started with. Its generation is
+    /// reported by `/metrics` and `/config/status`, and the series of routes, clusters
+    /// and tiers it no longer has are dropped. Returns the generation.
+    pub fn install(&self, runtime: Runtime) -> u64 {
+        let generation = runtime.generation;
+        {
+            let live = LiveNames {
+                routes: (runtime.routes.iter())
+                    .chain(&runtime.destination_routes)
+                    .map(|r| (r.spec.name.as_str(), r.spec.cluster.as_str()))
+                    .collect(),
+                clusters: runtime.clusters.keys().map(String::as_str).collect(),
+                tiers: runtime.config.tiers.iter().map(|t| &*t.name).collect(),
+            };
+            self.metrics.retain(&live);
+        }
+        self.live.store(Arc::new(runtime));
+        self.metrics.generation.set(generation as i64);
+        self.reload
+            .lock()
+            .expect("reload status lock poisoned")
+            .generation = generation;
+        generation
     }
 }
 

@@ -1,6 +1,7 @@
 //! HTTP/1.1 protocol switches (WebSocket and friends): the handshake goes to an endpoint
 //! through hyper's client, and once both sides have switched the two upgraded
-//! connections are spliced until either closes.
+//! connections are spliced until either closes or both are silent for the cluster's
+//! `idle_timeout`.
 
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use crate::downstream::Conn;
 use crate::errors::ProxyError;
 use crate::rewrite::{endpoint_uri, prepare_headers, response, rewritten_path};
 use crate::runtime::Route;
+use crate::splice::Ended;
 use crate::upstream::Outcome;
 
 /// HTTP/1.1 protocol switch (WebSocket): forward the handshake, then splice the two
@@ -55,13 +57,21 @@ pub(crate) async fn upgrade(
     cluster.record(ep, Outcome::Success(t0.elapsed()));
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut res);
+        let (idle, cut) = (cluster.spec.idle_timeout, cluster.idle_timeouts.clone());
         tokio::spawn(async move {
             match tokio::try_join!(downstream, upstream) {
                 Ok((d, u)) => {
                     let mut d = hyper_util::rt::TokioIo::new(d);
                     let mut u = hyper_util::rt::TokioIo::new(u);
-                    if let Err(error) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        tracing::debug!(%error, "upgraded connection ended with an error");
+                    match crate::splice::splice(&mut d, &mut u, idle).await {
+                        Ok(Ended::Idle) => {
+                            cut.inc();
+                            tracing::debug!(?idle, "upgraded connection closed: idle");
+                        }
+                        Ok(Ended::Closed(..)) => {}
+                        Err(error) => {
+                            tracing::debug!(%error, "upgraded connection ended with an error")
+                        }
                     }
                 }
                 Err(error) => tracing::debug!(%error, "protocol upgrade failed"),

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::balance::{Balancer, FailureRate, PeakEwma};
 use crate::body::RequestBody;
 use crate::config::{ClusterSpec, EndpointSpec, Protocol};
-use crate::metrics::{ErrorLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::outlier::{now_ms, OutlierState};
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -80,6 +80,8 @@ pub struct Cluster {
     /// Requests admitted and not yet answered (see `qos::admit`).
     pub in_flight: AtomicUsize,
     ejections: Counter,
+    /// Ejections due but refused by `max_ejection_percent`.
+    ejections_refused: Counter,
     connect_errors: Counter,
     other_errors: Counter,
     status_5xx: Counter,
@@ -153,7 +155,7 @@ impl Cluster {
                         Some(o) => o.pool.clone(),
                         None => crate::h1::Pool::new(
                             POOL_IDLE,
-                            Metrics::cluster_counter(&metrics.upstream_connections, &spec.name),
+                            metrics.cluster_counter(&metrics.upstream_connections, &spec.name),
                         ),
                     },
                     outlier: old.map_or_else(OutlierState::default, |o| o.outlier.carried()),
@@ -168,15 +170,8 @@ impl Cluster {
             })
             .collect();
         let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight).collect();
-        let err = |kind| {
-            metrics
-                .upstream_errors
-                .get_or_create(&ErrorLabels {
-                    cluster: spec.name.clone(),
-                    kind,
-                })
-                .clone()
-        };
+        let [connect_errors, other_errors, status_5xx] =
+            crate::metrics::ERROR_KINDS.map(|kind| metrics.upstream_error(&spec.name, kind));
         let has_warm = endpoints.iter().any(|e| e.reserved_for.is_some());
         let has_user_warm = endpoints
             .iter()
@@ -188,16 +183,28 @@ impl Cluster {
             client: build_client(&spec),
             direct: spec.protocol == Protocol::Http1 && spec.tls.is_none(),
             endpoints,
-            retries: Metrics::cluster_counter(&metrics.retries, &spec.name),
-            hedges: Metrics::cluster_counter(&metrics.hedges, &spec.name),
-            idle_timeouts: Metrics::cluster_counter(&metrics.idle_timeouts, &spec.name),
+            retries: metrics.cluster_counter(&metrics.retries, &spec.name),
+            hedges: metrics.cluster_counter(&metrics.hedges, &spec.name),
+            idle_timeouts: metrics.cluster_counter(&metrics.idle_timeouts, &spec.name),
             in_flight: AtomicUsize::new(0),
-            ejections: Metrics::cluster_counter(&metrics.ejections, &spec.name),
-            connect_errors: err("connect"),
-            other_errors: err("other"),
-            status_5xx: err("status_5xx"),
+            ejections: metrics.cluster_counter(&metrics.ejections, &spec.name),
+            ejections_refused: metrics.cluster_counter(&metrics.ejections_refused, &spec.name),
+            connect_errors,
+            other_errors,
+            status_5xx,
             spec,
         }
+    }
+
+    /// Whether one more endpoint may be ejected: the first always may, more only while
+    /// the share ejected stays within `max_ejection_percent`.
+    fn may_eject(&self, now: u64) -> bool {
+        let ejected = (self.endpoints.iter())
+            .filter(|e| e.outlier.is_ejected(now))
+            .count();
+        ejected == 0
+            || (ejected + 1) * 100
+                <= self.spec.outlier.max_ejection_percent as usize * self.endpoints.len()
     }
 
     pub fn record(&self, ep: &Endpoint, outcome: Outcome) {
@@ -226,7 +233,15 @@ impl Cluster {
             }
         };
         if failed {
-            if let Some(d) = ep.outlier.on_failure(&self.spec.outlier, now) {
+            let may_eject = || {
+                let ok = self.may_eject(now);
+                if !ok {
+                    self.ejections_refused.inc();
+                    tracing::warn!(cluster = %self.spec.name, endpoint = %ep.spec.authority, "endpoint not ejected: max_ejection_percent already ejected");
+                }
+                ok
+            };
+            if let Some(d) = ep.outlier.on_failure(&self.spec.outlier, now, may_eject) {
                 self.ejections.inc();
                 tracing::warn!(cluster = %self.spec.name, endpoint = %ep.spec.authority, ejected_for = ?d, "endpoint ejected");
             }
@@ -304,8 +319,14 @@ mod tests {
         let x = &a.endpoints[0];
         let now = now_ms();
         x.ewma.observe_at(now, Duration::from_millis(40));
-        assert!(x.outlier.on_failure(&a.spec.outlier, now).is_none());
-        assert!(x.outlier.on_failure(&a.spec.outlier, now).is_some());
+        assert!(x
+            .outlier
+            .on_failure(&a.spec.outlier, now, || true)
+            .is_none());
+        assert!(x
+            .outlier
+            .on_failure(&a.spec.outlier, now, || true)
+            .is_some());
         let b = Cluster::new(
             spec("[{address: \"10.0.0.1:80\", weight: 2}, {address: \"10.0.0.3:80\"}]"),
             &metrics,
@@ -317,5 +338,40 @@ mod tests {
         assert!(Arc::ptr_eq(&kept.pool, &x.pool), "its idle connections");
         assert!(!new.outlier.is_ejected(now));
         assert!(!Arc::ptr_eq(&new.pool, &a.endpoints[1].pool));
+    }
+
+    /// A fault shared by many endpoints ejects at most `max_ejection_percent` of them
+    /// (one always may be), so the rest do not take the whole cluster's load.
+    #[test]
+    fn at_most_the_capped_share_of_a_cluster_is_ejected() {
+        let metrics = Metrics::new();
+        let four = (1..=4)
+            .map(|i| format!("{{address: \"10.0.0.{i}:80\"}}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let c = Cluster::new(spec(&format!("[{four}]")), &metrics, None);
+        assert_eq!(c.spec.outlier.max_ejection_percent, 50, "the default");
+        let fail = |c: &Cluster, ep: &Endpoint| {
+            for _ in 0..2 {
+                c.record(ep, Outcome::ConnectError);
+            }
+        };
+        c.endpoints.iter().for_each(|ep| fail(&c, ep));
+        let now = now_ms();
+        let ejected = |c: &Cluster| {
+            c.endpoints
+                .iter()
+                .filter(|e| e.outlier.is_ejected(now))
+                .count()
+        };
+        assert_eq!(ejected(&c), 2, "half of four");
+        assert_eq!(c.ejections.get(), 2);
+        assert_eq!(c.ejections_refused.get(), 2);
+
+        let mut one = spec("[{address: \"10.0.0.9:80\"}]");
+        one.outlier.max_ejection_percent = 0;
+        let c = Cluster::new(one, &metrics, None);
+        fail(&c, &c.endpoints[0]);
+        assert_eq!(ejected(&c), 1, "one endpoint always may be");
     }
 }

@@ -155,9 +155,7 @@ fn apply(shared: &Shared, response: DiscoveryResponse) -> Result<(), String> {
                 return Err(reason);
             }
         };
-        let runtime = Runtime::build(config, Some(&prev), &shared.metrics);
-        shared.metrics.generation.set(runtime.generation as i64);
-        shared.live.store(Arc::new(runtime));
+        shared.install(Runtime::build(config, Some(&prev), &shared.metrics));
     }
     *dynamic = next;
     drop(dynamic);

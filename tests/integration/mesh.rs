@@ -68,6 +68,10 @@ async fn a_change_reaches_a_connected_proxy_and_is_acked_within_a_second() {
     let applied = line(&mut proxy, "presage: xds applied presage.mesh.v1.Cluster").await;
     assert!(applied.ends_with("(1 changes)"), "{applied}");
     assert_eq!(instance(&proxy, "/").await, "b");
+    // A push is a new generation, reported alike by /config/status and /metrics.
+    let generation = proxy.metric("presage_config_generation", &[]).await;
+    assert!(generation > 1.0, "{generation}");
+    assert_eq!(proxy.reload_status().await["generation"], generation as u64);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use crate::support;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
+use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -142,7 +143,6 @@ async fn an_h2_stream_is_relayed_message_by_message() {
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::TokioExecutor;
     use std::convert::Infallible;
-    use std::time::Duration;
     let up = Upstream::spawn("stream").await;
     let proxy = Proxy::start(&one_cluster(&[up.addr], "    protocol: http2\n")).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
@@ -212,6 +212,45 @@ async fn protocol_upgrade_is_spliced_both_ways() {
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(buf, msg);
     }
+}
+
+/// An upgraded tunnel both of whose peers fall silent is closed after the cluster's
+/// `idle_timeout` (traffic either way keeps it open), and counted.
+#[tokio::test]
+async fn a_silent_upgraded_tunnel_is_closed_after_the_idle_timeout() {
+    let up = Upstream::spawn("ws").await;
+    let proxy = Proxy::start(&one_cluster(&[up.addr], "    idle_timeout: 2s\n")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed in the head");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let opened = std::time::Instant::now();
+    // Each echo is traffic both ways; 0.7 s apart, they outlast the 2 s limit.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+    assert!(opened.elapsed() > Duration::from_secs(2));
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the silent tunnel was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let cut = proxy
+        .metric("presage_upstream_idle_timeouts_total", &[("cluster", "up")])
+        .await;
+    assert_eq!(cut, 1.0);
 }
 
 #[tokio::test]

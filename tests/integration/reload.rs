@@ -186,3 +186,55 @@ async fn a_configmap_swap_reloads_sighup_rebuilds_and_bound_listeners_stay() {
         ("b".into(), "v1".parse().unwrap())
     );
 }
+
+/// A reload that removes a route and a cluster stops exporting their series: in a mesh
+/// routes and clusters come and go, and frozen series of the gone ones would pile up for
+/// as long as the proxy runs. What the new config keeps keeps its counts.
+#[tokio::test]
+async fn a_reload_drops_the_series_of_removed_routes_and_clusters() {
+    let (a, b) = (Upstream::spawn("a").await, Upstream::spawn("b").await);
+    let route = |name: &str, prefix: &str, cluster: &str| {
+        format!("  - name: {name}\n    match: {{ path: {{ prefix: {prefix} }} }}\n    cluster: {cluster}\n")
+    };
+    let cluster = |name: &str, up: &Upstream| {
+        format!(
+            "  - name: {name}\n    endpoints:\n      - address: \"{}\"\n",
+            up.addr
+        )
+    };
+    let both = config(&format!(
+        "routes:\n{}{}clusters:\n{}{}",
+        route("old", "/old", "gone"),
+        route("kept", "/", "up"),
+        cluster("gone", &b),
+        cluster("up", &a)
+    ));
+    let proxy = Proxy::start(&both).await;
+    let client = h1_client();
+    for path in ["/old", "/kept"] {
+        let res = client.get(proxy.url(path).parse().unwrap()).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let text = proxy.admin_get("/metrics").await.1;
+    assert!(text.contains(r#"route="old""#), "{text}");
+    assert!(text.contains(r#"cluster="gone""#), "{text}");
+
+    proxy.write_config(&config(&format!(
+        "routes:\n{}clusters:\n{}",
+        route("kept", "/", "up"),
+        cluster("up", &a)
+    )));
+    proxy
+        .wait_reload(|s| s["generation"].as_u64() == Some(2))
+        .await;
+    let text = proxy.admin_get("/metrics").await.1;
+    assert!(!text.contains(r#"route="old""#), "{text}");
+    assert!(!text.contains(r#"cluster="gone""#), "{text}");
+    let kept = [
+        ("route", "kept"),
+        ("cluster", "up"),
+        ("status_class", "2xx"),
+    ];
+    assert_eq!(metric_sum(&text, "presage_requests_total", &kept), 1.0);
+    assert_eq!(metric_sum(&text, "presage_config_generation", &[]), 2.0);
+}

@@ -9,6 +9,7 @@
 //! all the problems it finds, not just the first. This module does no I/O beyond reading the
 //! files the config names (TLS PEMs); swapping a config in is `reload`'s job.
 
+mod clusters;
 mod control_plane;
 pub mod dynamic;
 mod listeners;
@@ -65,6 +66,9 @@ pub mod defaults {
     pub const OUTLIER_FAILURES: u32 = 5;
     pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(5);
     pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+    /// At most half a cluster ejected at once (one endpoint always may be), so that a
+    /// fault shared by many endpoints does not pile their load onto the rest.
+    pub const OUTLIER_MAX_EJECTION_PERCENT: u32 = 50;
     /// Telemetry resolution the control plane's time series are built at.
     pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
     pub const USER_HEADER: &str = "x-presage-user";
@@ -242,6 +246,8 @@ pub struct OutlierPolicy {
     pub consecutive_failures: u32,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
+    /// Most endpoints ejected at once, in percent of the cluster; one always may be.
+    pub max_ejection_percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -588,110 +594,6 @@ impl Builder<'_> {
             subjects,
             workflows,
         }
-    }
-
-    fn clusters(&mut self, raw: &RawConfig) -> Vec<ClusterSpec> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for (i, c) in raw.clusters.iter().enumerate() {
-            let f = |s: &str| format!("clusters[{i}].{s}");
-            if !seen.insert(c.name.value.clone()) {
-                self.err(
-                    c.name.referenced,
-                    f("name"),
-                    format!("duplicate cluster name {:?}", c.name.value),
-                );
-            }
-            if c.endpoints.is_empty() && !c.dynamic {
-                self.err(
-                    c.name.referenced,
-                    f("endpoints"),
-                    "expected at least one endpoint, found none",
-                );
-            }
-            for (j, e) in c.endpoints.iter().enumerate() {
-                let max = presage_api::MAX_ENDPOINT_WEIGHT;
-                if e.weight == 0 || e.weight > max {
-                    self.err(
-                        c.name.referenced,
-                        f(&format!("endpoints[{j}].weight")),
-                        format!("expected 1..={max}, found {}", e.weight),
-                    );
-                }
-            }
-            let tls = c.tls.as_ref().and_then(|t| {
-                if t.mesh {
-                    return self.mesh_tls(raw, t, &f);
-                }
-                let ca_pem = match &t.ca {
-                    Some(ca) => Some(self.read(ca, f("tls.ca"))?),
-                    None => None,
-                };
-                let loc = t.ca.as_ref().map_or(c.name.referenced, |ca| ca.referenced);
-                if let Some(name) = &t.server_name {
-                    if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-                        self.err(
-                            c.name.referenced,
-                            f("tls.server_name"),
-                            format!("expected a DNS name or IP address, found {name:?}"),
-                        );
-                    }
-                }
-                match tls::client_config(ca_pem.as_deref()) {
-                    Ok(config) => Some(ClientTlsSpec {
-                        ca_pem,
-                        server_name: t.server_name.clone(),
-                        config,
-                        mesh: false,
-                    }),
-                    Err(e) => {
-                        self.err(loc, f("tls.ca"), e.to_string());
-                        None
-                    }
-                }
-            });
-            let o = &c.outlier_detection;
-            out.push(ClusterSpec {
-                name: c.name.value.clone(),
-                protocol: c.protocol,
-                load_balancer: c.load_balancer,
-                connect_timeout: c
-                    .connect_timeout
-                    .as_ref()
-                    .map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
-                idle_timeout: c
-                    .idle_timeout
-                    .as_ref()
-                    .map_or(defaults::UPSTREAM_IDLE_TIMEOUT, |d| d.0),
-                tls,
-                outlier: OutlierPolicy {
-                    consecutive_failures: o
-                        .consecutive_failures
-                        .unwrap_or(defaults::OUTLIER_FAILURES),
-                    base_ejection: o
-                        .base_ejection
-                        .as_ref()
-                        .map_or(defaults::OUTLIER_BASE_EJECTION, |d| d.0),
-                    max_ejection: o
-                        .max_ejection
-                        .as_ref()
-                        .map_or(defaults::OUTLIER_MAX_EJECTION, |d| d.0),
-                },
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .map(|e| EndpointSpec {
-                        authority: e.address.0.clone(),
-                        weight: e.weight.max(1),
-                        metadata: e.metadata.clone(),
-                    })
-                    .collect(),
-                max_in_flight: c.max_in_flight,
-                degraded: c.degraded,
-                degraded_callers: c.degraded_callers.clone(),
-            });
-        }
-        out
     }
 }
 

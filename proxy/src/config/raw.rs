@@ -340,6 +340,7 @@ pub struct RawOutlier {
     pub consecutive_failures: Option<u32>,
     pub base_ejection: Option<Dur>,
     pub max_ejection: Option<Dur>,
+    pub max_ejection_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

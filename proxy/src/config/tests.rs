@@ -140,6 +140,18 @@ fn endpoint_weights_are_bounded() {
 }
 
 #[test]
+fn the_ejected_share_is_a_percentage() {
+    let e = errors(&GOOD.replace(
+        "    endpoints:\n",
+        "    outlier_detection:\n      max_ejection_percent: 150\n    endpoints:\n",
+    ));
+    assert_eq!(
+        e,
+        ["t.yaml:9:29: clusters[0].outlier_detection.max_ejection_percent: expected 0..=100, found 150"]
+    );
+}
+
+#[test]
 fn endpoint_without_port_is_rejected() {
     let yaml = GOOD.replace("127.0.0.1:9000", "example.com");
     let e = errors(&yaml);
