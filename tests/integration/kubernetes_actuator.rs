@@ -109,6 +109,23 @@ async fn the_kubernetes_actuator_patches_the_deployment_scale_and_reads_readines
         .count();
     assert_eq!(patches, 1);
 
+    // Someone scales the Deployment by hand (`kubectl scale --replicas=5`): the actuator
+    // owns the count and patches it back.
+    deployment["spec"]["replicas"] = 5.into();
+    replay.set(DEPLOYMENT, reply(&deployment));
+    let again = wait_until(Duration::from_secs(10), || async {
+        let patches: Vec<_> = (replay.writes().into_iter())
+            .filter(|w| w.method == "PATCH" && w.path == format!("{DEPLOYMENT}/scale"))
+            .collect();
+        (patches.len() == 2).then(|| patches[1].body.clone())
+    })
+    .await
+    .expect("the drift was patched back");
+    let body: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(body, serde_json::json!({"spec": {"replicas": 3}}));
+    deployment["spec"]["replicas"] = 3.into();
+    replay.set(DEPLOYMENT, reply(&deployment));
+
     // An API server outage is a recorded failure (once, not every interval), not a crash.
     replay.fail(Some(http::StatusCode::INTERNAL_SERVER_ERROR));
     let failed = wait_until(Duration::from_secs(10), || async {

@@ -256,6 +256,41 @@ async fn consul_blocking_queries_carry_passing_instances_to_the_proxy_within_a_s
     until_served_by(&proxy, &[]).await;
 }
 
+/// A service whose health query fails reports the registry down; once the service
+/// leaves the catalog, nothing is failing and the registry is reported up again.
+#[tokio::test]
+async fn consul_is_up_again_when_a_failing_service_leaves_the_catalog() {
+    let replay = Replay::start().await;
+    consul_catalog(&replay, 10, true);
+    for s in ["redis", "postgresql"] {
+        consul_health_of(&replay, s, 1, vec![]);
+    }
+    // No reply set for `web`'s health: it answers 404, an error for the client.
+    let dir = TempDir::new();
+    let (cp, _proxy) = mesh(
+        &format!("  consul:\n    address: {}\n    wait: 30s", replay.url()),
+        &dir,
+    )
+    .await;
+    until_metric(
+        &cp,
+        "presage_cp_discovery_up",
+        "consul",
+        0.0,
+        "web's failing health query shows",
+    )
+    .await;
+    consul_catalog(&replay, 11, false);
+    until_metric(
+        &cp,
+        "presage_cp_discovery_up",
+        "consul",
+        1.0,
+        "up once web has left the catalog",
+    )
+    .await;
+}
+
 // === Kubernetes ===
 
 const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";

@@ -3,6 +3,10 @@
 //! status for ready and starting replicas. Instances reach the mesh through discovery
 //! (`discovery.kubernetes` watches the EndpointSlices), not through this actuator.
 //!
+//! A change of `spec.replicas` made by someone else (`kubectl scale`, another
+//! controller) is undone: the actuator owns the count, and patches it back at the next
+//! decision.
+//!
 //! The cold start is measured from the patch that raised the replicas to the first
 //! status read showing that many ready (so to within one control interval).
 //!
@@ -90,6 +94,9 @@ const COLD_START_WEIGHT: f64 = 0.3;
 struct State {
     /// The replicas last patched.
     requested: Option<u32>,
+    /// `spec.replicas` as last read, to tell someone else's change from a read that
+    /// does not show the patch yet.
+    observed: Option<u32>,
     ready: u32,
     replicas: u32,
     /// A raise waiting for its replicas to be ready: (count, when patched).
@@ -309,11 +316,17 @@ impl Actuator for Kubernetes {
                 self.lock().resize_error = outcome.err();
             }
             let status = d.status.unwrap_or_default();
+            let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas);
             let mut st = self.lock();
+            let observed = spec_replicas.map(|r| r.max(0) as u32);
+            // Changed since the last read, to other than what was patched: not ours.
+            if st.observed.is_some() && observed != st.observed && observed != st.requested {
+                tracing::warn!(deployment = %self.what(), replicas = ?observed, requested = ?st.requested, "replicas changed by someone else; patched back at the next decision");
+                st.requested = None;
+            }
+            st.observed = observed;
             st.ready = status.ready_replicas.unwrap_or(0).max(0) as u32;
-            st.replicas = d
-                .spec
-                .and_then(|s| s.replicas)
+            st.replicas = spec_replicas
                 .unwrap_or(1)
                 .max(status.replicas.unwrap_or(0))
                 .max(0) as u32;

@@ -10,7 +10,9 @@
 //!          ─▶ retire: deregistered ─▶ drain ─▶ SIGTERM ─▶ (stop timeout) SIGKILL
 //! ```
 //! An instance that exits on its own is deregistered and forgotten; the next decision
-//! starts a replacement. Instances are started under `setpriv --pdeathsig TERM` where
+//! starts a replacement. Starts that fail (the program cannot run, exits before it is
+//! ready, or is not ready in time) back off as Kubernetes' CrashLoopBackOff does: no
+//! launch for 10 s after the first, doubling up to 5 min, until an instance is ready. Instances are started under `setpriv --pdeathsig TERM` where
 //! util-linux has it, so a control plane that crashes does not leave them behind. The launch-to-ready time of each instance is the measured
 //! cold start the planner plans its lead time with.
 
@@ -132,6 +134,34 @@ struct State {
     limits_unavailable: Option<String>,
     /// The per-instance resources asked for last.
     resources: Option<TierResources>,
+    /// Failed starts since an instance last became ready, and when launching may resume.
+    failed_starts: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Backoff after the first failed start, doubled by each further one up to the cap.
+const START_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_START_BACKOFF: Duration = Duration::from_secs(300);
+
+impl State {
+    /// A start failed: launching pauses for a backoff that doubles with each failure.
+    fn start_failed(&mut self, service: &str) {
+        self.failed_starts += 1;
+        let factor = 1u32 << (self.failed_starts - 1).min(8);
+        let wait = START_BACKOFF.saturating_mul(factor).min(MAX_START_BACKOFF);
+        self.retry_at = Some(Instant::now() + wait);
+        tracing::warn!(%service, failed_starts = self.failed_starts, ?wait, "starts paused after a failed start");
+    }
+
+    /// Why no instance may be launched now, if so.
+    fn backing_off(&self) -> Option<String> {
+        let left = self.retry_at?.checked_duration_since(Instant::now())?;
+        Some(format!(
+            "{} start(s) in a row failed; the next launch in {:.0} s",
+            self.failed_starts,
+            left.as_secs_f64().ceil()
+        ))
+    }
 }
 
 struct Inner {
@@ -275,6 +305,13 @@ impl Inner {
         self.lock().slots.remove(&index);
     }
 
+    /// Forgets an instance whose start failed, and backs off.
+    fn failed(&self, index: u32) {
+        let mut st = self.lock();
+        st.slots.remove(&index);
+        st.start_failed(&self.service);
+    }
+
     /// Runs one instance from launch to exit.
     async fn instance(self: Arc<Self>, index: u32, port: u16, mut stop: oneshot::Receiver<()>) {
         let service = self.service.clone();
@@ -314,7 +351,7 @@ impl Inner {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(%service, program = %argv[0], error = %e, "cannot start an instance");
-                self.forget(index);
+                self.failed(index);
                 return;
             }
         };
@@ -342,7 +379,7 @@ impl Inner {
         tokio::select! {
             status = child.wait() => {
                 tracing::warn!(%service, index, ?status, "instance exited before it was ready");
-                self.forget(index);
+                self.failed(index);
                 return;
             }
             _ = &mut stop => {
@@ -354,7 +391,7 @@ impl Inner {
                 if r.is_err() {
                     tracing::warn!(%service, index, ?timeout, "instance not ready in time; killed");
                     let _ = child.kill().await;
-                    self.forget(index);
+                    self.failed(index);
                     return;
                 }
             }
@@ -369,6 +406,8 @@ impl Inner {
             if let Some(s) = st.slots.get_mut(&index) {
                 s.ready = true;
             }
+            st.failed_starts = 0;
+            st.retry_at = None;
         }
         tracing::info!(%service, index, %addr, cold_start = ?took, "instance ready");
         self.publish().await;
@@ -471,6 +510,12 @@ impl Actuator for Local {
                             }
                         }
                     }
+                    if n < target {
+                        if let Some(why) = st.backing_off() {
+                            failed = Some(ActuateError::Failed(why));
+                            continue;
+                        }
+                    }
                     for _ in n..target {
                         // No port: launch what has one; the next decision tries again.
                         let host = inner.host();
@@ -546,5 +591,44 @@ impl Actuator for Local {
             let mut rx = self.inner.tasks.subscribe();
             let _ = rx.wait_for(|n| *n == 0).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program that exits before it is ready is not relaunched at every decision: the
+    /// next launch waits a backoff that doubles with each failure (a real process).
+    #[tokio::test]
+    async fn failed_starts_back_off() {
+        let cfg: LocalConfig = serde_json::from_value(
+            serde_json::json!({"command": ["sh", "-c", "exit 3", "{port}"]}),
+        )
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        let local = Local::new("crashy", cfg, tx);
+        let want = Want {
+            standard: 1,
+            ..Default::default()
+        };
+        let mut tasks = local.inner.tasks.subscribe();
+        local.scale(&want).await.unwrap();
+        tasks.wait_for(|n| *n == 0).await.unwrap();
+        let err = local.scale(&want).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("1 start(s) in a row failed; the next launch in 10 s"),
+            "{err}"
+        );
+        assert_eq!(local.status().starting, 0, "nothing launched");
+        let mut st = local.inner.lock();
+        st.start_failed("crashy");
+        let left = st.retry_at.unwrap() - Instant::now();
+        assert!(left > Duration::from_secs(19), "{left:?}");
+        for _ in 0..10 {
+            st.start_failed("crashy");
+        }
+        let left = st.retry_at.unwrap() - Instant::now();
+        assert!(left <= MAX_START_BACKOFF, "{left:?}");
     }
 }

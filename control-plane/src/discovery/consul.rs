@@ -11,7 +11,9 @@
 //! rs-consul's health response type does not carry the service's `Meta` map.
 //!
 //! On an error the task reports the registry down and retries after a jittered backoff;
-//! nothing is sent, so the last known endpoints keep serving.
+//! nothing is sent, so the last known endpoints keep serving. The registry is reported
+//! up again when the failing query answers, or when the services failing have all left
+//! the catalog (their tasks are stopped, and will not report a recovery).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -98,9 +100,17 @@ async fn report(tx: &mpsc::Sender<Update>, up: bool, error: Option<String>) -> b
     .is_ok()
 }
 
+/// The services whose watch is failing.
+type Failing = std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>;
+
+fn failing(f: &Failing) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    f.lock().expect("consul failing-set lock poisoned")
+}
+
 /// Watches the catalog forever, sending updates to `tx`.
 pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
     let client = std::sync::Arc::new(cfg.client());
+    let failing_services = Failing::default();
     let mut tasks: BTreeMap<String, AbortHandle> = BTreeMap::new();
     let mut index = 0;
     let mut attempt = 0;
@@ -133,12 +143,6 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
                 continue;
             }
         };
-        if was_up != Some(true) {
-            was_up = Some(true);
-            if !report(&tx, true, None).await {
-                break;
-            }
-        }
         let names: BTreeSet<String> = names.into_iter().filter(|n| cfg.wanted(n)).collect();
         let gone: Vec<String> = tasks
             .keys()
@@ -156,6 +160,20 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
                 return;
             }
         }
+        // Up when the catalog answers again, or when the gone services were the only
+        // failing ones (their stopped tasks will not report their own recovery).
+        let emptied = {
+            let mut f = failing(&failing_services);
+            let before = f.len();
+            f.retain(|n| names.contains(n));
+            before > 0 && f.is_empty()
+        };
+        if was_up != Some(true) || emptied {
+            was_up = Some(true);
+            if !report(&tx, true, None).await {
+                break;
+            }
+        }
         let listed = Update::Listed {
             registry: NAME,
             services: names.clone(),
@@ -165,8 +183,14 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
         }
         for name in names {
             tasks.entry(name.clone()).or_insert_with(|| {
-                tokio::spawn(watch_service(cfg.clone(), client.clone(), name, tx.clone()))
-                    .abort_handle()
+                let watched = watch_service(
+                    cfg.clone(),
+                    client.clone(),
+                    name,
+                    tx.clone(),
+                    failing_services.clone(),
+                );
+                tokio::spawn(watched).abort_handle()
             });
         }
         if tx.is_closed() {
@@ -184,6 +208,7 @@ async fn watch_service(
     client: std::sync::Arc<Consul>,
     service: String,
     tx: mpsc::Sender<Update>,
+    failing_services: Failing,
 ) {
     let mut index = 0;
     let mut attempt = 0;
@@ -203,6 +228,7 @@ async fn watch_service(
             Err(e) => {
                 let error = format!("{}/v1/health/service/{service}: {e}", cfg.address);
                 failed = true;
+                failing(&failing_services).insert(service.clone());
                 if !report(&tx, false, Some(error)).await {
                     return;
                 }
@@ -211,8 +237,15 @@ async fn watch_service(
             }
         };
         attempt = 0;
-        if std::mem::take(&mut failed) && !report(&tx, true, None).await {
-            return;
+        if std::mem::take(&mut failed) {
+            let all_answer = {
+                let mut f = failing(&failing_services);
+                f.remove(&service);
+                f.is_empty()
+            };
+            if all_answer && !report(&tx, true, None).await {
+                return;
+            }
         }
         index = next_index(index, answered);
         let first = last.is_none();
