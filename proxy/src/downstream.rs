@@ -21,4 +21,7 @@ pub struct Conn {
     pub peer_id: Option<Arc<str>>,
     /// The listener the connection came in on.
     pub listener: Arc<str>,
+    /// The caller's `x-presage-*` headers are believed (`config::QosHeaders`); if not,
+    /// they are removed from its requests.
+    pub trusted: bool,
 }

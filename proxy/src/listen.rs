@@ -64,15 +64,16 @@ pub async fn accept_loop(
         // within minutes: an upgraded tunnel or a long body would otherwise hold its
         // socket and upstream connection for good.
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&DOWNSTREAM_KEEPALIVE);
-        let (tls, transparent, inbound) = shared
+        let (tls, transparent, inbound, trusted) = shared
             .live
             .load()
             .config
             .listeners
             .iter()
             .find(|l| l.name == name)
-            .map_or((None, false, false), |l| {
-                (l.tls.clone(), l.transparent, l.inbound)
+            .map_or((None, false, false, false), |l| {
+                let trusted = l.qos_headers.trusts(peer.ip());
+                (l.tls.clone(), l.transparent, l.inbound, trusted)
             });
         let original_dst = if transparent {
             crate::transparent::original_dst(&stream)
@@ -90,6 +91,7 @@ pub async fn accept_loop(
                 inbound,
                 peer_id: None,
                 listener: listener.clone(),
+                trusted,
             },
             tls,
             watcher(),

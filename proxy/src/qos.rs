@@ -2,6 +2,7 @@
 //! per-profile throughput limits, and admission by tier priority under overload.
 //!
 //! ```text
+//! (from callers the listener believes: `config::QosHeaders`; removed from others')
 //! x-presage-qos: NAME ─┐ (else)
 //! x-presage-user ──────┼─▶ subject's profile or tier ─┐ (else)
 //! x-presage-tenant ────┘                             ├─▶ route's default profile ─▶ default tier
@@ -38,6 +39,20 @@ pub static X_PRESAGE_TENANT: HeaderName = HeaderName::from_static("x-presage-ten
 /// The caller's remaining latency budget in ms, honoured and passed on (as
 /// `grpc-timeout` is in gRPC).
 pub static X_PRESAGE_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-presage-timeout-ms");
+
+/// Removes the headers by which a caller chooses its own treatment (profile, user,
+/// tenant, deadline): those of a caller its listener does not believe
+/// (`config::QosHeaders`), who then gets the route's default.
+pub fn drop_claims(h: &mut HeaderMap) {
+    for name in [
+        &X_PRESAGE_QOS,
+        &X_PRESAGE_USER,
+        &X_PRESAGE_TENANT,
+        &X_PRESAGE_TIMEOUT_MS,
+    ] {
+        h.remove(name);
+    }
+}
 
 /// A profile with its live rate-limit state.
 #[derive(Debug)]

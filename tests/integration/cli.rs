@@ -56,6 +56,63 @@ fn validate_accepts_good_files_and_names_every_error() {
     assert!(err.contains("cannot read the file"), "{err}");
 }
 
+/// Validates YAML files against a JSON Schema (Python's jsonschema, installed into
+/// target/py by scripts/test.sh with kubernetes-validate); prints one line per error.
+const SCHEMA_CHECK: &str = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema)
+bad = 0
+for f in sys.argv[2:]:
+    for e in v.iter_errors(yaml.safe_load(open(f))):
+        bad += 1
+        print(f"{f}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
+sys.exit(1 if bad else 0)
+"#;
+
+/// The JSON Schema editors use (config/presage.schema.json) knows every field the
+/// parser accepts: a config using every one of them is valid for both, as are the
+/// shipped configs; and the schema is strict (an unknown field is an error there too).
+#[test]
+fn the_json_schema_knows_every_field_the_parser_accepts() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let every = root.join("tests/fixtures/config/every-field.yaml");
+    let (code, out, err) = run(&["validate", every.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let python = root.join("target/py/bin/python3");
+    assert!(python.exists(), "scripts/test.sh installs target/py");
+    let check = |files: &[&std::path::Path]| {
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(SCHEMA_CHECK)
+            .arg(root.join("config/presage.schema.json"))
+            .args(files)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let shipped = [
+        every.as_path(),
+        &root.join("config/presage.yaml"),
+        &root.join("deploy/sidecar/sidecar.yaml"),
+    ];
+    let (ok, text) = check(&shipped);
+    assert!(ok, "{text}");
+
+    let dir = TempDir::new();
+    let typo = dir.0.join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "listeners:\n  - address: 127.0.0.1:0\n    adress: x\n",
+    )
+    .unwrap();
+    let (ok, text) = check(&[&typo]);
+    assert!(!ok && text.contains("'adress' was unexpected"), "{text}");
+}
+
 #[test]
 fn help_explains_every_flag() {
     let (code, out, _) = run(&["proxy", "--help"]);

@@ -63,6 +63,7 @@ impl Builder<'_> {
                 transparent,
                 inbound: l.inbound,
                 authorization,
+                qos_headers: l.qos_headers,
             });
         }
         out

@@ -139,6 +139,41 @@ pub struct Listener {
     pub inbound: bool,
     /// Rules on callers' mesh identities (see `authz`).
     pub authorization: Vec<crate::authz::AuthzRule>,
+    pub qos_headers: QosHeaders,
+}
+
+/// Whose `x-presage-qos`, `-user`, `-tenant` and `-timeout-ms` request headers a
+/// listener believes (`listeners[].qos_headers`): they choose a request's QoS profile,
+/// tier and deadline, so a client that may set them may give itself Platinum. Those of
+/// anyone else are removed before the request is routed (as Envoy removes `x-envoy-*`
+/// headers from external clients).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QosHeaders {
+    /// From loopback, private (RFC 1918, IPv6 unique-local) and link-local addresses:
+    /// a sidecar's application, the mesh's pods, a gateway in front of an edge proxy.
+    #[default]
+    Internal,
+    All,
+    None,
+}
+
+impl QosHeaders {
+    /// Whether a caller at `peer` is believed.
+    pub fn trusts(self, peer: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match self {
+            QosHeaders::All => true,
+            QosHeaders::None => false,
+            QosHeaders::Internal => match peer {
+                IpAddr::V4(a) => a.is_loopback() || a.is_private() || a.is_link_local(),
+                IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                    Some(v4) => QosHeaders::Internal.trusts(IpAddr::V4(v4)),
+                    None => a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local(),
+                },
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -139,6 +139,9 @@ pub struct RawListener {
     /// Rules on the peer's mesh identity, first match decides (none matching: allowed).
     #[serde(default)]
     pub authorization: Vec<RawAuthzRule>,
+    /// Whose `x-presage-*` request headers are believed.
+    #[serde(default)]
+    pub qos_headers: super::QosHeaders,
 }
 
 /// Allow or deny requests that match, by the calling workload's SPIFFE ID. Patterns

@@ -151,6 +151,40 @@ fn the_ejected_share_is_a_percentage() {
     );
 }
 
+/// The default believes the `x-presage-*` headers of internal callers only.
+#[test]
+fn internal_callers_are_loopback_private_and_link_local() {
+    let internal = QosHeaders::default();
+    for ip in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.1.1",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:10.0.0.1",
+    ] {
+        assert!(internal.trusts(ip.parse().unwrap()), "{ip}");
+    }
+    for ip in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+        assert!(!internal.trusts(ip.parse().unwrap()), "{ip}");
+    }
+    assert!(QosHeaders::All.trusts("8.8.8.8".parse().unwrap()));
+    assert!(!QosHeaders::None.trusts("127.0.0.1".parse().unwrap()));
+    let c = parse(
+        &GOOD.replace(
+            "  - address: 127.0.0.1:0\n",
+            "  - address: 127.0.0.1:0\n    qos_headers: all\n",
+        ),
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].qos_headers, QosHeaders::All);
+}
+
 #[test]
 fn endpoint_without_port_is_rejected() {
     let yaml = GOOD.replace("127.0.0.1:9000", "example.com");

@@ -43,6 +43,9 @@ pub async fn handle(
     conn: Conn,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    if !conn.trusted {
+        qos::drop_claims(req.headers_mut());
+    }
     // One await of the proxied path (two would each take room in this future).
     if conn.inbound
         || !req.uri().path().starts_with(PREFIX)
