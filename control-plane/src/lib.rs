@@ -15,6 +15,8 @@
 //! - `discovery`: instances from registries (etcd, static), merged into clusters.
 //! - `planner`: instance counts from forecasts; `autoscale`: the live loop that applies
 //!   them through `actuate` (local processes, dry run) and records every decision.
+//! - `identity`: the mesh CA that signs workload certificates; `attest`: whether the
+//!   proxy asking may have the identity it names (Kubernetes TokenReview).
 //! - `runtime::run` starts the gRPC server (discovery and telemetry streams, see
 //!   `api/README.md`), the REST API with `/openapi.json`, and the periodic store save.
 //!
@@ -24,6 +26,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod actuate;
+pub mod attest;
 pub mod auth;
 pub mod autoscale;
 pub mod behaviour;

@@ -300,6 +300,7 @@ pub async fn run(
         .add_service(TelemetryServer::new(telemetry))
         .add_service(IdentityServer::new(crate::identity::IdentityService {
             ca,
+            attest: Arc::new(crate::attest::Attestor::new(cfg.identity.attest.clone())),
             metrics: metrics.clone(),
         }))
         .serve_with_incoming_shutdown(

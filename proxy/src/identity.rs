@@ -335,15 +335,26 @@ async fn renew(
         .pem()?;
     let channel = crate::control_plane::connect(spec).await?;
     let mut client = presage_api::identity_client::IdentityClient::new(channel);
-    let res = client
-        .sign(presage_api::SignRequest {
-            csr_pem: csr,
-            namespace: identity.namespace.clone(),
-            service_account: identity.service_account.clone(),
-            node_id: spec.node_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(presage_api::SignRequest {
+        csr_pem: csr,
+        namespace: identity.namespace.clone(),
+        service_account: identity.service_account.clone(),
+        node_id: spec.node_id.clone(),
+    });
+    // The proof that this is the service account named (`identity.attest`); none when
+    // the pod has no token (off Kubernetes, or `automountServiceAccountToken: false`).
+    if let Ok(token) = std::fs::read_to_string(&identity.token_file) {
+        let value = format!("Bearer {}", token.trim());
+        match value.parse() {
+            Ok(v) => {
+                request.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => {
+                tracing::warn!(file = %identity.token_file.display(), "the service-account token is not a valid header value; sent without it")
+            }
+        }
+    }
+    let res = client.sign(request).await?.into_inner();
     let bad = |e: &dyn std::fmt::Display| RenewError::Response(e.to_string());
     let chain = CertificateDer::pem_slice_iter(res.certificate_chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()

@@ -70,6 +70,7 @@ fn the_base_builds_and_validates_and_its_control_plane_config_loads() {
     assert_eq!(
         passed,
         [
+            "clusterrolebinding/presage-control-plane-token-review",
             "configmap/presage-control-plane",
             "deployment/presage-injector",
             "mutatingwebhookconfiguration/presage-injector",
@@ -85,6 +86,11 @@ fn the_base_builds_and_validates_and_its_control_plane_config_loads() {
     let cfg = presage_control_plane::config::load(&root().join("deploy/base/control-plane.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.grpc.port(), 9902);
+    // Sidecars get their pod's service account's identity only.
+    assert!(matches!(
+        cfg.identity.attest,
+        presage_control_plane::attest::AttestConfig::Kubernetes(_)
+    ));
 }
 
 #[test]

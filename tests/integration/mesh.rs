@@ -503,3 +503,91 @@ async fn ready_waits_for_the_first_resources_from_the_control_plane() {
     line(&mut proxy, "presage: synced with the control plane").await;
     assert_eq!(proxy.admin_get("/ready").await.0, StatusCode::OK);
 }
+
+/// Workload identity with attestation (`identity.attest.kubernetes`): a proxy gets a
+/// certificate only for the service account its token belongs to, as the API server's
+/// TokenReview says (the replay server answers with the API reference's TokenReview,
+/// since no API server can run here; kube's real client asks it over a socket).
+#[tokio::test]
+async fn a_certificate_is_signed_only_for_the_service_account_of_the_token() {
+    use support::replay::{Replay, Reply};
+    const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+    let replay = Replay::start().await;
+    let review = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {},
+        "status": {
+            "authenticated": true,
+            "user": {"username": "system:serviceaccount:shop:frontend", "uid": "4b5c"},
+            "audiences": ["presage"]
+        }
+    });
+    let body = review.to_string();
+    replay.set(
+        REVIEWS,
+        Reply {
+            body,
+            consul_index: None,
+        },
+    );
+    let dir = TempDir::new();
+    let kubeconfig = dir.0.join("kubeconfig");
+    replay.kubeconfig(&kubeconfig);
+    let cfg = dir.0.join("cp.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "identity:\n  trust_domain: presage.test\n  attest:\n    kubernetes: {{kubeconfig: {}, audiences: [presage]}}\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&dir.0.join("cp.redb"), None, Some(&cfg)).await;
+    let token = dir.0.join("token");
+    std::fs::write(&token, "frontend-token\n").unwrap();
+    let proxy_as = |account: &str| {
+        config(&format!(
+            "control_plane:\n  address: {}\n  identity: {{namespace: shop, service_account: {account}, token_file: {}}}\n",
+            cp.url(),
+            token.display()
+        ))
+    };
+    let mut frontend = Proxy::start(&proxy_as("frontend")).await;
+    let signed = line(&mut frontend, "presage: identity ").await;
+    assert!(
+        signed.starts_with("presage: identity spiffe://presage.test/ns/shop/sa/frontend "),
+        "{signed}"
+    );
+    // The token went to the API server, with the audience asked for.
+    let asked = (replay.writes().into_iter())
+        .find(|w| w.method == "POST" && w.path == REVIEWS)
+        .expect("a TokenReview was created");
+    let asked: serde_json::Value = serde_json::from_str(&asked.body).unwrap();
+    assert_eq!(asked["spec"]["token"], "frontend-token", "{asked}");
+    assert_eq!(asked["spec"]["audiences"], serde_json::json!(["presage"]));
+
+    // The same token naming another service account is refused, and counted.
+    let _admin = Proxy::start(&proxy_as("admin")).await;
+    let certificates = |result: &'static str| {
+        let url = format!("http://{}/metrics", cp.api);
+        async move {
+            let text = get(&h1_client(), &url).await.body;
+            metric_sum(
+                &text,
+                "presage_cp_certificates_total",
+                &[("result", result)],
+            )
+        }
+    };
+    let denied = wait_until(Duration::from_secs(10), || async {
+        (certificates("denied").await >= 1.0).then_some(())
+    })
+    .await;
+    assert!(denied.is_some(), "the admin request was denied");
+    assert_eq!(
+        certificates("signed").await,
+        1.0,
+        "only frontend's was signed"
+    );
+}

@@ -119,6 +119,10 @@ impl Builder<'_> {
                 "POD_SERVICE_ACCOUNT",
                 "service_account",
             ),
+            token_file: id
+                .token_file
+                .as_ref()
+                .map_or_else(|| defaults::TOKEN_FILE.into(), |p| self.path(p)),
         }
     }
 }

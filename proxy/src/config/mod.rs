@@ -65,6 +65,8 @@ pub mod defaults {
     pub const RETRY_MAX_BACKOFF: Duration = Duration::from_millis(250);
     pub const OUTLIER_FAILURES: u32 = 5;
     pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(5);
+    /// Where the kubelet mounts a pod's service-account token.
+    pub const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
     pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
     /// At most half a cluster ejected at once (one endpoint always may be), so that a
     /// fault shared by many endpoints does not pile their load onto the rest.
@@ -124,6 +126,9 @@ pub struct ControlPlaneSpec {
 pub struct IdentitySpec {
     pub namespace: String,
     pub service_account: String,
+    /// Sent with each certificate request when the file exists (read each time: the
+    /// kubelet rotates projected tokens), for the control plane's `identity.attest`.
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]

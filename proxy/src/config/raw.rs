@@ -122,6 +122,8 @@ pub struct RawIdentity {
     pub namespace: Option<Spanned<String>>,
     /// Default: `$POD_SERVICE_ACCOUNT`, else `default`.
     pub service_account: Option<Spanned<String>>,
+    /// The service-account token sent to prove it (default: the one the kubelet mounts).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -246,8 +246,10 @@ async fn handle(
             body: String::from_utf8_lossy(&body).into_owned(),
         };
         state.lock().unwrap().writes.push(write);
-        // A Kubernetes PATCH answers the patched object: the path's canned reply.
-        if method == http::Method::PATCH {
+        // A Kubernetes PATCH answers the patched object, and a POST with a canned reply
+        // (a TokenReview) the created one: the path's canned reply.
+        let canned = state.lock().unwrap().replies.contains_key(&path);
+        if method == http::Method::PATCH || (method == http::Method::POST && canned) {
             return reply(&state, &path).await;
         }
         // What the Consul agent answers to register, pass and deregister.
