@@ -3,9 +3,12 @@
 //! service account.
 //!
 //! With `identity.attest: {kubernetes: {...}}` the proxy sends its pod's service-account
-//! token (`authorization: Bearer`, read from the token file the kubelet mounts), and the
-//! control plane asks the API server whose it is (a TokenReview, as Istio's CA does):
-//! only `system:serviceaccount:<namespace>:<service account>` gets that identity. With
+//! token (`authorization: Bearer`; `presage inject` mounts one whose audience is
+//! `presage`, so it is no use against the API server), and the control plane asks the
+//! API server whose it is (a TokenReview, as Istio's CA does): only
+//! `system:serviceaccount:<namespace>:<service account>` gets that identity, and only
+//! with a token for one of `audiences`. The gRPC port is plain text: a token seen on the
+//! wire can be replayed for that identity until it expires (an hour). With
 //! `attest: none` (the default, for `presage up` and machines without Kubernetes) the
 //! CA signs what it is asked for, and its gRPC port must be reachable only from the
 //! mesh's own workloads.
@@ -104,17 +107,29 @@ impl Attestor {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| Refused::Unavailable(format!("TokenReview: {e}")))?;
-        verdict(answer, namespace, service_account)
+        verdict(answer, &k.audiences, namespace, service_account)
     }
 }
 
-/// The API server's answer, held against the identity asked for.
-fn verdict(review: TokenReview, namespace: &str, service_account: &str) -> Result<(), Refused> {
+/// The API server's answer, held against the identity asked for (and, when audiences
+/// were asked for, against them: an API server that ignores them is not trusted).
+fn verdict(
+    review: TokenReview,
+    audiences: &[String],
+    namespace: &str,
+    service_account: &str,
+) -> Result<(), Refused> {
     let status = review.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         let why = status.error.unwrap_or_else(|| "not authenticated".into());
         return Err(Refused::Denied(format!(
             "the service-account token was refused: {why}"
+        )));
+    }
+    let granted = status.audiences.unwrap_or_default();
+    if !audiences.is_empty() && !granted.iter().any(|a| audiences.contains(a)) {
+        return Err(Refused::Denied(format!(
+            "the token is not for this control plane: its audiences are {granted:?}, expected one of {audiences:?}"
         )));
     }
     let wanted = format!("system:serviceaccount:{namespace}:{service_account}");
@@ -136,12 +151,12 @@ mod tests {
         TokenReview {
             status: Some(TokenReviewStatus {
                 authenticated: Some(authenticated),
+                audiences: Some(vec!["presage".into()]),
                 user: Some(UserInfo {
                     username: Some(user.into()),
                     ..Default::default()
                 }),
                 error: (!authenticated).then(|| "token expired".into()),
-                ..Default::default()
             }),
             ..Default::default()
         }
@@ -150,23 +165,41 @@ mod tests {
     #[test]
     fn only_the_tokens_own_service_account_passes() {
         let me = "system:serviceaccount:shop:frontend";
-        assert_eq!(verdict(review(true, me), "shop", "frontend"), Ok(()));
+        assert_eq!(verdict(review(true, me), &[], "shop", "frontend"), Ok(()));
         assert_eq!(
-            verdict(review(true, me), "shop", "admin"),
+            verdict(review(true, me), &[], "shop", "admin"),
             Err(Refused::Denied(
                 r#"the token is "system:serviceaccount:shop:frontend"'s, not "system:serviceaccount:shop:admin"'s"#.into()
             ))
         );
         assert!(
-            verdict(review(true, me), "ops", "frontend").is_err(),
+            verdict(review(true, me), &[], "ops", "frontend").is_err(),
             "another namespace"
         );
         assert_eq!(
-            verdict(review(false, me), "shop", "frontend"),
+            verdict(review(false, me), &[], "shop", "frontend"),
             Err(Refused::Denied(
                 "the service-account token was refused: token expired".into()
             ))
         );
+    }
+
+    #[test]
+    fn the_audience_asked_for_must_be_granted() {
+        let me = "system:serviceaccount:shop:frontend";
+        let ours = ["presage".to_string()];
+        assert_eq!(verdict(review(true, me), &ours, "shop", "frontend"), Ok(()));
+        let api_server_token = TokenReview {
+            status: Some(TokenReviewStatus {
+                audiences: Some(vec!["https://kubernetes.default.svc".into()]),
+                ..review(true, me).status.unwrap()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            verdict(api_server_token, &ours, "shop", "frontend"),
+            Err(Refused::Denied(m)) if m.starts_with("the token is not for this control plane")
+        ));
     }
 
     #[tokio::test]

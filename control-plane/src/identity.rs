@@ -320,11 +320,11 @@ impl Identity for IdentityService {
             .await;
         if let Err(refused) = attested {
             use crate::attest::Refused;
-            self.metrics.certificates_signed("denied");
-            let (status, why) = match refused {
-                Refused::Denied(m) => (Status::permission_denied(m.clone()), m),
-                Refused::Unavailable(m) => (Status::unavailable(m.clone()), m),
+            let (status, why, result) = match refused {
+                Refused::Denied(m) => (Status::permission_denied(m.clone()), m, "denied"),
+                Refused::Unavailable(m) => (Status::unavailable(m.clone()), m, "unavailable"),
             };
+            self.metrics.certificates_signed(result);
             tracing::warn!(node = %req.node_id, namespace = %req.namespace, service_account = %req.service_account, reason = %why, "certificate request refused");
             return Err(status);
         }

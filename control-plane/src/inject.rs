@@ -28,6 +28,10 @@ pub const INJECTED: &str = "presage.io/injected";
 pub const SIDECAR: &str = "presage-proxy";
 pub const INIT: &str = "presage-init";
 const VOLUME: &str = "presage-config";
+/// A service-account token for the control plane only (audience `presage`, an hour):
+/// the proof the CA's attestation checks, useless against the API server if it leaks.
+const TOKEN_VOLUME: &str = "presage-token";
+pub const TOKEN_AUDIENCE: &str = "presage";
 
 /// What goes into the pod.
 #[derive(Debug, Clone)]
@@ -238,6 +242,13 @@ fn inject_pod(meta: &mut Value, pod: &mut Value, o: &Options) -> Result<bool, St
         "volumes",
         json!({"name": VOLUME, "configMap": {"name": o.config_map}}),
     );
+    push(
+        spec,
+        "volumes",
+        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"
+        }}]}}),
+    );
     if meta.is_null() {
         *meta = json!({});
     }
@@ -290,7 +301,11 @@ fn sidecar(o: &Options) -> Value {
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": VOLUME, "mountPath": "/etc/presage", "readOnly": true}],
+        "volumeMounts": [
+            {"name": VOLUME, "mountPath": "/etc/presage", "readOnly": true},
+            // Where the proxy's `control_plane.identity.token_file` defaults to.
+            {"name": TOKEN_VOLUME, "mountPath": "/var/run/secrets/presage", "readOnly": true},
+        ],
     })
 }
 

@@ -163,7 +163,7 @@ impl Metrics {
         );
         r.register(
             "certificates",
-            "Workload certificate requests from proxies, by result (signed; rejected: a bad field; denied: attestation refused the identity asked for)",
+            "Workload certificate requests from proxies, by result (signed; rejected: a bad field; denied: attestation refused the identity asked for; unavailable: the API server could not be asked)",
             self.certificates.clone(),
         );
         r.register(

@@ -134,9 +134,10 @@ pub async fn handle(
     // profile), and the user's step.
     let (flight, profile_flight) = match (route, &shared.telemetry) {
         (Some(route), Some(t)) => {
-            if let Some(user) = req
-                .headers()
-                .get(&t.spec.user_header)
+            // A caller the listener does not believe names no user (`QosHeaders`), in
+            // whatever header the user is read from.
+            if let Some(user) = (req.headers().get(&t.spec.user_header))
+                .filter(|_| conn.trusted)
                 .and_then(|v| v.to_str().ok())
             {
                 t.transition(user, &route.spec.cluster);
@@ -159,13 +160,15 @@ pub async fn handle(
     };
     let selection = AtomicU8::new(SELECTION_NONE);
     // The user a warm instance may be reserved for (read, and copied, only where one is).
-    let warm_user: Option<Box<str>> = route.filter(|r| r.cluster.has_user_warm).and_then(|_| {
-        let h = shared
-            .telemetry
-            .as_ref()
-            .map_or(&crate::qos::X_PRESAGE_USER, |t| &t.spec.user_header);
-        req.headers().get(h)?.to_str().ok().map(Box::from)
-    });
+    let warm_user: Option<Box<str>> = route
+        .filter(|r| conn.trusted && r.cluster.has_user_warm)
+        .and_then(|_| {
+            let h = shared
+                .telemetry
+                .as_ref()
+                .map_or(&crate::qos::X_PRESAGE_USER, |t| &t.spec.user_header);
+            req.headers().get(h)?.to_str().ok().map(Box::from)
+        });
     let result = match (route, decision) {
         (Some(route), Some(Ok(decision))) => match admit(&rt, route, &decision) {
             Ok(_admitted) => {

@@ -72,7 +72,8 @@ pub async fn accept_loop(
             .iter()
             .find(|l| l.name == name)
             .map_or((None, false, false, false), |l| {
-                let trusted = l.qos_headers.trusts(peer.ip());
+                let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+                let trusted = l.qos_headers.trusts(peer.ip(), local);
                 (l.tls.clone(), l.transparent, l.inbound, trusted)
             });
         let original_dst = if transparent {

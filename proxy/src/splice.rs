@@ -138,6 +138,33 @@ mod tests {
         assert_eq!(b_peer.read(&mut buf).await.unwrap(), 0);
     }
 
+    /// Bytes one way only (a server pushing to a silent client, then the other way
+    /// round) keep it open too: each direction counts on its own.
+    #[tokio::test]
+    async fn one_way_traffic_keeps_it_open() {
+        let (mut a, mut a_peer) = tokio::io::duplex(64);
+        let (mut b, mut b_peer) = tokio::io::duplex(64);
+        let limit = Duration::from_millis(600);
+        let task = tokio::spawn(async move { splice(&mut a, &mut b, limit).await });
+        let mut buf = [0u8; 4];
+        for b_sends in [true, false] {
+            let (from, to) = if b_sends {
+                (&mut b_peer, &mut a_peer)
+            } else {
+                (&mut a_peer, &mut b_peer)
+            };
+            let since = Instant::now();
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                from.write_all(b"push").await.unwrap();
+                to.read_exact(&mut buf).await.unwrap();
+            }
+            assert!(since.elapsed() > limit * 2);
+            assert!(!task.is_finished(), "open while one side sends");
+        }
+        assert_eq!(task.await.unwrap().unwrap(), Ended::Idle);
+    }
+
     #[tokio::test]
     async fn a_closed_side_ends_it_with_the_counts() {
         let (mut a, mut a_peer) = tokio::io::duplex(64);

@@ -82,6 +82,8 @@ pub struct Cluster {
     ejections: Counter,
     /// Ejections due but refused by `max_ejection_percent`.
     ejections_refused: Counter,
+    /// Held while an ejection is decided (see `record`).
+    ejecting: std::sync::Mutex<()>,
     connect_errors: Counter,
     other_errors: Counter,
     status_5xx: Counter,
@@ -189,6 +191,7 @@ impl Cluster {
             in_flight: AtomicUsize::new(0),
             ejections: metrics.cluster_counter(&metrics.ejections, &spec.name),
             ejections_refused: metrics.cluster_counter(&metrics.ejections_refused, &spec.name),
+            ejecting: std::sync::Mutex::new(()),
             connect_errors,
             other_errors,
             status_5xx,
@@ -237,10 +240,14 @@ impl Cluster {
                 let ok = self.may_eject(now);
                 if !ok {
                     self.ejections_refused.inc();
-                    tracing::warn!(cluster = %self.spec.name, endpoint = %ep.spec.authority, "endpoint not ejected: max_ejection_percent already ejected");
+                    tracing::debug!(cluster = %self.spec.name, endpoint = %ep.spec.authority, "endpoint not ejected: max_ejection_percent already ejected");
                 }
                 ok
             };
+            // Counting the ejected and ejecting are one step per cluster, or endpoints
+            // failing together (a shared fault) could all pass the cap at once. Only
+            // failures take the lock, for a few atomic operations.
+            let _one_at_a_time = self.ejecting.lock();
             if let Some(d) = ep.outlier.on_failure(&self.spec.outlier, now, may_eject) {
                 self.ejections.inc();
                 tracing::warn!(cluster = %self.spec.name, endpoint = %ep.spec.authority, ejected_for = ?d, "endpoint ejected");

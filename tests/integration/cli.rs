@@ -597,7 +597,10 @@ async fn the_admission_webhook_patches_pods_over_https() {
             ["nginx", "presage-proxy"]
         );
         assert_eq!(names(&pod["spec"]["initContainers"]), ["presage-init"]);
-        assert_eq!(names(&pod["spec"]["volumes"]), ["presage-config"]);
+        assert_eq!(
+            names(&pod["spec"]["volumes"]),
+            ["presage-config", "presage-token"]
+        );
         assert_eq!(pod["spec"]["containers"][1]["image"], "presage:golden");
         assert_eq!(
             pod["metadata"]["annotations"]["presage.io/injected"],

@@ -5,7 +5,7 @@
 //!
 //! A change of `spec.replicas` made by someone else (`kubectl scale`, another
 //! controller) is undone: the actuator owns the count, and patches it back at the next
-//! decision.
+//! decision (so an HPA on the same Deployment would fight it: the docs say not to).
 //!
 //! The cold start is measured from the patch that raised the replicas to the first
 //! status read showing that many ready (so to within one control interval).

@@ -12,7 +12,8 @@
 //! An instance that exits on its own is deregistered and forgotten; the next decision
 //! starts a replacement. Starts that fail (the program cannot run, exits before it is
 //! ready, or is not ready in time) back off as Kubernetes' CrashLoopBackOff does: no
-//! launch for 10 s after the first, doubling up to 5 min, until an instance is ready. Instances are started under `setpriv --pdeathsig TERM` where
+//! launch for 10 s after the first, doubling up to 5 min, until an instance is ready;
+//! the instances of one launch count as one failure. Instances are started under `setpriv --pdeathsig TERM` where
 //! util-linux has it, so a control plane that crashes does not leave them behind. The launch-to-ready time of each instance is the measured
 //! cold start the planner plans its lead time with.
 
@@ -134,9 +135,13 @@ struct State {
     limits_unavailable: Option<String>,
     /// The per-instance resources asked for last.
     resources: Option<TierResources>,
-    /// Failed starts since an instance last became ready, and when launching may resume.
+    /// Failed starts since an instance last became ready (a batch launched together
+    /// counts once), when launching may resume (and that time on the wall clock, for the
+    /// error), and when that was decided.
     failed_starts: u32,
     retry_at: Option<Instant>,
+    retry_wall: Option<std::time::SystemTime>,
+    backoff_since: Option<Instant>,
 }
 
 /// Backoff after the first failed start, doubled by each further one up to the cap.
@@ -144,22 +149,31 @@ const START_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_START_BACKOFF: Duration = Duration::from_secs(300);
 
 impl State {
-    /// A start failed: launching pauses for a backoff that doubles with each failure.
-    fn start_failed(&mut self, service: &str) {
+    /// A start of an instance launched at `launched` failed: launching pauses for a
+    /// backoff that doubles with each failure. Instances launched before the last
+    /// failure was counted are of the batch it paused: theirs do not count again.
+    fn start_failed(&mut self, service: &str, launched: Instant) {
+        if self.backoff_since.is_some_and(|since| launched < since) {
+            return;
+        }
         self.failed_starts += 1;
         let factor = 1u32 << (self.failed_starts - 1).min(8);
         let wait = START_BACKOFF.saturating_mul(factor).min(MAX_START_BACKOFF);
-        self.retry_at = Some(Instant::now() + wait);
+        let now = Instant::now();
+        self.retry_at = Some(now + wait);
+        self.retry_wall = Some(std::time::SystemTime::now() + wait);
+        self.backoff_since = Some(now);
         tracing::warn!(%service, failed_starts = self.failed_starts, ?wait, "starts paused after a failed start");
     }
 
-    /// Why no instance may be launched now, if so.
+    /// Why no instance may be launched now, if so. The same words at every decision of
+    /// one pause, so it is recorded once.
     fn backing_off(&self) -> Option<String> {
-        let left = self.retry_at?.checked_duration_since(Instant::now())?;
+        self.retry_at?.checked_duration_since(Instant::now())?;
+        let at = humantime::format_rfc3339_seconds(self.retry_wall?);
         Some(format!(
-            "{} start(s) in a row failed; the next launch in {:.0} s",
-            self.failed_starts,
-            left.as_secs_f64().ceil()
+            "{} start(s) in a row failed; launches resume at {at}",
+            self.failed_starts
         ))
     }
 }
@@ -305,11 +319,11 @@ impl Inner {
         self.lock().slots.remove(&index);
     }
 
-    /// Forgets an instance whose start failed, and backs off.
-    fn failed(&self, index: u32) {
+    /// Forgets an instance (launched at `launched`) whose start failed, and backs off.
+    fn failed(&self, index: u32, launched: Instant) {
         let mut st = self.lock();
         st.slots.remove(&index);
-        st.start_failed(&self.service);
+        st.start_failed(&self.service, launched);
     }
 
     /// Runs one instance from launch to exit.
@@ -351,7 +365,7 @@ impl Inner {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(%service, program = %argv[0], error = %e, "cannot start an instance");
-                self.failed(index);
+                self.failed(index, launched);
                 return;
             }
         };
@@ -379,7 +393,7 @@ impl Inner {
         tokio::select! {
             status = child.wait() => {
                 tracing::warn!(%service, index, ?status, "instance exited before it was ready");
-                self.failed(index);
+                self.failed(index, launched);
                 return;
             }
             _ = &mut stop => {
@@ -391,7 +405,7 @@ impl Inner {
                 if r.is_err() {
                     tracing::warn!(%service, index, ?timeout, "instance not ready in time; killed");
                     let _ = child.kill().await;
-                    self.failed(index);
+                    self.failed(index, launched);
                     return;
                 }
             }
@@ -408,6 +422,7 @@ impl Inner {
             }
             st.failed_starts = 0;
             st.retry_at = None;
+            st.backoff_since = None;
         }
         tracing::info!(%service, index, %addr, cold_start = ?took, "instance ready");
         self.publish().await;
@@ -599,7 +614,8 @@ mod tests {
     use super::*;
 
     /// A program that exits before it is ready is not relaunched at every decision: the
-    /// next launch waits a backoff that doubles with each failure (a real process).
+    /// next launch waits a backoff that doubles with each failure, a batch launched
+    /// together counting once (real processes).
     #[tokio::test]
     async fn failed_starts_back_off() {
         let cfg: LocalConfig = serde_json::from_value(
@@ -609,7 +625,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(8);
         let local = Local::new("crashy", cfg, tx);
         let want = Want {
-            standard: 1,
+            standard: 3,
             ..Default::default()
         };
         let mut tasks = local.inner.tasks.subscribe();
@@ -617,18 +633,26 @@ mod tests {
         tasks.wait_for(|n| *n == 0).await.unwrap();
         let err = local.scale(&want).await.unwrap_err().to_string();
         assert!(
-            err.starts_with("1 start(s) in a row failed; the next launch in 10 s"),
-            "{err}"
+            err.starts_with("1 start(s) in a row failed; launches resume at 20"),
+            "three failures of one batch count once: {err}"
         );
         assert_eq!(local.status().starting, 0, "nothing launched");
+        let again = local.scale(&want).await.unwrap_err().to_string();
+        assert_eq!(again, err, "the same words while paused: recorded once");
         let mut st = local.inner.lock();
-        st.start_failed("crashy");
+        let first = st.retry_at.unwrap() - Instant::now();
+        assert!(first <= START_BACKOFF, "{first:?}");
+        st.start_failed("crashy", Instant::now());
         let left = st.retry_at.unwrap() - Instant::now();
-        assert!(left > Duration::from_secs(19), "{left:?}");
+        assert!(
+            left > START_BACKOFF * 2 - Duration::from_secs(1),
+            "{left:?}"
+        );
         for _ in 0..10 {
-            st.start_failed("crashy");
+            st.start_failed("crashy", Instant::now());
         }
         let left = st.retry_at.unwrap() - Instant::now();
         assert!(left <= MAX_START_BACKOFF, "{left:?}");
+        assert_eq!(st.failed_starts, 12);
     }
 }

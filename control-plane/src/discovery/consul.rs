@@ -12,8 +12,9 @@
 //!
 //! On an error the task reports the registry down and retries after a jittered backoff;
 //! nothing is sent, so the last known endpoints keep serving. The registry is reported
-//! up again when the failing query answers, or when the services failing have all left
-//! the catalog (their tasks are stopped, and will not report a recovery).
+//! up again when no query is failing: when a failing service's query answers or the
+//! service leaves the catalog (its task is stopped), or when the catalog answers after
+//! failing itself (Consul is back; the service tasks are woken to retry at once).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -100,21 +101,71 @@ async fn report(tx: &mpsc::Sender<Update>, up: bool, error: Option<String>) -> b
     .is_ok()
 }
 
-/// The services whose watch is failing.
-type Failing = std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>;
+/// Which queries are failing (the catalog's under `CATALOG`, each watched service's
+/// under its name) and what was last reported: the registry is up when none is.
+#[derive(Debug, Default)]
+struct Health {
+    failing: BTreeSet<String>,
+    reported_up: Option<bool>,
+}
 
-fn failing(f: &Failing) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-    f.lock().expect("consul failing-set lock poisoned")
+/// The catalog's key in `Health::failing` (no service is named "").
+const CATALOG: &str = "";
+
+type SharedHealth = std::sync::Arc<std::sync::Mutex<Health>>;
+
+impl Health {
+    fn of(h: &SharedHealth) -> std::sync::MutexGuard<'_, Health> {
+        h.lock().expect("consul health lock poisoned")
+    }
+
+    /// `key`'s query failed (each failure is reported, with its error).
+    fn failed(&mut self, key: &str) {
+        self.failing.insert(key.to_string());
+        self.reported_up = Some(false);
+    }
+
+    /// `key`'s query answered: whether the registry is now up, and not yet said so.
+    fn answered(&mut self, key: &str) -> bool {
+        self.failing.remove(key);
+        self.newly_up()
+    }
+
+    /// The catalog answered, listing `names`; returns whether it had been failing and
+    /// whether the registry is now up, and not yet said so. After its own failure
+    /// Consul is back: every watch is presumed well until it fails again (each is woken
+    /// from its backoff to retry at once). Otherwise only a service gone from the
+    /// catalog stops counting: its task is stopped, and a stopped task reports no
+    /// recovery.
+    fn catalog_answered(&mut self, names: &BTreeSet<String>) -> (bool, bool) {
+        let recovered = self.failing.remove(CATALOG);
+        if recovered {
+            self.failing.clear();
+        } else {
+            self.failing.retain(|k| names.contains(k));
+        }
+        (recovered, self.newly_up())
+    }
+
+    fn newly_up(&mut self) -> bool {
+        let up = self.failing.is_empty() && self.reported_up != Some(true);
+        if up {
+            self.reported_up = Some(true);
+        }
+        up
+    }
 }
 
 /// Watches the catalog forever, sending updates to `tx`.
 pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
     let client = std::sync::Arc::new(cfg.client());
-    let failing_services = Failing::default();
+    let health = SharedHealth::default();
+    // Wakes the service tasks waiting out a backoff when the catalog answers again
+    // after failing: Consul is back, and they need not wait up to 10 s to see it.
+    let back = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut tasks: BTreeMap<String, AbortHandle> = BTreeMap::new();
     let mut index = 0;
     let mut attempt = 0;
-    let mut was_up = None;
     loop {
         let names = match client
             .get_all_registered_service_names(Some(cfg.query(index)))
@@ -129,7 +180,7 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
                 response
             }
             Err(e) => {
-                was_up = Some(false);
+                Health::of(&health).failed(CATALOG);
                 if !report(
                     &tx,
                     false,
@@ -160,19 +211,13 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
                 return;
             }
         }
-        // Up when the catalog answers again, or when the gone services were the only
-        // failing ones (their stopped tasks will not report their own recovery).
-        let emptied = {
-            let mut f = failing(&failing_services);
-            let before = f.len();
-            f.retain(|n| names.contains(n));
-            before > 0 && f.is_empty()
-        };
-        if was_up != Some(true) || emptied {
-            was_up = Some(true);
-            if !report(&tx, true, None).await {
-                break;
-            }
+        // After the gone services' tasks are stopped (see `catalog_answered`).
+        let (recovered, up) = Health::of(&health).catalog_answered(&names);
+        if recovered {
+            back.notify_waiters();
+        }
+        if up && !report(&tx, true, None).await {
+            break;
         }
         let listed = Update::Listed {
             registry: NAME,
@@ -188,7 +233,8 @@ pub async fn watch(cfg: ConsulConfig, tx: mpsc::Sender<Update>) {
                     client.clone(),
                     name,
                     tx.clone(),
-                    failing_services.clone(),
+                    health.clone(),
+                    back.clone(),
                 );
                 tokio::spawn(watched).abort_handle()
             });
@@ -208,12 +254,12 @@ async fn watch_service(
     client: std::sync::Arc<Consul>,
     service: String,
     tx: mpsc::Sender<Update>,
-    failing_services: Failing,
+    health: SharedHealth,
+    back: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let mut index = 0;
     let mut attempt = 0;
     let mut last: Option<BTreeMap<String, Instance>> = None;
-    let mut failed = false;
     loop {
         let request = GetServiceNodesRequest {
             service: &service,
@@ -227,25 +273,23 @@ async fn watch_service(
             Ok(m) => (m.response, m.index),
             Err(e) => {
                 let error = format!("{}/v1/health/service/{service}: {e}", cfg.address);
-                failed = true;
-                failing(&failing_services).insert(service.clone());
+                Health::of(&health).failed(&service);
                 if !report(&tx, false, Some(error)).await {
                     return;
                 }
-                super::backoff(&mut attempt).await;
+                tokio::select! {
+                    _ = super::backoff(&mut attempt) => {}
+                    _ = back.notified() => {}
+                }
                 continue;
             }
         };
         attempt = 0;
-        if std::mem::take(&mut failed) {
-            let all_answer = {
-                let mut f = failing(&failing_services);
-                f.remove(&service);
-                f.is_empty()
-            };
-            if all_answer && !report(&tx, true, None).await {
-                return;
-            }
+        // On every answer, not only after this task's own failure: a task that failed
+        // and was stopped may have left its name for this one.
+        let up = Health::of(&health).answered(&service);
+        if up && !report(&tx, true, None).await {
+            return;
         }
         index = next_index(index, answered);
         let first = last.is_none();
@@ -481,6 +525,37 @@ impl ConsulRegistration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service's failing query keeps the registry down while the catalog answers,
+    /// until it answers itself or leaves the catalog; the catalog's own recovery brings
+    /// it up (Consul is back). Each change is said once.
+    #[test]
+    fn the_registry_is_up_when_no_query_is_failing() {
+        let mut h = Health::default();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(h.catalog_answered(&names(&["web", "db"])), (false, true));
+        h.failed("web");
+        assert_eq!(h.catalog_answered(&names(&["web", "db"])), (false, false));
+        assert!(h.answered("web"), "now up");
+        assert!(!h.answered("web"), "said once");
+        h.failed("db");
+        assert_eq!(
+            h.catalog_answered(&names(&["web"])),
+            (false, true),
+            "db left"
+        );
+        // An outage: everything fails; the catalog's answer brings it all back.
+        h.failed(CATALOG);
+        h.failed("web");
+        assert!(
+            !h.answered("db"),
+            "a stopped task's late answer: web still fails"
+        );
+        assert_eq!(h.catalog_answered(&names(&["web"])), (true, true));
+        // A stopped task's late failure is dropped at the next catalog answer.
+        h.failed("db");
+        assert_eq!(h.catalog_answered(&names(&["web"])), (false, true));
+    }
 
     fn node(id: &str, node: &str, address: &str, port: u16, tags: &[&str]) -> ServiceNode {
         let mut n = ServiceNode::default();

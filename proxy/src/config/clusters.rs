@@ -83,6 +83,15 @@ impl Builder<'_> {
                     format!("expected 0..=100, found {max_percent}"),
                 );
             }
+            // Timers are set at now + the limit: a limit of centuries would overflow.
+            const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+            if c.idle_timeout.as_ref().is_some_and(|d| d.0 > YEAR) {
+                self.err(
+                    c.name.referenced,
+                    f("idle_timeout"),
+                    "expected at most a year (0s: no limit)",
+                );
+            }
             out.push(ClusterSpec {
                 name: c.name.value.clone(),
                 protocol: c.protocol,
@@ -94,7 +103,7 @@ impl Builder<'_> {
                 idle_timeout: c
                     .idle_timeout
                     .as_ref()
-                    .map_or(defaults::UPSTREAM_IDLE_TIMEOUT, |d| d.0),
+                    .map_or(defaults::UPSTREAM_IDLE_TIMEOUT, |d| d.0.min(YEAR)),
                 tls,
                 outlier: OutlierPolicy {
                     consecutive_failures: o

@@ -65,8 +65,9 @@ pub mod defaults {
     pub const RETRY_MAX_BACKOFF: Duration = Duration::from_millis(250);
     pub const OUTLIER_FAILURES: u32 = 5;
     pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(5);
-    /// Where the kubelet mounts a pod's service-account token.
-    pub const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    /// Where `presage inject` mounts the pod's service-account token for the control
+    /// plane (audience `presage`; not the API server's token, which is never sent).
+    pub const TOKEN_FILE: &str = "/var/run/secrets/presage/token";
     pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
     /// At most half a cluster ejected at once (one endpoint always may be), so that a
     /// fault shared by many endpoints does not pile their load onto the rest.
@@ -155,8 +156,12 @@ pub struct Listener {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QosHeaders {
-    /// From loopback, private (RFC 1918, IPv6 unique-local) and link-local addresses:
-    /// a sidecar's application, the mesh's pods, a gateway in front of an edge proxy.
+    /// From loopback, private (RFC 1918, IPv6 unique-local), shared (RFC 6598
+    /// 100.64/10, which some clusters give pods) and link-local addresses, and from this
+    /// host's own address: a sidecar's application, the mesh's pods, a gateway in front
+    /// of an edge proxy. A load balancer that rewrites source addresses (a Kubernetes
+    /// Service with `externalTrafficPolicy: Cluster`) makes every client internal:
+    /// such an edge listener wants `none`.
     #[default]
     Internal,
     All,
@@ -164,19 +169,23 @@ pub enum QosHeaders {
 }
 
 impl QosHeaders {
-    /// Whether a caller at `peer` is believed.
-    pub fn trusts(self, peer: std::net::IpAddr) -> bool {
+    /// Whether a caller at `peer`, connected to this host at `local`, is believed.
+    pub fn trusts(self, peer: std::net::IpAddr, local: std::net::IpAddr) -> bool {
         use std::net::IpAddr;
+        let internal = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => {
+                let shared = a.octets()[0] == 100 && a.octets()[1] & 0xc0 == 64;
+                a.is_loopback() || a.is_private() || a.is_link_local() || shared
+            }
+            IpAddr::V6(a) => a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local(),
+        };
         match self {
             QosHeaders::All => true,
             QosHeaders::None => false,
-            QosHeaders::Internal => match peer {
-                IpAddr::V4(a) => a.is_loopback() || a.is_private() || a.is_link_local(),
-                IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                    Some(v4) => QosHeaders::Internal.trusts(IpAddr::V4(v4)),
-                    None => a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local(),
-                },
-            },
+            QosHeaders::Internal => {
+                let peer = peer.to_canonical();
+                internal(peer) || peer == local.to_canonical()
+            }
         }
     }
 }

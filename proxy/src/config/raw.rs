@@ -122,7 +122,8 @@ pub struct RawIdentity {
     pub namespace: Option<Spanned<String>>,
     /// Default: `$POD_SERVICE_ACCOUNT`, else `default`.
     pub service_account: Option<Spanned<String>>,
-    /// The service-account token sent to prove it (default: the one the kubelet mounts).
+    /// The service-account token sent to prove it (default: the one `presage inject`
+    /// mounts for the control plane's audience).
     pub token_file: Option<PathBuf>,
 }
 

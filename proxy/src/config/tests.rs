@@ -155,24 +155,37 @@ fn the_ejected_share_is_a_percentage() {
 #[test]
 fn internal_callers_are_loopback_private_and_link_local() {
     let internal = QosHeaders::default();
+    let here: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    let trusts = |q: QosHeaders, ip: &str| q.trusts(ip.parse().unwrap(), here);
     for ip in [
         "127.0.0.1",
         "10.1.2.3",
         "172.16.0.1",
         "192.168.1.1",
         "169.254.1.1",
+        "100.64.0.1",
+        "100.127.255.254",
         "::1",
         "fd00::1",
         "fe80::1",
         "::ffff:10.0.0.1",
+        // This host's own public address: a pod's application calling its sidecar.
+        "203.0.113.7",
+        "::ffff:203.0.113.7",
     ] {
-        assert!(internal.trusts(ip.parse().unwrap()), "{ip}");
+        assert!(trusts(internal, ip), "{ip}");
     }
-    for ip in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
-        assert!(!internal.trusts(ip.parse().unwrap()), "{ip}");
+    for ip in [
+        "8.8.8.8",
+        "172.32.0.1",
+        "100.128.0.1",
+        "2001:db8::1",
+        "::ffff:8.8.8.8",
+    ] {
+        assert!(!trusts(internal, ip), "{ip}");
     }
-    assert!(QosHeaders::All.trusts("8.8.8.8".parse().unwrap()));
-    assert!(!QosHeaders::None.trusts("127.0.0.1".parse().unwrap()));
+    assert!(trusts(QosHeaders::All, "8.8.8.8"));
+    assert!(!trusts(QosHeaders::None, "127.0.0.1"));
     let c = parse(
         &GOOD.replace(
             "  - address: 127.0.0.1:0\n",
@@ -183,6 +196,20 @@ fn internal_callers_are_loopback_private_and_link_local() {
     )
     .unwrap();
     assert_eq!(c.listeners[0].qos_headers, QosHeaders::All);
+}
+
+/// An idle limit of centuries would overflow the timers set from it.
+#[test]
+fn idle_timeouts_are_at_most_a_year() {
+    let e = errors(&GOOD.replace(
+        "    endpoints:\n",
+        "    idle_timeout: 300000000000y\n    endpoints:\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].ends_with("clusters[0].idle_timeout: expected at most a year (0s: no limit)"),
+        "{e:#?}"
+    );
 }
 
 #[test]

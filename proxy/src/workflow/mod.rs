@@ -60,7 +60,7 @@ pub async fn handle(
         Ok(()) => match req.uri().path().strip_prefix(STATUS_PREFIX) {
             Some(id) => status(&shared, id, req.method()),
             // Boxed: the proxied request's future need not be as large as this path's.
-            None => Box::pin(invoke(shared, rt, req, request_id.clone())).await,
+            None => Box::pin(invoke(shared, rt, req, request_id.clone(), conn.trusted)).await,
         },
     };
     res.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
@@ -100,6 +100,7 @@ async fn invoke(
     rt: Arc<Runtime>,
     req: Request<Incoming>,
     request_id: HeaderValue,
+    trusted: bool,
 ) -> Response<ResponseBody> {
     let name = &req.uri().path()[PREFIX.len()..];
     let Some(spec) = rt.config.workflows.iter().find(|w| w.name == name).cloned() else {
@@ -160,9 +161,10 @@ async fn invoke(
         .telemetry
         .as_ref()
         .map_or(&qos::X_PRESAGE_USER, |t| &t.spec.user_header);
-    let user = req
-        .headers()
-        .get(user_header)
+    // Not from a caller the listener does not believe (`QosHeaders`): the steps pass it
+    // on as `x-presage-user`, which the next listener would believe.
+    let user = (req.headers().get(user_header))
+        .filter(|_| trusted)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let headers: serde_json::Map<String, Value> = req
