@@ -139,9 +139,7 @@ impl Shared {
             telemetry,
         })
     }
-}
 
-impl Shared {
     /// Makes `runtime` the live one (a reload or a control-plane update): new requests
     /// use it, requests in flight finish on the one they started with. Its generation is
     /// reported by `/metrics` and `/config/status`, and the series of routes, clusters

@@ -185,10 +185,9 @@ async fn an_h2_stream_is_relayed_message_by_message() {
     assert!(rest.is_empty(), "{rest:?}");
 }
 
-#[tokio::test]
-async fn protocol_upgrade_is_spliced_both_ways() {
-    let up = Upstream::spawn("ws").await;
-    let proxy = Proxy::start(&one_cluster(&[up.addr], "")).await;
+/// A connection to `proxy` switched to the upstream's `echo` protocol, and the head of
+/// the 101 it answered (lowercase).
+async fn upgraded(proxy: &Proxy) -> (tokio::net::TcpStream, String) {
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
@@ -205,6 +204,14 @@ async fn protocol_upgrade_is_spliced_both_ways() {
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
+    (s, head)
+}
+
+#[tokio::test]
+async fn protocol_upgrade_is_spliced_both_ways() {
+    let up = Upstream::spawn("ws").await;
+    let proxy = Proxy::start(&one_cluster(&[up.addr], "")).await;
+    let (mut s, head) = upgraded(&proxy).await;
     assert!(head.contains("upgrade: echo"), "{head}");
     for msg in [&b"ping"[..], b"second message"] {
         s.write_all(msg).await.unwrap();
@@ -220,17 +227,7 @@ async fn protocol_upgrade_is_spliced_both_ways() {
 async fn a_silent_upgraded_tunnel_is_closed_after_the_idle_timeout() {
     let up = Upstream::spawn("ws").await;
     let proxy = Proxy::start(&one_cluster(&[up.addr], "    idle_timeout: 2s\n")).await;
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed in the head");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut s, _) = upgraded(&proxy).await;
     let opened = std::time::Instant::now();
     // Each echo is traffic both ways; 0.7 s apart, they outlast the 2 s limit.
     for _ in 0..4 {

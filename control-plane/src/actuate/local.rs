@@ -13,9 +13,11 @@
 //! starts a replacement. Starts that fail (the program cannot run, exits before it is
 //! ready, or is not ready in time) back off as Kubernetes' CrashLoopBackOff does: no
 //! launch for 10 s after the first, doubling up to 5 min, until an instance is ready;
-//! the instances of one launch count as one failure. Instances are started under `setpriv --pdeathsig TERM` where
-//! util-linux has it, so a control plane that crashes does not leave them behind. The launch-to-ready time of each instance is the measured
-//! cold start the planner plans its lead time with.
+//! the instances of one launch count as one failure.
+//!
+//! Instances are started under `setpriv --pdeathsig TERM` where util-linux has it, so a
+//! control plane that crashes does not leave them behind. The launch-to-ready time of
+//! each instance is the measured cold start the planner plans its lead time with.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
