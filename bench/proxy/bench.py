@@ -24,7 +24,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PRESAGE = os.path.join(ROOT, "target/release/presage")
+# PRESAGE=BINARY measures another build than the plain release one (e.g. target/pgo/presage
+# from scripts/pgo.sh).
+PRESAGE = os.environ.get("PRESAGE") or os.path.join(ROOT, "target/release/presage")
 LOADGEN_CPU, SERVER_CPU = "0", "1"
 DURATION = 8
 BODY = "x" * 1024

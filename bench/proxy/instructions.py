@@ -8,7 +8,13 @@ fixed 1 KiB body); after WARMUP requests the counters are zeroed (`callgrind_con
 are dumped (`-d`): instructions / N. Kernel time is not counted (bench.py measures
 time and CPU).
 
-usage: python3 bench/proxy/instructions.py [BINARY]   (default target/release/presage)
+With --sim, callgrind also simulates the caches and the branch predictor, and each row
+adds the simulated instruction-cache misses (I1mr), data-cache misses (D1mr + D1mw) and
+mispredicted branches (Bcm + Bim) per request: where two builds run the same
+instructions at different speeds (code layout, profile-guided optimisation), these say
+why without hardware counters (this machine's VM exposes none).
+
+usage: python3 bench/proxy/instructions.py [--sim] [BINARY ...]   (default target/release/presage)
 Needs valgrind, h2load, nginx and haproxy (bench/proxy/run.sh installs all but valgrind).
 """
 
@@ -25,12 +31,17 @@ WARMUP = 2000
 N = {"h1": 20000, "h2": 40000}
 
 
-def count(name, cmd, port, proto, tmp):
-    """Instructions per request of `cmd` (listening on `port`) under `proto` load."""
+SIM = ["--cache-sim=yes", "--branch-sim=yes"]
+
+
+def count(name, cmd, port, proto, tmp, sim=False):
+    """Events per request of `cmd` (listening on `port`) under `proto` load: {event: n},
+    instructions (`Ir`), and with `sim` the simulated misses."""
     out = os.path.join(tmp, f"{name}-{proto}.cg")
     log = open(os.path.join(tmp, f"{name}-{proto}.log"), "w")
     vg = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + cmd,
+        ["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
+        + (SIM if sim else []) + cmd,
         stdout=log, stderr=log)
     try:
         wait_port(port, timeout=60)
@@ -51,15 +62,26 @@ def count(name, cmd, port, proto, tmp):
             time.sleep(0.1)
         if not dump:
             raise RuntimeError(f"{name} {proto}: callgrind wrote no dump")
-        totals = next(line for line in open(dump) if line.startswith("totals:"))
-        return int(totals.split()[1]) / N[proto]
+        lines = open(dump).read().splitlines()
+        events = next(l for l in lines if l.startswith("events:")).split()[1:]
+        totals = next(l for l in lines if l.startswith("totals:")).split()[1:]
+        return {e: int(v) / N[proto] for e, v in zip(events, totals)}
     finally:
         vg.terminate()
         vg.wait(30)
 
 
+def misses(ev):
+    """Simulated I1 misses, D1 misses and mispredicted branches per request."""
+    return ev.get("I1mr", 0), ev.get("D1mr", 0) + ev.get("D1mw", 0), ev.get("Bcm", 0) + ev.get("Bim", 0)
+
+
 def main():
-    presage = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/presage")
+    args = sys.argv[1:]
+    sim = args[:1] == ["--sim"]
+    if sim:
+        args = args[1:]
+    binaries = args or [os.path.join(ROOT, "target/release/presage")]
     tmp = tempfile.mkdtemp(prefix="presage-instr-")
     up = free_port()
     up_conf = upstream_conf(tmp, up)
@@ -68,9 +90,12 @@ def main():
         wait_port(up)
         rows = []
         for proto in ("h1", "h2"):
-            p = free_port()
-            targets = [("presage", [presage, "proxy", "--listen", f"127.0.0.1:{p}",
-                                    "--to", f"http://127.0.0.1:{up}", "--workers", "1"], p)]
+            targets = []
+            for k, presage in enumerate(binaries):
+                p = free_port()
+                name = "presage" if len(binaries) == 1 else f"presage {k + 1}"
+                targets.append((name, [presage, "proxy", "--listen", f"127.0.0.1:{p}",
+                                       "--to", f"http://127.0.0.1:{up}", "--workers", "1"], p))
             n = free_port()
             ngx = nginx_proxy_conf(tmp, f"nginx-{proto}", up, **{proto: n}, master=False)
             targets.append(("nginx", ["nginx", "-c", ngx], n))
@@ -78,12 +103,22 @@ def main():
             hap = haproxy_conf(tmp, f"haproxy-{proto}", up, **{proto: h})
             targets.append(("haproxy", ["haproxy", "-f", hap], h))
             for name, cmd, port in targets:
-                ir = count(name, cmd, port, proto, tmp)
-                rows.append((proto, name, ir))
-                print(f"{proto} {name:8s} {ir:,.0f} instructions per request", flush=True)
-        print("\n| proto | target | instructions per request |\n|---|---|---|")
-        for proto, name, ir in rows:
-            print(f"| {proto} | {name} | {ir:,.0f} |")
+                ev = count(name.replace(" ", ""), cmd, port, proto, tmp, sim)
+                rows.append((proto, name, ev))
+                extra = "  I1 misses {:,.0f}, D1 misses {:,.0f}, mispredicted branches {:,.0f}".format(*misses(ev)) if sim else ""
+                print(f"{proto} {name:10s} {ev['Ir']:,.0f} instructions per request{extra}", flush=True)
+        for k, presage in enumerate(binaries):
+            if len(binaries) > 1:
+                print(f"presage {k + 1}: {presage}")
+        if sim:
+            print("\n| proto | target | instructions | I1 misses | D1 misses | mispredicted branches |\n|---|---|---|---|---|---|")
+            for proto, name, ev in rows:
+                print(f"| {proto} | {name} | {ev['Ir']:,.0f} | " + " | ".join(f"{x:,.0f}" for x in misses(ev)) + " |")
+        else:
+            print("\n| proto | target | instructions per request |\n|---|---|---|")
+            for proto, name, ev in rows:
+                print(f"| {proto} | {name} | {ev['Ir']:,.0f} |")
+        print("(per request)")
     finally:
         upstream.terminate()
         upstream.wait(10)

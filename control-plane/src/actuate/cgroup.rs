@@ -131,6 +131,13 @@ impl Group {
         Ok(())
     }
 
+    /// A group at `path` as it is, for tests that stand a plain directory in for a
+    /// cgroup (writing its files needs no delegated hierarchy).
+    #[cfg(test)]
+    pub fn at(path: PathBuf) -> Group {
+        Group { path }
+    }
+
     /// Moves process `pid` into the group.
     pub fn add(&self, pid: u32) -> Result<(), String> {
         write(&self.path.join("cgroup.procs"), &pid.to_string())

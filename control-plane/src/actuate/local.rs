@@ -135,8 +135,10 @@ struct State {
     next: u32,
     cold_start: Option<Duration>,
     limits_unavailable: Option<String>,
-    /// The per-instance resources asked for last.
+    /// The per-instance resources asked for last (new instances start with them).
     resources: Option<TierResources>,
+    /// A running instance's group refused `resources`: the next decision writes again.
+    resize_failed: bool,
     /// Failed starts since an instance last became ready (a batch launched together
     /// counts once), when launching may resume (and that time on the wall clock, for the
     /// error), and when that was decided.
@@ -296,23 +298,27 @@ impl Inner {
         st.limits_unavailable = Some(why);
     }
 
-    /// Applies new per-instance resources to every running instance, in place.
+    /// Applies new per-instance resources to every running instance, in place. A group
+    /// that refused them is written again at the next decision, not taken as resized.
     fn resize(&self, resources: Option<TierResources>) {
         let groups: Vec<Arc<Group>> = {
             let mut st = self.lock();
-            if st.resources == resources {
+            if st.resources == resources && !st.resize_failed {
                 return;
             }
             st.resources = resources.clone();
             st.slots.values().filter_map(|s| s.group.clone()).collect()
         };
         let limits = self.cfg.limits(resources.as_ref());
+        let mut failed = false;
         for g in groups {
             if let Err(why) = g.set(&limits) {
+                failed = true;
                 self.limits_unavailable(why);
             }
         }
-        if let Some(r) = &resources {
+        self.lock().resize_failed = failed;
+        if let (Some(r), false) = (&resources, failed) {
             tracing::info!(service = %self.service, tier = %r.tier, cpu_weight = r.cpu_weight, memory_mb = r.memory_mb, "per-instance resources follow the tier");
         }
     }
@@ -656,5 +662,43 @@ mod tests {
         let left = st.retry_at.unwrap() - Instant::now();
         assert!(left <= MAX_START_BACKOFF, "{left:?}");
         assert_eq!(st.failed_starts, 12);
+    }
+
+    /// A group that refused a resize is written again at the next decision rather
+    /// than taken as resized. A plain directory stands in for the instance's cgroup:
+    /// writing `cpu.weight` there needs no delegated cgroup v2 hierarchy, and it can be
+    /// made to fail (missing) and then to work.
+    #[tokio::test]
+    async fn a_refused_resize_is_written_again() {
+        let cfg: LocalConfig =
+            serde_json::from_value(serde_json::json!({"command": ["srv", "{port}"]})).unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        let local = Local::new("resized", cfg, tx);
+        let dir = std::env::temp_dir().join(format!("presage-resize-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let slot = Slot {
+            port: 1,
+            ready: true,
+            pool: None,
+            group: Some(Arc::new(Group::at(dir.clone()))),
+            stop: None,
+        };
+        local.inner.lock().slots.insert(0, slot);
+        let gold = TierResources {
+            tier: "gold".into(),
+            cpu_weight: 400,
+            memory_mb: 64,
+        };
+        local.inner.resize(Some(gold.clone()));
+        let why = local.status().limits_unavailable.expect("the write failed");
+        assert!(why.contains("cpu.weight"), "{why}");
+        std::fs::create_dir_all(&dir).unwrap();
+        local.inner.resize(Some(gold));
+        let weight = std::fs::read_to_string(dir.join("cpu.weight"));
+        let min = std::fs::read_to_string(dir.join("memory.min"));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(weight.unwrap(), "400");
+        assert_eq!(min.unwrap(), (64u64 << 20).to_string());
+        assert!(!local.inner.lock().resize_failed);
     }
 }
