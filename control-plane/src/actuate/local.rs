@@ -125,6 +125,8 @@ struct Slot {
     pool: Option<String>,
     /// Its cgroup, when limits are applied (resized in place as the tier changes).
     group: Option<Arc<Group>>,
+    /// Why its limits could not be applied, if so (it runs without them).
+    limits_error: Option<String>,
     /// Taken when the instance is asked to stop.
     stop: Option<oneshot::Sender<()>>,
 }
@@ -134,11 +136,10 @@ struct State {
     slots: BTreeMap<u32, Slot>,
     next: u32,
     cold_start: Option<Duration>,
-    limits_unavailable: Option<String>,
     /// The per-instance resources asked for last (new instances start with them).
     resources: Option<TierResources>,
-    /// A running instance's group refused `resources`: the next decision writes again.
-    resize_failed: bool,
+    /// Why a running instance's group refused `resources`: the next decision writes again.
+    resize_error: Option<String>,
     /// Failed starts since an instance last became ready (a batch launched together
     /// counts once), when launching may resume (and that time on the wall clock, for the
     /// error), and when that was decided.
@@ -290,12 +291,8 @@ impl Inner {
             .is_some_and(|code| code < 500)
     }
 
-    fn limits_unavailable(&self, why: String) {
-        let mut st = self.lock();
-        if st.limits_unavailable.is_none() {
-            tracing::warn!(service = %self.service, reason = %why, "CPU/memory limits not applied");
-        }
-        st.limits_unavailable = Some(why);
+    fn limits_unavailable(&self, why: &str) {
+        tracing::warn!(service = %self.service, reason = %why, "CPU/memory limits not applied");
     }
 
     /// Applies new per-instance resources to every running instance, in place (a group
@@ -303,20 +300,23 @@ impl Inner {
     fn resize(&self, resources: Option<TierResources>) {
         let groups: Vec<Arc<Group>> = {
             let mut st = self.lock();
-            if st.resources == resources && !st.resize_failed {
+            if st.resources == resources && st.resize_error.is_none() {
                 return;
             }
             st.resources = resources.clone();
             st.slots.values().filter_map(|s| s.group.clone()).collect()
         };
         let limits = self.cfg.limits(resources.as_ref());
-        let mut failed = false;
-        for why in groups.iter().filter_map(|g| g.set(&limits).err()) {
-            failed = true;
+        // Every group is written; the last refusal is what is reported.
+        let failed = groups
+            .iter()
+            .fold(None, |last, g| g.set(&limits).err().or(last));
+        let mut st = self.lock();
+        if let (Some(why), None) = (&failed, &st.resize_error) {
             self.limits_unavailable(why);
         }
-        self.lock().resize_failed = failed;
-        if let (Some(r), false) = (&resources, failed) {
+        st.resize_error = failed;
+        if let (Some(r), None) = (&resources, &st.resize_error) {
             tracing::info!(service = %self.service, tier = %r.tier, cpu_weight = r.cpu_weight, memory_mb = r.memory_mb, "per-instance resources follow the tier");
         }
     }
@@ -386,7 +386,16 @@ impl Inner {
                         s.group = Some(Arc::new(g));
                     }
                 }
-                Err(why) => self.limits_unavailable(why),
+                Err(why) => {
+                    let mut st = self.lock();
+                    // Said once while instances run without limits, not at every launch.
+                    if !st.slots.values().any(|s| s.limits_error.is_some()) {
+                        self.limits_unavailable(&why);
+                    }
+                    if let Some(s) = st.slots.get_mut(&index) {
+                        s.limits_error = Some(why);
+                    }
+                }
             }
         }
         let addr = SocketAddr::new(self.host(), port);
@@ -561,6 +570,7 @@ impl Actuator for Local {
                                 stop: Some(tx),
                                 pool: pool.clone(),
                                 group: None,
+                                limits_error: None,
                             },
                         );
                         launch.push((index, port, rx));
@@ -581,8 +591,8 @@ impl Actuator for Local {
 
     fn status(&self) -> Status {
         let st = self.inner.lock();
-        let live = st.slots.values().filter(|s| s.stop.is_some());
-        let (ready, starting, warm_ready) = live.fold((0, 0, 0), |(r, s, w), slot| {
+        let live = || st.slots.values().filter(|s| s.stop.is_some());
+        let (ready, starting, warm_ready) = live().fold((0, 0, 0), |(r, s, w), slot| {
             match (slot.ready, &slot.pool) {
                 (true, None) => (r + 1, s, w),
                 (true, Some(_)) => (r, s, w + 1),
@@ -594,7 +604,12 @@ impl Actuator for Local {
             starting,
             warm_ready,
             cold_start: st.cold_start,
-            limits_unavailable: st.limits_unavailable.clone(),
+            // What holds now: a refused resize, or an instance still running without its
+            // limits (gone with it).
+            limits_unavailable: (st.resize_error.iter())
+                .chain(live().filter_map(|s| s.limits_error.as_ref()))
+                .next()
+                .cloned(),
         }
     }
 
@@ -616,84 +631,4 @@ impl Actuator for Local {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A program that exits before it is ready is not relaunched at every decision: the
-    /// next launch waits a backoff that doubles with each failure, a batch launched
-    /// together counting once (real processes).
-    #[tokio::test]
-    async fn failed_starts_back_off() {
-        let cfg: LocalConfig = serde_json::from_value(
-            serde_json::json!({"command": ["sh", "-c", "exit 3", "{port}"]}),
-        )
-        .unwrap();
-        let (tx, _rx) = mpsc::channel(8);
-        let local = Local::new("crashy", cfg, tx);
-        let want = Want {
-            standard: 3,
-            ..Default::default()
-        };
-        let mut tasks = local.inner.tasks.subscribe();
-        local.scale(&want).await.unwrap();
-        tasks.wait_for(|n| *n == 0).await.unwrap();
-        let err = local.scale(&want).await.unwrap_err().to_string();
-        assert!(
-            err.starts_with("1 start(s) in a row failed; launches resume at 20"),
-            "three failures of one batch count once: {err}"
-        );
-        assert_eq!(local.status().starting, 0, "nothing launched");
-        let again = local.scale(&want).await.unwrap_err().to_string();
-        assert_eq!(again, err, "the same words while paused: recorded once");
-        let mut st = local.inner.lock();
-        let first = st.retry_at.unwrap() - Instant::now();
-        assert!(first <= START_BACKOFF, "{first:?}");
-        st.start_failed("crashy", Instant::now());
-        let left = st.retry_at.unwrap() - Instant::now();
-        assert!(
-            left > START_BACKOFF * 2 - Duration::from_secs(1),
-            "{left:?}"
-        );
-        for _ in 0..10 {
-            st.start_failed("crashy", Instant::now());
-        }
-        let left = st.retry_at.unwrap() - Instant::now();
-        assert!(left <= MAX_START_BACKOFF, "{left:?}");
-        assert_eq!(st.failed_starts, 12);
-    }
-
-    /// A refused resize is written again at the next decision. A plain directory (missing,
-    /// then made) stands in for the cgroup: no delegated cgroup v2 hierarchy is needed.
-    #[tokio::test]
-    async fn a_refused_resize_is_written_again() {
-        let cfg: LocalConfig =
-            serde_json::from_value(serde_json::json!({"command": ["srv", "{port}"]})).unwrap();
-        let (tx, _rx) = mpsc::channel(8);
-        let local = Local::new("resized", cfg, tx);
-        let dir = std::env::temp_dir().join(format!("presage-resize-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let slot = Slot {
-            port: 1,
-            ready: true,
-            pool: None,
-            group: Some(Arc::new(Group::at(dir.clone()))),
-            stop: None,
-        };
-        local.inner.lock().slots.insert(0, slot);
-        let gold = TierResources {
-            tier: "gold".into(),
-            cpu_weight: 400,
-            memory_mb: 64,
-        };
-        local.inner.resize(Some(gold.clone()));
-        let why = local.status().limits_unavailable.expect("the write failed");
-        assert!(why.contains("cpu.weight"), "{why}");
-        std::fs::create_dir_all(&dir).unwrap();
-        local.inner.resize(Some(gold));
-        let weight = std::fs::read_to_string(dir.join("cpu.weight"));
-        let min = std::fs::read_to_string(dir.join("memory.min"));
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(weight.unwrap(), "400");
-        assert_eq!(min.unwrap(), (64u64 << 20).to_string());
-    }
-}
+mod tests;
