@@ -44,15 +44,21 @@ async fn failed_starts_back_off() {
     assert_eq!(st.failed_starts, 12);
 }
 
+/// A local actuator whose instances the test puts in place itself (its command is never
+/// run).
+fn not_launched(service: &str) -> (Local, mpsc::Receiver<Update>) {
+    let cfg: LocalConfig =
+        serde_json::from_value(serde_json::json!({"command": ["srv", "{port}"]})).unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    (Local::new(service, cfg, tx), rx)
+}
+
 /// A refused resize is written again at the next decision, and once written it is no
 /// longer reported. A plain directory (missing, then made) stands in for the cgroup: no
 /// delegated cgroup v2 hierarchy is needed.
 #[tokio::test]
 async fn a_refused_resize_is_written_again() {
-    let cfg: LocalConfig =
-        serde_json::from_value(serde_json::json!({"command": ["srv", "{port}"]})).unwrap();
-    let (tx, _rx) = mpsc::channel(8);
-    let local = Local::new("resized", cfg, tx);
+    let (local, _registry) = not_launched("resized");
     let dir = std::env::temp_dir().join(format!("presage-resize-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let slot = Slot {
@@ -87,10 +93,7 @@ async fn a_refused_resize_is_written_again() {
 /// after it stops.
 #[tokio::test]
 async fn an_instance_without_limits_is_reported_while_it_runs() {
-    let cfg: LocalConfig =
-        serde_json::from_value(serde_json::json!({"command": ["srv", "{port}"]})).unwrap();
-    let (tx, _rx) = mpsc::channel(8);
-    let local = Local::new("unlimited", cfg, tx);
+    let (local, _registry) = not_launched("unlimited");
     let (stop, _stopped) = oneshot::channel();
     let slot = |limits_error: Option<&str>, stop| Slot {
         port: 1,
