@@ -17,7 +17,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench", "proxy"))
-from bench import free_port, upstream_conf, wait_port  # noqa: E402
+from bench import free_port, self_signed, upstream_conf, wait_port  # noqa: E402
 
 TRACES = os.path.join(os.path.dirname(ROOT), "shared", "traces")
 
@@ -37,9 +37,7 @@ def stop(proc):
 
 def config(tmp, up, cp=None):
     p1, p2, pt = free_port(), free_port(), free_port()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", "/CN=localhost", "-days", "1", "-keyout", os.path.join(tmp, "key.pem"),
-                    "-out", os.path.join(tmp, "cert.pem")], check=True, capture_output=True)
+    self_signed(tmp)
     path = os.path.join(tmp, "proxy.yaml")
     with open(path, "w") as f:
         f.write(f"""listeners:

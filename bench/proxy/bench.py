@@ -74,6 +74,13 @@ def cpu_seconds(pids):
     return total / TICK
 
 
+def self_signed(tmp):
+    """A P-256 certificate for localhost and its key: tmp/cert.pem, tmp/key.pem."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=localhost", "-days", "1", "-keyout", os.path.join(tmp, "key.pem"),
+                    "-out", os.path.join(tmp, "cert.pem")], check=True, capture_output=True)
+
+
 def rss_kib(pids, field="VmHWM"):
     total = 0
     for p in pids:

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 
-from bench import free_port, wait_port
+from bench import free_port, self_signed, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # PRESAGE_HOT_ORDER=FILE writes another list (build.rs links with the same variable's):
@@ -189,9 +189,7 @@ clusters: [{{ name: up, endpoints: [{{ address: "{upstream}" }}] }}]
     finally:
         cp.terminate()
         cp.wait()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", "/CN=localhost", "-days", "1", "-keyout", os.path.join(tmp, "key.pem"),
-                    "-out", os.path.join(tmp, "cert.pem")], check=True, capture_output=True)
+    self_signed(tmp)
     pt = free_port()
     open(path, "w").write(config.replace("listeners:\n", f"""listeners:
   - {{ name: tls, address: "127.0.0.1:{pt}", tls: {{ cert: cert.pem, key: key.pem }} }}
