@@ -95,21 +95,16 @@ async fn a_refused_resize_is_written_again() {
 async fn an_instance_without_limits_is_reported_while_it_runs() {
     let (local, _registry) = not_launched("unlimited");
     let (stop, _stopped) = oneshot::channel();
-    let slot = |limits_error: Option<&str>, stop| Slot {
+    let refused = "cgroup v2 controllers not delegated";
+    let slot = Slot {
         port: 1,
         ready: true,
         pool: None,
         group: None,
-        limits_error: limits_error.map(String::from),
-        stop,
+        limits_error: Some(refused.into()),
+        stop: Some(stop),
     };
-    local.inner.lock().slots.insert(0, slot(None, None));
-    let refused = "cgroup v2 controllers not delegated";
-    local
-        .inner
-        .lock()
-        .slots
-        .insert(1, slot(Some(refused), Some(stop)));
+    local.inner.lock().slots.insert(1, slot);
     assert_eq!(local.status().limits_unavailable.as_deref(), Some(refused));
     local.inner.lock().slots.get_mut(&1).unwrap().stop = None;
     assert_eq!(local.status().limits_unavailable, None, "it stopped");
