@@ -1,6 +1,8 @@
 # A/B of two presage binaries as reverse proxies (same nginx upstream, same CPUs), for
 # checking a request-path change: python3 bench/proxy/ab.py OLD_BIN NEW_BIN [ROUNDS] (default 3,
-# interleaved; medians).
+# interleaved; medians). Besides throughput it prints, per request, the proxy's CPU, how
+# often it was preempted (its involuntary context switches: mostly the upstream, woken on
+# the same core, taking the core over) and the upstream nginx worker's CPU.
 import os, re, statistics, subprocess, sys, tempfile, time, socket
 def free():
     s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
@@ -8,6 +10,12 @@ def wait(p):
     for _ in range(100):
         try: socket.create_connection(("127.0.0.1",p),0.2).close(); return
         except OSError: time.sleep(0.1)
+def cpu_us(pid):
+    f=open(f"/proc/{pid}/stat").read().rsplit(")",1)[1].split()
+    return (int(f[11])+int(f[12]))/os.sysconf("SC_CLK_TCK")*1e6
+def preemptions(pid):
+    return sum(int(re.search(r"nonvoluntary_ctxt_switches:\s+(\d+)",open(f"/proc/{pid}/task/{t}/status").read()).group(1))
+               for t in os.listdir(f"/proc/{pid}/task"))
 tmp=tempfile.mkdtemp()
 up=free()
 open(f"{tmp}/up.conf","w").write(f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log stderr error;
@@ -16,7 +24,9 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; defa
   server {{ listen 127.0.0.1:{up}; location / {{ return 200 "{'x'*1024}"; }} }} }}""")
 procs=[subprocess.Popen(["taskset","-c","1","nginx","-c",f"{tmp}/up.conf"])]
 wait(up)
-ports={}
+time.sleep(0.3)  # let nginx fork its worker
+worker=int(open(f"/proc/{procs[0].pid}/task/{procs[0].pid}/children").read().split()[0])
+ports={}; pids={}
 for name,binp in [("old",sys.argv[1]),("new",sys.argv[2])]:
     p1=free(); p2=free()
     open(f"{tmp}/{name}.yaml","w").write(f"""listeners:
@@ -27,16 +37,20 @@ routes: [{{ cluster: up }}]
 clusters: [{{ name: up, endpoints: [{{ address: "127.0.0.1:{up}" }}] }}]
 """)
     procs.append(subprocess.Popen(["taskset","-c","1",binp,"proxy","--config",f"{tmp}/{name}.yaml"],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL))
-    wait(p1); wait(p2); ports[name]=(p1,p2)
-res={"old":{"h1":[],"h2":[]},"new":{"h1":[],"h2":[]}}
+    wait(p1); wait(p2); ports[name]=(p1,p2); pids[name]=procs[-1].pid
+LOAD={"h1":(["wrk","-t1","-c64","-d6s"],r"Requests/sec:\s+([\d.]+)",0),
+      "h2":(["h2load","-c64","-m10","-t1","-D","6"],r"finished in [\d.]+\w+, ([\d.]+) req/s",1)}
+res={(n,p):[] for n in ports for p in LOAD}
 for r in range(int(sys.argv[3]) if len(sys.argv) > 3 else 3):
     for name in (["old","new"] if r%2==0 else ["new","old"]):
-        p1,p2=ports[name]
-        out=subprocess.run(["taskset","-c","0","wrk","-t1","-c64","-d6s",f"http://127.0.0.1:{p1}/"],capture_output=True,text=True).stdout
-        res[name]["h1"].append(float(re.search(r"Requests/sec:\s+([\d.]+)",out).group(1)))
-        out=subprocess.run(["taskset","-c","0","h2load","-c64","-m10","-t1","-D","6",f"http://127.0.0.1:{p2}/"],capture_output=True,text=True).stdout
-        res[name]["h2"].append(float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s",out).group(1)))
+        for proto,(cmd,pattern,port) in LOAD.items():
+            before=(cpu_us(pids[name]),preemptions(pids[name]),cpu_us(worker))
+            out=subprocess.run(["taskset","-c","0"]+cmd+[f"http://127.0.0.1:{ports[name][port]}/"],capture_output=True,text=True).stdout
+            rps=float(re.search(pattern,out).group(1)); n=rps*6
+            after=(cpu_us(pids[name]),preemptions(pids[name]),cpu_us(worker))
+            res[(name,proto)].append((rps,)+tuple((a-b)/n for a,b in zip(after,before)))
 for p in procs: p.terminate(); p.wait()
-for name in res:
-    for proto in res[name]:
-        v=sorted(res[name][proto]); print(name,proto,"median",statistics.median(v),"all",v)
+for (name,proto),v in res.items():
+    m=[statistics.median(x[i] for x in v) for i in range(4)]
+    print(f"{name} {proto} median {m[0]:.0f} req/s, all {sorted(round(x[0]) for x in v)}; per request: "
+          f"proxy {m[1]:.2f} us, preempted {m[2]:.3f} times, upstream {m[3]:.2f} us")

@@ -76,14 +76,6 @@ async fn send_uncounted<'a>(
     let _pending = Pending::new(&ep.pending);
     let t0 = Instant::now();
     let (res, request) = if in_task(cluster, up.method(), up.body().is_end_stream()) {
-        // With other requests in flight to this endpoint, the write waits for the end of
-        // this event-loop turn, so the requests read in one turn reach the upstream
-        // together: an upstream on the same core (a sidecar's app) then wakes once for
-        // them instead of preempting the proxy after each (bench/RESULTS.md, 2026-12-02).
-        // Alone, it goes at once: waiting would only add a turn.
-        if ep.pending.load(Relaxed) > 1 {
-            tokio::task::yield_now().await;
-        }
         let to = &ep.spec.authority;
         let res = crate::h1::send(&ep.pool, to, cluster.spec.connect_timeout, &up)
             .await

@@ -425,6 +425,16 @@ async fn proxy(
             std::mem::take(&mut parts.headers)
         };
         pass_budget(&mut up, qos.budget, deadline);
+        // An HTTP/1.1 request runs in its connection's task, right after it was read. With
+        // others in flight to the endpoint, its write waits for the end of this event-loop
+        // turn, so the requests read in one turn reach the upstream together: an upstream
+        // on the same core (a sidecar's app) then wakes once for them instead of preempting
+        // the proxy after each (bench/RESULTS.md, 2026-12-02). Alone, it goes at once:
+        // waiting would only add a turn. HTTP/2 streams run in their own tasks, queued
+        // behind their connection's read: batched already.
+        if parts.version <= Version::HTTP_11 && lent && ep.pending.load(Relaxed) > 0 {
+            tokio::task::yield_now().await;
+        }
 
         let tried = match hedge {
             None => {
