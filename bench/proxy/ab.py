@@ -3,26 +3,19 @@
 # interleaved; medians). Besides throughput it prints, per request, the proxy's CPU, how
 # often it was preempted (its involuntary context switches: mostly the upstream, woken on
 # the same core, taking the core over) and the upstream nginx worker's CPU.
-import os, re, statistics, subprocess, sys, tempfile, time, socket
-def free():
-    s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
-def wait(p):
-    for _ in range(100):
-        try: socket.create_connection(("127.0.0.1",p),0.2).close(); return
-        except OSError: time.sleep(0.1)
-def cpu_us(pid):
-    f=open(f"/proc/{pid}/stat").read().rsplit(")",1)[1].split()
-    return (int(f[11])+int(f[12]))/os.sysconf("SC_CLK_TCK")*1e6
+import os, re, statistics, subprocess, sys, tempfile, time
+
+from bench import cpu_seconds, free_port as free, upstream_conf, wait_port as wait
+
 def preemptions(pid):
     return sum(int(re.search(r"nonvoluntary_ctxt_switches:\s+(\d+)",open(f"/proc/{pid}/task/{t}/status").read()).group(1))
                for t in os.listdir(f"/proc/{pid}/task"))
+def sample(pid):
+    """The proxy's CPU (us), its preemptions and the upstream worker's CPU (us), so far."""
+    return cpu_seconds([pid])*1e6, preemptions(pid), cpu_seconds([worker])*1e6
 tmp=tempfile.mkdtemp()
 up=free()
-open(f"{tmp}/up.conf","w").write(f"""worker_processes 1; daemon off; pid {tmp}/up.pid; error_log stderr error;
-events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s; default_type text/plain;
-  server {{ listen 127.0.0.1:{up}; location / {{ return 200 "{'x'*1024}"; }} }} }}""")
-procs=[subprocess.Popen(["taskset","-c","1","nginx","-c",f"{tmp}/up.conf"])]
+procs=[subprocess.Popen(["taskset","-c","1","nginx","-c",upstream_conf(tmp,up)])]
 wait(up)
 time.sleep(0.3)  # let nginx fork its worker
 worker=int(open(f"/proc/{procs[0].pid}/task/{procs[0].pid}/children").read().split()[0])
@@ -44,10 +37,10 @@ res={(n,p):[] for n in ports for p in LOAD}
 for r in range(int(sys.argv[3]) if len(sys.argv) > 3 else 3):
     for name in (["old","new"] if r%2==0 else ["new","old"]):
         for proto,(cmd,pattern,port) in LOAD.items():
-            before=(cpu_us(pids[name]),preemptions(pids[name]),cpu_us(worker))
+            before=sample(pids[name])
             out=subprocess.run(["taskset","-c","0"]+cmd+[f"http://127.0.0.1:{ports[name][port]}/"],capture_output=True,text=True).stdout
             rps=float(re.search(pattern,out).group(1)); n=rps*6
-            after=(cpu_us(pids[name]),preemptions(pids[name]),cpu_us(worker))
+            after=sample(pids[name])
             res[(name,proto)].append((rps,)+tuple((a-b)/n for a,b in zip(after,before)))
 for p in procs: p.terminate(); p.wait()
 for (name,proto),v in res.items():
